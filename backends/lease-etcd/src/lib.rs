@@ -1,0 +1,1 @@
+//! The etcd store for lease-core (in progress).

@@ -1,0 +1,1 @@
+//! The redis store for lease-core (in progress).

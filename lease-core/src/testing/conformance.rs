@@ -1,0 +1,358 @@
+//! The store conformance cases: plain `async fn`s, each taking a fresh store.
+//!
+//! Each case uses its own random key prefix and asserts behaviour of the contract in
+//! [`LeaseStore`]; a failing case panics with a message naming the broken rule.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::{Fence, LeaseStore, MAX_KEY_LEN, StoreErrorKind};
+
+/// A prefix no other test run uses, so cases can share a server.
+pub fn unique_prefix(case: &str) -> String {
+    format!("conformance/{case}/{:016x}/", rand::random::<u64>())
+}
+
+/// The lease the timing cases use: short, but what the store can grant.
+pub fn test_lease<S: LeaseStore>(store: &S) -> Duration {
+    store.capabilities().effective_lease(Duration::from_millis(300))
+}
+
+/// How long to keep trying after a lease should have expired before calling it a failure.
+fn expiry_budget<S: LeaseStore>(store: &S) -> Duration {
+    let caps = store.capabilities();
+    test_lease(store) * 3 + caps.lease_granularity + Duration::from_secs(2)
+}
+
+fn fence(n: u64) -> Fence {
+    Fence::new(n).expect("fence values in cases are positive")
+}
+
+async fn grant<S: LeaseStore>(store: &S, lease: Duration, key: &str, holder: &str) -> Fence {
+    match store.try_lock(lease, key, holder).await {
+        Ok(Some(f)) => f,
+        other => panic!("expected `{holder}` to be granted `{key}`, got {other:?}"),
+    }
+}
+
+async fn refused<S: LeaseStore>(store: &S, lease: Duration, key: &str, holder: &str) {
+    match store.try_lock(lease, key, holder).await {
+        Ok(None) => {}
+        other => panic!("expected `{holder}` to be refused `{key}` (Ok(None)), got {other:?}"),
+    }
+}
+
+/// Polls until `holder` is granted `key`, which must happen within the expiry budget.
+async fn grant_after_expiry<S: LeaseStore>(
+    store: &S,
+    lease: Duration,
+    key: &str,
+    holder: &str,
+) -> Fence {
+    let give_up = Instant::now() + expiry_budget(store);
+    loop {
+        if let Some(f) = store.try_lock(lease, key, holder).await.expect("try_lock") {
+            return f;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "`{key}` was not granted to `{holder}` within {:?} after its lease should have expired",
+            expiry_budget(store)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A vacant key is granted, and the first grant of a key has fence 1.
+pub async fn vacant_key_is_granted_with_fence_one<S: LeaseStore>(store: S) {
+    let key = unique_prefix("vacant") + "k";
+    let f = grant(&store, test_lease(&store), &key, "alice").await;
+    assert_eq!(f, Fence::FIRST, "the first grant of a key must have fence 1");
+}
+
+/// The holder extending its lease keeps its fence (also: acquire is idempotent after a lost reply).
+pub async fn same_holder_extends_and_keeps_fence<S: LeaseStore>(store: S) {
+    let key = unique_prefix("extend") + "k";
+    let lease = test_lease(&store);
+    let f1 = grant(&store, lease, &key, "alice").await;
+    let f2 = grant(&store, lease, &key, "alice").await;
+    let f3 = grant(&store, lease * 2, &key, "alice").await;
+    assert_eq!(f1, f2, "an extend by the same holder must keep the fence");
+    assert_eq!(f1, f3, "an extend by the same holder must keep the fence");
+}
+
+/// Another holder is refused with `Ok(None)` while the lease is valid.
+pub async fn other_holder_is_refused_without_error<S: LeaseStore>(store: S) {
+    let key = unique_prefix("refuse") + "k";
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    grant(&store, lease, &key, "alice").await;
+    refused(&store, lease, &key, "bob").await;
+    refused(&store, lease, &key, "alice ").await;
+    refused(&store, lease, &key, "Alice").await;
+}
+
+/// After the holder's lease expires another holder is granted the key, with a larger fence.
+pub async fn expiry_lets_another_holder_in_with_larger_fence<S: LeaseStore>(store: S) {
+    let key = unique_prefix("expiry") + "k";
+    let lease = test_lease(&store);
+    let f1 = grant(&store, lease, &key, "alice").await;
+    let f2 = grant_after_expiry(&store, lease, &key, "bob").await;
+    assert!(f2 > f1, "a new holder after expiry must get a larger fence ({f2} vs {f1})");
+    refused(&store, lease, &key, "alice").await;
+}
+
+/// A holder that retakes its own expired lease before anyone else took the key keeps its fence.
+pub async fn same_holder_retakes_expired_lease_with_same_fence<S: LeaseStore>(store: S) {
+    let key = unique_prefix("retake") + "k";
+    let lease = test_lease(&store);
+    let f1 = grant(&store, lease, &key, "alice").await;
+    tokio::time::sleep(lease + lease / 2 + store.capabilities().lease_granularity).await;
+    let f2 = grant(&store, lease, &key, "alice").await;
+    if store.capabilities().stable_retake {
+        assert_eq!(f1, f2, "a holder retaking its own untouched expired lease must keep the fence");
+    } else {
+        assert!(f2 >= f1, "a retake must never get a smaller fence ({f2} vs {f1})");
+    }
+    refused(&store, lease, &key, "bob").await;
+}
+
+/// Release frees the key at once; the fence counter survives, so the next grant is larger.
+pub async fn release_frees_key_and_keeps_fence_counter<S: LeaseStore>(store: S) {
+    let key = unique_prefix("release") + "k";
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let f1 = grant(&store, lease, &key, "alice").await;
+    assert!(store.release(&key, "alice", f1).await.expect("release"), "release must report success");
+    assert!(
+        !store.release(&key, "alice", f1).await.expect("release"),
+        "a second release of the same grant must report that nothing was released"
+    );
+    let f2 = grant(&store, lease, &key, "bob").await;
+    assert!(f2 > f1, "the grant after a release must have a larger fence ({f2} vs {f1})");
+    assert!(store.release(&key, "bob", f2).await.expect("release"));
+    let f3 = grant(&store, lease, &key, "bob").await;
+    assert!(f3 > f2, "a release ends the tenure: even the same holder gets a larger fence");
+}
+
+/// `try_lock` with a zero lease releases the key if the caller holds it, and only then.
+pub async fn zero_lease_releases<S: LeaseStore>(store: S) {
+    let key = unique_prefix("zero") + "k";
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let f1 = grant(&store, lease, &key, "alice").await;
+    refused(&store, Duration::ZERO, &key, "bob").await;
+    refused(&store, lease, &key, "bob").await;
+    let r = store.try_lock(Duration::ZERO, &key, "alice").await.expect("zero-lease try_lock");
+    assert_eq!(r, None, "a zero-lease try_lock releases and returns None");
+    let f2 = grant(&store, lease, &key, "bob").await;
+    assert!(f2 > f1);
+}
+
+/// Release and renew by a non-holder, or with the wrong fence, have no effect.
+pub async fn non_holder_cannot_release_or_renew<S: LeaseStore>(store: S) {
+    let key = unique_prefix("nonholder") + "k";
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let f = grant(&store, lease, &key, "alice").await;
+    assert!(!store.release(&key, "bob", f).await.expect("release"));
+    assert!(!store.renew(lease, &key, "bob", f).await.expect("renew"));
+    let wrong = f.next().expect("fence overflow");
+    assert!(!store.release(&key, "alice", wrong).await.expect("release"));
+    refused(&store, lease, &key, "bob").await;
+    assert_eq!(grant(&store, lease, &key, "alice").await, f, "alice must still hold the key");
+    let other = unique_prefix("nonholder") + "never-held";
+    assert!(!store.release(&other, "alice", f).await.expect("release of a never-held key"));
+    assert!(!store.renew(lease, &other, "alice", f).await.expect("renew of a never-held key"));
+}
+
+/// `renew` extends the exact grant (holder and fence), and never grants.
+pub async fn renew_extends_only_the_exact_grant<S: LeaseStore>(store: S) {
+    let key = unique_prefix("renew") + "k";
+    let lease = test_lease(&store);
+    let f = grant(&store, lease, &key, "alice").await;
+    // Renew well past the original lease: the key must stay alice's throughout.
+    let until = Instant::now() + lease * 3;
+    while Instant::now() < until {
+        assert!(store.renew(lease, &key, "alice", f).await.expect("renew"), "renew of a live grant");
+        refused(&store, lease, &key, "bob").await;
+        tokio::time::sleep(lease / 4).await;
+    }
+    assert!(store.release(&key, "alice", f).await.expect("release"));
+    assert!(
+        !store.renew(lease, &key, "alice", f).await.expect("renew"),
+        "renew after release must not re-grant"
+    );
+    let f2 = grant(&store, lease, &key, "bob").await;
+    assert!(!store.renew(lease, &key, "alice", f2).await.expect("renew"), "renew by non-holder");
+    assert!(store.renew(lease, &key, "bob", f2).await.expect("renew"));
+}
+
+/// Holding one key says nothing about another.
+pub async fn keys_are_independent<S: LeaseStore>(store: S) {
+    let prefix = unique_prefix("independent");
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
+    let fa = grant(&store, lease, &a, "alice").await;
+    let fb = grant(&store, lease, &b, "bob").await;
+    assert_eq!(fa, Fence::FIRST);
+    assert_eq!(fb, Fence::FIRST, "fences are per key");
+    refused(&store, lease, &a, "bob").await;
+    refused(&store, lease, &b, "alice").await;
+    assert!(store.release(&a, "alice", fa).await.expect("release"));
+    refused(&store, lease, &b, "alice").await;
+}
+
+/// Keys and holders with separators, braces, quotes, NUL and non-ASCII characters are all
+/// distinct keys: no key collides with, prefixes or escapes another.
+pub async fn odd_keys_and_holders_never_collide<S: LeaseStore>(store: S) {
+    let prefix = unique_prefix("odd");
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let suffixes = [
+        "a", "a/", "a/b", "a:b", "a::b", "{a}", "{a}b", "{", "}", "a{b}", "a%2Fb", "a%", "'a'",
+        "\"a\"", "a b", " a", "a\0", "a\0b", "ä", "a\u{301}", "日本", "a\\b", "a*", "a?", "a\n",
+        "%s", "$1", "'; DROP TABLE leases; --", "]]..'", "a.b", "A",
+    ];
+    let mut fences = Vec::new();
+    for s in suffixes {
+        let key = format!("{prefix}{s}");
+        let holder = format!("holder-{s}");
+        fences.push(grant(&store, lease, &key, &holder).await);
+    }
+    assert!(
+        fences.iter().all(|&f| f == Fence::FIRST),
+        "every odd key must be a fresh key with fence 1, got {fences:?}"
+    );
+    for s in suffixes {
+        let key = format!("{prefix}{s}");
+        refused(&store, lease, &key, "intruder").await;
+        // The right holder still extends its own key, with fence 1.
+        assert_eq!(grant(&store, lease, &key, &format!("holder-{s}")).await, Fence::FIRST);
+    }
+    // Holders that differ only after a NUL or in normalisation are different holders.
+    let key = format!("{prefix}holders");
+    grant(&store, lease, &key, "h\0x").await;
+    refused(&store, lease, &key, "h").await;
+    refused(&store, lease, &key, "h\0y").await;
+    let key = format!("{prefix}unicode");
+    grant(&store, lease, &key, "\u{e9}").await;
+    refused(&store, lease, &key, "e\u{301}").await;
+}
+
+/// A 1 KiB key and holder work; an empty or longer key or holder is refused with a clear error
+/// and nothing is written.
+pub async fn long_keys_work_and_overlong_or_empty_input_is_refused<S: LeaseStore>(store: S) {
+    let prefix = unique_prefix("long");
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let long_key = format!("{prefix}{}", "k".repeat(MAX_KEY_LEN - prefix.len()));
+    let long_holder = "h".repeat(MAX_KEY_LEN);
+    assert_eq!(long_key.len(), MAX_KEY_LEN);
+    let f = grant(&store, lease, &long_key, &long_holder).await;
+    refused(&store, lease, &long_key, &long_holder[1..]).await;
+    assert!(store.release(&long_key, &long_holder, f).await.expect("release"));
+    // A key one longer than the 1 KiB one must not alias it.
+    let too_long = format!("{long_key}k");
+    let too_long_holder = format!("{long_holder}h");
+    let key = format!("{prefix}k");
+    let bad: [(&str, &str, &str); 4] = [
+        ("", "h", "key"),
+        (&key, "", "holder"),
+        (&too_long, "h", "key"),
+        (&key, &too_long_holder, "holder"),
+    ];
+    for (k, h, what) in bad {
+        let err = store.try_lock(lease, k, h).await.expect_err("invalid input must be an error");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains(what), "error must name the {what}: {err}");
+        assert!(!err.is_transient());
+        let err = store.release(k, h, Fence::FIRST).await.expect_err("invalid release input");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+    }
+    // Nothing was written for the refused key.
+    assert_eq!(grant(&store, lease, &key, "someone").await, Fence::FIRST);
+}
+
+/// Many contenders racing for one vacant key: exactly one wins.
+pub async fn concurrent_contenders_have_exactly_one_winner<S: LeaseStore>(store: S) {
+    let store = Arc::new(store);
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    for round in 0..5 {
+        let key = unique_prefix("race") + &round.to_string();
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, key, barrier) = (store.clone(), key.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.try_lock(lease, &key, &format!("contender-{i}")).await
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            if let Some(f) = t.await.expect("task").expect("try_lock") {
+                winners.push(f);
+            }
+        }
+        assert_eq!(winners, vec![Fence::FIRST], "exactly one contender must win round {round}");
+    }
+}
+
+/// Over 100 grants alternating between two holders, fences strictly increase.
+pub async fn fences_strictly_increase_over_alternating_grants<S: LeaseStore>(store: S) {
+    let key = unique_prefix("alternate") + "k";
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let mut last: Option<Fence> = None;
+    let mut seen = HashSet::new();
+    for i in 0..100 {
+        let holder = if i % 2 == 0 { "alice" } else { "bob" };
+        let f = grant(&store, lease, &key, holder).await;
+        if let Some(prev) = last {
+            assert!(f > prev, "grant {i}: fence {f} is not larger than {prev}");
+        }
+        assert!(seen.insert(f), "fence {f} was handed out twice");
+        assert!(store.release(&key, holder, f).await.expect("release"));
+        last = Some(f);
+    }
+    assert!(last.expect("100 grants") >= fence(100));
+}
+
+/// `wait_for_change` returns within its bound; a store that declares notifications returns early
+/// when the key is released.
+pub async fn wait_for_change_is_bounded_and_wakes_on_release<S: LeaseStore>(store: S) {
+    let key = unique_prefix("wait") + "k";
+    let started = Instant::now();
+    store.wait_for_change(&key, Duration::from_millis(200)).await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(5), "wait_for_change(200ms) took {waited:?}");
+    if !store.capabilities().notifications {
+        return;
+    }
+    let store = Arc::new(store);
+    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let f = grant(&store, lease, &key, "alice").await;
+    let waiter = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            store.wait_for_change(&key, Duration::from_secs(20)).await;
+            started.elapsed()
+        })
+    };
+    // Give the waiter time to subscribe; a notification is a hint, so release repeatedly until
+    // the waiter wakes, each time from a fresh grant.
+    let mut fence = f;
+    let woke = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(store.release(&key, "alice", fence).await.expect("release"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if waiter.is_finished() {
+            break waiter.await.expect("waiter");
+        }
+        fence = grant(&store, lease, &key, "alice").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a store that declares notifications did not wake a waiter on release"
+        );
+    };
+    assert!(woke < Duration::from_secs(15), "waiter woke only after {woke:?}");
+}

@@ -1,0 +1,201 @@
+//! Starting, signalling and stopping one server process.
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+/// Finds `program` on `PATH`. `None` (with a note on stderr) when it is missing and `CI` is unset.
+///
+/// # Panics
+///
+/// When the binary is missing and the `CI` environment variable is set: under CI a missing server
+/// fails the run instead of skipping it.
+pub fn require_binary(program: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    });
+    match found {
+        Some(p) => Some(p),
+        None if std::env::var_os("CI").is_some() => panic!(
+            "`{program}` is not installed and CI is set: install the Debian package `{package}` \
+             (scripts/test.sh does)"
+        ),
+        None => {
+            eprintln!("skipping: `{program}` not found (install the Debian package `{package}`)");
+            None
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; a server started on it may still race with
+/// another, which [`Server::spawn`]'s callers handle by retrying on a new port).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
+
+/// One running server process, killed on drop. Its output goes to `<dir>/<name>.log`.
+#[derive(Debug)]
+pub struct Server {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Spawns `program args` with output to `dir/name.log` and waits until `ready` returns true
+    /// (polled every 20 ms, at most `timeout`). Returns an error with the log's tail if the process
+    /// exits or does not become ready.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        dir: &Path,
+        timeout: Duration,
+        ready: &dyn Fn() -> bool,
+    ) -> Result<Server, String> {
+        let mut server = Server {
+            name: name.to_owned(),
+            program: program.to_owned(),
+            args,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        server.start(timeout, ready)?;
+        Ok(server)
+    }
+
+    fn start(&mut self, timeout: Duration, ready: &dyn Fn() -> bool) -> Result<(), String> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("open {}: {e}", self.log.display()))?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", self.program.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child_mut().try_wait().map_err(|e| e.to_string())? {
+                self.child = None;
+                return Err(format!("{} exited with {status}:\n{}", self.name, self.log_tail()));
+            }
+            if ready() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "{} was not ready within {timeout:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("server process is running")
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last 4 KiB of the server's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let cut = s.len().saturating_sub(4096);
+        let cut = (cut..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+        s[cut..].to_owned()
+    }
+
+    fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.pid().and_then(|p| Pid::from_raw(p as i32)) {
+            let _ = kill_process(pid, sig);
+        }
+    }
+
+    /// Pauses the process (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        self.signal(Signal::STOP);
+    }
+
+    /// Resumes a paused process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(Signal::CONT);
+    }
+
+    /// Kills the process (SIGKILL) and reaps it. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again with the same arguments (same port, same data dir), after a
+    /// [`kill`](Self::kill) or on its own, and waits until `ready`.
+    pub fn restart(&mut self, timeout: Duration, ready: &dyn Fn() -> bool) -> Result<(), String> {
+        self.kill();
+        self.start(timeout, ready)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // A paused process ignores nothing of SIGKILL, but resume it anyway so it does not linger
+        // stopped if the kill races with its reaping.
+        self.resume();
+        self.kill();
+    }
+}
+
+/// `true` when a TCP connection to `127.0.0.1:port` succeeds, `request` is written, and the reply
+/// starts with `expect`.
+pub(crate) fn tcp_answers(port: u16, request: &[u8], expect: &[u8]) -> bool {
+    use std::io::Write;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(request).is_err() {
+        return false;
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while got.len() < 4096 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.windows(expect.len()).any(|w| w == expect) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
