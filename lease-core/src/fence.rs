@@ -98,7 +98,10 @@ impl FenceGate {
         // with the lower one recorded last.
         let previous = self.highest.fetch_max(offered, Ordering::AcqRel);
         match Fence::new(previous) {
-            Some(highest) if previous > offered => Err(StaleFence { offered: fence, highest }),
+            Some(highest) if previous > offered => Err(StaleFence {
+                offered: fence,
+                highest,
+            }),
             _ => Ok(()),
         }
     }

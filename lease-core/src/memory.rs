@@ -112,7 +112,10 @@ impl LeaseStore for MemoryStore {
         let now = self.inner.clock.now();
         let mut keys = self.keys();
         if lease.is_zero() {
-            if let Some(e) = keys.get_mut(key).filter(|e| e.holder.as_deref() == Some(holder)) {
+            if let Some(e) = keys
+                .get_mut(key)
+                .filter(|e| e.holder.as_deref() == Some(holder))
+            {
                 e.holder = None;
                 drop(keys);
                 self.inner.changed.notify_waiters();
@@ -139,10 +142,9 @@ impl LeaseStore for MemoryStore {
             }
             Some(e) if e.holder.is_some() && e.expires > now => Ok(None),
             Some(e) => {
-                let fence = e
-                    .fence
-                    .next()
-                    .ok_or_else(|| StoreError::permanent(NAME, format!("fence of `{key}` overflowed")))?;
+                let fence = e.fence.next().ok_or_else(|| {
+                    StoreError::permanent(NAME, format!("fence of `{key}` overflowed"))
+                })?;
                 *e = Entry {
                     holder: Some(holder.to_owned()),
                     fence,

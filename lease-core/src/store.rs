@@ -344,12 +344,25 @@ mod tests {
 
     #[test]
     fn effective_lease_rounds_up_to_granularity_and_minimum() {
-        let caps = Capabilities::new("t").with_leases(Duration::from_secs(1), Duration::from_secs(2));
-        assert_eq!(caps.effective_lease(Duration::from_millis(10)), Duration::from_secs(2));
-        assert_eq!(caps.effective_lease(Duration::from_millis(2500)), Duration::from_secs(3));
-        assert_eq!(caps.effective_lease(Duration::from_secs(5)), Duration::from_secs(5));
+        let caps =
+            Capabilities::new("t").with_leases(Duration::from_secs(1), Duration::from_secs(2));
+        assert_eq!(
+            caps.effective_lease(Duration::from_millis(10)),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            caps.effective_lease(Duration::from_millis(2500)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            caps.effective_lease(Duration::from_secs(5)),
+            Duration::from_secs(5)
+        );
         let fine = Capabilities::new("t");
-        assert_eq!(fine.effective_lease(Duration::from_micros(1500)), Duration::from_millis(2));
+        assert_eq!(
+            fine.effective_lease(Duration::from_micros(1500)),
+            Duration::from_millis(2)
+        );
     }
 
     #[test]

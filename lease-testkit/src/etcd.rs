@@ -155,9 +155,14 @@ fn try_start(
             args.push(format!("--auth-token-ttl={}", ttl.as_secs().max(1)));
         }
         args.extend(options.extra_args.iter().cloned());
-        let server = Server::spawn(&name, program, args, dir.path(), Duration::from_secs(20), &|| {
-            listening(client)
-        })?;
+        let server = Server::spawn(
+            &name,
+            program,
+            args,
+            dir.path(),
+            Duration::from_secs(20),
+            &|| listening(client),
+        )?;
         members.push(EtcdMember {
             name,
             client_port: client,
@@ -165,13 +170,17 @@ fn try_start(
             server,
         });
     }
-    let cluster = EtcdCluster {
-        members,
-        _dir: dir,
-    };
+    let cluster = EtcdCluster { members, _dir: dir };
     if !cluster.wait_healthy(n, Duration::from_secs(30)) {
-        let logs: Vec<String> = cluster.members.iter().map(|m| m.server.log_tail()).collect();
-        return Err(format!("etcd cluster of {n} not healthy within 30 s:\n{}", logs.join("\n---\n")));
+        let logs: Vec<String> = cluster
+            .members
+            .iter()
+            .map(|m| m.server.log_tail())
+            .collect();
+        return Err(format!(
+            "etcd cluster of {n} not healthy within 30 s:\n{}",
+            logs.join("\n---\n")
+        ));
     }
     Ok(cluster)
 }

@@ -9,9 +9,9 @@
 //! let url = redis.url();
 //! ```
 
+mod etcd;
 mod process;
 mod redis;
-mod etcd;
 
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdServer};
 pub use process::{Server, free_port, require_binary};

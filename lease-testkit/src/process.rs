@@ -94,7 +94,11 @@ impl Server {
         loop {
             if let Some(status) = self.child_mut().try_wait().map_err(|e| e.to_string())? {
                 self.child = None;
-                return Err(format!("{} exited with {status}:\n{}", self.name, self.log_tail()));
+                return Err(format!(
+                    "{} exited with {status}:\n{}",
+                    self.name,
+                    self.log_tail()
+                ));
             }
             if ready() {
                 return Ok(());
@@ -127,7 +131,9 @@ impl Server {
             let _ = f.read_to_string(&mut s);
         }
         let cut = s.len().saturating_sub(4096);
-        let cut = (cut..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+        let cut = (cut..s.len())
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(s.len());
         s[cut..].to_owned()
     }
 

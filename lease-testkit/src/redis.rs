@@ -78,7 +78,14 @@ impl RedisServer {
             }
             args.extend(options.extra_args.iter().cloned());
             let ready = ready_check(port, options.password.clone());
-            match Server::spawn("redis-server", &program, args, dir.path(), Duration::from_secs(10), &ready) {
+            match Server::spawn(
+                "redis-server",
+                &program,
+                args,
+                dir.path(),
+                Duration::from_secs(10),
+                &ready,
+            ) {
                 Ok(server) => {
                     return Some(RedisServer {
                         server,

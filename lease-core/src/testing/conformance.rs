@@ -18,7 +18,9 @@ pub fn unique_prefix(case: &str) -> String {
 
 /// The lease the timing cases use: short, but what the store can grant.
 pub fn test_lease<S: LeaseStore>(store: &S) -> Duration {
-    store.capabilities().effective_lease(Duration::from_millis(300))
+    store
+        .capabilities()
+        .effective_lease(Duration::from_millis(300))
 }
 
 /// How long to keep trying after a lease should have expired before calling it a failure.
@@ -70,7 +72,11 @@ async fn grant_after_expiry<S: LeaseStore>(
 pub async fn vacant_key_is_granted_with_fence_one<S: LeaseStore>(store: S) {
     let key = unique_prefix("vacant") + "k";
     let f = grant(&store, test_lease(&store), &key, "alice").await;
-    assert_eq!(f, Fence::FIRST, "the first grant of a key must have fence 1");
+    assert_eq!(
+        f,
+        Fence::FIRST,
+        "the first grant of a key must have fence 1"
+    );
 }
 
 /// The holder extending its lease keeps its fence (also: acquire is idempotent after a lost reply).
@@ -87,7 +93,9 @@ pub async fn same_holder_extends_and_keeps_fence<S: LeaseStore>(store: S) {
 /// Another holder is refused with `Ok(None)` while the lease is valid.
 pub async fn other_holder_is_refused_without_error<S: LeaseStore>(store: S) {
     let key = unique_prefix("refuse") + "k";
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     grant(&store, lease, &key, "alice").await;
     refused(&store, lease, &key, "bob").await;
     refused(&store, lease, &key, "alice ").await;
@@ -100,7 +108,10 @@ pub async fn expiry_lets_another_holder_in_with_larger_fence<S: LeaseStore>(stor
     let lease = test_lease(&store);
     let f1 = grant(&store, lease, &key, "alice").await;
     let f2 = grant_after_expiry(&store, lease, &key, "bob").await;
-    assert!(f2 > f1, "a new holder after expiry must get a larger fence ({f2} vs {f1})");
+    assert!(
+        f2 > f1,
+        "a new holder after expiry must get a larger fence ({f2} vs {f1})"
+    );
     refused(&store, lease, &key, "alice").await;
 }
 
@@ -112,9 +123,15 @@ pub async fn same_holder_retakes_expired_lease_with_same_fence<S: LeaseStore>(st
     tokio::time::sleep(lease + lease / 2 + store.capabilities().lease_granularity).await;
     let f2 = grant(&store, lease, &key, "alice").await;
     if store.capabilities().stable_retake {
-        assert_eq!(f1, f2, "a holder retaking its own untouched expired lease must keep the fence");
+        assert_eq!(
+            f1, f2,
+            "a holder retaking its own untouched expired lease must keep the fence"
+        );
     } else {
-        assert!(f2 >= f1, "a retake must never get a smaller fence ({f2} vs {f1})");
+        assert!(
+            f2 >= f1,
+            "a retake must never get a smaller fence ({f2} vs {f1})"
+        );
     }
     refused(&store, lease, &key, "bob").await;
 }
@@ -122,28 +139,44 @@ pub async fn same_holder_retakes_expired_lease_with_same_fence<S: LeaseStore>(st
 /// Release frees the key at once; the fence counter survives, so the next grant is larger.
 pub async fn release_frees_key_and_keeps_fence_counter<S: LeaseStore>(store: S) {
     let key = unique_prefix("release") + "k";
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     let f1 = grant(&store, lease, &key, "alice").await;
-    assert!(store.release(&key, "alice", f1).await.expect("release"), "release must report success");
+    assert!(
+        store.release(&key, "alice", f1).await.expect("release"),
+        "release must report success"
+    );
     assert!(
         !store.release(&key, "alice", f1).await.expect("release"),
         "a second release of the same grant must report that nothing was released"
     );
     let f2 = grant(&store, lease, &key, "bob").await;
-    assert!(f2 > f1, "the grant after a release must have a larger fence ({f2} vs {f1})");
+    assert!(
+        f2 > f1,
+        "the grant after a release must have a larger fence ({f2} vs {f1})"
+    );
     assert!(store.release(&key, "bob", f2).await.expect("release"));
     let f3 = grant(&store, lease, &key, "bob").await;
-    assert!(f3 > f2, "a release ends the tenure: even the same holder gets a larger fence");
+    assert!(
+        f3 > f2,
+        "a release ends the tenure: even the same holder gets a larger fence"
+    );
 }
 
 /// `try_lock` with a zero lease releases the key if the caller holds it, and only then.
 pub async fn zero_lease_releases<S: LeaseStore>(store: S) {
     let key = unique_prefix("zero") + "k";
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     let f1 = grant(&store, lease, &key, "alice").await;
     refused(&store, Duration::ZERO, &key, "bob").await;
     refused(&store, lease, &key, "bob").await;
-    let r = store.try_lock(Duration::ZERO, &key, "alice").await.expect("zero-lease try_lock");
+    let r = store
+        .try_lock(Duration::ZERO, &key, "alice")
+        .await
+        .expect("zero-lease try_lock");
     assert_eq!(r, None, "a zero-lease try_lock releases and returns None");
     let f2 = grant(&store, lease, &key, "bob").await;
     assert!(f2 > f1);
@@ -152,17 +185,33 @@ pub async fn zero_lease_releases<S: LeaseStore>(store: S) {
 /// Release and renew by a non-holder, or with the wrong fence, have no effect.
 pub async fn non_holder_cannot_release_or_renew<S: LeaseStore>(store: S) {
     let key = unique_prefix("nonholder") + "k";
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     let f = grant(&store, lease, &key, "alice").await;
     assert!(!store.release(&key, "bob", f).await.expect("release"));
     assert!(!store.renew(lease, &key, "bob", f).await.expect("renew"));
     let wrong = f.next().expect("fence overflow");
     assert!(!store.release(&key, "alice", wrong).await.expect("release"));
     refused(&store, lease, &key, "bob").await;
-    assert_eq!(grant(&store, lease, &key, "alice").await, f, "alice must still hold the key");
+    assert_eq!(
+        grant(&store, lease, &key, "alice").await,
+        f,
+        "alice must still hold the key"
+    );
     let other = unique_prefix("nonholder") + "never-held";
-    assert!(!store.release(&other, "alice", f).await.expect("release of a never-held key"));
-    assert!(!store.renew(lease, &other, "alice", f).await.expect("renew of a never-held key"));
+    assert!(
+        !store
+            .release(&other, "alice", f)
+            .await
+            .expect("release of a never-held key")
+    );
+    assert!(
+        !store
+            .renew(lease, &other, "alice", f)
+            .await
+            .expect("renew of a never-held key")
+    );
 }
 
 /// `renew` extends the exact grant (holder and fence), and never grants.
@@ -173,7 +222,10 @@ pub async fn renew_extends_only_the_exact_grant<S: LeaseStore>(store: S) {
     // Renew well past the original lease: the key must stay alice's throughout.
     let until = Instant::now() + lease * 3;
     while Instant::now() < until {
-        assert!(store.renew(lease, &key, "alice", f).await.expect("renew"), "renew of a live grant");
+        assert!(
+            store.renew(lease, &key, "alice", f).await.expect("renew"),
+            "renew of a live grant"
+        );
         refused(&store, lease, &key, "bob").await;
         tokio::time::sleep(lease / 4).await;
     }
@@ -183,14 +235,19 @@ pub async fn renew_extends_only_the_exact_grant<S: LeaseStore>(store: S) {
         "renew after release must not re-grant"
     );
     let f2 = grant(&store, lease, &key, "bob").await;
-    assert!(!store.renew(lease, &key, "alice", f2).await.expect("renew"), "renew by non-holder");
+    assert!(
+        !store.renew(lease, &key, "alice", f2).await.expect("renew"),
+        "renew by non-holder"
+    );
     assert!(store.renew(lease, &key, "bob", f2).await.expect("renew"));
 }
 
 /// Holding one key says nothing about another.
 pub async fn keys_are_independent<S: LeaseStore>(store: S) {
     let prefix = unique_prefix("independent");
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
     let fa = grant(&store, lease, &a, "alice").await;
     let fb = grant(&store, lease, &b, "bob").await;
@@ -206,11 +263,41 @@ pub async fn keys_are_independent<S: LeaseStore>(store: S) {
 /// distinct keys: no key collides with, prefixes or escapes another.
 pub async fn odd_keys_and_holders_never_collide<S: LeaseStore>(store: S) {
     let prefix = unique_prefix("odd");
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     let suffixes = [
-        "a", "a/", "a/b", "a:b", "a::b", "{a}", "{a}b", "{", "}", "a{b}", "a%2Fb", "a%", "'a'",
-        "\"a\"", "a b", " a", "a\0", "a\0b", "ä", "a\u{301}", "日本", "a\\b", "a*", "a?", "a\n",
-        "%s", "$1", "'; DROP TABLE leases; --", "]]..'", "a.b", "A",
+        "a",
+        "a/",
+        "a/b",
+        "a:b",
+        "a::b",
+        "{a}",
+        "{a}b",
+        "{",
+        "}",
+        "a{b}",
+        "a%2Fb",
+        "a%",
+        "'a'",
+        "\"a\"",
+        "a b",
+        " a",
+        "a\0",
+        "a\0b",
+        "ä",
+        "a\u{301}",
+        "日本",
+        "a\\b",
+        "a*",
+        "a?",
+        "a\n",
+        "%s",
+        "$1",
+        "'; DROP TABLE leases; --",
+        "]]..'",
+        "a.b",
+        "A",
     ];
     let mut fences = Vec::new();
     for s in suffixes {
@@ -226,7 +313,10 @@ pub async fn odd_keys_and_holders_never_collide<S: LeaseStore>(store: S) {
         let key = format!("{prefix}{s}");
         refused(&store, lease, &key, "intruder").await;
         // The right holder still extends its own key, with fence 1.
-        assert_eq!(grant(&store, lease, &key, &format!("holder-{s}")).await, Fence::FIRST);
+        assert_eq!(
+            grant(&store, lease, &key, &format!("holder-{s}")).await,
+            Fence::FIRST
+        );
     }
     // Holders that differ only after a NUL or in normalisation are different holders.
     let key = format!("{prefix}holders");
@@ -242,13 +332,20 @@ pub async fn odd_keys_and_holders_never_collide<S: LeaseStore>(store: S) {
 /// and nothing is written.
 pub async fn long_keys_work_and_overlong_or_empty_input_is_refused<S: LeaseStore>(store: S) {
     let prefix = unique_prefix("long");
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     let long_key = format!("{prefix}{}", "k".repeat(MAX_KEY_LEN - prefix.len()));
     let long_holder = "h".repeat(MAX_KEY_LEN);
     assert_eq!(long_key.len(), MAX_KEY_LEN);
     let f = grant(&store, lease, &long_key, &long_holder).await;
     refused(&store, lease, &long_key, &long_holder[1..]).await;
-    assert!(store.release(&long_key, &long_holder, f).await.expect("release"));
+    assert!(
+        store
+            .release(&long_key, &long_holder, f)
+            .await
+            .expect("release")
+    );
     // A key one longer than the 1 KiB one must not alias it.
     let too_long = format!("{long_key}k");
     let too_long_holder = format!("{long_holder}h");
@@ -260,11 +357,20 @@ pub async fn long_keys_work_and_overlong_or_empty_input_is_refused<S: LeaseStore
         (&key, &too_long_holder, "holder"),
     ];
     for (k, h, what) in bad {
-        let err = store.try_lock(lease, k, h).await.expect_err("invalid input must be an error");
+        let err = store
+            .try_lock(lease, k, h)
+            .await
+            .expect_err("invalid input must be an error");
         assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
-        assert!(err.to_string().contains(what), "error must name the {what}: {err}");
+        assert!(
+            err.to_string().contains(what),
+            "error must name the {what}: {err}"
+        );
         assert!(!err.is_transient());
-        let err = store.release(k, h, Fence::FIRST).await.expect_err("invalid release input");
+        let err = store
+            .release(k, h, Fence::FIRST)
+            .await
+            .expect_err("invalid release input");
         assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
     }
     // Nothing was written for the refused key.
@@ -274,7 +380,9 @@ pub async fn long_keys_work_and_overlong_or_empty_input_is_refused<S: LeaseStore
 /// Many contenders racing for one vacant key: exactly one wins.
 pub async fn concurrent_contenders_have_exactly_one_winner<S: LeaseStore>(store: S) {
     let store = Arc::new(store);
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     for round in 0..5 {
         let key = unique_prefix("race") + &round.to_string();
         let barrier = Arc::new(tokio::sync::Barrier::new(16));
@@ -293,14 +401,20 @@ pub async fn concurrent_contenders_have_exactly_one_winner<S: LeaseStore>(store:
                 winners.push(f);
             }
         }
-        assert_eq!(winners, vec![Fence::FIRST], "exactly one contender must win round {round}");
+        assert_eq!(
+            winners,
+            vec![Fence::FIRST],
+            "exactly one contender must win round {round}"
+        );
     }
 }
 
 /// Over 100 grants alternating between two holders, fences strictly increase.
 pub async fn fences_strictly_increase_over_alternating_grants<S: LeaseStore>(store: S) {
     let key = unique_prefix("alternate") + "k";
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     let mut last: Option<Fence> = None;
     let mut seen = HashSet::new();
     for i in 0..100 {
@@ -321,14 +435,21 @@ pub async fn fences_strictly_increase_over_alternating_grants<S: LeaseStore>(sto
 pub async fn wait_for_change_is_bounded_and_wakes_on_release<S: LeaseStore>(store: S) {
     let key = unique_prefix("wait") + "k";
     let started = Instant::now();
-    store.wait_for_change(&key, Duration::from_millis(200)).await;
+    store
+        .wait_for_change(&key, Duration::from_millis(200))
+        .await;
     let waited = started.elapsed();
-    assert!(waited < Duration::from_secs(5), "wait_for_change(200ms) took {waited:?}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "wait_for_change(200ms) took {waited:?}"
+    );
     if !store.capabilities().notifications {
         return;
     }
     let store = Arc::new(store);
-    let lease = store.capabilities().effective_lease(Duration::from_secs(30));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
     let f = grant(&store, lease, &key, "alice").await;
     let waiter = {
         let (store, key) = (store.clone(), key.clone());
@@ -354,5 +475,8 @@ pub async fn wait_for_change_is_bounded_and_wakes_on_release<S: LeaseStore>(stor
             "a store that declares notifications did not wake a waiter on release"
         );
     };
-    assert!(woke < Duration::from_secs(15), "waiter woke only after {woke:?}");
+    assert!(
+        woke < Duration::from_secs(15),
+        "waiter woke only after {woke:?}"
+    );
 }

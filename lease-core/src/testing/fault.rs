@@ -99,7 +99,10 @@ impl<S: LeaseStore> FaultStore<S> {
                 fault.fail_next -= 1;
                 Some(StoreError::transient("fault", "injected failure"))
             } else if matches!(op, Op::Renew) && fault.break_renewals {
-                Some(StoreError::permanent("fault", "injected permanent renew failure"))
+                Some(StoreError::permanent(
+                    "fault",
+                    "injected permanent renew failure",
+                ))
             } else if matches!(op, Op::Renew) && fault.fail_renewals {
                 Some(StoreError::transient("fault", "injected renew failure"))
             } else {

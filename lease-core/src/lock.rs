@@ -1,0 +1,605 @@
+//! [`CrossProcessLock`]: the per-process lock on one key, and its builder.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, debug_span, warn};
+
+use crate::backoff::Backoff;
+use crate::clock::{BootClock, SharedClock};
+use crate::guard::LockGuard;
+use crate::holder::{self, HolderId};
+use crate::state::{Enter, HolderState, Ticket};
+use crate::{Error, Fence, LeaseStore, StoreError, metrics, validate};
+
+/// What a lease carries besides its fence: the loss signal and the heartbeat's stop signal.
+#[derive(Debug, Clone)]
+pub(crate) struct Payload {
+    pub(crate) lost: CancellationToken,
+    pub(crate) stop: CancellationToken,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) lease: Duration,
+    pub(crate) renew_every: Duration,
+    pub(crate) margin: Duration,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+}
+
+pub(crate) struct Inner<S> {
+    pub(crate) store: S,
+    pub(crate) key: String,
+    pub(crate) holder: HolderId,
+    registered: bool,
+    pub(crate) config: Config,
+    pub(crate) clock: SharedClock,
+    pub(crate) state: HolderState<Payload>,
+    /// Woken whenever this process's lease on the key is acquired, released or lost, so that
+    /// waiters in this process retry at once instead of each polling the store.
+    pub(crate) changed: Notify,
+    /// Single flight: at most one store acquisition of this key per process at a time.
+    acquiring: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) store_name: &'static str,
+}
+
+impl<S> Drop for Inner<S> {
+    fn drop(&mut self) {
+        if self.registered {
+            holder::unregister(&self.key, &self.holder.full);
+        }
+    }
+}
+
+/// A lease lock on one key, shared by every process that uses the same store and key.
+///
+/// Use it to make sure that only one process at a time runs some critical section (claims a job,
+/// writes a data directory, acts as leader), including processes on other hosts when the store
+/// is shared. Build one per key with [`CrossProcessLock::builder`]; clones are cheap and share
+/// the same holder, so clone it to tasks rather than building another.
+///
+/// Acquiring returns a [`LockGuard`]. While any guard lives, a heartbeat renews the lease every
+/// `renew_every`. Acquiring again in the same process while the lease is valid is re-entrant: it
+/// returns another guard without a store call. Dropping the last guard releases the lease at once.
+///
+/// A lease can be lost: the process pauses past its deadline, the store becomes unreachable, or
+/// the store names another holder. Every guard then reports it ([`LockGuard::lost`],
+/// [`LockGuard::is_held`]), exactly once and no later than the local deadline, and the lock never
+/// hands out a guard for that lease again. Writes to shared resources must carry
+/// [`LockGuard::fence`] and be checked by the resource (see [`FenceGate`](crate::FenceGate)).
+pub struct CrossProcessLock<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for CrossProcessLock<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for CrossProcessLock<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrossProcessLock")
+            .field("store", &self.inner.store_name)
+            .field("key", &self.inner.key)
+            .field("holder", &self.inner.holder)
+            .field("lease", &self.inner.config.lease)
+            .finish()
+    }
+}
+
+/// Builds a [`CrossProcessLock`]; see each setter for its default.
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct LockBuilder<S> {
+    store: S,
+    key: String,
+    holder: Option<String>,
+    label: Option<String>,
+    lease: Duration,
+    renew_every: Option<Duration>,
+    margin: Option<Duration>,
+    backoff: (Duration, Duration),
+    clock: Option<SharedClock>,
+}
+
+/// The default lease.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+impl<S: LeaseStore> LockBuilder<S> {
+    /// The lease length (default 10 s). Rounded up to what the store can grant
+    /// ([`Capabilities::effective_lease`](crate::Capabilities::effective_lease)). A shorter lease
+    /// hands a dead holder's key over sooner and costs more renewals.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often the heartbeat renews a held lease (default a third of the lease). Must leave
+    /// room for a few renewals before the local deadline.
+    pub fn renew_every(mut self, every: Duration) -> Self {
+        self.renew_every = Some(every);
+        self
+    }
+
+    /// How long before the lease's end, as this process measures it, the lease counts as lost
+    /// (default a tenth of the lease). It covers the drift between this host's clock and the
+    /// store's, and the time to stop work after the loss signal.
+    pub fn safety_margin(mut self, margin: Duration) -> Self {
+        self.margin = Some(margin);
+        self
+    }
+
+    /// Bounds of the waiting calls' jittered exponential backoff (default 2 ms to 250 ms). The
+    /// upper bound also bounds each wait for a store notification, so a missed notification
+    /// costs at most `max` of latency.
+    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff = (min, max);
+        self
+    }
+
+    /// The readable part of the holder id (default `lease`): the holder is
+    /// `host/pid/label#<128 random bits>`, and logs show only `host/pid/label`.
+    pub fn holder_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// A stable holder id instead of a random one.
+    ///
+    /// A process restarted with the same holder retakes its own lease at once if it has not
+    /// expired, with the same fence, instead of waiting for it to lapse. That is only safe if
+    /// two live processes can never use the same holder: the store cannot tell them apart.
+    /// Within one process, building a second lock object for the same key and holder fails
+    /// (clone the first one instead).
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = Some(holder.into());
+        self
+    }
+
+    /// The clock for local deadlines (default [`BootClock`], `CLOCK_BOOTTIME`). Tests with
+    /// tokio's paused time use [`TokioClock`](crate::TokioClock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Checks the settings and builds the lock. Makes no store call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the bad setting: an empty or over-long key or holder, a zero
+    /// lease, a renew interval or safety margin that leaves no time to renew, bad backoff
+    /// bounds, or a stable holder already used for this key by another lock object in this
+    /// process.
+    pub fn build(self) -> Result<CrossProcessLock<S>, Error> {
+        let caps = self.store.capabilities();
+        if self.lease.is_zero() {
+            return Err(Error::Config("the lease must be longer than zero".into()));
+        }
+        let lease = caps.effective_lease(self.lease);
+        let renew_every = self.renew_every.unwrap_or(lease / 3);
+        let margin = self.margin.unwrap_or(lease / 10);
+        if margin >= lease {
+            return Err(Error::Config(format!(
+                "safety margin {margin:?} must be shorter than the lease {lease:?}"
+            )));
+        }
+        if renew_every.is_zero() || renew_every >= lease - margin {
+            return Err(Error::Config(format!(
+                "renew interval {renew_every:?} must be above zero and shorter than the lease \
+                 {lease:?} minus the safety margin {margin:?}"
+            )));
+        }
+        let (backoff_min, backoff_max) = self.backoff;
+        if backoff_min.is_zero() || backoff_min > backoff_max {
+            return Err(Error::Config(format!(
+                "backoff bounds {backoff_min:?}..{backoff_max:?} must satisfy 0 < min <= max"
+            )));
+        }
+        let (holder, registered) = match self.holder {
+            Some(h) => (HolderId::stable(h), true),
+            None => {
+                let label = self.label.unwrap_or_else(|| "lease".to_owned());
+                (HolderId::random(&label), false)
+            }
+        };
+        validate(caps.name, &self.key, &holder.full).map_err(|e| Error::Config(e.to_string()))?;
+        if registered && !holder::register(&self.key, &holder.full) {
+            return Err(Error::Config(format!(
+                "holder `{}` is already used for key `{}` by another lock object in this \
+                 process; clone that lock instead (clones share the lease)",
+                holder.label, self.key
+            )));
+        }
+        Ok(CrossProcessLock {
+            inner: Arc::new(Inner {
+                store: self.store,
+                key: self.key,
+                holder,
+                registered,
+                config: Config {
+                    lease,
+                    renew_every,
+                    margin,
+                    backoff_min,
+                    backoff_max,
+                },
+                clock: self.clock.unwrap_or_else(|| Arc::new(BootClock)),
+                state: HolderState::new(),
+                changed: Notify::new(),
+                acquiring: Arc::new(tokio::sync::Mutex::new(())),
+                store_name: caps.name,
+            }),
+        })
+    }
+}
+
+impl<S: LeaseStore> CrossProcessLock<S> {
+    /// A builder for a lock on `key` in `store`. To share one store between many locks, pass an
+    /// `Arc<Store>` (which implements [`LeaseStore`]).
+    pub fn builder(store: S, key: impl Into<String>) -> LockBuilder<S> {
+        LockBuilder {
+            store,
+            key: key.into(),
+            holder: None,
+            label: None,
+            lease: DEFAULT_LEASE,
+            renew_every: None,
+            margin: None,
+            backoff: (Duration::from_millis(2), Duration::from_millis(250)),
+            clock: None,
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.inner.key
+    }
+
+    /// The readable part of the holder id (never the random part).
+    pub fn holder_label(&self) -> &str {
+        &self.inner.holder.label
+    }
+
+    /// The lease as granted by the store (the configured one, rounded up to the store's
+    /// granularity).
+    pub fn lease(&self) -> Duration {
+        self.inner.config.lease
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The number of live guards of the lease this process holds (0 if none).
+    pub fn guards(&self) -> usize {
+        self.inner.state.guards()
+    }
+
+    /// Tries once: a guard if the lease is free or already held by this process, else
+    /// [`Error::Busy`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Busy`] if another holder has the key; [`Error::Store`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: if the future is dropped while the store call is in flight, the call
+    /// completes in the background and a lease it granted is released at once.
+    pub async fn try_lock_once(&self) -> Result<LockGuard<S>, Error> {
+        match self.acquire_once().await? {
+            Some(g) => Ok(g),
+            None => Err(Error::Busy {
+                key: self.inner.key.clone(),
+            }),
+        }
+    }
+
+    /// Waits until the lease is acquired, however long that takes.
+    ///
+    /// Waiting retries with jittered exponential backoff and wakes early when the store
+    /// notifies a release or another task of this process releases or acquires the key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store failed (the call does not retry store errors).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future leaves no guard count, task or store key behind.
+    pub async fn lock(&self) -> Result<LockGuard<S>, Error> {
+        self.wait(None).await
+    }
+
+    /// Waits at most `timeout` for the lease.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TimedOut`] when `timeout` passes first; [`Error::Store`] if the store failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`CrossProcessLock::lock`].
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<S>, Error> {
+        self.wait(Some(timeout)).await
+    }
+
+    /// Acquires the lease, runs `work` with a guard, and releases the lease afterwards.
+    ///
+    /// If the lease is lost while `work` runs, `work` is dropped at its next await point and
+    /// the call returns [`Error::Lost`]; work that must not be interrupted half-way should
+    /// fence its writes instead.
+    ///
+    /// # Errors
+    ///
+    /// As [`CrossProcessLock::lock`], plus [`Error::Lost`].
+    pub async fn with_lock<F, Fut, T>(&self, work: F) -> Result<T, Error>
+    where
+        F: FnOnce(LockGuard<S>) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let guard = self.lock().await?;
+        let lost = guard.loss_token();
+        let out = tokio::select! {
+            biased;
+            () = lost.cancelled() => None,
+            out = work(guard.clone()) => Some(out),
+        };
+        match out {
+            Some(out) if guard.is_held() => {
+                guard.release().await?;
+                Ok(out)
+            }
+            _ => Err(Error::Lost {
+                key: self.inner.key.clone(),
+            }),
+        }
+    }
+
+    async fn wait(&self, timeout: Option<Duration>) -> Result<LockGuard<S>, Error> {
+        let started = Instant::now();
+        let deadline = timeout.map(|t| started + t);
+        let mut backoff =
+            Backoff::new(self.inner.config.backoff_min, self.inner.config.backoff_max);
+        let span =
+            debug_span!("lease.wait", key = %self.inner.key, holder = %self.inner.holder.label);
+        async {
+            loop {
+                // Register for in-process wake-ups before trying, so a release between the try
+                // and the wait is not missed.
+                let changed = self.inner.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(guard) = self.acquire_once().await? {
+                    metrics::wait(self.inner.store_name, started.elapsed());
+                    return Ok(guard);
+                }
+                let mut pause = backoff.next_delay();
+                if let Some(deadline) = deadline {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(Error::TimedOut {
+                            key: self.inner.key.clone(),
+                            waited: now - started,
+                        });
+                    }
+                    pause = pause.min(deadline - now);
+                }
+                tokio::select! {
+                    () = self.inner.store.wait_for_change(&self.inner.key, pause) => {}
+                    () = &mut changed => {}
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One attempt: the fast path, else one store call. `None` if another holder has the key.
+    async fn acquire_once(&self) -> Result<Option<LockGuard<S>>, Error> {
+        if let Some(guard) = self.enter() {
+            return Ok(Some(guard));
+        }
+        let permit = self.inner.acquiring.clone().lock_owned().await;
+        // Another task of this process may have acquired the lease while this one waited for
+        // the permit: share its lease instead of asking the store again.
+        if let Some(guard) = self.enter() {
+            return Ok(Some(guard));
+        }
+        // A release still in flight must land before a new grant, or it would delete it (the
+        // new grant has the same holder).
+        while self.inner.state.pending_releases() > 0 {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.inner.state.pending_releases() == 0 {
+                break;
+            }
+            changed.await;
+        }
+        // The store call runs in its own task holding the permit, so that a caller dropped
+        // mid-call cannot leave a grant nobody tracks: the task installs the lease and, if the
+        // caller is gone, drops the guard, which releases the lease at once.
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            acquire_from_store(inner).await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Store(StoreError::permanent(
+                self.inner.store_name,
+                format!("acquire task failed: {e}"),
+            ))),
+        }
+    }
+
+    /// The re-entrant fast path.
+    fn enter(&self) -> Option<LockGuard<S>> {
+        match self.inner.state.enter(self.inner.clock.now()) {
+            Enter::Entered(ticket) => {
+                metrics::reentrant(self.inner.store_name);
+                Some(LockGuard::new(self.inner.clone(), ticket))
+            }
+            Enter::Expired(payload) => {
+                signal_loss(&self.inner, &payload, "local deadline passed");
+                None
+            }
+            Enter::Vacant => None,
+        }
+    }
+}
+
+async fn acquire_from_store<S: LeaseStore>(
+    inner: Arc<Inner<S>>,
+) -> Result<Option<LockGuard<S>>, Error> {
+    let Config { lease, margin, .. } = inner.config;
+    let sent = inner.clock.now();
+    let started = Instant::now();
+    let result = inner
+        .store
+        .try_lock(lease, &inner.key, &inner.holder.full)
+        .instrument(debug_span!("lease.acquire", key = %inner.key, holder = %inner.holder.label))
+        .await;
+    match result {
+        Ok(Some(fence)) => {
+            metrics::acquired(inner.store_name, started.elapsed());
+            let payload = Payload {
+                lost: CancellationToken::new(),
+                stop: CancellationToken::new(),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            // The deadline counts from the send time: the store started the lease no earlier.
+            let deadline = sent + lease - margin;
+            let (ticket, previous) = inner.state.install(fence, deadline, payload.clone());
+            if let Some(previous) = previous {
+                signal_loss(&inner, &previous, "superseded by a new grant");
+            }
+            debug!(key = %inner.key, fence = fence.get(), dirty = ticket.dirty, "lease acquired");
+            tokio::spawn(heartbeat(inner.clone(), ticket, payload));
+            inner.changed.notify_waiters();
+            Ok(Some(LockGuard::new(inner, ticket)))
+        }
+        Ok(None) => {
+            metrics::contended(inner.store_name);
+            Ok(None)
+        }
+        Err(e) => {
+            // The store may have granted the key before the reply was lost. Nothing in this
+            // process holds it (the permit is held and the fast path failed), so a zero-lease
+            // try_lock, which releases only this holder's grant, leaves nothing behind.
+            if e.is_transient() {
+                let _ = inner
+                    .store
+                    .try_lock(Duration::ZERO, &inner.key, &inner.holder.full)
+                    .await;
+            }
+            Err(Error::Store(e))
+        }
+    }
+}
+
+/// Ends a lease as lost: fires every guard's loss signal (once) and stops the heartbeat.
+pub(crate) fn signal_loss<S>(inner: &Inner<S>, payload: &Payload, reason: &'static str) {
+    warn!(key = %inner.key, holder = %inner.holder.label, reason, "lease lost");
+    metrics::lost(inner.store_name, reason);
+    payload.stop.cancel();
+    payload.lost.cancel();
+    inner.changed.notify_waiters();
+}
+
+/// Renews lease `ticket` every `renew_every` until it is released or lost.
+///
+/// The local deadline is *send time of the last successful renewal + lease − margin* on the
+/// lock's clock. Transient store errors are retried with a short jittered backoff until that
+/// deadline; a permanent error, a refusal, or the deadline itself ends the lease as lost.
+async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload: Payload) {
+    let Config {
+        lease,
+        renew_every,
+        margin,
+        ..
+    } = inner.config;
+    let fence: Fence = ticket.fence;
+    let mut next_renew = Instant::now() + renew_every;
+    let mut retry = Backoff::new(
+        (renew_every / 16).max(Duration::from_millis(1)),
+        (renew_every / 2).max(Duration::from_millis(1)),
+    );
+    let span = debug_span!("lease.heartbeat", key = %inner.key, fence = fence.get());
+    let lose = |reason| {
+        if let Some(p) = inner.state.lose(ticket.generation) {
+            signal_loss(&inner, &p, reason);
+        }
+    };
+    async {
+        loop {
+            let Some(deadline) = inner.state.deadline(ticket.generation) else {
+                return; // released or lost
+            };
+            let now = inner.clock.now();
+            if now >= deadline {
+                return lose("local deadline passed");
+            }
+            let to_deadline = deadline - now;
+            let wake = next_renew.min(Instant::now() + to_deadline);
+            tokio::select! {
+                () = payload.stop.cancelled() => return,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if Instant::now() < next_renew {
+                continue; // woke for the deadline check
+            }
+            let sent = inner.clock.now();
+            let Some(budget) = deadline.checked_sub(sent).filter(|b| !b.is_zero()) else {
+                return lose("local deadline passed");
+            };
+            let renew = inner
+                .store
+                .renew(lease, &inner.key, &inner.holder.full, fence);
+            let result = tokio::select! {
+                () = payload.stop.cancelled() => return,
+                r = tokio::time::timeout(budget, renew) => r,
+            };
+            match result {
+                Ok(Ok(true)) => {
+                    let new_deadline = sent + lease - margin;
+                    metrics::renewed(inner.store_name, deadline.saturating_sub(inner.clock.now()));
+                    if !inner.state.renewed(ticket.generation, new_deadline) {
+                        return;
+                    }
+                    retry = Backoff::new(
+                        (renew_every / 16).max(Duration::from_millis(1)),
+                        (renew_every / 2).max(Duration::from_millis(1)),
+                    );
+                    next_renew = Instant::now() + renew_every;
+                }
+                Ok(Ok(false)) => return lose("store names another holder"),
+                Ok(Err(e)) if e.is_transient() => {
+                    metrics::renew_failed(inner.store_name);
+                    debug!(error = %e, "renewal failed, retrying before the deadline");
+                    next_renew = Instant::now() + retry.next_delay();
+                }
+                Ok(Err(e)) => {
+                    metrics::renew_failed(inner.store_name);
+                    warn!(error = %e, "renewal failed permanently");
+                    return lose("renewal failed permanently");
+                }
+                Err(_elapsed) => return lose("renewal did not answer before the local deadline"),
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}

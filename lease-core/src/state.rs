@@ -1,0 +1,318 @@
+//! The per-process holder state of one lock: which lease this process holds, how many guards share
+//! it, and the hand-over between guards, the heartbeat and the release path.
+//!
+//! # Invariants
+//!
+//! - At most one lease is *current* (`held`). Each installed lease gets a new `generation`; a guard
+//!   remembers the generation it was issued for, and every transition names the generation it
+//!   acts on, so a stale guard or a stale heartbeat can never touch a newer lease.
+//! - `count` is the number of live guards of the current lease. The guard whose drop takes it to
+//!   zero, and only that one, receives the lease back to release it; a loss takes the lease away
+//!   first, after which no guard receives it. Each lease therefore ends exactly once: released or
+//!   lost.
+//! - The re-entrant fast path ([`HolderState::enter`]) hands out a guard only while the lease is
+//!   current and its local deadline has not passed; a lease past its deadline is ended as lost
+//!   right there instead.
+//! - `pending_releases` counts releases sent to the store and not yet answered. A new acquisition
+//!   waits for it to reach zero, so a late release can never delete a grant made after it.
+//!
+//! All of this is plain data under one mutex; the caller performs the side effects (cancel the
+//! loss token, stop the heartbeat, send the release) with the payload a transition returns. That
+//! keeps the state machine small enough for loom to check exhaustively.
+
+use std::time::Duration;
+
+use crate::Fence;
+use crate::sync::{Mutex, MutexGuard};
+
+/// The holder state of one lock, generic over the payload a lease carries (the loss token and the
+/// heartbeat handle in production; `()` under loom).
+#[derive(Debug)]
+pub(crate) struct HolderState<P> {
+    inner: Mutex<Inner<P>>,
+}
+
+#[derive(Debug)]
+struct Inner<P> {
+    generation: u64,
+    held: Option<Held<P>>,
+    /// The fence the next grant has if nobody else held the key meanwhile (for `is_dirty`).
+    expected_fence: Option<Fence>,
+    pending_releases: usize,
+}
+
+#[derive(Debug)]
+struct Held<P> {
+    generation: u64,
+    fence: Fence,
+    deadline: Duration,
+    count: usize,
+    dirty: bool,
+    payload: P,
+}
+
+/// What a guard needs to know about the lease it was issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    pub(crate) generation: u64,
+    pub(crate) fence: Fence,
+    pub(crate) dirty: bool,
+}
+
+/// The outcome of the fast path.
+#[derive(Debug)]
+pub(crate) enum Enter<P> {
+    /// A further guard of the current lease.
+    Entered(Ticket),
+    /// The current lease had passed its deadline and is now lost; the payload is handed back so
+    /// the caller can signal the loss.
+    Expired(P),
+    /// No lease is held.
+    Vacant,
+}
+
+impl<P: Clone> HolderState<P> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                generation: 0,
+                held: None,
+                expected_fence: None,
+                pending_releases: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<P>> {
+        // Every transition below leaves the state consistent before it can panic, so a poisoned
+        // mutex still holds consistent state.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The re-entrant fast path: one more guard of the current lease if it is valid at `now`.
+    pub(crate) fn enter(&self, now: Duration) -> Enter<P> {
+        let mut st = self.lock();
+        match &mut st.held {
+            Some(h) if now < h.deadline => {
+                h.count += 1;
+                Enter::Entered(Ticket {
+                    generation: h.generation,
+                    fence: h.fence,
+                    dirty: h.dirty,
+                })
+            }
+            Some(_) => {
+                let h = st.held.take().expect("matched Some");
+                st.expected_fence = Some(h.fence);
+                Enter::Expired(h.payload)
+            }
+            None => Enter::Vacant,
+        }
+    }
+
+    /// Installs a lease just granted by the store, with one guard. Returns the ticket and, if a
+    /// previous lease was still current (it cannot be valid: callers take the fast path first),
+    /// that lease's payload, now lost.
+    pub(crate) fn install(
+        &self,
+        fence: Fence,
+        deadline: Duration,
+        payload: P,
+    ) -> (Ticket, Option<P>) {
+        let mut st = self.lock();
+        let previous = st.held.take().map(|h| {
+            st.expected_fence = Some(h.fence);
+            h.payload
+        });
+        let dirty = match st.expected_fence {
+            Some(expected) => fence != expected,
+            None => fence != Fence::FIRST,
+        };
+        st.generation += 1;
+        let generation = st.generation;
+        st.held = Some(Held {
+            generation,
+            fence,
+            deadline,
+            count: 1,
+            dirty,
+            payload,
+        });
+        (
+            Ticket {
+                generation,
+                fence,
+                dirty,
+            },
+            previous,
+        )
+    }
+
+    /// One more guard of lease `generation` (a guard clone). `false` if that lease has ended;
+    /// the clone then belongs to an ended lease and counts for nothing.
+    pub(crate) fn clone_guard(&self, generation: u64) -> bool {
+        let mut st = self.lock();
+        match &mut st.held {
+            Some(h) if h.generation == generation => {
+                h.count += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A guard of lease `generation` is gone. Returns the fence and payload when it was the last
+    /// one: the lease has ended and the caller must release it, and a release is now pending
+    /// (see [`HolderState::release_done`]).
+    pub(crate) fn drop_guard(&self, generation: u64) -> Option<(Fence, P)> {
+        let mut st = self.lock();
+        match &mut st.held {
+            Some(h) if h.generation == generation => {
+                h.count -= 1;
+                if h.count > 0 {
+                    return None;
+                }
+                let h = st.held.take().expect("matched Some");
+                st.expected_fence = h.fence.next();
+                st.pending_releases += 1;
+                Some((h.fence, h.payload))
+            }
+            _ => None,
+        }
+    }
+
+    /// A release sent after [`HolderState::drop_guard`] has been answered (or given up).
+    pub(crate) fn release_done(&self) {
+        let mut st = self.lock();
+        st.pending_releases -= 1;
+    }
+
+    /// Releases sent and not yet answered.
+    pub(crate) fn pending_releases(&self) -> usize {
+        self.lock().pending_releases
+    }
+
+    /// Ends lease `generation` as lost. Returns its payload if it was still current, so the loss
+    /// is signalled exactly once.
+    pub(crate) fn lose(&self, generation: u64) -> Option<P> {
+        let mut st = self.lock();
+        match &st.held {
+            Some(h) if h.generation == generation => {
+                let h = st.held.take().expect("matched Some");
+                st.expected_fence = Some(h.fence);
+                Some(h.payload)
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves lease `generation`'s deadline after a successful renewal. `false` if the lease has
+    /// ended meanwhile (the heartbeat then stops).
+    pub(crate) fn renewed(&self, generation: u64, deadline: Duration) -> bool {
+        let mut st = self.lock();
+        match &mut st.held {
+            Some(h) if h.generation == generation => {
+                h.deadline = h.deadline.max(deadline);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The local deadline of lease `generation`, if it is still current.
+    pub(crate) fn deadline(&self, generation: u64) -> Option<Duration> {
+        match &self.lock().held {
+            Some(h) if h.generation == generation => Some(h.deadline),
+            _ => None,
+        }
+    }
+
+    /// The number of live guards of the current lease (0 when none is held).
+    pub(crate) fn guards(&self) -> usize {
+        self.lock().held.as_ref().map_or(0, |h| h.count)
+    }
+
+    /// The payload of lease `generation`, if it is still current.
+    pub(crate) fn payload(&self, generation: u64) -> Option<P> {
+        match &self.lock().held {
+            Some(h) if h.generation == generation => Some(h.payload.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(all(test, not(lease_loom)))]
+mod tests {
+    use super::*;
+
+    fn f(n: u64) -> Fence {
+        Fence::new(n).unwrap()
+    }
+    const LATER: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn last_guard_releases_exactly_once() {
+        let st = HolderState::<()>::new();
+        let (t, prev) = st.install(f(1), LATER, ());
+        assert!(prev.is_none());
+        assert!(matches!(st.enter(Duration::ZERO), Enter::Entered(_)));
+        assert!(st.clone_guard(t.generation));
+        assert_eq!(st.guards(), 3);
+        assert!(st.drop_guard(t.generation).is_none());
+        assert!(st.drop_guard(t.generation).is_none());
+        assert_eq!(st.drop_guard(t.generation).map(|(f, _)| f), Some(f(1)));
+        assert_eq!(st.pending_releases(), 1);
+        assert!(
+            st.lose(t.generation).is_none(),
+            "a released lease cannot also be lost"
+        );
+    }
+
+    #[test]
+    fn lost_lease_is_not_reentered_and_not_released() {
+        let st = HolderState::<()>::new();
+        let (t, _) = st.install(f(1), LATER, ());
+        assert!(st.lose(t.generation).is_some());
+        assert!(st.lose(t.generation).is_none(), "a loss is signalled once");
+        assert!(matches!(st.enter(Duration::ZERO), Enter::Vacant));
+        assert!(st.drop_guard(t.generation).is_none());
+        assert_eq!(st.pending_releases(), 0);
+    }
+
+    #[test]
+    fn expired_lease_is_lost_on_the_fast_path() {
+        let st = HolderState::<()>::new();
+        let (t, _) = st.install(f(1), Duration::from_secs(1), ());
+        assert!(matches!(
+            st.enter(Duration::from_millis(999)),
+            Enter::Entered(_)
+        ));
+        assert!(matches!(
+            st.enter(Duration::from_secs(1)),
+            Enter::Expired(())
+        ));
+        assert!(st.deadline(t.generation).is_none());
+    }
+
+    #[test]
+    fn dirty_when_someone_else_held_the_key_between() {
+        let st = HolderState::<()>::new();
+        let (t, _) = st.install(f(1), LATER, ());
+        assert!(!t.dirty, "first grant of a fresh key");
+        st.drop_guard(t.generation);
+        st.release_done();
+        let (t, _) = st.install(f(2), LATER, ());
+        assert!(!t.dirty, "released at 1, retaken at 2: nobody between");
+        st.drop_guard(t.generation);
+        let (t, _) = st.install(f(5), LATER, ());
+        assert!(t.dirty, "released at 2, retaken at 5: others held it");
+        st.lose(t.generation);
+        let (t, _) = st.install(f(5), LATER, ());
+        assert!(!t.dirty, "lost at 5, retaken at 5: nobody between");
+        let st = HolderState::<()>::new();
+        assert!(
+            st.install(f(3), LATER, ()).0.dirty,
+            "a key others held before"
+        );
+    }
+}

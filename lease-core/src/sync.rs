@@ -1,0 +1,8 @@
+//! Synchronisation primitives behind a shim, so the holder-count state machine can be model
+//! checked with loom (`RUSTFLAGS="--cfg lease_loom"`, see `tests/loom_state.rs` and
+//! `scripts/test.sh`). The cfg is not plain `loom` because tokio reserves that one for itself.
+
+#[cfg(lease_loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
+#[cfg(not(lease_loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
