@@ -1,4 +1,113 @@
-//! Cross-process lease locks with fencing tokens.
+//! Cross-process lease locks with fencing tokens, over pluggable stores.
+//!
+//! Several processes, on one host or many, must not run the same critical section at once: a job
+//! claimed twice, two writers on one data directory, two leaders. This crate gives each process a
+//! **lease** on a named key in a shared store. The lease is renewed by a heartbeat while held,
+//! lapses by itself when the holder dies, and is released at once when the holder is done.
+//!
+//! ```
+//! use std::time::Duration;
+//! use lease_core::{CrossProcessLock, FenceGate, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lease_core::Error> {
+//! // Any store works the same way; the memory store is shared only inside this process.
+//! let lock = CrossProcessLock::builder(MemoryStore::new(), "jobs/42")
+//!     .lease(Duration::from_secs(5))
+//!     .build()?;
+//! let resource = FenceGate::new(); // stands in for a resource that checks fences
+//!
+//! let guard = lock.lock_timeout(Duration::from_secs(30)).await?;
+//! // Every write to the protected resource carries the fence; stale holders are rejected.
+//! resource.check(guard.fence()).expect("no newer holder has written");
+//! assert!(guard.is_held());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # What a lease promises, and what it cannot
+//!
+//! A lease alone can never promise mutual exclusion: a holder can be paused (GC, `SIGSTOP`, a
+//! laptop suspend, a slow disk) past its lease, or its last write can be delayed in the network.
+//! So the contract is three things:
+//!
+//! 1. **Grant**: at most one holder is granted a key at a time, as far as the store can tell.
+//! 2. **Fence**: every grant carries a [`Fence`] that strictly increases per key. A resource that
+//!    rejects writes with a fence lower than the highest it has seen ([`FenceGate`], or the same
+//!    comparison inside a database write) stays safe even when two processes believe they hold
+//!    the lock.
+//! 3. **Loss signal**: a holder is told ([`LockGuard::lost`], [`LockGuard::is_held`]), before its
+//!    lease can have expired in the store, that it may no longer hold it; its work can then stop.
+//!
+//! Without fenced writes, the lock is an *efficiency* lock: it stops duplicate work almost always,
+//! but a paused holder can still write after its lease ended. With fenced writes it is a
+//! *correctness* lock, as far as the store's fences are durable
+//! ([`Capabilities::durable_fences`]).
+//!
+//! # The protocol
+//!
+//! A [`CrossProcessLock`] is built per key. Its holder id is `host/pid/label` plus 128 random
+//! bits, so two lock objects never share a holder by accident; logs show only the readable part.
+//!
+//! *Acquire* calls the store's [`LeaseStore::try_lock`] once, which atomically grants a vacant or
+//! expired key (fence + 1), extends the caller's own grant (same fence), or refuses. Waiting calls
+//! ([`CrossProcessLock::lock`], [`CrossProcessLock::lock_timeout`]) repeat it with capped,
+//! jittered exponential backoff, each call with its own backoff state and an exact deadline, and
+//! wake early when the store reports a release ([`LeaseStore::wait_for_change`]) or when another
+//! task of this process releases or acquires the key. Tasks of one process waiting on one key
+//! share a single store call at a time and share its grant.
+//!
+//! *Re-entry*: while this process holds a valid lease, further acquisitions return another guard
+//! without a store call. The lease's guard count is exact under clone, drop, cancellation and
+//! panic. The fast path is taken only while the lease's local deadline has not passed.
+//!
+//! *Heartbeat*: while any guard lives, a task renews the lease every `renew_every` with a
+//! compare-and-extend ([`LeaseStore::renew`]) that never grants. The **local deadline** is the
+//! send time of the last successful acquire or renew, plus the lease, minus a safety margin,
+//! measured on `CLOCK_BOOTTIME` ([`BootClock`]): a suspended machine wakes up with its lease
+//! already lost, and a wall-clock step changes nothing. Transient store errors are retried with
+//! short jittered backoff until that deadline. When the deadline passes, the store refuses the
+//! renewal, or it fails permanently, the lease is **lost**: every guard's signal fires exactly
+//! once, the heartbeat stops, and this holder writes to the store again only with a fresh
+//! acquisition.
+//!
+//! *Release*: dropping the last guard (or [`LockGuard::release`]) stops the heartbeat and sends
+//! the release at once. A new acquisition in this process waits until that release has landed,
+//! so a late release can never delete a newer grant. Dropping the lock object while guards live
+//! does not release.
+//!
+//! # Stores
+//!
+//! [`LeaseStore`] is the contract; one conformance suite ([`testing`], feature `testing`) checks
+//! every store against it. [`MemoryStore`] is the reference implementation, for tests and for
+//! tasks of one process. The backend crates provide SQLite (embedded, one host), Redis and etcd.
+//! [`DynStore`] wraps any store for a choice at run time.
+//!
+//! # Fenced writes in a database
+//!
+//! The fence check must be part of the write itself. In SQL:
+//!
+//! ```sql
+//! UPDATE accounts SET balance = ?1, fence = ?2 WHERE id = ?3 AND fence <= ?2;
+//! -- 0 rows updated: a newer holder has written; stop.
+//! ```
+//!
+//! In Redis, one script compares and writes:
+//!
+//! ```lua
+//! local seen = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+//! if tonumber(ARGV[1]) < seen then return 0 end
+//! redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'value', ARGV[2])
+//! return 1
+//! ```
+//!
+//! In etcd, a transaction compares the fence stored beside the value (or, with the etcd store,
+//! the lock key's `create_revision`) before its put.
+//!
+//! # Observability
+//!
+//! `tracing` spans `lease.wait`, `lease.acquire`, `lease.heartbeat` and `lease.release` carry the
+//! key, fence and holder label; [`metrics`] lists the counters and histograms.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;

@@ -316,3 +316,82 @@ mod tests {
         );
     }
 }
+
+/// Model checks of the hand-over between guards, the heartbeat's loss and the release path:
+/// `RUSTFLAGS="--cfg lease_loom" cargo test -p lease-core --lib --release loom`.
+#[cfg(all(test, lease_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const LATER: Duration = Duration::from_secs(10);
+
+    fn fence() -> Fence {
+        Fence::FIRST
+    }
+
+    /// Two guards dropped on two threads while the heartbeat declares a loss: the lease ends
+    /// exactly once, by release or by loss, never both, and the count never underflows.
+    #[test]
+    fn drops_and_loss_end_the_lease_exactly_once() {
+        loom::model(|| {
+            let st = Arc::new(HolderState::<()>::new());
+            let (t, _) = st.install(fence(), LATER, ());
+            assert!(st.clone_guard(t.generation));
+            let drops: Vec<_> = (0..2)
+                .map(|_| {
+                    let st = st.clone();
+                    thread::spawn(move || st.drop_guard(t.generation).is_some())
+                })
+                .collect();
+            let lost = st.lose(t.generation).is_some();
+            let released = drops.into_iter().map(|h| h.join().unwrap()).filter(|r| *r).count();
+            assert_eq!(usize::from(lost) + released, 1, "lost={lost} released={released}");
+            assert_eq!(st.guards(), 0);
+            assert_eq!(st.pending_releases(), released);
+        });
+    }
+
+    /// A re-entrant acquisition racing with a loss: either it gets a guard before the loss (and
+    /// the loss then reaches that guard) or it finds nothing held; never a guard of a lost lease.
+    #[test]
+    fn reentry_never_outlives_a_loss() {
+        loom::model(|| {
+            let st = Arc::new(HolderState::<()>::new());
+            let (t, _) = st.install(fence(), LATER, ());
+            let enter = {
+                let st = st.clone();
+                thread::spawn(move || matches!(st.enter(Duration::ZERO), Enter::Entered(_)))
+            };
+            let lost = st.lose(t.generation).is_some();
+            let entered = enter.join().unwrap();
+            assert!(lost, "the loss must end the lease whatever the interleaving");
+            assert!(matches!(st.enter(Duration::ZERO), Enter::Vacant));
+            let _ = entered;
+        });
+    }
+
+    /// The last guard dropping while another task re-enters: either the re-entry comes first
+    /// (the lease stays, held by the new guard, and nothing is released) or the drop does (the
+    /// lease is released and the re-entry finds it vacant, so it goes to the store).
+    #[test]
+    fn last_drop_racing_reentry_releases_only_an_unheld_lease() {
+        loom::model(|| {
+            let st = Arc::new(HolderState::<()>::new());
+            let (t, _) = st.install(fence(), LATER, ());
+            let enter = {
+                let st = st.clone();
+                thread::spawn(move || matches!(st.enter(Duration::ZERO), Enter::Entered(_)))
+            };
+            let released = st.drop_guard(t.generation).is_some();
+            let entered = enter.join().unwrap();
+            assert!(released != entered, "released={released} entered={entered}");
+            assert_eq!(st.guards(), usize::from(entered));
+            if entered {
+                assert!(st.drop_guard(t.generation).is_some(), "the new guard releases later");
+            }
+            assert_eq!(st.pending_releases(), 1);
+        });
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace against real servers.
+#
+# Installs what the tests need when it is missing (Debian packages, as root), then: rustfmt check,
+# clippy with -D warnings, rustdoc with -D warnings, the whole test suite with every feature
+# (nextest when installed), the doc tests, and the loom model checks. Under CI=true a missing
+# server fails the tests instead of skipping them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+packages=()
+command -v redis-server >/dev/null || packages+=(redis-server)
+command -v etcd >/dev/null || packages+=(etcd-server)
+command -v etcdctl >/dev/null || packages+=(etcd-client)
+command -v protoc >/dev/null || packages+=(protobuf-compiler)
+if ((${#packages[@]})); then
+  step "installing ${packages[*]}"
+  if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${packages[@]}" >/dev/null
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --locked --quiet
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-features --locked --no-fail-fast
+else
+  cargo test --workspace --all-features --locked --no-fail-fast
+fi
+
+step "doc tests"
+cargo test --workspace --all-features --locked --doc
+
+step "loom model checks"
+RUSTFLAGS="--cfg lease_loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p lease-core --lib --release --locked loom
