@@ -3,7 +3,7 @@
 #
 # Installs what the tests need when it is missing (Debian packages, as root), then: rustfmt check,
 # clippy with -D warnings, rustdoc with -D warnings, the whole test suite with every feature
-# (nextest when installed), the doc tests, and the loom model checks. Under CI=true a missing
+# the doc tests, and the loom model checks. Under CI=true a missing
 # server fails the tests instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,15 +32,10 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --locked --quiet
 
-step "tests"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-features --locked --no-fail-fast
-else
-  cargo test --workspace --all-features --locked --no-fail-fast
-fi
-
-step "doc tests"
-cargo test --workspace --all-features --locked --doc
+# cargo test rather than nextest: the backend suites share one server per test binary, which
+# nextest's process-per-test model would start once per test.
+step "tests (unit, integration and doc)"
+cargo test --workspace --all-features --locked --no-fail-fast
 
 step "loom model checks"
 RUSTFLAGS="--cfg lease_loom" CARGO_TARGET_DIR=target/loom \
