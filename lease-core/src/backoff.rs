@@ -15,6 +15,7 @@ pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     attempt: u32,
+    jitter: bool,
 }
 
 impl Backoff {
@@ -23,7 +24,14 @@ impl Backoff {
             min,
             max: max.max(min),
             attempt: 0,
+            jitter: true,
         }
+    }
+
+    /// Plain doubling from `min` to `max`, without jitter (only to reproduce older designs).
+    pub(crate) fn without_jitter(mut self) -> Self {
+        self.jitter = false;
+        self
     }
 
     /// The next delay.
@@ -33,6 +41,9 @@ impl Backoff {
             .saturating_mul(1u32.checked_shl(self.attempt).unwrap_or(u32::MAX))
             .min(self.max);
         self.attempt = self.attempt.saturating_add(1).min(31);
+        if ceiling <= self.min || !self.jitter {
+            return ceiling;
+        }
         if ceiling <= self.min {
             return self.min;
         }
@@ -62,5 +73,13 @@ mod tests {
             distinct.len() > 10,
             "delays must be jittered, not fixed: {late:?}"
         );
+    }
+
+    #[test]
+    fn without_jitter_doubles_exactly() {
+        let mut b =
+            Backoff::new(Duration::from_millis(10), Duration::from_secs(1)).without_jitter();
+        let ms: Vec<_> = (0..9).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(ms, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
     }
 }

@@ -190,6 +190,9 @@ fn spawn_release<S: LeaseStore>(
     let span = debug_span!("lease.release", key = %inner.key, fence = fence.get());
     payload.runtime.spawn(
         async move {
+            if !inner.config.release_delay.is_zero() {
+                tokio::time::sleep(inner.config.release_delay).await;
+            }
             let result = inner
                 .store
                 .release(&inner.key, &inner.holder.full, fence)

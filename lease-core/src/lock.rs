@@ -31,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) margin: Duration,
     pub(crate) backoff_min: Duration,
     pub(crate) backoff_max: Duration,
+    pub(crate) jitter: bool,
+    pub(crate) notifications: bool,
+    pub(crate) release_delay: Duration,
 }
 
 pub(crate) struct Inner<S> {
@@ -108,6 +111,9 @@ pub struct LockBuilder<S> {
     renew_every: Option<Duration>,
     margin: Option<Duration>,
     backoff: (Duration, Duration),
+    jitter: bool,
+    notifications: bool,
+    release_delay: Duration,
     clock: Option<SharedClock>,
 }
 
@@ -143,6 +149,29 @@ impl<S: LeaseStore> LockBuilder<S> {
     /// costs at most `max` of latency.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff = (min, max);
+        self
+    }
+
+    /// Whether waiting calls jitter their backoff (default `true`). Turning it off makes waiters
+    /// that started together poll together; it exists to reproduce older designs in benchmarks.
+    pub fn jitter(mut self, yes: bool) -> Self {
+        self.jitter = yes;
+        self
+    }
+
+    /// Whether waiting calls wake early on store notifications and on releases and grants
+    /// within this process (default `true`). Without, they only poll on their backoff schedule;
+    /// this exists to reproduce older designs in benchmarks.
+    pub fn wake_on_notifications(mut self, yes: bool) -> Self {
+        self.notifications = yes;
+        self
+    }
+
+    /// Holds every release back by this long before sending it (default zero: at once). A
+    /// non-zero delay only reproduces older designs that released on the next heartbeat tick,
+    /// for benchmarks; it slows every handoff by that much.
+    pub fn release_delay(mut self, delay: Duration) -> Self {
+        self.release_delay = delay;
         self
     }
 
@@ -232,6 +261,9 @@ impl<S: LeaseStore> LockBuilder<S> {
                     margin,
                     backoff_min,
                     backoff_max,
+                    jitter: self.jitter,
+                    notifications: self.notifications,
+                    release_delay: self.release_delay,
                 },
                 clock: self.clock.unwrap_or_else(|| Arc::new(BootClock)),
                 state: HolderState::new(),
@@ -256,6 +288,9 @@ impl<S: LeaseStore> CrossProcessLock<S> {
             renew_every: None,
             margin: None,
             backoff: (Duration::from_millis(2), Duration::from_millis(250)),
+            jitter: true,
+            notifications: true,
+            release_delay: Duration::ZERO,
             clock: None,
         }
     }
@@ -370,8 +405,11 @@ impl<S: LeaseStore> CrossProcessLock<S> {
     async fn wait(&self, timeout: Option<Duration>) -> Result<LockGuard<S>, Error> {
         let started = Instant::now();
         let deadline = timeout.map(|t| started + t);
-        let mut backoff =
-            Backoff::new(self.inner.config.backoff_min, self.inner.config.backoff_max);
+        let config = self.inner.config;
+        let mut backoff = Backoff::new(config.backoff_min, config.backoff_max);
+        if !config.jitter {
+            backoff = backoff.without_jitter();
+        }
         let span =
             debug_span!("lease.wait", key = %self.inner.key, holder = %self.inner.holder.label);
         async {
@@ -396,9 +434,13 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                     }
                     pause = pause.min(deadline - now);
                 }
-                tokio::select! {
-                    () = self.inner.store.wait_for_change(&self.inner.key, pause) => {}
-                    () = &mut changed => {}
+                if config.notifications {
+                    tokio::select! {
+                        () = self.inner.store.wait_for_change(&self.inner.key, pause) => {}
+                        () = &mut changed => {}
+                    }
+                } else {
+                    tokio::time::sleep(pause).await;
                 }
             }
         }

@@ -346,8 +346,16 @@ mod loom_tests {
                 })
                 .collect();
             let lost = st.lose(t.generation).is_some();
-            let released = drops.into_iter().map(|h| h.join().unwrap()).filter(|r| *r).count();
-            assert_eq!(usize::from(lost) + released, 1, "lost={lost} released={released}");
+            let released = drops
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|r| *r)
+                .count();
+            assert_eq!(
+                usize::from(lost) + released,
+                1,
+                "lost={lost} released={released}"
+            );
             assert_eq!(st.guards(), 0);
             assert_eq!(st.pending_releases(), released);
         });
@@ -366,7 +374,10 @@ mod loom_tests {
             };
             let lost = st.lose(t.generation).is_some();
             let entered = enter.join().unwrap();
-            assert!(lost, "the loss must end the lease whatever the interleaving");
+            assert!(
+                lost,
+                "the loss must end the lease whatever the interleaving"
+            );
             assert!(matches!(st.enter(Duration::ZERO), Enter::Vacant));
             let _ = entered;
         });
@@ -389,7 +400,10 @@ mod loom_tests {
             assert!(released != entered, "released={released} entered={entered}");
             assert_eq!(st.guards(), usize::from(entered));
             if entered {
-                assert!(st.drop_guard(t.generation).is_some(), "the new guard releases later");
+                assert!(
+                    st.drop_guard(t.generation).is_some(),
+                    "the new guard releases later"
+                );
             }
             assert_eq!(st.pending_releases(), 1);
         });

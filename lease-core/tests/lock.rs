@@ -619,3 +619,33 @@ async fn many_tasks_many_locks_one_winner_at_a_time() {
     assert!(gate.highest().unwrap().get() >= 160);
     advance(Duration::from_millis(1)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn ancestor_configuration_is_reproducible_and_slow_to_hand_over() {
+    // The benchmark baseline: polling only, plain doubling, release on the next tick.
+    let s = store();
+    let ancestor = |s: &Arc<Store>| {
+        CrossProcessLock::builder(s.clone(), "k")
+            .lease(Duration::from_millis(500))
+            .renew_every(Duration::from_millis(50))
+            .backoff(Duration::from_millis(10), Duration::from_secs(1))
+            .jitter(false)
+            .wake_on_notifications(false)
+            .release_delay(Duration::from_millis(50))
+            .clock(Arc::new(TokioClock::new()))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (ancestor(&s), ancestor(&s));
+    let g = a.lock().await.unwrap();
+    let waiter = tokio::spawn(async move { b.lock().await.map(|g| (Instant::now(), g)) });
+    sleep(Duration::from_millis(700)).await;
+    let dropped = Instant::now();
+    drop(g);
+    let (acquired, _g) = waiter.await.unwrap().unwrap();
+    assert!(
+        acquired - dropped >= Duration::from_millis(50),
+        "the release waits for the tick and the waiter for its poll: {:?}",
+        acquired - dropped
+    );
+}
