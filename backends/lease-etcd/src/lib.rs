@@ -1,1 +1,108 @@
-//! The etcd store for lease-core (in progress).
+//! The etcd store for [lease-core](lease_core): lease locks whose grants and fences are decided by
+//! an etcd cluster (Raft), so they hold across hosts and survive the loss of a minority of
+//! members.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use lease_core::CrossProcessLock;
+//! use lease_etcd::EtcdStore;
+//!
+//! # async fn run() -> Result<(), lease_core::Error> {
+//! let store = EtcdStore::connect("etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379/myapp/").await?;
+//! let lock = CrossProcessLock::builder(store, "jobs/nightly")
+//!     .lease(Duration::from_secs(5))
+//!     .build()?;
+//! let guard = lock.lock_timeout(Duration::from_secs(60)).await?;
+//! // ... work, passing guard.fence() to every write of the protected resource ...
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # The protocol
+//!
+//! A lock key `k` is two etcd keys under the store's prefix: the **lock key** `<prefix>l/k`,
+//! whose value is the holder and which is attached to an etcd lease, and the **fence counter**
+//! `<prefix>f/k`, which has no lease and is never deleted. The fence of a grant is the counter's
+//! `version` (etcd counts every put of a key), so the first grant of a key has fence 1 and every
+//! later grant a larger one, durable through Raft.
+//!
+//! *Acquire* is one transaction: `If CreateRevision(lock) == 0 Then Put(counter) (returning the
+//! previous version), Put(lock, holder, lease) Else Get(lock), Get(counter)`. A vacant key is
+//! granted with fence = previous counter version + 1. If the key exists and its value is this
+//! holder, the call is an extend with the same fence (the counter is only bumped on a grant, so
+//! while the key exists the counter's version is its holder's fence); this is also what a retry
+//! after a lost reply sees. Anyone else is refused.
+//!
+//! *Renew* and *release* are transactions that compare the lock key's value (the holder) and the
+//! counter's version (the fence), then read or delete the lock key: they act on exactly one
+//! grant. A zero-lease `try_lock` deletes the key if its value is the holder.
+//!
+//! *Leases.* etcd leases, not keys, expire. Each store holds **one etcd lease per TTL in use**
+//! (a *session*; normally one per process), and every key it grants with that TTL is attached to
+//! it. One keepalive stream keeps a session alive: a renew needs the session's last keepalive to
+//! have been *sent* no earlier than the renew call (less any surplus of the granted TTL over the
+//! requested lease), so that after `renew` returns `true` the key is held until at least
+//! *now + lease* on the server. Concurrent renewals of many keys queue behind one in-flight
+//! keepalive and are all served by the next one, so the keepalive rate follows round trips, not
+//! held keys. The ownership check (a transaction) runs beside the keepalive, so an acquire or a
+//! renew costs one round trip.
+//!
+//! A keepalive answered with TTL ≤ 0 (or "lease not found") means the session lapsed: its keys
+//! are deleted by etcd, every later renew of them returns `false`, and new grants go to a new
+//! session. Because keys share a session, a key whose holder stopped renewing (without a release)
+//! would be kept alive by other keys' renewals; so before each keepalive the store deletes (with
+//! the holder and fence compared) every key of the session whose holder's last acquire or renew
+//! is older than its lease. Such a key outlives its holder's lease by at most one TTL.
+//!
+//! *TTL.* etcd leases are whole seconds, and the server raises short ones to its minimum
+//! (1.5 × election timeout, rounded up: 2 s with default settings). The store declares a 1 s
+//! granularity and a 2 s minimum ([`Capabilities`](lease_core::Capabilities)), asks for the
+//! lease rounded up to whole seconds, and uses the TTL etcd granted; a grant shorter than asked
+//! is an error. Expiry lags by up to about half a second more in etcd.
+//!
+//! *Fences.* Because etcd deletes an expired key, a holder that retakes its own expired lease
+//! gets a new grant with a larger fence (`stable_retake` is false); that is safe, only less
+//! convenient. The fence counter survives restarts of the cluster; deleting it by hand restarts
+//! the key's fences at 1, which a fenced resource would then refuse.
+//!
+//! *Waiting.* [`wait_for_change`](lease_core::LeaseStore::wait_for_change) reads the lock key and
+//! watches it from the revision it read: it returns as soon as the key is deleted or changes (or
+//! at once if it is vacant), and after `max_wait` at the latest. A failed watch waits out
+//! `max_wait`, so it costs latency, never a busy loop.
+//!
+//! *Cluster.* Requests go to any member (with "require leader", so a member cut off from the
+//! leader refuses rather than hangs); transactions and lease operations are linearized by the
+//! leader, so a leader change never grants a key twice. A broken keepalive stream is reopened on
+//! another member. Every request is bounded by the request timeout (5 s by default).
+//!
+//! *Auth.* With user and password (in the URL, `etcd://user:password@host:2379/prefix`, or
+//! [`EtcdStoreBuilder::user`]), etcd hands out a token that expires when idle (300 s by
+//! default, `--auth-token-ttl`). A request refused for an expired token is re-authenticated and
+//! retried once; if that fails the error reaches the caller (a renewal retries it until the
+//! lock's deadline, then the lock reports the loss). Passwords never appear in `Debug` output,
+//! errors or logs.
+//!
+//! # Fenced writes in etcd
+//!
+//! Data in the same etcd can be written only while the grant is still current, in one
+//! transaction: compare `Value(store.lock_key(k)) == holder` and
+//! `Version(store.fence_key(k)) == fence`, then put. For data elsewhere, store the fence beside
+//! the data and compare it there ([`lease_core::FenceGate`] and the recipes in lease-core).
+//!
+//! # Features
+//!
+//! - `tls`: `etcds://` URLs and [`EtcdStoreBuilder::tls`] (rustls, system roots; client
+//!   certificates through [`etcd_client::TlsOptions`]).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod error;
+mod session;
+mod store;
+
+pub use config::{DEFAULT_PREFIX, EtcdStoreBuilder};
+pub use etcd_client;
+pub use store::EtcdStore;
+
+/// The store's name in errors and capabilities.
+const NAME: &str = "etcd";

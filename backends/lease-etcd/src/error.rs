@@ -1,0 +1,115 @@
+//! Mapping etcd-client's errors into classified [`StoreError`]s.
+
+use lease_core::StoreError;
+use tonic_code::Code;
+
+use crate::NAME;
+
+/// The gRPC status codes, re-exported by etcd-client through tonic.
+mod tonic_code {
+    pub(crate) use etcd_client::Error;
+    /// gRPC codes we classify (numeric values from the gRPC spec, stable forever).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Code {
+        Cancelled,
+        Unknown,
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        FailedPrecondition,
+        PermissionDenied,
+        ResourceExhausted,
+        Aborted,
+        Unavailable,
+        Unauthenticated,
+        Other,
+    }
+
+    impl Code {
+        pub(crate) fn of(e: &Error) -> Option<(Code, &str)> {
+            match e {
+                Error::GRpcStatus(s) => {
+                    let code = match s.code() as i32 {
+                        1 => Code::Cancelled,
+                        2 => Code::Unknown,
+                        3 => Code::InvalidArgument,
+                        4 => Code::DeadlineExceeded,
+                        5 => Code::NotFound,
+                        7 => Code::PermissionDenied,
+                        8 => Code::ResourceExhausted,
+                        9 => Code::FailedPrecondition,
+                        10 => Code::Aborted,
+                        14 => Code::Unavailable,
+                        16 => Code::Unauthenticated,
+                        _ => Code::Other,
+                    };
+                    Some((code, s.message()))
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+/// `true` when etcd says the lease a request named does not exist (expired or revoked).
+pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
+        e => matches!(Code::of(e), Some((Code::NotFound, m)) if m.contains("lease not found")),
+    }
+}
+
+/// Classifies an etcd-client error. `what` names the operation ("acquire `jobs/1`").
+pub(crate) fn map(what: &str, e: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    let transient = match &e {
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
+            true
+        }
+        E::GRpcStatus(_) => match Code::of(&e).map(|(c, _)| c) {
+            Some(
+                Code::Cancelled
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::Unavailable
+                | Code::NotFound,
+            ) => true,
+            // An expired token that could not be refreshed in time: refreshing again may work.
+            Some(Code::Unauthenticated) => {
+                matches!(Code::of(&e), Some((_, m)) if m.contains("invalid auth token"))
+            }
+            Some(
+                Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::PermissionDenied
+                | Code::Other,
+            )
+            | None => false,
+        },
+        _ => false,
+    };
+    let hint = match Code::of(&e) {
+        Some((Code::InvalidArgument, m)) if m.contains("authentication failed") => {
+            " (user name or password refused)"
+        }
+        Some((Code::PermissionDenied, _)) => " (the etcd user lacks permission on the key prefix)",
+        Some((Code::FailedPrecondition, m)) if m.contains("authentication is not enabled") => {
+            " (credentials given but etcd auth is not enabled)"
+        }
+        _ => "",
+    };
+    let msg = format!("{what} failed{hint}");
+    let err = if transient {
+        StoreError::transient(NAME, msg)
+    } else {
+        StoreError::permanent(NAME, msg)
+    };
+    err.with_source(e)
+}
+
+/// A request that took longer than the store's request timeout.
+pub(crate) fn timed_out(what: &str, after: std::time::Duration) -> StoreError {
+    StoreError::transient(NAME, format!("{what} timed out after {after:?}"))
+}

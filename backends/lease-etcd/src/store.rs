@@ -1,0 +1,700 @@
+//! [`EtcdStore`]: the transactions on one key, and the per-process session leases.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchOptions,
+};
+use lease_core::{BootClock, Capabilities, Clock, Fence, LeaseStore, StoreError, validate};
+use tracing::debug;
+
+use crate::NAME;
+use crate::config::EtcdStoreBuilder;
+use crate::error::{is_lease_not_found, map, timed_out};
+use crate::session::Session;
+
+/// A [`LeaseStore`] in etcd; see the [crate docs](crate) for the protocol.
+///
+/// Cheap to clone: clones share one connection and one set of session leases.
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    prefix: Vec<u8>,
+    pub(crate) request_timeout: Duration,
+    endpoints: Vec<String>,
+    user: Option<String>,
+    /// The live session lease per requested TTL in whole seconds.
+    sessions: tokio::sync::Mutex<HashMap<i64, Arc<Session>>>,
+    /// The grants this store made and still covers with a session lease, by etcd lock key.
+    held: Mutex<HashMap<Vec<u8>, Held>>,
+}
+
+/// A grant covered by one of this store's session leases.
+#[derive(Debug, Clone)]
+pub(crate) struct Held {
+    pub(crate) holder: Vec<u8>,
+    pub(crate) fence: i64,
+    /// `BootClock` time until which the holder asked for the key (send time of its last
+    /// acquire or renew + its lease). A keepalive after this would stretch the key past what
+    /// its holder asked for, so the key is deleted instead (see [`Inner::sweep`]).
+    pub(crate) valid_until: Duration,
+    pub(crate) session: i64,
+}
+
+/// Why a request failed before it could be classified.
+pub(crate) enum Failure {
+    Etcd(etcd_client::Error),
+    Timeout(Duration),
+}
+
+impl Failure {
+    pub(crate) fn into_store(self, what: &str) -> StoreError {
+        match self {
+            Failure::Etcd(e) => map(what, e),
+            Failure::Timeout(d) => timed_out(what, d),
+        }
+    }
+
+    fn is_lease_not_found(&self) -> bool {
+        matches!(self, Failure::Etcd(e) if is_lease_not_found(e))
+    }
+}
+
+/// What the acquire transaction found.
+enum Found {
+    /// The key was vacant and is now granted with this fence.
+    Granted(i64),
+    /// The key exists.
+    Held {
+        holder: Vec<u8>,
+        lease: i64,
+        fence: i64,
+    },
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.inner.endpoints)
+            .field("prefix", &String::from_utf8_lossy(&self.inner.prefix))
+            .field(
+                "user",
+                &self.inner.user.as_deref().map(|u| format!("{u} (password redacted)")),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn ttl_secs(lease: Duration) -> i64 {
+    let secs = lease.as_nanos().div_ceil(1_000_000_000).max(1);
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+fn to_fence(key: &str, v: i64) -> Result<Fence, StoreError> {
+    u64::try_from(v).ok().and_then(Fence::new).ok_or_else(|| {
+        StoreError::new(
+            lease_core::StoreErrorKind::FenceRegressed,
+            NAME,
+            format!("fence counter of `{}` holds no valid fence ({v})", key.escape_debug()),
+        )
+    })
+}
+
+fn fence_i64(f: Fence) -> i64 {
+    i64::try_from(f.get()).unwrap_or(i64::MAX)
+}
+
+impl EtcdStore {
+    /// A builder for a store on these endpoints (`host:port`, or `http(s)://host:port`).
+    pub fn builder<I, S>(endpoints: I) -> EtcdStoreBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        EtcdStoreBuilder::new(endpoints)
+    }
+
+    /// Connects with the settings of an `etcd://` URL; see [`EtcdStoreBuilder::from_url`].
+    ///
+    /// # Errors
+    ///
+    /// As [`EtcdStoreBuilder::from_url`] and [`EtcdStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        EtcdStoreBuilder::from_url(url)?.connect().await
+    }
+
+    pub(crate) async fn connect_with(b: EtcdStoreBuilder) -> Result<Self, StoreError> {
+        b.validate()?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(b.connect_timeout)
+            .with_timeout(b.request_timeout)
+            // HTTP/2 pings notice a dead member (or a silent network) without waiting for TCP.
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // A member cut off from the leader refuses at once instead of hanging, so requests
+            // and watches move to a member that has one.
+            .with_require_leader(true)
+            // Simple auth tokens expire when idle (300 s by default): re-authenticate and retry.
+            .with_auto_token_refresh(true);
+        if let Some((user, password)) = &b.user {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &b.tls_options {
+            options = options.with_tls(tls.clone());
+        } else if b.tls {
+            options = options.with_tls(etcd_client::TlsOptions::new().with_native_roots());
+        }
+        let endpoints = b.client_endpoints();
+        let shown = b.endpoints.join(",");
+        let budget = b.connect_timeout + b.request_timeout;
+        let client = match tokio::time::timeout(budget, Client::connect(&endpoints, Some(options)))
+            .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(map(&format!("connecting to etcd at {shown}"), e)),
+            Err(_) => {
+                return Err(StoreError::transient(
+                    NAME,
+                    format!("could not reach etcd at {shown} within {budget:?}"),
+                ));
+            }
+        };
+        let store = EtcdStore {
+            inner: Arc::new(Inner {
+                client,
+                prefix: b.prefix,
+                request_timeout: b.request_timeout,
+                endpoints: b.endpoints,
+                user: b.user.map(|(u, _)| u),
+                sessions: tokio::sync::Mutex::new(HashMap::new()),
+                held: Mutex::new(HashMap::new()),
+            }),
+        };
+        // Connecting is lazy: one read proves the cluster answers (and that the user may read
+        // the prefix) before the store is handed out.
+        let probe = store.inner.prefix.clone();
+        let probed = tokio::time::timeout(budget, async {
+            let mut c = store.inner.client.clone();
+            c.get(probe, Some(GetOptions::new().with_keys_only().with_limit(1)))
+                .await
+        })
+        .await;
+        match probed {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(e)) => Err(map(&format!("first request to etcd at {shown}"), e)),
+            Err(_) => Err(StoreError::transient(
+                NAME,
+                format!("could not reach etcd at {shown} within {budget:?}"),
+            )),
+        }
+    }
+
+    /// The underlying etcd client, for requests of your own (for example fenced writes).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The etcd key that holds the lock `key`: its value is the holder, its lease is the
+    /// holder's session lease.
+    pub fn lock_key(&self, key: &str) -> Vec<u8> {
+        self.inner.key(b"l/", key)
+    }
+
+    /// The etcd key whose `version` is the fence of `key`'s current (or last) grant. It is never
+    /// deleted, so fences never go back; deleting it by hand restarts the key's fences at 1.
+    pub fn fence_key(&self, key: &str) -> Vec<u8> {
+        self.inner.key(b"f/", key)
+    }
+
+    /// Revokes this store's session leases: every key it holds is released at once. Use it on
+    /// shutdown; grants after it start new sessions.
+    ///
+    /// # Errors
+    ///
+    /// The first failed revoke; the others are still attempted.
+    pub async fn revoke_sessions(&self) -> Result<(), StoreError> {
+        let sessions: Vec<_> = self.inner.sessions.lock().await.drain().collect();
+        let mut first = Ok(());
+        for (_, s) in sessions {
+            s.mark_lost();
+            let id = s.id;
+            let r = self
+                .inner
+                .call(|mut c| async move { c.lease_revoke(id).await })
+                .await;
+            if let Err(f) = r {
+                if first.is_ok() && !f.is_lease_not_found() {
+                    first = Err(f.into_store("revoking a session lease"));
+                }
+            }
+        }
+        self.inner.held().clear();
+        first
+    }
+
+    async fn session(&self, lease: Duration) -> Result<Arc<Session>, StoreError> {
+        let secs = ttl_secs(lease);
+        let mut sessions = self.inner.sessions.lock().await;
+        if let Some(s) = sessions.get(&secs) {
+            if !s.is_lost() {
+                return Ok(s.clone());
+            }
+        }
+        let sent = BootClock.now();
+        let what = format!("granting a {secs} s etcd lease");
+        let resp = self
+            .inner
+            .call(|mut c| async move { c.lease_grant(secs, None).await })
+            .await
+            .map_err(|f| f.into_store(&what))?;
+        if resp.ttl() < secs {
+            let id = resp.id();
+            let _ = self
+                .inner
+                .call(|mut c| async move { c.lease_revoke(id).await })
+                .await;
+            return Err(StoreError::permanent(
+                NAME,
+                format!(
+                    "etcd granted a {} s lease where {secs} s was asked for: the lock's deadline \
+                     would outlive the key",
+                    resp.ttl()
+                ),
+            ));
+        }
+        // A larger TTL than asked (the server's minimum) only makes the key outlive the lock's
+        // own deadline, which is safe; renewals account for it.
+        let session = Arc::new(Session::new(
+            resp.id(),
+            Duration::from_secs(resp.ttl().unsigned_abs()),
+            sent,
+        ));
+        debug!(lease_id = session.id, ttl = resp.ttl(), "new etcd session lease");
+        sessions.insert(secs, session.clone());
+        Ok(session)
+    }
+
+    async fn live_session(&self, id: i64) -> bool {
+        self.inner
+            .sessions
+            .lock()
+            .await
+            .values()
+            .any(|s| s.id == id && !s.is_lost())
+    }
+
+    /// Deletes `key` if `holder` holds it under any fence (a zero-lease `try_lock`).
+    async fn release_any(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        let lock = self.lock_key(key);
+        let txn = Txn::new()
+            .when([Compare::value(lock.clone(), CompareOp::Equal, holder)])
+            .and_then([TxnOp::delete(lock.clone(), None)]);
+        let r = self
+            .inner
+            .txn(txn)
+            .await
+            .map_err(|f| f.into_store(&format!("release of `{}`", key.escape_debug())))?;
+        if r.succeeded() {
+            self.inner.held().remove(&lock);
+        }
+        Ok(r.succeeded())
+    }
+
+    fn found(key: &str, r: &TxnResponse) -> Result<Found, StoreError> {
+        let ops = r.op_responses();
+        if r.succeeded() {
+            let prev = match ops.first() {
+                Some(TxnOpResponse::Put(p)) => p.prev_key().map_or(0, |kv| kv.version()),
+                _ => return Err(StoreError::permanent(NAME, "unexpected acquire reply")),
+            };
+            return Ok(Found::Granted(prev + 1));
+        }
+        let (lock, counter) = match (ops.first(), ops.get(1)) {
+            (Some(TxnOpResponse::Get(l)), Some(TxnOpResponse::Get(c))) => {
+                (l.kvs().first().cloned(), c.kvs().first().cloned())
+            }
+            _ => return Err(StoreError::permanent(NAME, "unexpected acquire reply")),
+        };
+        let Some(lock) = lock else {
+            return Err(StoreError::permanent(NAME, "unexpected acquire reply"));
+        };
+        let Some(counter) = counter else {
+            return Err(StoreError::new(
+                lease_core::StoreErrorKind::FenceRegressed,
+                NAME,
+                format!(
+                    "the fence counter of `{}` is gone while the key is held (deleted by hand?)",
+                    key.escape_debug()
+                ),
+            ));
+        };
+        Ok(Found::Held {
+            holder: lock.value().to_vec(),
+            lease: lock.lease(),
+            fence: counter.version(),
+        })
+    }
+
+    /// Moves `holder`'s grant of `lock` (with `fence`) onto `lease_id`. `Ok(false)` when the
+    /// grant is not there any more.
+    async fn move_grant(
+        &self,
+        lock: &[u8],
+        counter: &[u8],
+        holder: &str,
+        fence: i64,
+        lease_id: i64,
+    ) -> Result<bool, Failure> {
+        let txn = Txn::new()
+            .when([
+                Compare::value(lock.to_vec(), CompareOp::Equal, holder),
+                Compare::version(counter.to_vec(), CompareOp::Equal, fence),
+            ])
+            .and_then([TxnOp::put(
+                lock.to_vec(),
+                holder,
+                Some(PutOptions::new().with_lease(lease_id)),
+            )]);
+        Ok(self.inner.txn(txn).await?.succeeded())
+    }
+
+    async fn watch_for_change(&self, lock: Vec<u8>) -> Result<(), etcd_client::Error> {
+        let mut c = self.inner.client.clone();
+        let got = c.get(lock.clone(), None).await?;
+        if got.kvs().is_empty() {
+            // Vacant now: the caller's next try_lock can take it.
+            return Ok(());
+        }
+        let rev = got.header().map_or(0, |h| h.revision());
+        let mut stream = c
+            .watch(lock, Some(WatchOptions::new().with_start_revision(rev + 1)))
+            .await?;
+        while let Some(msg) = stream.message().await? {
+            if msg.canceled() || !msg.events().is_empty() {
+                return Ok(());
+            }
+        }
+        Err(etcd_client::Error::WatchError("watch stream ended".into()))
+    }
+}
+
+impl Inner {
+    fn key(&self, kind: &[u8], key: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.prefix.len() + kind.len() + key.len());
+        k.extend_from_slice(&self.prefix);
+        k.extend_from_slice(kind);
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
+
+    pub(crate) fn held(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Held>> {
+        // Every update is one insert or remove, so a poisoned map is still consistent.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one request against a clone of the client, bounded by the request timeout.
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(self.request_timeout, f(self.client.clone())).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Failure::Etcd(e)),
+            Err(_) => Err(Failure::Timeout(self.request_timeout)),
+        }
+    }
+
+    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, Failure> {
+        self.call(|mut c| async move { c.txn(txn).await }).await
+    }
+
+    /// Deletes the grants of `session` whose holders stopped renewing them (their
+    /// `valid_until` passed), so that a keepalive sent for other keys does not keep them alive.
+    /// Each delete compares holder and fence, so a newer grant is never touched.
+    pub(crate) async fn sweep(&self, session: i64) {
+        let now = BootClock.now();
+        let stale: Vec<(Vec<u8>, Held)> = {
+            let mut held = self.held();
+            let keys: Vec<Vec<u8>> = held
+                .iter()
+                .filter(|(_, h)| h.session == session && h.valid_until <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| held.remove(&k).map(|h| (k, h)))
+                .collect()
+        };
+        for (lock, h) in stale {
+            // The counter key sits beside the lock key: same prefix, `f/` for `l/`.
+            let Some(counter) = counter_of(&self.prefix, &lock) else {
+                continue;
+            };
+            let txn = Txn::new()
+                .when([
+                    Compare::value(lock.clone(), CompareOp::Equal, h.holder),
+                    Compare::version(counter, CompareOp::Equal, h.fence),
+                    Compare::lease(lock.clone(), CompareOp::Equal, session),
+                ])
+                .and_then([TxnOp::delete(lock, None)]);
+            if let Err(f) = self.txn(txn).await {
+                debug!(error = %f.into_store("deleting an abandoned grant"), "sweep failed");
+            }
+        }
+    }
+}
+
+fn counter_of(prefix: &[u8], lock: &[u8]) -> Option<Vec<u8>> {
+    let rest = lock.strip_prefix(prefix)?.strip_prefix(b"l/")?;
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(b"f/");
+    k.extend_from_slice(rest);
+    Some(k)
+}
+
+impl LeaseStore for EtcdStore {
+    async fn try_lock(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        validate(NAME, key, holder)?;
+        if lease.is_zero() {
+            self.release_any(key, holder).await?;
+            return Ok(None);
+        }
+        let what = format!("acquire of `{}`", key.escape_debug());
+        let (lock, counter) = (self.lock_key(key), self.fence_key(key));
+        let call = BootClock.now();
+        for _ in 0..3 {
+            let session = self.session(lease).await?;
+            // The key lives until the session lease's expiry, which is at least the send time of
+            // its last keepalive + its TTL; that must reach now + lease.
+            let need = call.saturating_sub(session.ttl.saturating_sub(lease));
+            let txn = Txn::new()
+                .when([Compare::create_revision(lock.clone(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(counter.clone(), "", Some(PutOptions::new().with_prev_key())),
+                    TxnOp::put(
+                        lock.clone(),
+                        holder,
+                        Some(PutOptions::new().with_lease(session.id)),
+                    ),
+                ])
+                .or_else([
+                    TxnOp::get(lock.clone(), None),
+                    TxnOp::get(counter.clone(), None),
+                ]);
+            // The keepalive runs beside the transaction, so an acquire costs one round trip.
+            let (res, fresh) = tokio::join!(
+                self.inner.txn(txn),
+                session.ensure_fresh(&self.inner, need)
+            );
+            let res = match res {
+                Err(f) if f.is_lease_not_found() => {
+                    session.mark_lost();
+                    continue;
+                }
+                Err(f) => return Err(f.into_store(&what)),
+                Ok(r) => r,
+            };
+            let fence = match Self::found(key, &res)? {
+                Found::Granted(f) => f,
+                Found::Held {
+                    holder: h,
+                    lease: on,
+                    fence,
+                } if h == holder.as_bytes() => {
+                    if on != session.id {
+                        // Our grant on another lease (another TTL, or a lapsed session whose
+                        // keys etcd has not deleted yet): a re-grant moves it onto this one.
+                        match self
+                            .move_grant(&lock, &counter, holder, fence, session.id)
+                            .await
+                        {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(f) if f.is_lease_not_found() => {
+                                session.mark_lost();
+                                continue;
+                            }
+                            Err(f) => return Err(f.into_store(&what)),
+                        }
+                    }
+                    fence
+                }
+                Found::Held { .. } => return Ok(None),
+            };
+            // Track the grant even if the keepalive failed: should the caller never come back
+            // for it, the sweep deletes it once its lease has passed.
+            self.inner.held().insert(
+                lock.clone(),
+                Held {
+                    holder: holder.as_bytes().to_vec(),
+                    fence,
+                    valid_until: call + lease,
+                    session: session.id,
+                },
+            );
+            match fresh {
+                Ok(true) => {
+                    debug!(key, fence, lease_id = session.id, "granted");
+                    return Ok(Some(to_fence(key, fence)?));
+                }
+                // The session lapsed under the grant: retry on a new one.
+                Ok(false) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::transient(
+            NAME,
+            format!("{what}: the session lease lapsed three times in a row"),
+        ))
+    }
+
+    async fn renew(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        let what = format!("renewal of `{}`", key.escape_debug());
+        let (lock, counter) = (self.lock_key(key), self.fence_key(key));
+        let f = fence_i64(fence);
+        let call = BootClock.now();
+        let session = self.session(lease).await?;
+        let need = call.saturating_sub(session.ttl.saturating_sub(lease));
+        let txn = Txn::new()
+            .when([
+                Compare::value(lock.clone(), CompareOp::Equal, holder),
+                Compare::version(counter.clone(), CompareOp::Equal, f),
+            ])
+            .and_then([TxnOp::get(lock.clone(), None)]);
+        let (res, fresh) = tokio::join!(
+            self.inner.txn(txn),
+            session.ensure_fresh(&self.inner, need)
+        );
+        let untrack = || {
+            let mut held = self.inner.held();
+            if held
+                .get(&lock)
+                .is_some_and(|h| h.holder == holder.as_bytes() && h.fence == f)
+            {
+                held.remove(&lock);
+            }
+        };
+        let res = res.map_err(|e| e.into_store(&what))?;
+        let on = match res.op_responses().first() {
+            Some(TxnOpResponse::Get(g)) if res.succeeded() => g.kvs().first().map(|kv| kv.lease()),
+            _ => None,
+        };
+        let Some(on) = on else {
+            untrack();
+            return Ok(false);
+        };
+        if on != session.id {
+            // The grant is on another lease of ours (another TTL): move it. A lapsed lease is
+            // a loss even if etcd has not deleted its keys yet.
+            if !self.live_session(on).await {
+                untrack();
+                return Ok(false);
+            }
+            match self
+                .move_grant(&lock, &counter, holder, f, session.id)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    untrack();
+                    return Ok(false);
+                }
+                Err(e) if e.is_lease_not_found() => {
+                    session.mark_lost();
+                    untrack();
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into_store(&what)),
+            }
+        }
+        match fresh {
+            Ok(true) => {
+                self.inner.held().insert(
+                    lock.clone(),
+                    Held {
+                        holder: holder.as_bytes().to_vec(),
+                        fence: f,
+                        valid_until: call + lease,
+                        session: session.id,
+                    },
+                );
+                Ok(true)
+            }
+            Ok(false) => {
+                untrack();
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        let (lock, counter) = (self.lock_key(key), self.fence_key(key));
+        let f = fence_i64(fence);
+        let txn = Txn::new()
+            .when([
+                Compare::value(lock.clone(), CompareOp::Equal, holder),
+                Compare::version(counter, CompareOp::Equal, f),
+            ])
+            .and_then([TxnOp::delete(lock.clone(), None)]);
+        let r = self
+            .inner
+            .txn(txn)
+            .await
+            .map_err(|e| e.into_store(&format!("release of `{}`", key.escape_debug())))?;
+        let mut held = self.inner.held();
+        if held
+            .get(&lock)
+            .is_some_and(|h| h.holder == holder.as_bytes() && h.fence == f)
+        {
+            held.remove(&lock);
+        }
+        Ok(r.succeeded())
+    }
+
+    async fn wait_for_change(&self, key: &str, max_wait: Duration) {
+        if validate(NAME, key, "-").is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        match tokio::time::timeout(max_wait, self.watch_for_change(self.lock_key(key))).await {
+            Ok(Ok(())) | Err(_) => {}
+            Ok(Err(e)) => {
+                // No notification path right now: fall back to waiting out the bound, so a
+                // broken watch costs latency, never a busy loop.
+                debug!(error = %e, "watch failed; waiting out max_wait");
+                tokio::time::sleep_until(deadline).await;
+            }
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(NAME)
+            .with_leases(Duration::from_secs(1), Duration::from_secs(2))
+            .with_notifications(true)
+            .with_durable_fences(true)
+            .with_stable_retake(false)
+    }
+}
