@@ -18,6 +18,7 @@
 //!   grants new keys on a new session.
 
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
@@ -156,6 +157,7 @@ async fn keep_alive(
     inner: &Inner,
     id: i64,
 ) -> Result<i64, etcd_client::Error> {
+    inner.keepalives.fetch_add(1, Ordering::Relaxed);
     if let Some((keeper, stream)) = slot.as_mut() {
         keeper.keep_alive().await?;
         return match stream.message().await? {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub(crate) struct Inner {
     sessions: tokio::sync::Mutex<HashMap<i64, Arc<Session>>>,
     /// The grants this store made and still covers with a session lease, by etcd lock key.
     held: Mutex<HashMap<Vec<u8>, Held>>,
+    /// Keepalive requests sent, for [`EtcdStore::keepalives_sent`].
+    pub(crate) keepalives: AtomicU64,
 }
 
 /// A grant covered by one of this store's session leases.
@@ -177,6 +180,7 @@ impl EtcdStore {
                 user: b.user.map(|(u, _)| u),
                 sessions: tokio::sync::Mutex::new(HashMap::new()),
                 held: Mutex::new(HashMap::new()),
+                keepalives: AtomicU64::new(0),
             }),
         };
         // Connecting is lazy: one read proves the cluster answers (and that the user may read
@@ -213,6 +217,13 @@ impl EtcdStore {
     /// deleted, so fences never go back; deleting it by hand restarts the key's fences at 1.
     pub fn fence_key(&self, key: &str) -> Vec<u8> {
         self.inner.key(b"f/", key)
+    }
+
+    /// How many lease keepalives this store has sent. Renewals of many keys share keepalives,
+    /// so this grows with time and round trips, not with the number of held keys; for
+    /// diagnostics and tests.
+    pub fn keepalives_sent(&self) -> u64 {
+        self.inner.keepalives.load(Ordering::Relaxed)
     }
 
     /// Revokes this store's session leases: every key it holds is released at once. Use it on
