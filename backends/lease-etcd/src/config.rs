@@ -125,12 +125,18 @@ impl EtcdStoreBuilder {
             if bare.is_empty() || bare.contains(['/', '@', ' ', ',']) {
                 return Err(StoreError::invalid_input(
                     NAME,
-                    format!("endpoint `{}` is not of the form host:port", redact_endpoint(e)),
+                    format!(
+                        "endpoint `{}` is not of the form host:port",
+                        redact_endpoint(e)
+                    ),
                 ));
             }
         }
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
-            return Err(StoreError::invalid_input(NAME, "timeouts must be above zero"));
+            return Err(StoreError::invalid_input(
+                NAME,
+                "timeouts must be above zero",
+            ));
         }
         #[cfg(not(feature = "tls"))]
         if self.tls || self.endpoints.iter().any(|e| e.starts_with("https://")) {
@@ -239,7 +245,11 @@ fn parse_url(url: &str) -> Result<EtcdStoreBuilder, StoreError> {
                 port.parse::<u16>()
                     .ok()
                     .filter(|&p| p != 0)
-                    .ok_or_else(|| bad_url(format!("port `{port}` of host `{host}` is not a port number")))?;
+                    .ok_or_else(|| {
+                        bad_url(format!(
+                            "port `{port}` of host `{host}` is not a port number"
+                        ))
+                    })?;
                 h.to_owned()
             }
             _ => format!("{h}:2379"),
@@ -249,7 +259,8 @@ fn parse_url(url: &str) -> Result<EtcdStoreBuilder, StoreError> {
     let mut b = EtcdStoreBuilder::new(endpoints);
     b.tls = tls;
     if let Some(path) = path {
-        let prefix = percent_decode_bytes(path).ok_or_else(|| bad_url("bad `%` escape in the prefix"))?;
+        let prefix =
+            percent_decode_bytes(path).ok_or_else(|| bad_url("bad `%` escape in the prefix"))?;
         b.prefix = prefix;
     }
     b.user = user;
@@ -331,9 +342,13 @@ mod tests {
 
     #[test]
     fn builder_validation() {
-        let e = EtcdStoreBuilder::new(Vec::<String>::new()).validate().unwrap_err();
+        let e = EtcdStoreBuilder::new(Vec::<String>::new())
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("no etcd endpoints"), "{e}");
-        let e = EtcdStoreBuilder::new(["u:hunter2@h:1"]).validate().unwrap_err();
+        let e = EtcdStoreBuilder::new(["u:hunter2@h:1"])
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("host:port"), "{e}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let e = EtcdStoreBuilder::new(["h:1"])

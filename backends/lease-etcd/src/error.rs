@@ -59,13 +59,27 @@ pub(crate) fn is_lease_not_found(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// `true` when the request certainly did not reach etcd's state machine, so sending it again
+/// cannot apply it twice: no connection to the member, or a member without a leader (checked
+/// before anything is proposed, thanks to "require leader").
+pub(crate) fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        e => matches!(
+            Code::of(e),
+            Some((Code::Unavailable, m))
+                if m.contains("tcp connect error")
+                    || m.contains("error trying to connect")
+                    || m.contains("no leader")
+        ),
+    }
+}
+
 /// Classifies an etcd-client error. `what` names the operation ("acquire `jobs/1`").
 pub(crate) fn map(what: &str, e: etcd_client::Error) -> StoreError {
     use etcd_client::Error as E;
     let transient = match &e {
-        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
-            true
-        }
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => true,
         E::GRpcStatus(_) => match Code::of(&e).map(|(c, _)| c) {
             Some(
                 Code::Cancelled

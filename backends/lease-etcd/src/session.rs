@@ -92,14 +92,18 @@ impl Session {
     ///
     /// A transient error when etcd did not answer within the request timeout (after reopening
     /// the keepalive stream a few times).
-    pub(crate) async fn ensure_fresh(&self, inner: &Inner, need: Duration) -> Result<bool, StoreError> {
+    pub(crate) async fn ensure_fresh(
+        &self,
+        inner: &Inner,
+        need: Duration,
+    ) -> Result<bool, StoreError> {
         if let Some(alive) = self.settled(need) {
             return Ok(alive);
         }
         let mut slot = self.stream.lock().await;
         let give_up = tokio::time::Instant::now() + inner.request_timeout;
         let mut last_error = None;
-        for _ in 0..3 {
+        while tokio::time::Instant::now() < give_up {
             if let Some(alive) = self.settled(need) {
                 return Ok(alive);
             }
@@ -129,6 +133,7 @@ impl Session {
                     debug!(lease_id = self.id, error = %e, "keepalive failed; reopening the stream");
                     *slot = None;
                     last_error = Some(e);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 Err(_) => {
                     // A late answer would be read as the next request's: drop the stream.

@@ -8,15 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
-    TxnOpResponse, TxnResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse, WatchOptions,
 };
 use lease_core::{BootClock, Capabilities, Clock, Fence, LeaseStore, StoreError, validate};
 use tracing::debug;
 
 use crate::NAME;
 use crate::config::EtcdStoreBuilder;
-use crate::error::{is_lease_not_found, map, timed_out};
+use crate::error::{is_lease_not_found, map, not_sent, timed_out};
 use crate::session::Session;
 
 /// A [`LeaseStore`] in etcd; see the [crate docs](crate) for the protocol.
@@ -91,7 +91,11 @@ impl fmt::Debug for EtcdStore {
             .field("prefix", &String::from_utf8_lossy(&self.inner.prefix))
             .field(
                 "user",
-                &self.inner.user.as_deref().map(|u| format!("{u} (password redacted)")),
+                &self
+                    .inner
+                    .user
+                    .as_deref()
+                    .map(|u| format!("{u} (password redacted)")),
             )
             .finish_non_exhaustive()
     }
@@ -107,7 +111,10 @@ fn to_fence(key: &str, v: i64) -> Result<Fence, StoreError> {
         StoreError::new(
             lease_core::StoreErrorKind::FenceRegressed,
             NAME,
-            format!("fence counter of `{}` holds no valid fence ({v})", key.escape_debug()),
+            format!(
+                "fence counter of `{}` holds no valid fence ({v})",
+                key.escape_debug()
+            ),
         )
     })
 }
@@ -159,18 +166,17 @@ impl EtcdStore {
         let endpoints = b.client_endpoints();
         let shown = b.endpoints.join(",");
         let budget = b.connect_timeout + b.request_timeout;
-        let client = match tokio::time::timeout(budget, Client::connect(&endpoints, Some(options)))
-            .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(map(&format!("connecting to etcd at {shown}"), e)),
-            Err(_) => {
-                return Err(StoreError::transient(
-                    NAME,
-                    format!("could not reach etcd at {shown} within {budget:?}"),
-                ));
-            }
-        };
+        let client =
+            match tokio::time::timeout(budget, Client::connect(&endpoints, Some(options))).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(map(&format!("connecting to etcd at {shown}"), e)),
+                Err(_) => {
+                    return Err(StoreError::transient(
+                        NAME,
+                        format!("could not reach etcd at {shown} within {budget:?}"),
+                    ));
+                }
+            };
         let store = EtcdStore {
             inner: Arc::new(Inner {
                 client,
@@ -188,8 +194,11 @@ impl EtcdStore {
         let probe = store.inner.prefix.clone();
         let probed = tokio::time::timeout(budget, async {
             let mut c = store.inner.client.clone();
-            c.get(probe, Some(GetOptions::new().with_keys_only().with_limit(1)))
-                .await
+            c.get(
+                probe,
+                Some(GetOptions::new().with_keys_only().with_limit(1)),
+            )
+            .await
         })
         .await;
         match probed {
@@ -289,7 +298,11 @@ impl EtcdStore {
             Duration::from_secs(resp.ttl().unsigned_abs()),
             sent,
         ));
-        debug!(lease_id = session.id, ttl = resp.ttl(), "new etcd session lease");
+        debug!(
+            lease_id = session.id,
+            ttl = resp.ttl(),
+            "new etcd session lease"
+        );
         sessions.insert(secs, session.clone());
         Ok(session)
     }
@@ -413,12 +426,28 @@ impl Inner {
     }
 
     /// Runs one request against a clone of the client, bounded by the request timeout.
-    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, Failure>
+    ///
+    /// A request that never reached a member (the connection to a dead member was refused, or
+    /// the member has no leader and refused before proposing) is sent again at once, until the
+    /// timeout: the client balances over every endpoint, and the next try likely picks a live
+    /// member. Anything that may have been applied is returned as it is.
+    pub(crate) async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Failure>
     where
-        F: FnOnce(Client) -> Fut,
+        F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.request_timeout, f(self.client.clone())).await {
+        let attempts = async {
+            loop {
+                match f(self.client.clone()).await {
+                    Err(e) if not_sent(&e) => {
+                        debug!(error = %e, "request not sent; trying another member");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(self.request_timeout, attempts).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Failure::Etcd(e)),
             Err(_) => Err(Failure::Timeout(self.request_timeout)),
@@ -426,7 +455,11 @@ impl Inner {
     }
 
     pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, Failure> {
-        self.call(|mut c| async move { c.txn(txn).await }).await
+        self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     /// Deletes the grants of `session` whose holders stopped renewing them (their
@@ -507,10 +540,8 @@ impl LeaseStore for EtcdStore {
                     TxnOp::get(counter.clone(), None),
                 ]);
             // The keepalive runs beside the transaction, so an acquire costs one round trip.
-            let (res, fresh) = tokio::join!(
-                self.inner.txn(txn),
-                session.ensure_fresh(&self.inner, need)
-            );
+            let (res, fresh) =
+                tokio::join!(self.inner.txn(txn), session.ensure_fresh(&self.inner, need));
             let res = match res {
                 Err(f) if f.is_lease_not_found() => {
                     session.mark_lost();
@@ -593,10 +624,8 @@ impl LeaseStore for EtcdStore {
                 Compare::version(counter.clone(), CompareOp::Equal, f),
             ])
             .and_then([TxnOp::get(lock.clone(), None)]);
-        let (res, fresh) = tokio::join!(
-            self.inner.txn(txn),
-            session.ensure_fresh(&self.inner, need)
-        );
+        let (res, fresh) =
+            tokio::join!(self.inner.txn(txn), session.ensure_fresh(&self.inner, need));
         let untrack = || {
             let mut held = self.inner.held();
             if held
@@ -689,16 +718,22 @@ impl LeaseStore for EtcdStore {
         if validate(NAME, key, "-").is_err() {
             return;
         }
-        let deadline = tokio::time::Instant::now() + max_wait;
-        match tokio::time::timeout(max_wait, self.watch_for_change(self.lock_key(key))).await {
-            Ok(Ok(())) | Err(_) => {}
-            Ok(Err(e)) => {
-                // No notification path right now: fall back to waiting out the bound, so a
-                // broken watch costs latency, never a busy loop.
-                debug!(error = %e, "watch failed; waiting out max_wait");
-                tokio::time::sleep_until(deadline).await;
+        let lock = self.lock_key(key);
+        let watch = async {
+            loop {
+                match self.watch_for_change(lock.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        // A dead member, a lost leader, an expired token: watch again (likely
+                        // on another member) at a modest pace, so a broken watch costs a little
+                        // latency, never a busy loop.
+                        debug!(error = %e, "watch failed; watching again");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(max_wait, watch).await;
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -30,13 +30,17 @@ static ETCD: LazyLock<Option<EtcdServer>> = LazyLock::new(|| {
             .expect("runtime");
         rt.block_on(async {
             let mut c = Client::connect([endpoint], None).await.expect("connect");
-            c.user_add("root", ROOT_PASSWORD, None).await.expect("add root");
+            c.user_add("root", ROOT_PASSWORD, None)
+                .await
+                .expect("add root");
             c.user_grant_role("root", "root").await.expect("grant root");
             c.role_add("app").await.expect("add role");
             c.role_grant_permission("app", Permission::read_write("app/").with_prefix())
                 .await
                 .expect("grant permission");
-            c.user_add("app", APP_PASSWORD, None).await.expect("add app");
+            c.user_add("app", APP_PASSWORD, None)
+                .await
+                .expect("add app");
             c.user_grant_role("app", "app").await.expect("grant app");
             c.auth_enable().await.expect("enable auth");
         });

@@ -134,7 +134,10 @@ async fn killed_holder_process_is_replaced_within_lease_plus_one_second() {
     let mut holder = Holder::spawn(&endpoint, &prefix, "job");
     let child_fence = fence_of(&holder.expect_line("HELD", Duration::from_secs(20)).await);
     let lock = lock_on(&endpoint, &prefix, "job").await;
-    assert!(matches!(lock.try_lock_once().await, Err(Error::Busy { .. })));
+    assert!(matches!(
+        lock.try_lock_once().await,
+        Err(Error::Busy { .. })
+    ));
     // Let the child's heartbeat run a while, with us waiting for the key.
     let waiter = {
         let lock = lock.clone();
@@ -173,9 +176,15 @@ async fn paused_holder_is_replaced_and_learns_of_the_loss_on_resume() {
         .lock_timeout(Duration::from_secs(15))
         .await
         .expect("the key of a paused holder expires");
-    assert!(guard.fence() > child_fence, "the new grant has a larger fence");
+    assert!(
+        guard.fence() > child_fence,
+        "the new grant has a larger fence"
+    );
     holder.signal(Signal::CONT);
     holder.expect_line("LOST", Duration::from_secs(5)).await;
-    assert!(guard.is_held(), "the resumed holder did not take the key back");
+    assert!(
+        guard.is_held(),
+        "the resumed holder did not take the key back"
+    );
     guard.release().await.expect("release");
 }

@@ -46,13 +46,24 @@ async fn unreachable_endpoint_fails_clearly_within_bounded_time() {
         .expect_err("nothing listens there");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
-    assert!(err.is_transient(), "an unreachable cluster may come back: {err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        err.is_transient(),
+        "an unreachable cluster may come back: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_urls_and_settings_are_refused_without_network() {
-    for url in ["http://127.0.0.1:2379", "etcd://", "etcd://h:99999", "etcd://a:pw@"] {
+    for url in [
+        "http://127.0.0.1:2379",
+        "etcd://",
+        "etcd://h:99999",
+        "etcd://a:pw@",
+    ] {
         let err = EtcdStore::connect(url).await.expect_err(url);
         assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{url}: {err}");
         assert!(!err.to_string().contains("pw@"), "{err}");
@@ -113,7 +124,10 @@ async fn renewals_of_many_keys_share_one_lease_and_few_keepalives() {
             })
             .collect();
         for t in tasks {
-            assert!(t.await.expect("task").expect("renew"), "renew of a held key");
+            assert!(
+                t.await.expect("task").expect("renew"),
+                "renew of a held key"
+            );
         }
     }
     let sent = store.keepalives_sent() - before;
@@ -168,7 +182,11 @@ async fn a_key_its_holder_stopped_renewing_expires_although_other_keys_are_renew
             a.renew(LEASE, "kept", "alice", kept).await.expect("renew"),
             "the renewed key stays held"
         );
-        if let Some(f) = b.try_lock(LEASE, "abandoned", "bob").await.expect("try_lock") {
+        if let Some(f) = b
+            .try_lock(LEASE, "abandoned", "bob")
+            .await
+            .expect("try_lock")
+        {
             taken = Some((f, started.elapsed()));
             break;
         }
@@ -198,7 +216,9 @@ async fn ttl_is_rounded_up_to_whole_seconds() {
         .expect("time to live");
     assert_eq!(ttl.granted_ttl(), 3, "2.5 s rounds up to 3 s");
     assert_eq!(
-        store.capabilities().effective_lease(Duration::from_millis(300)),
+        store
+            .capabilities()
+            .effective_lease(Duration::from_millis(300)),
         Duration::from_secs(2)
     );
 }
@@ -209,7 +229,10 @@ async fn waiter_wakes_when_the_key_expires_and_at_once_when_vacant() {
     let a = common::store_on(&endpoint, "watch").await;
     let started = Instant::now();
     a.wait_for_change("vacant", Duration::from_secs(20)).await;
-    assert!(started.elapsed() < Duration::from_secs(2), "a vacant key needs no wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a vacant key needs no wait"
+    );
     grant(&a, "k", "alice").await;
     let started = Instant::now();
     a.wait_for_change("k", Duration::from_secs(20)).await;
@@ -219,7 +242,12 @@ async fn waiter_wakes_when_the_key_expires_and_at_once_when_vacant() {
         woke < Duration::from_secs(6),
         "the expiry (a delete) must wake the watcher: {woke:?}"
     );
-    assert!(a.try_lock(LEASE, "k", "bob").await.expect("try_lock").is_some());
+    assert!(
+        a.try_lock(LEASE, "k", "bob")
+            .await
+            .expect("try_lock")
+            .is_some()
+    );
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -250,7 +278,11 @@ async fn measure_put_acquire_release_and_handoff() {
         assert!(store.release("k", "alice", f).await.expect("release"));
         release.push(t.elapsed());
     }
-    for (name, s) in [("put", &mut put), ("acquire", &mut acquire), ("release", &mut release)] {
+    for (name, s) in [
+        ("put", &mut put),
+        ("acquire", &mut acquire),
+        ("release", &mut release),
+    ] {
         println!(
             "etcd {name:8} p50 {:?} p99 {:?} ({n} samples)",
             percentile(s, 0.5),
