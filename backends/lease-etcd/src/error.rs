@@ -1,13 +1,15 @@
 //! Mapping etcd-client's errors into classified [`StoreError`]s.
 
+use grpc::Code;
 use lease_core::StoreError;
-use tonic_code::Code;
 
 use crate::NAME;
 
-/// The gRPC status codes, re-exported by etcd-client through tonic.
-mod tonic_code {
-    pub(crate) use etcd_client::Error;
+/// The gRPC status codes this crate tells apart, read from etcd-client's errors without a direct
+/// dependency on tonic.
+mod grpc {
+    use etcd_client::Error;
+
     /// gRPC codes we classify (numeric values from the gRPC spec, stable forever).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(crate) enum Code {

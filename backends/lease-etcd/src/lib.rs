@@ -72,8 +72,11 @@
 //!
 //! *Cluster.* Requests go to any member (with "require leader", so a member cut off from the
 //! leader refuses rather than hangs); transactions and lease operations are linearized by the
-//! leader, so a leader change never grants a key twice. A broken keepalive stream is reopened on
-//! another member. Every request is bounded by the request timeout (5 s by default).
+//! leader, so a leader change never grants a key twice. A request that never reached a member
+//! (connection refused, no leader) is sent again at once, likely to another member; a broken
+//! keepalive stream or watch is reopened. Every request is bounded by the request timeout (5 s by
+//! default); a request in flight while the leader dies may hang until then, and comes back as a
+//! transient error.
 //!
 //! *Auth.* With user and password (in the URL, `etcd://user:password@host:2379/prefix`, or
 //! [`EtcdStoreBuilder::user`]), etcd hands out a token that expires when idle (300 s by
@@ -91,8 +94,8 @@
 //!
 //! # Features
 //!
-//! - `tls`: `etcds://` URLs and [`EtcdStoreBuilder::tls`] (rustls, system roots; client
-//!   certificates through [`etcd_client::TlsOptions`]).
+//! - `tls`: `etcds://` URLs and `EtcdStoreBuilder::tls` (rustls, system roots; client
+//!   certificates through `etcd_client::TlsOptions`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
