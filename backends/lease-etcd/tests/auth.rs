@@ -1,7 +1,8 @@
 //! User/password auth: expiring tokens are refreshed, refused credentials and missing
 //! permissions are clear permanent errors, and passwords never show.
 
-use std::sync::LazyLock;
+use std::io::Write;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use lease_core::{LeaseStore, StoreErrorKind};
@@ -11,6 +12,7 @@ use lease_testkit::{EtcdOptions, EtcdServer};
 
 const ROOT_PASSWORD: &str = "r00t-s3cret";
 const APP_PASSWORD: &str = "app-s3cret";
+const WRONG_PASSWORD: &str = "wrong-pw-123";
 const LEASE: Duration = Duration::from_secs(2);
 /// Tokens of this server expire after 1 s without use.
 const TOKEN_TTL: Duration = Duration::from_secs(1);
@@ -51,7 +53,48 @@ static ETCD: LazyLock<Option<EtcdServer>> = LazyLock::new(|| {
 });
 
 fn endpoint() -> Option<String> {
+    capture_logs();
     ETCD.as_ref().map(EtcdServer::endpoint)
+}
+
+/// Every log line of this test binary, at debug level and above, from every crate (etcd-client,
+/// tonic and h2 included).
+static LOGS: LazyLock<Arc<Mutex<Vec<u8>>>> = LazyLock::new(Arc::default);
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(|| LogWriter(LOGS.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+    });
+}
+
+/// No password of this test binary has been logged so far.
+fn assert_logs_hold_no_password() {
+    let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+    let logs = String::from_utf8_lossy(&logs);
+    assert!(!logs.is_empty(), "the log capture works");
+    for secret in [ROOT_PASSWORD, APP_PASSWORD, WRONG_PASSWORD] {
+        assert!(!logs.contains(secret), "a password was logged");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,18 +122,20 @@ async fn expired_token_is_refreshed_and_renewal_goes_on() {
     let shown = format!("{store:?}");
     assert!(!shown.contains(APP_PASSWORD), "{shown}");
     assert!(shown.contains("app"), "{shown}");
+    assert_logs_hold_no_password();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_a_permanent_error_without_the_password() {
     let Some(endpoint) = endpoint() else { return };
-    let err = EtcdStore::connect(&format!("etcd://app:wrong-pw-123@{endpoint}/app/x/"))
+    let err = EtcdStore::connect(&format!("etcd://app:{WRONG_PASSWORD}@{endpoint}/app/x/"))
         .await
         .expect_err("wrong password");
     assert_eq!(err.kind(), StoreErrorKind::Permanent, "{err}");
     let msg = format!("{err} {err:?}");
     assert!(msg.contains("password refused"), "{msg}");
-    assert!(!msg.contains("wrong-pw-123"), "{msg}");
+    assert!(!msg.contains(WRONG_PASSWORD), "{msg}");
+    assert_logs_hold_no_password();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,6 +153,7 @@ async fn missing_credentials_or_permission_are_permanent_errors() {
     assert_eq!(err.kind(), StoreErrorKind::Permanent, "{err}");
     assert!(err.to_string().contains("permission"), "{err}");
     assert!(!format!("{err:?}").contains(APP_PASSWORD));
+    assert_logs_hold_no_password();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,4 +172,6 @@ async fn root_with_builder_credentials_works() {
         .expect("granted");
     assert!(store.release("k", "alice", f).await.expect("release"));
     assert!(!format!("{store:?}").contains(ROOT_PASSWORD));
+    tracing::debug!(?store, "a store with credentials, logged whole");
+    assert_logs_hold_no_password();
 }
