@@ -77,11 +77,22 @@ impl RedisServer {
                 args.extend(["--appendonly".into(), "no".into()]);
             }
             args.extend(options.extra_args.iter().cloned());
+            // Run the server under a tiny shell watchdog (the shell `exec`s redis-server, so the
+            // pid is the server's): a server kept in a `static` is never dropped, and must not
+            // outlive the test process.
+            let mut wrapped = vec![
+                "-c".to_owned(),
+                WATCHDOG.to_owned(),
+                "redis-watchdog".to_owned(),
+                std::process::id().to_string(),
+                program.display().to_string(),
+            ];
+            wrapped.extend(args);
             let ready = ready_check(port, options.password.clone());
             match Server::spawn(
                 "redis-server",
-                &program,
-                args,
+                std::path::Path::new("/bin/sh"),
+                wrapped,
                 dir.path(),
                 Duration::from_secs(10),
                 &ready,
@@ -127,6 +138,14 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
 }
+
+/// `sh -c WATCHDOG name PARENT_PID PROGRAM ARGS…`: starts a background loop that SIGKILLs the
+/// server once the parent (the test process) is gone, then becomes the server. The loop also
+/// ends, without killing anything, when the server exits first.
+const WATCHDOG: &str = r#"parent=$1; shift
+( while kill -0 "$parent" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 0.2; done
+  kill -0 "$parent" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+exec "$@""#;
 
 fn ready_check(port: u16, password: Option<String>) -> impl Fn() -> bool {
     move || {

@@ -1,0 +1,282 @@
+//! Connection settings: [`RedisStoreBuilder`], the URL forms, and credential redaction.
+
+use std::fmt;
+use std::time::Duration;
+
+use lease_core::StoreError;
+
+use crate::NAME;
+use crate::store::RedisStore;
+
+/// The key prefix used when none is given: every key and channel this store uses starts with it.
+pub const DEFAULT_PREFIX: &str = "lease:";
+
+/// The longest accepted key prefix, in bytes.
+pub const MAX_PREFIX_LEN: usize = 256;
+
+/// Builds a [`RedisStore`]: server, key prefix, timeouts, and what to declare about fences.
+///
+/// Start from [`RedisStore::builder`] (a URL) or [`RedisStore::builder_with_client`] (an existing
+/// [`redis::Client`]). The builder's `Debug` output never shows the password.
+#[derive(Clone)]
+pub struct RedisStoreBuilder {
+    pub(crate) source: Source,
+    pub(crate) prefix: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) durable_fences: bool,
+    pub(crate) notifications: bool,
+}
+
+#[derive(Clone)]
+pub(crate) enum Source {
+    Url(String),
+    Client(redis::Client),
+}
+
+impl RedisStoreBuilder {
+    pub(crate) fn new(source: Source) -> Self {
+        Self {
+            source,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(1),
+            durable_fences: false,
+            notifications: true,
+        }
+    }
+
+    /// Every key and the release channel this store uses start with `prefix` (default
+    /// [`DEFAULT_PREFIX`]). Stores with different prefixes never see each other's keys. An ACL
+    /// user limited to `~<prefix>*` and `&<prefix>*` is enough for the store.
+    ///
+    /// The prefix may not contain `{` or `}` (the store puts each key's hash tag after it) and is
+    /// at most [`MAX_PREFIX_LEN`] bytes; [`connect`](Self::connect) refuses it otherwise.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long connecting (TCP, TLS, `AUTH`) may take (default 2 s). An unreachable server fails
+    /// [`connect`](Self::connect) within about this long.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one call may wait for Redis's answer before it fails as a transient error
+    /// (default 1 s). Keep it well below the lease, so that a renewal can be retried in time.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Declares that fences survive a restart of this Redis
+    /// ([`Capabilities::durable_fences`](lease_core::Capabilities::durable_fences), false by
+    /// default). Only say so when the server runs with `appendonly yes` and
+    /// `appendfsync always`, and is never replaced by a replica (no failover): an asynchronous
+    /// replica or a `everysec` AOF can lose the last fence increments.
+    pub fn assume_durable_fences(mut self, yes: bool) -> Self {
+        self.durable_fences = yes;
+        self
+    }
+
+    /// Whether to subscribe to release announcements (default true). Off, the store uses one
+    /// connection instead of two, and waiters poll.
+    pub fn notifications(mut self, yes: bool) -> Self {
+        self.notifications = yes;
+        self
+    }
+
+    /// Connects, checks that the server answers, and subscribes to release announcements.
+    ///
+    /// # Errors
+    ///
+    /// A bad URL, prefix or timeout is
+    /// [`InvalidInput`](lease_core::StoreErrorKind::InvalidInput); refused credentials or ACL
+    /// permissions are permanent errors saying so; an unreachable server is a transient error
+    /// naming the address, returned within about `connect_timeout`. Messages never contain the
+    /// password.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        RedisStore::connect_with(self).await
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if self.prefix.contains(['{', '}']) {
+            return Err(StoreError::invalid_input(
+                NAME,
+                format!(
+                    "key prefix `{}` contains `{{` or `}}`; the store adds each key's hash tag \
+                     itself",
+                    self.prefix
+                ),
+            ));
+        }
+        if self.prefix.len() > MAX_PREFIX_LEN {
+            return Err(StoreError::invalid_input(
+                NAME,
+                format!(
+                    "key prefix is {} bytes long, the limit is {MAX_PREFIX_LEN}",
+                    self.prefix.len()
+                ),
+            ));
+        }
+        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
+            return Err(StoreError::invalid_input(
+                NAME,
+                "timeouts must be above zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The server's address for messages, without credentials.
+    pub(crate) fn display_target(&self) -> String {
+        match &self.source {
+            Source::Url(url) => redact_url(url),
+            Source::Client(client) => client.get_connection_info().addr().to_string(),
+        }
+    }
+
+    /// The client, parsed from the URL if needed.
+    pub(crate) fn client(&self) -> Result<redis::Client, StoreError> {
+        let url = match &self.source {
+            Source::Client(c) => return Ok(c.clone()),
+            Source::Url(url) => url,
+        };
+        let shown = redact_url(url);
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("redis" | "redis+unix" | "unix" | "valkey") => {}
+            Some("rediss" | "valkeys") if cfg!(feature = "tls") => {}
+            Some("rediss" | "valkeys") => {
+                return Err(StoreError::invalid_input(
+                    NAME,
+                    format!("`{shown}` needs TLS: enable the `tls` feature of lease-redis"),
+                ));
+            }
+            _ => {
+                return Err(StoreError::invalid_input(
+                    NAME,
+                    format!(
+                        "`{shown}` is not a Redis URL: expected \
+                         redis://[user[:password]@]host[:port][/db] or rediss://…"
+                    ),
+                ));
+            }
+        }
+        redis::Client::open(url.as_str()).map_err(|e| {
+            // The parser's message does not repeat the URL, but keep only its category to be
+            // sure nothing of the userinfo leaks.
+            StoreError::invalid_input(
+                NAME,
+                format!("`{shown}` is not a valid Redis URL ({})", e.category()),
+            )
+        })
+    }
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("server", &self.display_target())
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("durable_fences", &self.durable_fences)
+            .field("notifications", &self.notifications)
+            .finish()
+    }
+}
+
+/// `url` with its password (and any query string, which may carry one) replaced by `***`.
+///
+/// Errs on the side of hiding: everything up to the last `@` of the part after the scheme is
+/// treated as user info.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    let (rest, had_query) = match rest.split_once('?') {
+        Some((r, _)) => (r, true),
+        None => (rest, false),
+    };
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            // `redis://secret@host` is parsed as a user name, but people put passwords there.
+            None if !userinfo.is_empty() => format!("***@{host}"),
+            None => format!("@{host}"),
+        },
+        None => rest.to_owned(),
+    };
+    let mut out = String::new();
+    if let Some(s) = scheme {
+        out.push_str(s);
+        out.push_str("://");
+    }
+    out.push_str(&rest);
+    if had_query {
+        out.push_str("?***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords() {
+        let cases = [
+            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
+            ("redis://u:s3cret@h:1/0", "redis://u:***@h:1/0"),
+            ("redis://:s3cret@h", "redis://:***@h"),
+            ("rediss://s3cret@h", "rediss://***@h"),
+            ("redis://u:s3c@r/et@h/2", "redis://u:***@h/2"),
+            ("unix:///tmp/r.sock?pass=s3cret", "unix:///tmp/r.sock?***"),
+            ("u:s3cret@h", "u:***@h"),
+        ];
+        for (url, want) in cases {
+            let got = redact_url(url);
+            assert_eq!(got, want);
+            assert!(!got.contains("s3c"), "{got}");
+        }
+    }
+
+    #[test]
+    fn builder_debug_hides_the_password() {
+        let b = RedisStoreBuilder::new(Source::Url("redis://locker:hunter2@localhost/".into()));
+        let shown = format!("{b:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("locker:***@localhost"), "{shown}");
+    }
+
+    #[test]
+    fn bad_urls_and_prefixes_are_named() {
+        let b = RedisStoreBuilder::new(Source::Url("http://u:hunter2@h/".into()));
+        let e = b.client().unwrap_err().to_string();
+        assert!(
+            e.contains("not a Redis URL") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let b = RedisStoreBuilder::new(Source::Url("redis://u:hunter2@[::1/".into()));
+        let e = b.client().unwrap_err().to_string();
+        assert!(
+            e.contains("not a valid Redis URL") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/".into())).prefix("a{b}");
+        let e = b.validate().unwrap_err().to_string();
+        assert!(e.contains("prefix"), "{e}");
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/".into())).prefix("p".repeat(300));
+        assert!(b.validate().unwrap_err().to_string().contains("300 bytes"));
+        #[cfg(not(feature = "tls"))]
+        {
+            let b = RedisStoreBuilder::new(Source::Url("rediss://h/".into()));
+            let e = b.client().unwrap_err().to_string();
+            assert!(e.contains("`tls` feature"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! [`RedisStore`]: the [`LeaseStore`] over one Redis server.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lease_core::{Capabilities, Fence, LeaseStore, StoreError, StoreErrorKind, validate};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::{debug, warn};
+
+use crate::NAME;
+use crate::config::{RedisStoreBuilder, Source};
+use crate::error::{bad_reply, classify};
+use crate::keys::{KeyPair, key_pair, release_channel};
+use crate::notify::Notifier;
+use crate::scripts::{ACQUIRE, RELEASE, RENEW};
+
+/// The longest lease the store grants, in milliseconds (about 34 years); longer ones are capped.
+pub const MAX_LEASE_MS: u64 = 1 << 40;
+
+/// How many keys' highest fences a store remembers for regression checks; beyond this the
+/// oldest-inserted are forgotten one by one (their regressions then go unnoticed by this store).
+pub const MAX_TRACKED_KEYS: usize = 100_000;
+
+/// A lease store on one Redis server (or one primary): grants are Lua scripts, fences come from a
+/// per-key counter, releases are announced over pub/sub. See the [crate docs](crate) for the
+/// protocol and its guarantees.
+///
+/// Cheap to clone: clones share the connection, the subscription and the fence memory. The
+/// connection reconnects by itself; calls made while it is down fail with transient errors.
+///
+/// `Debug` and `Display` show the server without its password.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: Vec<u8>,
+    prefix_shown: String,
+    channel: Vec<u8>,
+    target: String,
+    caps: Capabilities,
+    /// The highest fence this store has seen granted per key, with a hash of its holder.
+    seen: Mutex<HashMap<String, Seen>>,
+    holder_hash: RandomState,
+    notifier: Option<Notifier>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    fence: u64,
+    holder: u64,
+}
+
+impl RedisStore {
+    /// Connects to the server at `url` with default settings; see [`RedisStore::builder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// A builder for the server at `url`:
+    ///
+    /// - `redis://[user[:password]@]host[:port][/db]`, e.g. `redis://127.0.0.1:6379/0` or
+    ///   `redis://locker:secret@redis.internal/` (an ACL user) or `redis://:secret@host/`
+    ///   (`requirepass`);
+    /// - `rediss://…`: the same over TLS (feature `tls`), verifying the server against the
+    ///   system's roots; append `#insecure` to skip verification (tests only);
+    /// - `redis+unix:///path/to/redis.sock?db=0&user=u&pass=p`: a Unix socket.
+    ///
+    /// Percent-encode reserved characters in user and password (`%40` for `@`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Source::Url(url.into()))
+    }
+
+    /// A builder for an existing client (its connection settings, TLS and credentials are used
+    /// as they are).
+    pub fn builder_with_client(client: redis::Client) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(Source::Client(client))
+    }
+
+    pub(crate) async fn connect_with(b: RedisStoreBuilder) -> Result<Self, StoreError> {
+        b.validate()?;
+        let client = b.client()?;
+        let target = b.display_target();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(b.connect_timeout))
+            .set_response_timeout(Some(b.response_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(500));
+        let what = format!("connecting to {target}");
+        // One attempt plus one retry, each bounded by the connect timeout; the outer bound is a
+        // backstop so that connect never hangs.
+        let budget = b.connect_timeout * 2 + Duration::from_secs(1);
+        let mut conn = match tokio::time::timeout(
+            budget,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(classify(&what, e)),
+            Err(_) => {
+                return Err(StoreError::transient(
+                    NAME,
+                    format!("{what}: no connection within {budget:?}"),
+                ));
+            }
+        };
+        // Loading the scripts checks the server answers and the user may run them.
+        for script in [&*ACQUIRE, &*RENEW, &*RELEASE] {
+            script
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| classify(&what, e))?;
+        }
+        let prefix = b.prefix.as_bytes().to_vec();
+        let channel = release_channel(&prefix);
+        let notifier = if b.notifications {
+            Some(Notifier::start(client, channel.clone(), b.connect_timeout).await?)
+        } else {
+            None
+        };
+        let caps = Capabilities::new(NAME)
+            .with_notifications(notifier.is_some())
+            .with_durable_fences(b.durable_fences);
+        debug!(server = %target, prefix = %b.prefix, "redis store connected");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn,
+                prefix,
+                prefix_shown: b.prefix,
+                channel,
+                target,
+                caps,
+                seen: Mutex::new(HashMap::new()),
+                holder_hash: RandomState::new(),
+                notifier,
+            }),
+        })
+    }
+
+    /// The Redis key of `key`'s lock hash (fields `h` = holder, `f` = fence; its TTL is the
+    /// lease). For fenced writes in Lua (see the crate docs) and for inspection.
+    pub fn lock_key(&self, key: &str) -> Vec<u8> {
+        key_pair(&self.inner.prefix, key).lock
+    }
+
+    /// The Redis key of `key`'s fence counter hash (fields `f` = last fence handed out, `h` =
+    /// holder of the current tenure, empty after a release). It has no TTL and must never be
+    /// deleted or evicted: configure `maxmemory-policy noeviction`.
+    pub fn fence_key(&self, key: &str) -> Vec<u8> {
+        key_pair(&self.inner.prefix, key).fence
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix_shown
+    }
+
+    /// The store's connection (multiplexed, reconnecting), for the caller's own commands such
+    /// as fenced writes.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Renews many leases in one round trip (one pipeline of renew scripts), each exactly as
+    /// [`LeaseStore::renew`] would. Results come in the order of `leases`.
+    ///
+    /// Concurrent [`renew`](LeaseStore::renew) calls are pipelined on the one connection too; this
+    /// is for callers that renew many keys on one schedule themselves.
+    ///
+    /// # Errors
+    ///
+    /// Invalid input of any entry fails the whole call before anything is sent; a connection
+    /// failure fails it as a whole (transient). A fence regression is reported per entry.
+    pub async fn renew_many(
+        &self,
+        lease: Duration,
+        leases: &[(&str, &str, Fence)],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        for (key, holder, _) in leases {
+            validate(NAME, key, holder)?;
+        }
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ms = lease_ms(lease);
+        let mut pipe = redis::pipe();
+        for (key, holder, fence) in leases {
+            let KeyPair {
+                lock,
+                fence: counter,
+            } = key_pair(&self.inner.prefix, key);
+            pipe.cmd("EVALSHA")
+                .arg(RENEW.get_hash())
+                .arg(2)
+                .arg(lock)
+                .arg(counter)
+                .arg(*holder)
+                .arg(fence.get())
+                .arg(ms);
+        }
+        let what = format!("renewing {} leases", leases.len());
+        let mut conn = self.inner.conn.clone();
+        let replies: Vec<(i64, Option<String>)> = match pipe.query_async(&mut conn).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                // The server lost its script cache (a restart): load and send again; a renew is
+                // idempotent, and a NOSCRIPT reply means that script did not run.
+                RENEW
+                    .prepare_invoke()
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| classify(&what, e))?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| classify(&what, e))?
+            }
+            Err(e) => return Err(classify(&what, e)),
+        };
+        if replies.len() != leases.len() {
+            return Err(bad_reply(&what, "reply count differs from request count"));
+        }
+        Ok(leases
+            .iter()
+            .zip(replies)
+            .map(|((key, holder, fence), (status, counter))| {
+                self.renew_outcome(key, holder, *fence, status, counter)
+            })
+            .collect())
+    }
+
+    fn renew_outcome(
+        &self,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+        status: i64,
+        counter: Option<String>,
+    ) -> Result<bool, StoreError> {
+        let what = || format!("renew of {key:?}");
+        let counter = parse_counter(&what(), counter)?;
+        match status {
+            1 => {
+                if counter != Some(fence.get()) {
+                    return Err(bad_reply(&what(), "renewed under a different fence"));
+                }
+                self.check_grant(key, holder, fence.get())?;
+                Ok(true)
+            }
+            0 => {
+                self.check_counter(key, counter)?;
+                Ok(false)
+            }
+            s => Err(bad_reply(&what(), format!("status {s}"))),
+        }
+    }
+
+    fn seen(&self) -> MutexGuard<'_, HashMap<String, Seen>> {
+        // Each update is one insert or remove; a poisoned map is still consistent.
+        self.inner.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that `key` was granted to `holder` with `fence`, or fails if that contradicts a
+    /// grant this store saw before (a lower fence, or the same fence for another holder).
+    fn check_grant(&self, key: &str, holder: &str, fence: u64) -> Result<(), StoreError> {
+        let holder_hash = self.inner.holder_hash.hash_one(holder);
+        let mut seen = self.seen();
+        match seen.get_mut(key) {
+            Some(s) if fence < s.fence || (fence == s.fence && holder_hash != s.holder) => {
+                let before = s.fence;
+                drop(seen);
+                Err(self.regressed(key, before, Some(fence)))
+            }
+            Some(s) => {
+                *s = Seen {
+                    fence,
+                    holder: holder_hash,
+                };
+                Ok(())
+            }
+            None => {
+                if seen.len() >= MAX_TRACKED_KEYS {
+                    if let Some(k) = seen.keys().next().cloned() {
+                        seen.remove(&k);
+                    }
+                }
+                seen.insert(
+                    key.to_owned(),
+                    Seen {
+                        fence,
+                        holder: holder_hash,
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Fails if `key`'s counter is below the highest fence this store saw for it.
+    fn check_counter(&self, key: &str, counter: Option<u64>) -> Result<(), StoreError> {
+        let before = self.seen().get(key).map(|s| s.fence);
+        match before {
+            Some(before) if counter.unwrap_or(0) < before => {
+                Err(self.regressed(key, before, counter))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn regressed(&self, key: &str, before: u64, now: Option<u64>) -> StoreError {
+        let now = now.map_or_else(
+            || "nothing (the counter is gone)".to_owned(),
+            |f| f.to_string(),
+        );
+        warn!(key, before, now = %now, server = %self.inner.target, "fence regression");
+        StoreError::new(
+            StoreErrorKind::FenceRegressed,
+            NAME,
+            format!(
+                "the fence of {key:?} went back: this store saw {before}, Redis now has {now}. \
+                 The server lost data (restarted without `appendfsync always`, failed over to a \
+                 replica, evicted or flushed keys), so fences may repeat"
+            ),
+        )
+    }
+
+    async fn release_quietly(&self, key: &str, holder: &str, fence: u64) {
+        let KeyPair {
+            lock,
+            fence: counter,
+        } = key_pair(&self.inner.prefix, key);
+        let r: redis::RedisResult<(i64, Option<String>)> = RELEASE
+            .key(lock)
+            .key(counter)
+            .arg(holder)
+            .arg(fence)
+            .arg(&self.inner.channel)
+            .arg(key)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await;
+        if let Err(e) = r {
+            debug!(key, error = %e, "could not release a grant refused for fence regression");
+        }
+    }
+}
+
+fn lease_ms(lease: Duration) -> u64 {
+    let ms = lease.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX).clamp(1, MAX_LEASE_MS)
+}
+
+fn parse_counter(what: &str, counter: Option<String>) -> Result<Option<u64>, StoreError> {
+    counter
+        .map(|c| {
+            c.parse::<u64>()
+                .map_err(|_| bad_reply(what, format!("fence counter {c:?} is not a number")))
+        })
+        .transpose()
+}
+
+impl LeaseStore for RedisStore {
+    async fn try_lock(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        validate(NAME, key, holder)?;
+        let KeyPair {
+            lock,
+            fence: counter,
+        } = key_pair(&self.inner.prefix, key);
+        // Zero stays zero (a release); anything else is at least one millisecond.
+        let ms = if lease.is_zero() { 0 } else { lease_ms(lease) };
+        let what = || format!("try_lock of {key:?}");
+        let (status, counter): (i64, Option<String>) = ACQUIRE
+            .key(lock)
+            .key(counter)
+            .arg(holder)
+            .arg(ms)
+            .arg(&self.inner.channel)
+            .arg(key)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&what(), e))?;
+        let counter = parse_counter(&what(), counter)?;
+        match status {
+            1 => {
+                let fence = counter
+                    .and_then(Fence::new)
+                    .ok_or_else(|| bad_reply(&what(), "granted without a fence"))?;
+                if let Err(e) = self.check_grant(key, holder, fence.get()) {
+                    // Do not leave a grant behind that nobody will use.
+                    self.release_quietly(key, holder, fence.get()).await;
+                    return Err(e);
+                }
+                Ok(Some(fence))
+            }
+            0 | 2 => {
+                self.check_counter(key, counter)?;
+                Ok(None)
+            }
+            s => Err(bad_reply(&what(), format!("status {s}"))),
+        }
+    }
+
+    async fn renew(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        let KeyPair {
+            lock,
+            fence: counter,
+        } = key_pair(&self.inner.prefix, key);
+        let (status, counter): (i64, Option<String>) = RENEW
+            .key(lock)
+            .key(counter)
+            .arg(holder)
+            .arg(fence.get())
+            .arg(lease_ms(lease))
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&format!("renew of {key:?}"), e))?;
+        self.renew_outcome(key, holder, fence, status, counter)
+    }
+
+    async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        let KeyPair {
+            lock,
+            fence: counter,
+        } = key_pair(&self.inner.prefix, key);
+        let what = || format!("release of {key:?}");
+        let (status, counter): (i64, Option<String>) = RELEASE
+            .key(lock)
+            .key(counter)
+            .arg(holder)
+            .arg(fence.get())
+            .arg(&self.inner.channel)
+            .arg(key)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&what(), e))?;
+        let counter = parse_counter(&what(), counter)?;
+        match status {
+            1 => Ok(true),
+            0 => {
+                self.check_counter(key, counter)?;
+                Ok(false)
+            }
+            s => Err(bad_reply(&what(), format!("status {s}"))),
+        }
+    }
+
+    async fn wait_for_change(&self, key: &str, max_wait: Duration) {
+        match &self.inner.notifier {
+            Some(n) => n.wait(key, max_wait).await,
+            None => tokio::time::sleep(max_wait).await,
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.caps
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("server", &self.inner.target)
+            .field("prefix", &self.inner.prefix_shown)
+            .field("capabilities", &self.inner.caps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "redis store at {} (prefix {:?})",
+            self.inner.target, self.inner.prefix_shown
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_round_up_to_whole_milliseconds_within_bounds() {
+        assert_eq!(lease_ms(Duration::from_micros(1)), 1);
+        assert_eq!(lease_ms(Duration::from_micros(1500)), 2);
+        assert_eq!(lease_ms(Duration::from_secs(2)), 2000);
+        assert_eq!(lease_ms(Duration::MAX), MAX_LEASE_MS);
+    }
+}
