@@ -52,7 +52,9 @@
 //! session. Because keys share a session, a key whose holder stopped renewing (without a release)
 //! would be kept alive by other keys' renewals; so before each keepalive the store deletes (with
 //! the holder and fence compared) every key of the session whose holder's last acquire or renew
-//! is older than its lease. Such a key outlives its holder's lease by at most one TTL.
+//! is older than its lease. Such a key outlives its holder's lease by at most one TTL, and a
+//! renew that comes after its own lease has passed may find it deleted (`false`): renew within
+//! the lease, as the lock's heartbeat does.
 //!
 //! *TTL.* etcd leases are whole seconds, and the server raises short ones to its minimum
 //! (1.5 × election timeout, rounded up: 2 s with default settings). The store declares a 1 s

@@ -250,6 +250,92 @@ async fn waiter_wakes_when_the_key_expires_and_at_once_when_vacant() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_minimum_ttl_is_used_and_its_surplus_spares_keepalives() {
+    if common::endpoint().is_none() {
+        return;
+    }
+    // etcd's minimum TTL is 1.5 × the election timeout, rounded up: 2 s for 1000 ms.
+    let server = tokio::task::spawn_blocking(|| {
+        lease_testkit::EtcdServer::start(lease_testkit::EtcdOptions {
+            extra_args: vec!["--election-timeout=1000".to_owned()],
+            ..Default::default()
+        })
+    })
+    .await
+    .expect("start etcd")
+    .expect("etcd is installed");
+    let store = common::store_on(&server.endpoint(), "minttl").await;
+    let short = Duration::from_millis(300);
+    let f = store
+        .try_lock(short, "k", "alice")
+        .await
+        .expect("try_lock")
+        .expect("granted");
+    let id = lease_of(&store, "k").await;
+    let ttl = store
+        .client()
+        .clone()
+        .lease_time_to_live(id, None)
+        .await
+        .expect("time to live");
+    assert_eq!(
+        ttl.granted_ttl(),
+        2,
+        "etcd raised the 1 s request to its minimum"
+    );
+    // The granted 2 s already covers now + 300 ms: the renew only checks ownership.
+    let before = store.keepalives_sent();
+    assert!(store.renew(short, "k", "alice", f).await.expect("renew"));
+    assert_eq!(store.keepalives_sent(), before, "no keepalive was needed");
+    // Renewing within the 300 ms lease for longer than the 1.7 s surplus: once the surplus is
+    // spent, a renew sends a keepalive, which covers the next 1.7 s again.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2200) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(store.renew(short, "k", "alice", f).await.expect("renew"));
+    }
+    let sent = store.keepalives_sent() - before;
+    assert!(
+        (1..=2).contains(&sent),
+        "about one keepalive per 1.7 s of renewals, sent {sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapsed_session_fires_the_lock_guards_loss_signal() {
+    let endpoint = etcd_or_skip!();
+    let store = common::store_on(&endpoint, "guardloss").await;
+    let lock = CrossProcessLock::builder(store.clone(), "k")
+        .lease(LEASE)
+        .build()
+        .expect("lock");
+    let guard = lock
+        .lock_timeout(Duration::from_secs(10))
+        .await
+        .expect("acquire");
+    let id = lease_of(&store, "k").await;
+    store
+        .client()
+        .clone()
+        .lease_revoke(id)
+        .await
+        .expect("revoke");
+    tokio::time::timeout(LEASE + Duration::from_secs(1), guard.lost())
+        .await
+        .expect("the next heartbeat reports the loss");
+    assert!(!guard.is_held());
+    // A fresh acquisition works, on a new session and with a larger fence.
+    let old = guard.fence();
+    drop(guard);
+    let again = lock
+        .lock_timeout(Duration::from_secs(10))
+        .await
+        .expect("acquire again");
+    assert!(again.fence() > old);
+    again.release().await.expect("release");
+}
+
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
