@@ -8,6 +8,19 @@ use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::NAME;
 
+/// The commands the store runs, directly or inside its scripts, for ACL advice.
+pub(crate) const COMMANDS: &str = "EVAL, EVALSHA, SCRIPT LOAD, SUBSCRIBE, PUBLISH, PING, HMGET, \
+                                   HGET, HSET, HINCRBY, PEXPIRE, EXISTS, DEL";
+
+/// A refusal by the ACL: `NOPERM` directly, or a command inside a script the user may not run.
+fn is_permission_error(e: &RedisError) -> bool {
+    let text = e.to_string();
+    e.code() == Some("NOPERM")
+        || text.contains("NOPERM")
+        || text.contains("no permissions")
+        || text.contains("can't run this command")
+}
+
 /// Maps a failed Redis call of `what` (e.g. "try_lock of `k`") into a classified error.
 pub(crate) fn classify(what: &str, e: RedisError) -> StoreError {
     let (kind, message) = match e.kind() {
@@ -19,8 +32,7 @@ pub(crate) fn classify(what: &str, e: RedisError) -> StoreError {
             StoreErrorKind::Permanent,
             format!(
                 "{what}: the Redis ACL user lacks a permission (it needs the lock keys \
-                 `~<prefix>*`, the channel `&<prefix>*` and the commands EVAL, EVALSHA, \
-                 SCRIPT LOAD, SUBSCRIBE, PING)"
+                 `~<prefix>*`, the channel `&<prefix>*` and the commands {COMMANDS})"
             ),
         ),
         ErrorKind::InvalidClientConfig => (
@@ -48,6 +60,13 @@ pub(crate) fn classify(what: &str, e: RedisError) -> StoreError {
             };
             (StoreErrorKind::Transient, format!("{what}: {why}"))
         }
+        _ if is_permission_error(&e) => (
+            StoreErrorKind::Permanent,
+            format!(
+                "{what}: the Redis ACL user lacks a permission (it needs the lock keys \
+                 `~<prefix>*`, the channel `&<prefix>*` and the commands {COMMANDS})"
+            ),
+        ),
         _ => match e.code() {
             Some("NOAUTH" | "WRONGPASS") => (
                 StoreErrorKind::Permanent,

@@ -126,7 +126,28 @@ impl RedisStore {
         let prefix = b.prefix.as_bytes().to_vec();
         let channel = release_channel(&prefix);
         let notifier = if b.notifications {
-            Some(Notifier::start(client, channel.clone(), b.connect_timeout).await?)
+            let notifier = Notifier::start(client, channel.clone(), b.connect_timeout).await?;
+            // redis-rs reports a SUBSCRIBE refused by the ACL as success, so check with an empty
+            // announcement (no key is empty, so it wakes nobody): the ACL must let this user
+            // publish on the channel, and our own subscription must be among the receivers.
+            let receivers: i64 = redis::cmd("PUBLISH")
+                .arg(&channel)
+                .arg("")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| classify(&what, e))?;
+            if receivers < 1 {
+                return Err(StoreError::permanent(
+                    NAME,
+                    format!(
+                        "{what}: the subscription to the release channel `{}released` did not \
+                         take effect; if the Redis ACL user lacks a permission, grant it the \
+                         channel `&{}*`",
+                        b.prefix, b.prefix
+                    ),
+                ));
+            }
+            Some(notifier)
         } else {
             None
         };
