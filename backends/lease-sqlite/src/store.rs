@@ -1,0 +1,504 @@
+//! [`SqliteStore`] and its builder.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lease_core::{BootClock, Capabilities, Clock, Fence, LeaseStore, StoreError, validate};
+use rand::Rng;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+
+use crate::{NAME, schema};
+
+/// How hard SQLite pushes commits to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// `synchronous=FULL`: a committed grant survives a power loss; fences never repeat.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: faster commits, but **a power loss may reissue a fence** (the last
+    /// grants before it can be lost while their holders already wrote with them).
+    Normal,
+}
+
+/// Builds a [`SqliteStore`]; see each setter for its default.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `open` is called"]
+pub struct SqliteStoreBuilder {
+    path: PathBuf,
+    durability: Durability,
+    busy_budget: Duration,
+}
+
+impl SqliteStoreBuilder {
+    /// [`Durability::Full`] (default) or [`Durability::Normal`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How long one operation keeps retrying a busy database before it fails with a transient
+    /// error (default 2 s).
+    pub fn busy_budget(mut self, budget: Duration) -> Self {
+        self.busy_budget = budget;
+        self
+    }
+
+    /// Opens the database, creating the file, its parent directories and the schema when
+    /// missing, and upgrading a schema written by an older version.
+    ///
+    /// # Errors
+    ///
+    /// A permanent [`StoreError`] naming the path and the problem: a directory in the way, no
+    /// permission, a file that is not an SQLite database, a schema from a newer version, a
+    /// network filesystem; a transient one if the database stayed locked past the busy budget.
+    pub async fn open(self) -> Result<SqliteStore, StoreError> {
+        tokio::task::spawn_blocking(move || open_blocking(self))
+            .await
+            .map_err(|e| StoreError::permanent(NAME, format!("open task failed: {e}")))?
+    }
+}
+
+/// The embedded SQLite store; see the [crate docs](crate) for the protocol and its limits.
+///
+/// Clones share one connection. Several stores (in one process or many) may open the same file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    /// Device and inode of the file when opened, to notice it being deleted or replaced.
+    identity: (u64, u64),
+    boot_id: String,
+    busy_budget: Duration,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// A builder for the database at `path`.
+    pub fn builder(path: impl Into<PathBuf>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            path: path.into(),
+            durability: Durability::Full,
+            busy_budget: Duration::from_secs(2),
+        }
+    }
+
+    /// Opens (creating if needed) the database at `path` with default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStoreBuilder::open`].
+    pub async fn open(path: impl Into<PathBuf>) -> Result<SqliteStore, StoreError> {
+        Self::builder(path).open().await
+    }
+
+    /// Opens the database a `sqlite://` URL names: `sqlite:///abs/path.db` or
+    /// `sqlite://relative/path.db`.
+    ///
+    /// # Errors
+    ///
+    /// An invalid-input error for another scheme or an empty path; else as
+    /// [`SqliteStoreBuilder::open`].
+    pub async fn from_url(url: &str) -> Result<SqliteStore, StoreError> {
+        Self::open(path_from_url(url)?).await
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `op` in one `BEGIN IMMEDIATE` transaction on a blocking thread, retrying busy
+    /// attempts with jittered sleeps until the busy budget.
+    async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&rusqlite::Transaction<'_>, i64, &str) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.transact(op))
+            .await
+            .map_err(|e| StoreError::permanent(NAME, format!("store task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    fn transact<T>(
+        &self,
+        op: impl Fn(&rusqlite::Transaction<'_>, i64, &str) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        self.check_identity()?;
+        let started = Instant::now();
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let attempt = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let now = now_ns();
+                let out = op(&tx, now, &self.boot_id)?;
+                tx.commit()?;
+                Ok(out)
+            })();
+            match attempt {
+                Ok(out) => return Ok(out),
+                Err(e) if is_busy(&e) && started.elapsed() < self.busy_budget => {
+                    // Jittered, so that contending processes do not retry in lock-step and one
+                    // of them cannot starve the others.
+                    let ms = rand::rng().random_range(1..=5);
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                Err(e) if is_busy(&e) => {
+                    return Err(StoreError::transient(
+                        NAME,
+                        format!(
+                            "database {} stayed locked for {:?}",
+                            self.path.display(),
+                            self.busy_budget
+                        ),
+                    )
+                    .with_source(e));
+                }
+                Err(e) => return Err(classify(&self.path, e)),
+            }
+        }
+    }
+
+    fn check_identity(&self) -> Result<(), StoreError> {
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => Ok(()),
+            Ok(_) => Err(StoreError::permanent(
+                NAME,
+                format!(
+                    "database {} was replaced by another file while in use",
+                    self.path.display()
+                ),
+            )),
+            Err(e) => Err(StoreError::permanent(
+                NAME,
+                format!("database {} was deleted while in use", self.path.display()),
+            )
+            .with_source(e)),
+        }
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
+    let transient = matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::OutOfMemory)
+    );
+    let msg = format!("database {}", path.display());
+    if transient {
+        StoreError::transient(NAME, msg).with_source(e)
+    } else {
+        StoreError::permanent(NAME, msg).with_source(e)
+    }
+}
+
+fn now_ns() -> i64 {
+    i64::try_from(BootClock.now().as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn lease_ns(lease: Duration) -> i64 {
+    i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Err(StoreError::invalid_input(
+            NAME,
+            format!("`{url}` is not a sqlite:// URL (use sqlite:///abs/path.db or a plain path)"),
+        ));
+    };
+    if rest.is_empty() {
+        return Err(StoreError::invalid_input(
+            NAME,
+            "the sqlite:// URL names no file",
+        ));
+    }
+    Ok(PathBuf::from(rest))
+}
+
+/// Filesystems on which SQLite's WAL (shared memory between processes) and this store's boot
+/// clock cannot work.
+fn refuse_network_fs(dir: &Path) -> Result<(), StoreError> {
+    const NETWORK: &[(u64, &str)] = &[
+        (0x6969, "NFS"),
+        (0x517B, "SMB"),
+        (0xFF53_4D42, "CIFS"),
+        (0xFE53_4D42, "SMB2"),
+        (0x0102_1997, "9p"),
+        (0x5346_414F, "AFS"),
+        (0x0BD0_0BD0, "Lustre"),
+        (0x0116_1970, "GFS2"),
+        (0x7461_636F, "OCFS2"),
+        (0x0000_C36400, "CephFS"),
+    ];
+    let Ok(fs) = rustix::fs::statfs(dir) else {
+        return Ok(()); // Unknown: the open below reports real problems.
+    };
+    #[allow(clippy::useless_conversion)] // f_type's integer type differs between platforms
+    let kind = u64::try_from(fs.f_type).unwrap_or(0) & 0xFFFF_FFFF;
+    match NETWORK.iter().find(|(magic, _)| *magic == kind) {
+        Some((_, name)) => Err(StoreError::permanent(
+            NAME,
+            format!(
+                "{} is on a {name} network filesystem; the SQLite store works only on a local \
+                 filesystem of the host whose processes share it",
+                dir.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
+    let path = b.path;
+    let shown = path.display().to_string();
+    if path.as_os_str().is_empty() {
+        return Err(StoreError::invalid_input(
+            NAME,
+            "the database path is empty",
+        ));
+    }
+    if path.is_dir() {
+        return Err(StoreError::permanent(
+            NAME,
+            format!("{shown} is a directory, not a database file"),
+        ));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| {
+        StoreError::permanent(NAME, format!("cannot create the directory of {shown}"))
+            .with_source(e)
+    })?;
+    refuse_network_fs(&parent)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(&path, flags)
+        .map_err(|e| StoreError::permanent(NAME, format!("cannot open {shown}")).with_source(e))?;
+    let setup = |conn: &mut Connection| -> rusqlite::Result<()> {
+        // Short: the store's own jittered retries do the waiting (SQLite's busy handler alone
+        // starves a second process for about a second under contention).
+        conn.busy_timeout(Duration::from_millis(5))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "the database refused WAL mode (journal_mode stays {mode})"
+            )));
+        }
+        let sync = match b.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        Ok(())
+    };
+    // The first statements fail here for a file that is not a database, or is locked.
+    let started = Instant::now();
+    loop {
+        match setup(&mut conn) {
+            Ok(()) => break,
+            Err(e) if is_busy(&e) && started.elapsed() < b.busy_budget => {
+                std::thread::sleep(Duration::from_millis(rand::rng().random_range(1..=5)));
+            }
+            Err(e) if is_busy(&e) => {
+                return Err(StoreError::transient(
+                    NAME,
+                    format!("database {shown} stayed locked for {:?}", b.busy_budget),
+                )
+                .with_source(e));
+            }
+            Err(e) => {
+                let what = match e.sqlite_error_code() {
+                    Some(ErrorCode::NotADatabase) => "is not an SQLite database (or is corrupted)",
+                    Some(ErrorCode::DatabaseCorrupt) => "is corrupted",
+                    Some(
+                        ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied,
+                    ) => "cannot be written",
+                    _ => "cannot be set up",
+                };
+                return Err(StoreError::permanent(NAME, format!("{shown} {what}")).with_source(e));
+            }
+        }
+    }
+    loop {
+        match schema::migrate(&mut conn) {
+            Ok(()) => break,
+            Err(e) if e.contains("locked") && started.elapsed() < b.busy_budget => {
+                std::thread::sleep(Duration::from_millis(rand::rng().random_range(1..=5)));
+            }
+            Err(e) => {
+                return Err(StoreError::permanent(NAME, format!("{shown}: {e}")));
+            }
+        }
+    }
+    let meta = std::fs::metadata(&path)
+        .map_err(|e| StoreError::permanent(NAME, format!("cannot stat {shown}")).with_source(e))?;
+    Ok(SqliteStore {
+        inner: Arc::new(Inner {
+            path,
+            conn: Mutex::new(conn),
+            identity: (meta.dev(), meta.ino()),
+            boot_id: boot_id(),
+            busy_budget: b.busy_budget,
+        }),
+    })
+}
+
+struct Row {
+    holder: Option<Vec<u8>>,
+    fence: i64,
+    boot_id: String,
+    expires_ns: i64,
+}
+
+fn read_row(tx: &rusqlite::Transaction<'_>, key: &str) -> rusqlite::Result<Option<Row>> {
+    tx.query_row(
+        "SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1",
+        [key.as_bytes()],
+        |r| {
+            Ok(Row {
+                holder: r.get(0)?,
+                fence: r.get(1)?,
+                boot_id: r.get(2)?,
+                expires_ns: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+}
+
+fn to_fence(n: i64) -> Result<Fence, StoreError> {
+    u64::try_from(n).ok().and_then(Fence::new).ok_or_else(|| {
+        StoreError::new(
+            lease_core::StoreErrorKind::FenceRegressed,
+            NAME,
+            format!("invalid fence {n} in the database"),
+        )
+    })
+}
+
+impl LeaseStore for SqliteStore {
+    async fn try_lock(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        validate(NAME, key, holder)?;
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        let lease = lease_ns(lease);
+        let fence = self
+            .run(move |tx, now, boot| {
+                let row = read_row(tx, &key)?;
+                let expires = now.saturating_add(lease);
+                let mine = row
+                    .as_ref()
+                    .is_some_and(|r| r.holder.as_deref() == Some(holder.as_bytes()));
+                if lease == 0 {
+                    if mine {
+                        tx.execute(
+                            "UPDATE leases SET holder = NULL WHERE key = ?1",
+                            [key.as_bytes()],
+                        )?;
+                    }
+                    return Ok(None);
+                }
+                let fence = match row {
+                    None => 1,
+                    Some(r) if mine => r.fence,
+                    Some(r) if r.holder.is_some() && r.boot_id == boot && r.expires_ns > now => {
+                        return Ok(None);
+                    }
+                    Some(r) => r.fence.saturating_add(1),
+                };
+                tx.execute(
+                    "INSERT INTO leases (key, holder, fence, boot_id, expires_ns)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (key) DO UPDATE SET holder = ?2, fence = ?3, boot_id = ?4,
+                         expires_ns = ?5",
+                    params![key.as_bytes(), holder.as_bytes(), fence, boot, expires],
+                )?;
+                Ok(Some(fence))
+            })
+            .await?;
+        fence.map(to_fence).transpose()
+    }
+
+    async fn renew(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        let lease = lease_ns(lease);
+        let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
+        self.run(move |tx, now, boot| {
+            let n = tx.execute(
+                "UPDATE leases SET expires_ns = ?1
+                 WHERE key = ?2 AND holder = ?3 AND fence = ?4 AND boot_id = ?5",
+                params![
+                    now.saturating_add(lease),
+                    key.as_bytes(),
+                    holder.as_bytes(),
+                    fence,
+                    boot
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
+        self.run(move |tx, _now, _boot| {
+            let n = tx.execute(
+                "UPDATE leases SET holder = NULL WHERE key = ?1 AND holder = ?2 AND fence = ?3",
+                params![key.as_bytes(), holder.as_bytes(), fence],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(NAME).with_durable_fences(true)
+    }
+}
