@@ -348,7 +348,8 @@ impl<S: LeaseStore> CrossProcessLock<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Store`] if the store failed (the call does not retry store errors).
+    /// [`Error::Store`] for a permanent store error, or for transient ones that went on for a
+    /// whole lease (shorter store trouble is retried like a busy key).
     ///
     /// # Cancel safety
     ///
@@ -361,7 +362,9 @@ impl<S: LeaseStore> CrossProcessLock<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::TimedOut`] when `timeout` passes first; [`Error::Store`] if the store failed.
+    /// [`Error::TimedOut`] when `timeout` passes first while the key is busy;
+    /// [`Error::Store`] for a permanent store error, or for a transient one still failing when
+    /// `timeout` passes (transient errors are retried until then).
     ///
     /// # Cancel safety
     ///
@@ -413,15 +416,37 @@ impl<S: LeaseStore> CrossProcessLock<S> {
         let span =
             debug_span!("lease.wait", key = %self.inner.key, holder = %self.inner.holder.label);
         async {
+            let mut failing_since: Option<Instant> = None;
             loop {
                 // Register for in-process wake-ups before trying, so a release between the try
                 // and the wait is not missed.
                 let changed = self.inner.changed.notified();
                 tokio::pin!(changed);
                 changed.as_mut().enable();
-                if let Some(guard) = self.acquire_once().await? {
-                    metrics::wait(self.inner.store_name, started.elapsed());
-                    return Ok(guard);
+                let mut store_failed = false;
+                match self.acquire_once().await {
+                    Ok(Some(guard)) => {
+                        metrics::wait(self.inner.store_name, started.elapsed());
+                        return Ok(guard);
+                    }
+                    Ok(None) => failing_since = None,
+                    Err(Error::Store(e)) if e.is_transient() => {
+                        // A store in trouble (a leader election, a reconnect) is waited out like
+                        // a busy key, until the call's deadline; without one, until it has
+                        // failed for a whole lease, so an unreachable store is an error, not a
+                        // hang.
+                        let since = *failing_since.get_or_insert_with(Instant::now);
+                        let give_up = match deadline {
+                            Some(d) => Instant::now() >= d,
+                            None => since.elapsed() >= config.lease,
+                        };
+                        if give_up {
+                            return Err(Error::Store(e));
+                        }
+                        debug!(error = %e, "store error while waiting; retrying");
+                        store_failed = true;
+                    }
+                    Err(e) => return Err(e),
                 }
                 let mut pause = backoff.next_delay();
                 if let Some(deadline) = deadline {
@@ -434,7 +459,7 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                     }
                     pause = pause.min(deadline - now);
                 }
-                if config.notifications {
+                if config.notifications && !store_failed {
                     tokio::select! {
                         () = self.inner.store.wait_for_change(&self.inner.key, pause) => {}
                         () = &mut changed => {}

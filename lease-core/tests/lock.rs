@@ -649,3 +649,43 @@ async fn ancestor_configuration_is_reproducible_and_slow_to_hand_over() {
         acquired - dropped
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn waiting_calls_ride_out_transient_store_errors() {
+    let s = store();
+    let a = lock(&s, "k");
+    s.update(|f| f.fail_next = 5);
+    let g = a
+        .lock_timeout(Duration::from_secs(5))
+        .await
+        .expect("retried until it worked");
+    drop(g);
+    settle().await;
+    s.update(|f| f.fail_next = 5);
+    let _g = a
+        .lock()
+        .await
+        .expect("lock() retries short store trouble too");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_store_is_an_error_not_a_hang() {
+    let s = store();
+    let a = lock(&s, "k");
+    s.update(|f| f.fail_next = usize::MAX);
+    let started = Instant::now();
+    let err = a.lock().await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Store(e) if e.is_transient()),
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= LEASE && started.elapsed() < LEASE * 3);
+    let err = a
+        .lock_timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Store(e) if e.is_transient()),
+        "{err:?}"
+    );
+}
