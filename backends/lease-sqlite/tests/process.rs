@@ -1,0 +1,490 @@
+//! Lock holders in real OS processes sharing one database file: mutual exclusion on a fenced
+//! counter, a SIGKILLed holder replaced within lease + 1 s, a holder paused past its lease that
+//! learns of the loss on resume and whose fenced write is refused, the release → acquire handoff
+//! time between two processes, and fairness between eight contending processes.
+//!
+//! The children are this test binary run again (`std::env::current_exe`) with [`CHILD_ENV`] set
+//! to `role|database|counter database|argument`, which makes [`child`] play that role. Children
+//! report to the parent on stdout, one `@@`-prefixed line per event (libtest may print its own
+//! text before it on the same line).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lease_core::{BootClock, Clock, CrossProcessLock, Error, Fence};
+use lease_sqlite::SqliteStore;
+use lease_sqlite::rusqlite::Connection;
+use rustix::process::{Pid, Signal, kill_process};
+use tokio::sync::mpsc;
+
+const CHILD_ENV: &str = "LEASE_SQLITE_TEST_CHILD";
+const LEASE: Duration = Duration::from_secs(2);
+const KEY: &str = "job";
+
+fn now_ns() -> u128 {
+    BootClock.now().as_nanos()
+}
+
+/// The counter every critical section bumps, in its own database file, guarded by the fence.
+fn counter_db(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open the counter database");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL,
+             fence INTEGER NOT NULL);
+         INSERT OR IGNORE INTO counter (id, value, fence) VALUES (1, 0, 0);",
+    )
+    .expect("create the counter");
+    conn
+}
+
+/// The fenced write: refused (0 rows) once a larger fence has written.
+fn fenced_increment(conn: &Connection, fence: Fence) -> usize {
+    conn.execute(
+        "UPDATE counter SET value = value + 1, fence = ?1 WHERE id = 1 AND fence <= ?1",
+        [i64::try_from(fence.get()).expect("fence fits")],
+    )
+    .expect("fenced update")
+}
+
+fn counter_value(path: &Path) -> i64 {
+    counter_db(path)
+        .query_row("SELECT value FROM counter WHERE id = 1", [], |r| r.get(0))
+        .expect("read the counter")
+}
+
+async fn lock_on(db: &Path, label: &str) -> CrossProcessLock<SqliteStore> {
+    let store = SqliteStore::open(db).await.expect("open the store");
+    CrossProcessLock::builder(store, KEY)
+        .lease(LEASE)
+        .holder_label(label)
+        .build()
+        .expect("lock")
+}
+
+/// The child roles; a no-op in a normal test run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = spec.splitn(4, '|').collect();
+    let [role, db, counter, arg] = parts[..] else {
+        panic!("bad child spec {spec}");
+    };
+    let (db, counter) = (Path::new(db), Path::new(counter));
+    match role {
+        "counter" => child_counter(db, counter, arg.parse().expect("iterations")).await,
+        "holder" => child_holder(db, counter).await,
+        "handoff" => child_handoff(db, arg.parse().expect("rounds")).await,
+        "fair" => child_fair(db, arg.parse().expect("seconds")).await,
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+/// `n` critical sections, each bumping the counter with its fence between `ENTER` and `EXIT`.
+async fn child_counter(db: &Path, counter: &Path, n: u32) {
+    let lock = lock_on(db, "counter").await;
+    let conn = counter_db(counter);
+    let mut accepted = 0;
+    for _ in 0..n {
+        let guard = lock
+            .lock_timeout(Duration::from_secs(30))
+            .await
+            .expect("acquire");
+        println!("@@ENTER {}", now_ns());
+        accepted += fenced_increment(&conn, guard.fence());
+        // Stay inside a little, so that an overlap would show.
+        std::thread::sleep(Duration::from_micros(500));
+        println!("@@EXIT {}", now_ns());
+        guard.release().await.expect("release");
+    }
+    println!("@@DONE {accepted}");
+}
+
+/// Takes the key, prints `HELD <fence>`; when the loss signal fires, tries its fenced write and
+/// prints `LOST held=<is_held> rows=<rows written>`; then waits to be killed.
+async fn child_holder(db: &Path, counter: &Path) {
+    let lock = lock_on(db, "holder").await;
+    let conn = counter_db(counter);
+    let guard = lock
+        .lock_timeout(Duration::from_secs(20))
+        .await
+        .expect("child acquires");
+    println!("@@HELD {}", guard.fence().get());
+    guard.lost().await;
+    let rows = fenced_increment(&conn, guard.fence());
+    println!("@@LOST held={} rows={rows}", guard.is_held());
+    std::future::pending::<()>().await;
+}
+
+/// `rounds` acquisitions, printing `ACQ <ns>` when granted and `REL <ns>` just before releasing.
+async fn child_handoff(db: &Path, rounds: u32) {
+    let lock = lock_on(db, "handoff").await;
+    for _ in 0..rounds {
+        let guard = lock
+            .lock_timeout(Duration::from_secs(30))
+            .await
+            .expect("acquire");
+        println!("@@ACQ {}", now_ns());
+        std::thread::sleep(Duration::from_millis(1));
+        println!("@@REL {}", now_ns());
+        guard.release().await.expect("release");
+        // Give the other process the turn: it is already waiting.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    println!("@@DONE");
+}
+
+/// Contends for `secs` seconds: hold briefly, release, pause briefly; prints `DONE <count>`.
+async fn child_fair(db: &Path, secs: f64) {
+    let lock = lock_on(db, "fair").await;
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut count = 0u64;
+    while Instant::now() < end {
+        match lock.lock_timeout(end - Instant::now()).await {
+            Ok(guard) => {
+                count += 1;
+                std::thread::sleep(Duration::from_millis(1));
+                guard.release().await.expect("release");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(Error::TimedOut { .. }) => break,
+            Err(e) => panic!("lock: {e}"),
+        }
+    }
+    println!("@@DONE {count}");
+}
+
+fn child_command(role: &str, db: &Path, counter: &Path, arg: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(
+            CHILD_ENV,
+            format!("{role}|{}|{}|{arg}", db.display(), counter.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    cmd
+}
+
+/// The `@@` lines of a child's whole output, without the prefix.
+fn events(out: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| l.find("@@").map(|i| l[i + 2..].to_owned()))
+        .collect()
+}
+
+/// Runs the children to completion, all at once, and returns each one's events.
+async fn run_all(cmds: Vec<Command>) -> Vec<Vec<String>> {
+    tokio::task::spawn_blocking(move || {
+        let children: Vec<Child> = cmds
+            .into_iter()
+            .map(|mut c| c.spawn().expect("spawn a child"))
+            .collect();
+        children
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output().expect("child output");
+                assert!(out.status.success(), "a child failed: {:?}", out.status);
+                events(&out.stdout)
+            })
+            .collect()
+    })
+    .await
+    .expect("children")
+}
+
+fn temp_paths() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("locks.db");
+    let counter = dir.path().join("counter.db");
+    (dir, db, counter)
+}
+
+fn number<T: std::str::FromStr>(event: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    event
+        .rsplit(' ')
+        .next()
+        .expect("a number")
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_never_overlap_and_every_fenced_increment_counts() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    const PROCESSES: usize = 4;
+    const N: u32 = 25;
+    let (_dir, db, counter) = temp_paths();
+    counter_db(&counter);
+    let cmds = (0..PROCESSES)
+        .map(|_| child_command("counter", &db, &counter, &N.to_string()))
+        .collect();
+    let outputs = run_all(cmds).await;
+    let mut intervals = Vec::new();
+    let mut accepted = 0;
+    for (p, events) in outputs.iter().enumerate() {
+        let mut enter = None;
+        for e in events {
+            if e.starts_with("ENTER") {
+                enter = Some(number::<u128>(e));
+            } else if e.starts_with("EXIT") {
+                intervals.push((
+                    enter.take().expect("EXIT after ENTER"),
+                    number::<u128>(e),
+                    p,
+                ));
+            } else if e.starts_with("DONE") {
+                accepted += number::<i64>(e);
+            }
+        }
+    }
+    assert_eq!(intervals.len(), PROCESSES * N as usize);
+    intervals.sort();
+    for w in intervals.windows(2) {
+        assert!(
+            w[0].1 < w[1].0,
+            "process {} entered at {} before process {} left at {}",
+            w[1].2,
+            w[1].0,
+            w[0].2,
+            w[0].1
+        );
+    }
+    let value = counter_value(&counter);
+    assert_eq!(
+        value, accepted,
+        "the counter equals the accepted increments"
+    );
+    assert_eq!(
+        accepted,
+        (PROCESSES as i64) * i64::from(N),
+        "no holder was fenced off"
+    );
+}
+
+/// A long-running child whose stdout lines arrive on a channel.
+struct Holder {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Holder {
+    fn spawn(db: &Path, counter: &Path) -> Holder {
+        let mut child = child_command("holder", db, counter, "")
+            .spawn()
+            .expect("spawn the child holder");
+        let out = child.stdout.take().expect("child stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("@@") {
+                    if tx.send(line[i + 2..].to_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Holder { child, lines }
+    }
+
+    async fn expect_line(&mut self, prefix: &str, within: Duration) -> String {
+        match tokio::time::timeout(within, self.lines.recv()).await {
+            Ok(Some(line)) if line.starts_with(prefix) => line,
+            Ok(Some(line)) => panic!("expected `{prefix}` from the child, got `{line}`"),
+            Ok(None) => panic!("the child exited before printing `{prefix}`"),
+            Err(_) => panic!("the child did not print `{prefix}` within {within:?}"),
+        }
+    }
+
+    fn signal(&self, sig: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid")).expect("child pid");
+        kill_process(pid, sig).expect("signal the child");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fence_of(line: &str) -> Fence {
+    Fence::new(number(line)).expect("positive fence")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_holder_process_is_replaced_within_lease_plus_one_second() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let (_dir, db, counter) = temp_paths();
+    let mut holder = Holder::spawn(&db, &counter);
+    let child_fence = fence_of(&holder.expect_line("HELD", Duration::from_secs(20)).await);
+    let lock = lock_on(&db, "parent").await;
+    assert!(matches!(
+        lock.try_lock_once().await,
+        Err(Error::Busy { .. })
+    ));
+    let waiter = {
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            let g = lock.lock_timeout(Duration::from_secs(30)).await;
+            (g, Instant::now())
+        })
+    };
+    // Let the child's heartbeat renew a while, with us waiting for the key.
+    tokio::time::sleep(LEASE).await;
+    assert!(!waiter.is_finished(), "the child still renews its lease");
+    holder.signal(Signal::KILL);
+    let killed_at = Instant::now();
+    let (guard, at) = waiter.await.expect("waiter");
+    let guard = guard.expect("the waiter acquires after the kill");
+    let took = at.saturating_duration_since(killed_at);
+    println!("a SIGKILLed holder's key was taken {took:?} after the kill (lease {LEASE:?})");
+    assert!(
+        took <= LEASE + Duration::from_secs(1),
+        "another process must acquire within lease + 1 s of the kill, took {took:?}"
+    );
+    assert!(guard.fence() > child_fence);
+    guard.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_holder_is_replaced_and_its_fenced_write_is_refused_on_resume() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let (_dir, db, counter) = temp_paths();
+    let mut holder = Holder::spawn(&db, &counter);
+    let child_fence = fence_of(&holder.expect_line("HELD", Duration::from_secs(20)).await);
+    let lock = lock_on(&db, "parent").await;
+    holder.signal(Signal::STOP);
+    let stopped_at = Instant::now();
+    let guard = lock
+        .lock_timeout(Duration::from_secs(15))
+        .await
+        .expect("the key of a paused holder expires");
+    assert!(
+        guard.fence() > child_fence,
+        "the new grant has a larger fence"
+    );
+    assert_eq!(
+        fenced_increment(&counter_db(&counter), guard.fence()),
+        1,
+        "the new holder writes"
+    );
+    tokio::time::sleep((3 * LEASE).saturating_sub(stopped_at.elapsed())).await;
+    holder.signal(Signal::CONT);
+    let lost = holder.expect_line("LOST", Duration::from_secs(5)).await;
+    assert_eq!(
+        lost, "LOST held=false rows=0",
+        "the resumed holder knows it lost the key, and its fenced write is refused"
+    );
+    assert!(
+        guard.is_held(),
+        "the resumed holder did not take the key back"
+    );
+    assert_eq!(counter_value(&counter), 1);
+    guard.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handoff_between_two_processes() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    const ROUNDS: u32 = 100;
+    let (_dir, db, counter) = temp_paths();
+    let cmds = (0..2)
+        .map(|_| child_command("handoff", &db, &counter, &ROUNDS.to_string()))
+        .collect();
+    let outputs = run_all(cmds).await;
+    // Merge both processes' events by time; a handoff is a release by one process followed
+    // by the other's grant.
+    let mut all: Vec<(u128, bool, usize)> = Vec::new();
+    for (p, events) in outputs.iter().enumerate() {
+        for e in events {
+            if e.starts_with("ACQ") {
+                all.push((number(e), true, p));
+            } else if e.starts_with("REL") {
+                all.push((number(e), false, p));
+            }
+        }
+    }
+    all.sort();
+    let mut handoffs: Vec<u128> = all
+        .windows(2)
+        .filter(|w| !w[0].1 && w[1].1 && w[0].2 != w[1].2)
+        .map(|w| w[1].0 - w[0].0)
+        .collect();
+    handoffs.sort_unstable();
+    assert!(
+        handoffs.len() >= 50,
+        "the processes took turns ({} handoffs)",
+        handoffs.len()
+    );
+    let at = |q: f64| {
+        Duration::from_nanos(
+            u64::try_from(handoffs[((handoffs.len() - 1) as f64 * q) as usize]).unwrap_or(0),
+        )
+    };
+    println!(
+        "release → acquire between two processes over {} handoffs: p50 {:?}, p90 {:?}, max {:?}",
+        handoffs.len(),
+        at(0.5),
+        at(0.9),
+        at(1.0)
+    );
+    assert!(
+        at(0.5) < Duration::from_millis(100),
+        "the median handoff is not a poll interval"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_contending_processes_all_acquire() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    const PROCESSES: usize = 8;
+    let secs: f64 = std::env::var("LEASE_SQLITE_FAIRNESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let (_dir, db, counter) = temp_paths();
+    let cmds = (0..PROCESSES)
+        .map(|_| child_command("fair", &db, &counter, &secs.to_string()))
+        .collect();
+    let outputs = run_all(cmds).await;
+    let counts: Vec<f64> = outputs
+        .iter()
+        .map(|events| {
+            let done = events.iter().find(|e| e.starts_with("DONE")).expect("DONE");
+            number::<u64>(done) as f64
+        })
+        .collect();
+    let sum: f64 = counts.iter().sum();
+    let squares: f64 = counts.iter().map(|c| c * c).sum();
+    let jain = sum * sum / (PROCESSES as f64 * squares);
+    println!(
+        "{PROCESSES} processes over {secs} s: acquisitions per process {counts:?}, total {sum}, \
+         Jain's index {jain:.3}"
+    );
+    assert!(
+        counts.iter().all(|&c| c >= 1.0),
+        "every process acquires at least once: {counts:?}"
+    );
+}
