@@ -358,6 +358,15 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             Err(e) if e.contains("locked") && started.elapsed() < b.busy_budget => {
                 std::thread::sleep(Duration::from_millis(rand::rng().random_range(1..=5)));
             }
+            Err(e) if e.contains("locked") => {
+                return Err(StoreError::transient(
+                    NAME,
+                    format!(
+                        "database {shown} stayed locked for {:?}: {e}",
+                        b.busy_budget
+                    ),
+                ));
+            }
             Err(e) => {
                 return Err(StoreError::permanent(NAME, format!("{shown}: {e}")));
             }
