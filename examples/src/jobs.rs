@@ -1,0 +1,180 @@
+//! The fleet's job table: the resource the locks protect. Its writes are fenced: a completion is
+//! accepted only if its fence is at least the highest fence that has written the job.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// The job table in its own SQLite database.
+pub struct Jobs {
+    conn: Connection,
+}
+
+/// The outcome of a fenced completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Accepted: the job is recorded as completed under this fence.
+    Accepted,
+    /// Rejected: a higher fence has already written this job.
+    Stale,
+}
+
+/// Totals read back from the table after a run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    /// Jobs in the table.
+    pub jobs: u64,
+    /// Jobs completed at least once.
+    pub completed: u64,
+    /// Completions beyond the first, over all jobs: must be 0.
+    pub duplicates: u64,
+}
+
+impl Jobs {
+    /// Opens (creating if needed) the job table at `path`.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's, with the path.
+    pub fn open(path: &Path) -> anyhow::Result<Jobs> {
+        let conn = Connection::open(path)
+            .map_err(|e| anyhow::anyhow!("open job table {}: {e}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS jobs (
+                 id INTEGER PRIMARY KEY,
+                 completions INTEGER NOT NULL DEFAULT 0,
+                 fence INTEGER NOT NULL DEFAULT 0,
+                 done_by INTEGER
+             );",
+        )?;
+        Ok(Jobs { conn })
+    }
+
+    /// Adds jobs `0..n` (idempotent).
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn seed(&mut self, n: u64) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare("INSERT OR IGNORE INTO jobs (id) VALUES (?1)")?;
+            for id in 0..n {
+                insert.execute([id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A job nobody has completed yet, picked at random; `None` when all are done.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn pick(&self) -> anyhow::Result<Option<u64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM jobs WHERE completions = 0 ORDER BY random() LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Whether `job` has been completed (read under the job's lease, never before taking it).
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn is_done(&self, job: u64) -> anyhow::Result<bool> {
+        let n: u64 =
+            self.conn
+                .query_row("SELECT completions FROM jobs WHERE id = ?1", [job], |r| {
+                    r.get(0)
+                })?;
+        Ok(n > 0)
+    }
+
+    /// Records a completion of `job` by `worker` under `fence`, if no higher fence has written the
+    /// job: the fence check and the write are one statement.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn complete(&mut self, job: u64, worker: usize, fence: u64) -> anyhow::Result<Write> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE jobs SET completions = completions + 1, fence = ?2, done_by = ?3
+             WHERE id = ?1 AND fence <= ?2",
+            params![job, fence, worker as i64],
+        )?;
+        tx.commit()?;
+        Ok(if changed == 1 {
+            Write::Accepted
+        } else {
+            Write::Stale
+        })
+    }
+
+    /// Jobs completed so far.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn completed(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM jobs WHERE completions > 0", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Totals for the summary.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn totals(&self) -> anyhow::Result<Totals> {
+        Ok(self.conn.query_row(
+            "SELECT count(*), coalesce(sum(completions > 0), 0),
+                    coalesce(sum(max(completions - 1, 0)), 0)
+             FROM jobs",
+            [],
+            |r| {
+                Ok(Totals {
+                    jobs: r.get(0)?,
+                    completed: r.get(1)?,
+                    duplicates: r.get(2)?,
+                })
+            },
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lower_fences_are_rejected_and_duplicates_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jobs = Jobs::open(&dir.path().join("jobs.db")).unwrap();
+        jobs.seed(3).unwrap();
+        assert_eq!(jobs.complete(0, 1, 5).unwrap(), Write::Accepted);
+        assert_eq!(jobs.complete(0, 2, 4).unwrap(), Write::Stale);
+        assert!(jobs.is_done(0).unwrap());
+        assert!(!jobs.is_done(1).unwrap());
+        let t = jobs.totals().unwrap();
+        assert_eq!((t.jobs, t.completed, t.duplicates), (3, 1, 0));
+        // An equal or higher fence is accepted: with a broken lock that is a duplicate.
+        assert_eq!(jobs.complete(0, 2, 5).unwrap(), Write::Accepted);
+        assert_eq!(jobs.totals().unwrap().duplicates, 1);
+    }
+}

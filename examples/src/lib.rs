@@ -1,0 +1,96 @@
+//! Shared pieces of the example programs: opening a store from a URL, and the fleet's job table,
+//! whose writes are fenced.
+
+// The root README's usage example runs as a doc test here, where every crate it names is a
+// dependency.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
+pub mod jobs;
+pub mod stats;
+
+use lease_core::DynStore;
+
+/// Opens the store a URL names: `sqlite://PATH` (or a plain path), and with the matching cargo
+/// features `redis://…` / `rediss://…` and `etcd://…`.
+///
+/// # Errors
+///
+/// An unknown scheme, a scheme whose feature is not built, or the store's own error.
+pub async fn open_store(url: &str) -> anyhow::Result<DynStore> {
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("sqlite") | None => Ok(DynStore::new(open_sqlite(url).await?)),
+        Some("redis" | "rediss") => open_redis(url).await,
+        Some("etcd") => open_etcd(url).await,
+        Some(other) => anyhow::bail!(
+            "unknown store scheme `{other}://` in `{}`: use sqlite://PATH, redis://HOST:PORT or \
+             etcd://HOST:PORT",
+            redact(url)
+        ),
+    }
+}
+
+async fn open_sqlite(url: &str) -> anyhow::Result<lease_sqlite::SqliteStore> {
+    let store = if url.contains("://") {
+        lease_sqlite::SqliteStore::from_url(url).await?
+    } else {
+        lease_sqlite::SqliteStore::open(url).await?
+    };
+    Ok(store)
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(url: &str) -> anyhow::Result<DynStore> {
+    Ok(DynStore::new(lease_redis::RedisStore::connect(url).await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(url: &str) -> anyhow::Result<DynStore> {
+    anyhow::bail!(
+        "`{}` needs the Redis store: build with `--features redis`",
+        redact(url)
+    )
+}
+
+#[cfg(feature = "etcd")]
+async fn open_etcd(url: &str) -> anyhow::Result<DynStore> {
+    Ok(DynStore::new(lease_etcd::EtcdStore::connect(url).await?))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn open_etcd(url: &str) -> anyhow::Result<DynStore> {
+    anyhow::bail!(
+        "`{}` needs the etcd store: build with `--features etcd`",
+        redact(url)
+    )
+}
+
+/// The URL with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact("redis://:secret@h:1"), "redis://:***@h:1");
+        assert_eq!(redact("sqlite:///tmp/a.db"), "sqlite:///tmp/a.db");
+        assert_eq!(redact("/tmp/a@b.db"), "/tmp/a@b.db");
+    }
+}
