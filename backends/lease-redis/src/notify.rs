@@ -8,6 +8,12 @@
 //! Announcements are hints. A message lost while the subscription reconnects, or an expiry
 //! (which Redis does not announce here), costs the waiter its `max_wait`, never its liveness.
 //! After each (re)subscription every waiter is woken once, since messages may have been missed.
+//!
+//! A release can also land between a refused `try_lock` and the following `wait_for_change`
+//! (the caller has not registered yet). So `try_lock` marks its key as *watched* before it sends
+//! the script, a message for a watched key flags it, and `wait_for_change` returns at once if
+//! its key was flagged since. The flag is consumed by one wait; the watched set is a bounded
+//! hint (cleared whole when it grows past [`MAX_WATCHED`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,9 +34,14 @@ pub(crate) struct Notifier {
     task: JoinHandle<()>,
 }
 
+/// How many keys refused `try_lock` may mark as watched before the set is cleared.
+const MAX_WATCHED: usize = 10_000;
+
 #[derive(Debug, Default)]
 struct Waiters {
     by_key: Mutex<HashMap<Box<[u8]>, Slot>>,
+    /// Keys of refused (or in-flight) `try_lock` calls; `true` once a release was announced.
+    watched: Mutex<HashMap<Box<[u8]>, bool>>,
 }
 
 #[derive(Debug)]
@@ -46,13 +57,24 @@ impl Waiters {
         self.by_key.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn watched(&self) -> MutexGuard<'_, HashMap<Box<[u8]>, bool>> {
+        // Single inserts and removals only: a poisoned set is still consistent.
+        self.watched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn wake(&self, key: &[u8]) {
+        if let Some(released) = self.watched().get_mut(key) {
+            *released = true;
+        }
         if let Some(slot) = self.map().get(key) {
             slot.notify.notify_waiters();
         }
     }
 
     fn wake_all(&self) {
+        for released in self.watched().values_mut() {
+            *released = true;
+        }
         for slot in self.map().values() {
             slot.notify.notify_waiters();
         }
@@ -97,7 +119,23 @@ impl Notifier {
         Ok(Self { waiters, task })
     }
 
-    /// Waits until `key` is announced released, or `max_wait`.
+    /// Marks `key` as watched: a release announced from now on is remembered for the next
+    /// [`wait`](Self::wait) on it. Called before a `try_lock` is sent.
+    pub(crate) fn watch(&self, key: &str) {
+        let mut watched = self.waiters.watched();
+        if watched.len() >= MAX_WATCHED && !watched.contains_key(key.as_bytes()) {
+            watched.clear();
+        }
+        watched.insert(key.as_bytes().into(), false);
+    }
+
+    /// Forgets `key` (its `try_lock` was granted).
+    pub(crate) fn unwatch(&self, key: &str) {
+        self.waiters.watched().remove(key.as_bytes());
+    }
+
+    /// Waits until `key` is announced released, or `max_wait`; returns at once if a release was
+    /// announced since the last refused `try_lock` of `key`.
     pub(crate) async fn wait(&self, key: &str, max_wait: Duration) {
         let key = key.as_bytes();
         let notify = {
@@ -116,6 +154,10 @@ impl Notifier {
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // Registered first, checked second: a release between the two still wakes the wait.
+        if self.waiters.watched().remove(key) == Some(true) {
+            return;
+        }
         let _ = tokio::time::timeout(max_wait, notified).await;
     }
 }

@@ -405,6 +405,9 @@ impl LeaseStore for RedisStore {
         // Zero stays zero (a release); anything else is at least one millisecond.
         let ms = if lease.is_zero() { 0 } else { lease_ms(lease) };
         let what = || format!("try_lock of {key:?}");
+        if let Some(n) = self.inner.notifier.as_ref().filter(|_| ms > 0) {
+            n.watch(key);
+        }
         let (status, counter): (i64, Option<String>) = ACQUIRE
             .key(lock)
             .key(counter)
@@ -418,6 +421,9 @@ impl LeaseStore for RedisStore {
         let counter = parse_counter(&what(), counter)?;
         match status {
             1 => {
+                if let Some(n) = &self.inner.notifier {
+                    n.unwatch(key);
+                }
                 let fence = counter
                     .and_then(Fence::new)
                     .ok_or_else(|| bad_reply(&what(), "granted without a fence"))?;

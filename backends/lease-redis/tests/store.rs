@@ -260,3 +260,36 @@ async fn lock_handoff_between_stores_is_woken_by_the_release() {
         g.release().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_between_a_refusal_and_the_wait_is_not_missed() {
+    let Some(url) = common::url() else { return };
+    let prefix = common::unique_prefix("gap");
+    let a = RedisStore::builder(&url)
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let b = RedisStore::builder(&url)
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let f = a.try_lock(LONG, "k", "a").await.unwrap().unwrap();
+    assert_eq!(b.try_lock(LONG, "k", "b").await.unwrap(), None);
+    // The release lands before b starts waiting.
+    assert!(a.release("k", "a", f).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    b.wait_for_change("k", LONG).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the wait missed the release: {waited:?}"
+    );
+    assert!(b.try_lock(LONG, "k", "b").await.unwrap().is_some());
+    // The hint is used up: the next wait on a held key waits.
+    let started = Instant::now();
+    b.wait_for_change("k", Duration::from_millis(300)).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
