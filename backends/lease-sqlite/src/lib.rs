@@ -52,6 +52,7 @@
 
 mod schema;
 mod store;
+mod wake;
 
 pub use rusqlite;
 pub use store::{Durability, SqliteStore, SqliteStoreBuilder};

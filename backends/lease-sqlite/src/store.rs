@@ -9,6 +9,7 @@ use lease_core::{BootClock, Capabilities, Clock, Fence, LeaseStore, StoreError, 
 use rand::Rng;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::wake::{self, Wake};
 use crate::{NAME, schema};
 
 /// How hard SQLite pushes commits to disk.
@@ -76,6 +77,7 @@ struct Inner {
     identity: (u64, u64),
     boot_id: String,
     busy_budget: Duration,
+    wake: Wake,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -122,16 +124,22 @@ impl SqliteStore {
     }
 
     /// Runs `op` in one `BEGIN IMMEDIATE` transaction on a blocking thread, retrying busy
-    /// attempts with jittered sleeps until the busy budget.
-    async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    /// attempts with jittered sleeps until the busy budget; then, on the same thread, `after`
+    /// with the committed result (to take or drop the key's wake-up flock).
+    async fn run<T, F, A>(&self, op: F, after: A) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Fn(&rusqlite::Transaction<'_>, i64, &str) -> rusqlite::Result<T> + Send + 'static,
+        A: FnOnce(&Wake, &T) + Send + 'static,
     {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.transact(op))
-            .await
-            .map_err(|e| StoreError::permanent(NAME, format!("store task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let out = inner.transact(op)?;
+            after(&inner.wake, &out);
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::permanent(NAME, format!("store task failed: {e}")))?
     }
 }
 
@@ -374,6 +382,17 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
     }
     let meta = std::fs::metadata(&path)
         .map_err(|e| StoreError::permanent(NAME, format!("cannot stat {shown}")).with_source(e))?;
+    let wake_dir = wake::dir_of(&path);
+    std::fs::create_dir_all(&wake_dir).map_err(|e| {
+        StoreError::permanent(
+            NAME,
+            format!(
+                "cannot create the wake-up directory {} next to the database",
+                wake_dir.display()
+            ),
+        )
+        .with_source(e)
+    })?;
     Ok(SqliteStore {
         inner: Arc::new(Inner {
             path,
@@ -381,6 +400,7 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             identity: (meta.dev(), meta.ino()),
             boot_id: boot_id(),
             busy_budget: b.busy_budget,
+            wake: Wake::new(wake_dir),
         }),
     })
 }
@@ -428,39 +448,49 @@ impl LeaseStore for SqliteStore {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
         let lease = lease_ns(lease);
+        let (wake_key, wake_holder) = (key.clone(), holder.clone());
         let fence = self
-            .run(move |tx, now, boot| {
-                let row = read_row(tx, &key)?;
-                let expires = now.saturating_add(lease);
-                let mine = row
-                    .as_ref()
-                    .is_some_and(|r| r.holder.as_deref() == Some(holder.as_bytes()));
-                if lease == 0 {
-                    if mine {
-                        tx.execute(
-                            "UPDATE leases SET holder = NULL WHERE key = ?1",
-                            [key.as_bytes()],
-                        )?;
-                    }
-                    return Ok(None);
-                }
-                let fence = match row {
-                    None => 1,
-                    Some(r) if mine => r.fence,
-                    Some(r) if r.holder.is_some() && r.boot_id == boot && r.expires_ns > now => {
+            .run(
+                move |tx, now, boot| {
+                    let row = read_row(tx, &key)?;
+                    let expires = now.saturating_add(lease);
+                    let mine = row
+                        .as_ref()
+                        .is_some_and(|r| r.holder.as_deref() == Some(holder.as_bytes()));
+                    if lease == 0 {
+                        if mine {
+                            tx.execute(
+                                "UPDATE leases SET holder = NULL WHERE key = ?1",
+                                [key.as_bytes()],
+                            )?;
+                        }
                         return Ok(None);
                     }
-                    Some(r) => r.fence.saturating_add(1),
-                };
-                tx.execute(
-                    "INSERT INTO leases (key, holder, fence, boot_id, expires_ns)
+                    let fence = match row {
+                        None => 1,
+                        Some(r) if mine => r.fence,
+                        Some(r)
+                            if r.holder.is_some() && r.boot_id == boot && r.expires_ns > now =>
+                        {
+                            return Ok(None);
+                        }
+                        Some(r) => r.fence.saturating_add(1),
+                    };
+                    tx.execute(
+                        "INSERT INTO leases (key, holder, fence, boot_id, expires_ns)
                      VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT (key) DO UPDATE SET holder = ?2, fence = ?3, boot_id = ?4,
                          expires_ns = ?5",
-                    params![key.as_bytes(), holder.as_bytes(), fence, boot, expires],
-                )?;
-                Ok(Some(fence))
-            })
+                        params![key.as_bytes(), holder.as_bytes(), fence, boot, expires],
+                    )?;
+                    Ok(Some(fence))
+                },
+                move |wake, fence| match fence {
+                    Some(_) => wake.granted(&wake_key, &wake_holder),
+                    // A release (zero lease), or the key is another's: not ours to signal any more.
+                    None => wake.released(&wake_key, &wake_holder),
+                },
+            )
             .await?;
         fence.map(to_fence).transpose()
     }
@@ -476,20 +506,28 @@ impl LeaseStore for SqliteStore {
         let (key, holder) = (key.to_owned(), holder.to_owned());
         let lease = lease_ns(lease);
         let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
-        self.run(move |tx, now, boot| {
-            let n = tx.execute(
-                "UPDATE leases SET expires_ns = ?1
+        let (wake_key, wake_holder) = (key.clone(), holder.clone());
+        self.run(
+            move |tx, now, boot| {
+                let n = tx.execute(
+                    "UPDATE leases SET expires_ns = ?1
                  WHERE key = ?2 AND holder = ?3 AND fence = ?4 AND boot_id = ?5",
-                params![
-                    now.saturating_add(lease),
-                    key.as_bytes(),
-                    holder.as_bytes(),
-                    fence,
-                    boot
-                ],
-            )?;
-            Ok(n == 1)
-        })
+                    params![
+                        now.saturating_add(lease),
+                        key.as_bytes(),
+                        holder.as_bytes(),
+                        fence,
+                        boot
+                    ],
+                )?;
+                Ok(n == 1)
+            },
+            move |wake, renewed| {
+                if !renewed {
+                    wake.released(&wake_key, &wake_holder);
+                }
+            },
+        )
         .await
     }
 
@@ -497,17 +535,29 @@ impl LeaseStore for SqliteStore {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
         let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
-        self.run(move |tx, _now, _boot| {
-            let n = tx.execute(
-                "UPDATE leases SET holder = NULL WHERE key = ?1 AND holder = ?2 AND fence = ?3",
-                params![key.as_bytes(), holder.as_bytes(), fence],
-            )?;
-            Ok(n == 1)
-        })
+        let (wake_key, wake_holder) = (key.clone(), holder.clone());
+        self.run(
+            move |tx, _now, _boot| {
+                let n = tx.execute(
+                    "UPDATE leases SET holder = NULL WHERE key = ?1 AND holder = ?2 AND fence = ?3",
+                    params![key.as_bytes(), holder.as_bytes(), fence],
+                )?;
+                Ok(n == 1)
+            },
+            move |wake, _| wake.released(&wake_key, &wake_holder),
+        )
         .await
     }
 
+    /// Returns as soon as the key's holder lets go of it through a store on this host (see the
+    /// crate docs), else after `max_wait`.
+    async fn wait_for_change(&self, key: &str, max_wait: Duration) {
+        self.inner.wake.wait(key, max_wait).await;
+    }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(NAME).with_durable_fences(true)
+        Capabilities::new(NAME)
+            .with_durable_fences(true)
+            .with_notifications(true)
     }
 }

@@ -1,0 +1,156 @@
+//! Wake-ups on release between processes of one host, through `flock(2)` on per-key files.
+//!
+//! Next to the database, `<db>.wake/` holds one empty file per key (named by a 64-bit FNV-1a
+//! hash of the key; two keys sharing a file only cost a spurious or missed wake-up). A store that
+//! grants a key takes an exclusive `flock` on that key's file and keeps it until the key is
+//! released through it (or its renewal fails, or the process dies: the kernel drops the lock
+//! then). A waiter that finds the exclusive lock taken blocks on a shared `flock` on a thread of
+//! its own and wakes when it is granted, which is the moment the holder let go. All of it is a
+//! hint: the caller re-runs `try_lock` after every wake-up and every `max_wait`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustix::fs::{FlockOperation, flock};
+use rustix::io::Errno;
+use tokio::sync::watch;
+
+/// The per-store state: the flocks of the keys this store granted, and the threads blocked on
+/// other holders' flocks (one per key file, shared by all waiters of this store).
+pub(crate) struct Wake {
+    dir: PathBuf,
+    /// Key → (holder, the open file carrying the exclusive flock).
+    held: Mutex<HashMap<String, (String, File)>>,
+    /// Key file hash → the blocked thread's "released" signal.
+    waits: Arc<Mutex<HashMap<u64, watch::Receiver<bool>>>>,
+}
+
+/// The wake directory of the database at `db`.
+pub(crate) fn dir_of(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".wake");
+    PathBuf::from(name)
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Wake {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            held: Mutex::new(HashMap::new()),
+            waits: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn file_of(&self, hash: u64) -> std::io::Result<File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join(format!("{hash:016x}")))
+    }
+
+    /// `holder` was granted `key` through this store: hold the key's flock until it lets go.
+    /// Blocking (briefly: a waiter holds the shared lock only for an instant).
+    pub(crate) fn granted(&self, key: &str, holder: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = held.get_mut(key) {
+            // Ours already (an extension, or a takeover within this store): keep the flock.
+            holder.clone_into(&mut entry.0);
+            return;
+        }
+        let file = match self.file_of(fnv1a64(key.as_bytes())) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot open the wake file; waiters will poll");
+                return;
+            }
+        };
+        for _ in 0..50 {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {
+                    held.insert(key.to_owned(), (holder.to_owned(), file));
+                    return;
+                }
+                // A waiter's momentary shared lock, or a colliding key's holder.
+                Err(Errno::WOULDBLOCK | Errno::INTR) => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "flock failed; waiters will poll");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `holder` no longer holds `key` through this store: wake its waiters.
+    pub(crate) fn released(&self, key: &str, holder: &str) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.get(key).is_some_and(|(h, _)| h == holder) {
+            // Closing the file drops the flock.
+            held.remove(key);
+        }
+    }
+
+    /// Waits until `key`'s holder lets go of the flock, or `max_wait`. Sleeps the whole
+    /// `max_wait` when nobody holds the flock (a holder through another kind of store, or
+    /// an expired one), so callers poll instead of spinning.
+    pub(crate) async fn wait(&self, key: &str, max_wait: Duration) {
+        let Some(mut rx) = self.blocked_thread(fnv1a64(key.as_bytes())) else {
+            tokio::time::sleep(max_wait).await;
+            return;
+        };
+        let started = tokio::time::Instant::now();
+        let thread_died = matches!(
+            tokio::time::timeout(max_wait, rx.wait_for(|released| *released)).await,
+            Ok(Err(_))
+        );
+        if thread_died {
+            // Fall back to polling.
+            tokio::time::sleep_until(started + max_wait).await;
+        }
+    }
+
+    /// The signal of the thread blocked on the key file's flock, starting one if the flock is
+    /// held and none runs yet; `None` if nobody holds the flock.
+    fn blocked_thread(&self, hash: u64) -> Option<watch::Receiver<bool>> {
+        let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = waits.get(&hash) {
+            return Some(rx.clone());
+        }
+        let file = self.file_of(hash).ok()?;
+        match flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => return None, // Nobody holds it; closing the file unlocks.
+            Err(Errno::WOULDBLOCK) => {}
+            Err(_) => return None,
+        }
+        let (tx, rx) = watch::channel(false);
+        let registry = Arc::clone(&self.waits);
+        // A plain thread rather than tokio's blocking pool: it may stay blocked for as long as
+        // the holder holds the key, and must not hold up a runtime's shutdown.
+        let spawned = std::thread::Builder::new()
+            .name("lease-sqlite-wake".into())
+            .spawn(move || {
+                while let Err(Errno::INTR) = flock(&file, FlockOperation::LockShared) {}
+                drop(file);
+                let mut waits = registry.lock().unwrap_or_else(|e| e.into_inner());
+                waits.remove(&hash);
+                let _ = tx.send(true);
+            });
+        if spawned.is_err() {
+            return None;
+        }
+        waits.insert(hash, rx.clone());
+        Some(rx)
+    }
+}
