@@ -31,7 +31,7 @@ pub struct RedisStoreBuilder {
 #[derive(Clone)]
 pub(crate) enum Source {
     Url(String),
-    Client(redis::Client),
+    Client(Box<redis::Client>),
 }
 
 impl RedisStoreBuilder {
@@ -141,7 +141,7 @@ impl RedisStoreBuilder {
     /// The client, parsed from the URL if needed.
     pub(crate) fn client(&self) -> Result<redis::Client, StoreError> {
         let url = match &self.source {
-            Source::Client(c) => return Ok(c.clone()),
+            Source::Client(c) => return Ok((**c).clone()),
             Source::Url(url) => url,
         };
         let shown = redact_url(url);

@@ -24,6 +24,13 @@ fn is_permission_error(e: &RedisError) -> bool {
 /// Maps a failed Redis call of `what` (e.g. "try_lock of `k`") into a classified error.
 pub(crate) fn classify(what: &str, e: RedisError) -> StoreError {
     let (kind, message) = match e.kind() {
+        ErrorKind::Io if e.to_string().contains("certificate") => (
+            StoreErrorKind::Permanent,
+            format!(
+                "{what}: the TLS certificate was refused (give the server's CA with \
+                 redis::Client::build_with_tls and RedisStore::builder_with_client)"
+            ),
+        ),
         ErrorKind::AuthenticationFailed => (
             StoreErrorKind::Permanent,
             format!("{what}: authentication failed: check the user and password"),

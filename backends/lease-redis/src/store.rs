@@ -72,7 +72,8 @@ impl RedisStore {
     ///   `redis://locker:secret@redis.internal/` (an ACL user) or `redis://:secret@host/`
     ///   (`requirepass`);
     /// - `rediss://…`: the same over TLS (feature `tls`), verifying the server against the
-    ///   system's roots; append `#insecure` to skip verification (tests only);
+    ///   system's roots (for a private CA, build a client with
+    ///   [`redis::Client::build_with_tls`] and use [`RedisStore::builder_with_client`]);
     /// - `redis+unix:///path/to/redis.sock?db=0&user=u&pass=p`: a Unix socket.
     ///
     /// Percent-encode reserved characters in user and password (`%40` for `@`).
@@ -83,11 +84,16 @@ impl RedisStore {
     /// A builder for an existing client (its connection settings, TLS and credentials are used
     /// as they are).
     pub fn builder_with_client(client: redis::Client) -> RedisStoreBuilder {
-        RedisStoreBuilder::new(Source::Client(client))
+        RedisStoreBuilder::new(Source::Client(Box::new(client)))
     }
 
     pub(crate) async fn connect_with(b: RedisStoreBuilder) -> Result<Self, StoreError> {
         b.validate()?;
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs a process-wide crypto provider; keep one that is already installed.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client = b.client()?;
         let target = b.display_target();
         let config = ConnectionManagerConfig::new()
