@@ -32,6 +32,9 @@ pub const MAX_TRACKED_KEYS: usize = 100_000;
 /// connection reconnects by itself; calls made while it is down fail with transient errors.
 ///
 /// `Debug` and `Display` show the server without its password.
+///
+/// The subscription task and the connection's driver run on the tokio runtime that called
+/// [`connect`](RedisStoreBuilder::connect); use the store within that runtime.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -88,6 +91,15 @@ impl RedisStore {
     }
 
     pub(crate) async fn connect_with(b: RedisStoreBuilder) -> Result<Self, StoreError> {
+        let target = b.display_target();
+        let result = Self::try_connect(b).await;
+        if let Err(e) = &result {
+            debug!(server = %target, error = %e, "redis store did not connect");
+        }
+        result
+    }
+
+    async fn try_connect(b: RedisStoreBuilder) -> Result<Self, StoreError> {
         b.validate()?;
         #[cfg(feature = "tls")]
         {
