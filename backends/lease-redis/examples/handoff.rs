@@ -108,26 +108,29 @@ async fn main() {
 
     // Store-level handoff.
     let (parked_tx, mut parked_rx) = mpsc::unbounded_channel::<()>();
-    let (acquired_tx, mut acquired_rx) = mpsc::unbounded_channel::<Instant>();
+    let (acquired_tx, mut acquired_rx) = mpsc::unbounded_channel::<(Instant, Instant)>();
     let (go_tx, mut go_rx) = mpsc::unbounded_channel::<()>();
     let waiter = {
         let b = b.clone();
         tokio::spawn(async move {
             while go_rx.recv().await.is_some() {
+                let mut woken = Instant::now();
                 loop {
                     if let Some(f) = b.try_lock(lease, "k", "b").await.unwrap() {
                         let at = Instant::now();
                         b.release("k", "b", f).await.unwrap();
-                        acquired_tx.send(at).unwrap();
+                        acquired_tx.send((woken, at)).unwrap();
                         break;
                     }
                     let _ = parked_tx.send(());
                     b.wait_for_change("k", Duration::from_secs(1)).await;
+                    woken = Instant::now();
                 }
             }
         })
     };
     let mut store_handoff = Vec::with_capacity(rounds);
+    let mut wake = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let f = a
             .try_lock(lease, "k", "a")
@@ -140,8 +143,9 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(1)).await;
         let t = Instant::now();
         assert!(a.release("k", "a", f).await.unwrap());
-        let at = acquired_rx.recv().await.unwrap();
+        let (woken, at) = acquired_rx.recv().await.unwrap();
         store_handoff.push(at - t);
+        wake.push(woken.saturating_duration_since(t));
         while parked_rx.try_recv().is_ok() {}
     }
     drop(go_tx);
@@ -179,6 +183,7 @@ async fn main() {
     let rtt = percentiles("ping", ping);
     let cold = percentiles("idle ping", cold_ping);
     percentiles("raw pub/sub", raw_pubsub);
+    percentiles("release->wake", wake);
     let store = percentiles("store handoff", store_handoff);
     let lock = percentiles("lock handoff", lock_handoff);
     for (name, base) in [("ping", rtt), ("idle ping", cold)] {

@@ -234,6 +234,7 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let ms = lease_ms(lease);
+        let before: Vec<Option<Seen>> = leases.iter().map(|(k, _, _)| self.snapshot(k)).collect();
         let mut pipe = redis::pipe();
         for (key, holder, fence) in leases {
             let KeyPair {
@@ -273,8 +274,9 @@ impl RedisStore {
         Ok(leases
             .iter()
             .zip(replies)
-            .map(|((key, holder, fence), (status, counter))| {
-                self.renew_outcome(key, holder, *fence, status, counter)
+            .zip(before)
+            .map(|(((key, holder, fence), (status, counter)), before)| {
+                self.renew_outcome(key, holder, *fence, status, counter, before)
             })
             .collect())
     }
@@ -286,6 +288,7 @@ impl RedisStore {
         fence: Fence,
         status: i64,
         counter: Option<String>,
+        before: Option<Seen>,
     ) -> Result<bool, StoreError> {
         let what = || format!("renew of {key:?}");
         let counter = parse_counter(&what(), counter)?;
@@ -294,11 +297,11 @@ impl RedisStore {
                 if counter != Some(fence.get()) {
                     return Err(bad_reply(&what(), "renewed under a different fence"));
                 }
-                self.check_grant(key, holder, fence.get())?;
+                self.check_grant(key, holder, fence.get(), before)?;
                 Ok(true)
             }
             0 => {
-                self.check_counter(key, counter)?;
+                self.check_counter(key, counter, before)?;
                 Ok(false)
             }
             s => Err(bad_reply(&what(), format!("status {s}"))),
@@ -310,23 +313,41 @@ impl RedisStore {
         self.inner.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records that `key` was granted to `holder` with `fence`, or fails if that contradicts a
-    /// grant this store saw before (a lower fence, or the same fence for another holder).
-    fn check_grant(&self, key: &str, holder: &str, fence: u64) -> Result<(), StoreError> {
+    /// What this store has seen of `key` so far; taken before a request is sent, so that the
+    /// reply is compared only with grants the server made before it ran the request.
+    ///
+    /// Replies of concurrent calls are processed in any order, so comparing a reply with fences
+    /// recorded after the request was sent could mistake an old reply for a regression. A fence
+    /// recorded before sending came from a reply, so the server had handed it out before it ran
+    /// this request, and the counter this request saw cannot be lower unless data was lost.
+    fn snapshot(&self, key: &str) -> Option<Seen> {
+        self.seen().get(key).copied()
+    }
+
+    /// Fails if a grant (or renewal) of `fence` to `holder` contradicts `before`: a lower fence,
+    /// or the same fence for another holder. Otherwise records it.
+    fn check_grant(
+        &self,
+        key: &str,
+        holder: &str,
+        fence: u64,
+        before: Option<Seen>,
+    ) -> Result<(), StoreError> {
         let holder_hash = self.inner.holder_hash.hash_one(holder);
+        if let Some(b) = before {
+            if fence < b.fence || (fence == b.fence && holder_hash != b.holder) {
+                return Err(self.regressed(key, b.fence, Some(fence)));
+            }
+        }
         let mut seen = self.seen();
         match seen.get_mut(key) {
-            Some(s) if fence < s.fence || (fence == s.fence && holder_hash != s.holder) => {
-                let before = s.fence;
-                drop(seen);
-                Err(self.regressed(key, before, Some(fence)))
-            }
+            // Keep the highest: a concurrent call may have recorded a later grant already.
+            Some(s) if s.fence >= fence => {}
             Some(s) => {
                 *s = Seen {
                     fence,
                     holder: holder_hash,
                 };
-                Ok(())
             }
             None => {
                 if seen.len() >= MAX_TRACKED_KEYS {
@@ -341,18 +362,20 @@ impl RedisStore {
                         holder: holder_hash,
                     },
                 );
-                Ok(())
             }
         }
+        Ok(())
     }
 
-    /// Fails if `key`'s counter is below the highest fence this store saw for it.
-    fn check_counter(&self, key: &str, counter: Option<u64>) -> Result<(), StoreError> {
-        let before = self.seen().get(key).map(|s| s.fence);
+    /// Fails if `key`'s counter, as a request saw it, is below the fence seen before it was sent.
+    fn check_counter(
+        &self,
+        key: &str,
+        counter: Option<u64>,
+        before: Option<Seen>,
+    ) -> Result<(), StoreError> {
         match before {
-            Some(before) if counter.unwrap_or(0) < before => {
-                Err(self.regressed(key, before, counter))
-            }
+            Some(b) if counter.unwrap_or(0) < b.fence => Err(self.regressed(key, b.fence, counter)),
             _ => Ok(()),
         }
     }
@@ -426,6 +449,7 @@ impl LeaseStore for RedisStore {
         if let Some(n) = self.inner.notifier.as_ref().filter(|_| ms > 0) {
             n.watch(key);
         }
+        let before = self.snapshot(key);
         let (status, counter): (i64, Option<String>) = ACQUIRE
             .key(lock)
             .key(counter)
@@ -445,7 +469,7 @@ impl LeaseStore for RedisStore {
                 let fence = counter
                     .and_then(Fence::new)
                     .ok_or_else(|| bad_reply(&what(), "granted without a fence"))?;
-                if let Err(e) = self.check_grant(key, holder, fence.get()) {
+                if let Err(e) = self.check_grant(key, holder, fence.get(), before) {
                     // Do not leave a grant behind that nobody will use.
                     self.release_quietly(key, holder, fence.get()).await;
                     return Err(e);
@@ -453,7 +477,7 @@ impl LeaseStore for RedisStore {
                 Ok(Some(fence))
             }
             0 | 2 => {
-                self.check_counter(key, counter)?;
+                self.check_counter(key, counter, before)?;
                 Ok(None)
             }
             s => Err(bad_reply(&what(), format!("status {s}"))),
@@ -472,6 +496,7 @@ impl LeaseStore for RedisStore {
             lock,
             fence: counter,
         } = key_pair(&self.inner.prefix, key);
+        let before = self.snapshot(key);
         let (status, counter): (i64, Option<String>) = RENEW
             .key(lock)
             .key(counter)
@@ -481,7 +506,7 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| classify(&format!("renew of {key:?}"), e))?;
-        self.renew_outcome(key, holder, fence, status, counter)
+        self.renew_outcome(key, holder, fence, status, counter, before)
     }
 
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
@@ -491,6 +516,7 @@ impl LeaseStore for RedisStore {
             fence: counter,
         } = key_pair(&self.inner.prefix, key);
         let what = || format!("release of {key:?}");
+        let before = self.snapshot(key);
         let (status, counter): (i64, Option<String>) = RELEASE
             .key(lock)
             .key(counter)
@@ -505,7 +531,7 @@ impl LeaseStore for RedisStore {
         match status {
             1 => Ok(true),
             0 => {
-                self.check_counter(key, counter)?;
+                self.check_counter(key, counter, before)?;
                 Ok(false)
             }
             s => Err(bad_reply(&what(), format!("status {s}"))),
