@@ -20,8 +20,8 @@ use crate::scripts::{ACQUIRE, RELEASE, RENEW};
 /// The longest lease the store grants, in milliseconds (about 34 years); longer ones are capped.
 pub const MAX_LEASE_MS: u64 = 1 << 40;
 
-/// How many keys' highest fences a store remembers for regression checks; beyond this the
-/// oldest-inserted are forgotten one by one (their regressions then go unnoticed by this store).
+/// How many keys' highest fences a store remembers for regression checks; beyond this, an
+/// arbitrary key is forgotten for each new one (its regressions then go unnoticed by this store).
 pub const MAX_TRACKED_KEYS: usize = 100_000;
 
 /// A lease store on one Redis server (or one primary): grants are Lua scripts, fences come from a
