@@ -102,23 +102,21 @@ impl Wake {
         }
     }
 
-    /// Waits until `key`'s holder lets go of the flock, or `max_wait`. Sleeps the whole
-    /// `max_wait` when nobody holds the flock (a holder through another kind of store, or
-    /// an expired one), so callers poll instead of spinning.
-    pub(crate) async fn wait(&self, key: &str, max_wait: Duration) {
+    /// If some store holds `key`'s flock, waits until it lets go of it or `until`, and returns
+    /// `true`; returns `false` at once if nobody holds the flock.
+    pub(crate) async fn wait_until(&self, key: &str, until: tokio::time::Instant) -> bool {
         let Some(mut rx) = self.blocked_thread(fnv1a64(key.as_bytes())) else {
-            tokio::time::sleep(max_wait).await;
-            return;
+            return false;
         };
-        let started = tokio::time::Instant::now();
         let thread_died = matches!(
-            tokio::time::timeout(max_wait, rx.wait_for(|released| *released)).await,
+            tokio::time::timeout_at(until, rx.wait_for(|released| *released)).await,
             Ok(Err(_))
         );
         if thread_died {
             // Fall back to polling.
-            tokio::time::sleep_until(started + max_wait).await;
+            tokio::time::sleep_until(until).await;
         }
+        true
     }
 
     /// The signal of the thread blocked on the key file's flock, starting one if the flock is

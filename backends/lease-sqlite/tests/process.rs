@@ -145,11 +145,13 @@ async fn child_handoff(db: &Path, normal: bool) {
             .await
             .expect("acquire");
         println!("@@ACQ {}", now_ns());
-        std::thread::sleep(Duration::from_millis(1));
+        // Long enough for the other process to be back and waiting for the key.
+        std::thread::sleep(Duration::from_millis(5));
         println!("@@REL {}", now_ns());
         guard.release().await.expect("release");
-        // Give the other process the turn: it is already waiting.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // Give the other process the turn (it is waiting, and takes it in well under 5 ms),
+        // then wait for it in turn.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     println!("@@DONE");
 }
