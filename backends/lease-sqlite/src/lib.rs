@@ -50,6 +50,7 @@
 //!
 //! All SQLite calls run on tokio's blocking threads, never on the async workers.
 
+mod fscheck;
 mod schema;
 mod store;
 mod wake;

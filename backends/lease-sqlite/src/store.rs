@@ -1,5 +1,6 @@
 //! [`SqliteStore`] and its builder.
 
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -287,49 +288,60 @@ fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
     let Some(rest) = url.strip_prefix("sqlite://") else {
         return Err(StoreError::invalid_input(
             NAME,
-            format!("`{url}` is not a sqlite:// URL (use sqlite:///abs/path.db or a plain path)"),
+            format!(
+                "`{url}` is not a sqlite:// URL (use sqlite:///abs/path.db, \
+                 sqlite://relative/path.db, or open a plain path)"
+            ),
         ));
     };
-    if rest.is_empty() {
+    if rest.is_empty() || rest == "/" {
         return Err(StoreError::invalid_input(
             NAME,
-            "the sqlite:// URL names no file",
+            format!("the URL `{url}` names no file"),
         ));
     }
-    Ok(PathBuf::from(rest))
-}
-
-/// Filesystems on which SQLite's WAL (shared memory between processes) and this store's boot
-/// clock cannot work.
-fn refuse_network_fs(dir: &Path) -> Result<(), StoreError> {
-    const NETWORK: &[(u64, &str)] = &[
-        (0x6969, "NFS"),
-        (0x517B, "SMB"),
-        (0xFF53_4D42, "CIFS"),
-        (0xFE53_4D42, "SMB2"),
-        (0x0102_1997, "9p"),
-        (0x5346_414F, "AFS"),
-        (0x0BD0_0BD0, "Lustre"),
-        (0x0116_1970, "GFS2"),
-        (0x7461_636F, "OCFS2"),
-        (0x0000_C36400, "CephFS"),
-    ];
-    let Ok(fs) = rustix::fs::statfs(dir) else {
-        return Ok(()); // Unknown: the open below reports real problems.
-    };
-    #[allow(clippy::useless_conversion)] // f_type's integer type differs between platforms
-    let kind = u64::try_from(fs.f_type).unwrap_or(0) & 0xFFFF_FFFF;
-    match NETWORK.iter().find(|(magic, _)| *magic == kind) {
-        Some((_, name)) => Err(StoreError::permanent(
+    if rest.contains(['?', '#']) {
+        return Err(StoreError::invalid_input(
             NAME,
             format!(
-                "{} is on a {name} network filesystem; the SQLite store works only on a local \
-                 filesystem of the host whose processes share it",
-                dir.display()
+                "the URL `{url}` has a query or fragment; the sqlite store takes none (settings \
+                 go through SqliteStore::builder)"
             ),
-        )),
-        None => Ok(()),
+        ));
     }
+    let decoded = percent_decode(rest).ok_or_else(|| {
+        StoreError::invalid_input(
+            NAME,
+            format!("the URL `{url}` has a bad percent escape (use %XX with two hex digits)"),
+        )
+    })?;
+    let path = PathBuf::from(std::ffi::OsString::from_vec(decoded));
+    if path == Path::new(":memory:") {
+        return Err(StoreError::invalid_input(
+            NAME,
+            "an in-memory database cannot be shared between processes; name a file",
+        ));
+    }
+    Ok(path)
+}
+
+/// Decodes `%XX` escapes into bytes; `None` for a malformed one.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
@@ -339,6 +351,12 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         return Err(StoreError::invalid_input(
             NAME,
             "the database path is empty",
+        ));
+    }
+    if path == Path::new(":memory:") {
+        return Err(StoreError::invalid_input(
+            NAME,
+            "an in-memory database cannot be shared between processes; name a file",
         ));
     }
     if path.is_dir() {
@@ -355,7 +373,7 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         StoreError::permanent(NAME, format!("cannot create the directory of {shown}"))
             .with_source(e)
     })?;
-    refuse_network_fs(&parent)?;
+    crate::fscheck::refuse_network_fs(&parent)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -633,8 +651,51 @@ impl LeaseStore for SqliteStore {
     }
 
     fn capabilities(&self) -> Capabilities {
+        // With `synchronous=NORMAL` a power loss may forget the last grants and reissue a fence.
         Capabilities::new(NAME)
-            .with_durable_fences(true)
+            .with_durable_fences(self.inner.durability == Durability::Full)
             .with_notifications(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_absolute_and_relative_files() {
+        let ok = |url: &str| path_from_url(url).expect(url);
+        assert_eq!(
+            ok("sqlite:///var/lib/app/locks.db"),
+            Path::new("/var/lib/app/locks.db")
+        );
+        assert_eq!(ok("sqlite://locks.db"), Path::new("locks.db"));
+        assert_eq!(ok("sqlite://data/locks.db"), Path::new("data/locks.db"));
+        assert_eq!(
+            ok("sqlite:///tmp/my%20locks.db"),
+            Path::new("/tmp/my locks.db")
+        );
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong() {
+        for (url, says) in [
+            ("redis://localhost/locks.db", "not a sqlite:// URL"),
+            ("/tmp/locks.db", "not a sqlite:// URL"),
+            ("sqlite:", "not a sqlite:// URL"),
+            ("sqlite://", "names no file"),
+            ("sqlite:///", "names no file"),
+            ("sqlite:///tmp/locks.db?mode=ro", "query or fragment"),
+            ("sqlite:///tmp/locks%2.db", "percent escape"),
+            ("sqlite://:memory:", "in-memory"),
+        ] {
+            let err = path_from_url(url).expect_err(url);
+            assert_eq!(
+                err.kind(),
+                lease_core::StoreErrorKind::InvalidInput,
+                "{url}"
+            );
+            assert!(err.to_string().contains(says), "{url}: {err}");
+        }
     }
 }

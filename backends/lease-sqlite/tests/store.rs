@@ -1,0 +1,258 @@
+//! Store-level behaviour beyond the conformance suite: opening by URL, fences that survive a
+//! reopen, leases from a previous boot, the boot clock, schema upgrades, durability options,
+//! and wake-ups between two stores on one database.
+
+use std::time::{Duration, Instant};
+
+use lease_core::{BootClock, Clock, Fence, LeaseStore, StoreErrorKind};
+use lease_sqlite::rusqlite::Connection;
+use lease_sqlite::{Durability, SqliteStore};
+
+const LEASE: Duration = Duration::from_secs(5);
+
+fn fence(n: u64) -> Option<Fence> {
+    Fence::new(n)
+}
+
+#[tokio::test]
+async fn opens_by_url_creating_parent_directories() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("a/b/c/locks.db");
+    let url = format!("sqlite://{}", path.display());
+    assert!(url.starts_with("sqlite:///"), "an absolute path: {url}");
+    let store = SqliteStore::from_url(&url).await.expect("open by URL");
+    assert_eq!(store.path(), path);
+    assert!(path.is_file(), "the database file was created");
+    assert_eq!(store.try_lock(LEASE, "k", "a").await.unwrap(), fence(1));
+
+    let err = SqliteStore::from_url("sqlite://")
+        .await
+        .expect_err("no file");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+    let err = SqliteStore::from_url("etcd://127.0.0.1:2379")
+        .await
+        .expect_err("another scheme");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("etcd://127.0.0.1:2379"), "{err}");
+    let err = SqliteStore::open("").await.expect_err("empty path");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+    let err = SqliteStore::open(":memory:").await.expect_err("in-memory");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+}
+
+#[tokio::test]
+async fn fences_survive_release_and_reopening() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let f1 = store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert!(store.release("k", "a", f1).await.unwrap());
+    drop(store);
+
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    let f2 = store.try_lock(LEASE, "k", "b").await.unwrap().unwrap();
+    assert!(f2 > f1, "a grant after the reopen has a larger fence");
+    let rows: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM leases", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1, "one row per key, kept across releases");
+}
+
+#[tokio::test]
+async fn a_lease_from_a_previous_boot_is_expired() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let f1 = store
+        .try_lock(Duration::from_secs(3600), "k", "a")
+        .await
+        .unwrap()
+        .unwrap();
+    // What the row looks like after a reboot: another boot id, and an expiry that is far in
+    // the future of the new boot clock.
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE leases SET boot_id = 'a-previous-boot', expires_ns = ?1",
+            [i64::MAX],
+        )
+        .unwrap();
+    assert!(
+        !store.renew(LEASE, "k", "a", f1).await.unwrap(),
+        "a lease from another boot cannot be renewed"
+    );
+    let f2 = store.try_lock(LEASE, "k", "b").await.unwrap().unwrap();
+    assert!(f2 > f1, "the key is free, with a larger fence");
+    assert!(store.renew(LEASE, "k", "b", f2).await.unwrap());
+}
+
+#[tokio::test]
+async fn expiry_is_kept_on_the_boot_clock() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let before = BootClock.now();
+    store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    let after = BootClock.now();
+    let (expires, boot): (i64, String) = Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT expires_ns, boot_id FROM leases", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let expires = Duration::from_nanos(u64::try_from(expires).unwrap());
+    assert!(
+        before + LEASE <= expires && expires <= after + LEASE,
+        "the expiry is the boot clock plus the lease: {expires:?} vs {before:?}..{after:?}"
+    );
+    let this_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(boot, this_boot.trim());
+}
+
+#[tokio::test]
+async fn an_older_schema_is_upgraded_and_other_tables_are_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    {
+        // A database at schema version 0: an application's own table, no lease table yet.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE app (x INTEGER); INSERT INTO app VALUES (7);")
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.expect("upgrade");
+    assert_eq!(store.try_lock(LEASE, "k", "a").await.unwrap(), fence(1));
+    let conn = Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    let x: i64 = conn
+        .query_row("SELECT x FROM app", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(x, 7);
+    drop(store);
+    SqliteStore::open(&path)
+        .await
+        .expect("opening an up-to-date database changes nothing");
+}
+
+#[tokio::test]
+async fn durability_and_capabilities() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let full = SqliteStore::open(dir.path().join("full.db")).await.unwrap();
+    let caps = full.capabilities();
+    assert_eq!(caps.name, "sqlite");
+    assert!(caps.notifications);
+    assert!(caps.durable_fences);
+    assert!(caps.stable_retake);
+
+    let normal = SqliteStore::builder(dir.path().join("normal.db"))
+        .durability(Durability::Normal)
+        .open()
+        .await
+        .unwrap();
+    assert!(
+        !normal.capabilities().durable_fences,
+        "NORMAL may reissue a fence after a power loss"
+    );
+    let f = normal.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert!(normal.renew(LEASE, "k", "a", f).await.unwrap());
+    assert!(normal.release("k", "a", f).await.unwrap());
+    assert_eq!(normal.try_lock(LEASE, "k", "b").await.unwrap(), fence(2));
+}
+
+/// Two stores on one database in one process behave like two processes: each has its own
+/// flock files, so a release through one wakes a waiter of the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_through_another_store_wakes_a_waiter() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let holder = SqliteStore::open(&path).await.unwrap();
+    let waiter = SqliteStore::open(&path).await.unwrap();
+    let f = holder.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert_eq!(waiter.try_lock(LEASE, "k", "b").await.unwrap(), None);
+
+    let release = {
+        let holder = holder.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            holder.release("k", "a", f).await.unwrap();
+            Instant::now()
+        })
+    };
+    let started = Instant::now();
+    waiter.wait_for_change("k", Duration::from_secs(60)).await;
+    let woke = Instant::now();
+    let released = release.await.unwrap();
+    assert!(
+        woke.duration_since(started) < Duration::from_secs(20),
+        "woken by the release, not by the 60 s bound"
+    );
+    println!(
+        "woken {:?} after the release returned",
+        woke.saturating_duration_since(released)
+    );
+    assert_eq!(
+        waiter.try_lock(LEASE, "k", "b").await.unwrap(),
+        fence(2),
+        "and the waiter gets the key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_wakes_when_the_lease_runs_out_or_at_once_if_free() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let holder = SqliteStore::open(&path).await.unwrap();
+    let waiter = SqliteStore::open(&path).await.unwrap();
+
+    let started = Instant::now();
+    waiter.wait_for_change("k", Duration::from_secs(60)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a free key needs no waiting"
+    );
+
+    // A holder that never releases (like a paused process): its flock stays, its lease ends.
+    holder
+        .try_lock(Duration::from_millis(300), "k", "a")
+        .await
+        .unwrap()
+        .unwrap();
+    let started = Instant::now();
+    waiter.wait_for_change("k", Duration::from_secs(60)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "woken when the lease ran out, not by the 60 s bound"
+    );
+    assert_eq!(waiter.try_lock(LEASE, "k", "b").await.unwrap(), fence(2));
+
+    // max_wait still bounds the wait while the key stays held.
+    let started = Instant::now();
+    holder.wait_for_change("k", Duration::from_millis(50)).await;
+    assert!(started.elapsed() >= Duration::from_millis(50));
+}
+
+#[tokio::test]
+async fn bad_keys_and_holders_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(dir.path().join("locks.db"))
+        .await
+        .unwrap();
+    let err = store.try_lock(LEASE, "", "a").await.expect_err("empty key");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidInput);
+    assert!(err.to_string().contains("key is empty"), "{err}");
+    let long = "x".repeat(2000);
+    let err = store.try_lock(LEASE, "k", &long).await.expect_err("long");
+    assert!(err.to_string().contains("holder is 2000 bytes"), "{err}");
+    // Odd characters are fine, including for the wake-up file names.
+    let odd = "../../etc/passwd\0'; DROP TABLE leases; --ключ";
+    assert_eq!(store.try_lock(LEASE, odd, odd).await.unwrap(), fence(1));
+    assert!(
+        store
+            .renew(LEASE, odd, odd, Fence::new(1).unwrap())
+            .await
+            .unwrap()
+    );
+}
