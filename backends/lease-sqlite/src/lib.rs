@@ -33,22 +33,36 @@
 //! suspend) and stored with the host's boot id: a wall-clock step changes nothing, and a lease
 //! written before a reboot counts as expired. That is why the store is for one host only: another
 //! host's boot clock means nothing here. WAL mode also needs shared memory between the processes,
-//! which network filesystems do not provide; the store refuses NFS, SMB/CIFS and 9p mounts.
+//! which network filesystems do not provide; the store refuses NFS, SMB/CIFS, 9p, Ceph and other
+//! network or cluster filesystems, and network FUSE mounts such as sshfs, where `statfs` and
+//! `/proc/self/mountinfo` identify them.
 //!
-//! **Durability**: `synchronous=FULL` by default, so a committed grant survives a power loss and
-//! fences never repeat. [`Durability::Normal`] is faster, but a power loss may lose the last
-//! grants and **reissue a fence**.
+//! **Durability**: with [`Durability::Full`] (the default) every grant commits with
+//! `synchronous=FULL`, so a committed grant survives a power loss and fences never repeat;
+//! renewals and releases commit with `NORMAL`, since losing them to a host crash is harmless (the
+//! reboot expires every lease anyway). [`Durability::Normal`] is faster, but a power loss may lose
+//! the last grants and **reissue a fence**.
 //!
-//! **Contention**: SQLite's own busy handler is kept short (a few milliseconds) and the store
-//! retries busy transactions itself with jittered sleeps until a budget (2 s by default), after
-//! which the call fails with a transient error (a renewal retries it until the lease's deadline).
+//! **Contention**: SQLite's own busy handler is kept short (5 ms) and the store retries busy
+//! transactions itself with jittered sleeps until a budget (2 s by default), after which the call
+//! fails with a transient error (a renewal retries it until the lease's deadline).
 //!
-//! **Faults**: a database file deleted or replaced under a running store is detected on the next
-//! operation (its device and inode changed) and reported as a permanent error, so every holder's
-//! renewal fails and its guards report the loss; nothing is granted from the new file through this
-//! store.
+//! **Wake-ups**: a store that grants a key holds an exclusive `flock(2)` on a per-key file in
+//! `<db>.wake/` (named by a 64-bit FNV-1a hash of the key) until the key is released through it,
+//! its renewal fails, or its process dies. [`wait_for_change`](lease_core::LeaseStore::wait_for_change)
+//! reads the key's row: free → it returns at once; held → it blocks on a thread of its own on a
+//! shared `flock` of that file, and returns when the holder lets go, when the lease runs out, or
+//! after `max_wait`, whichever is first. So a waiter in another process takes a released key
+//! within about a millisecond instead of a poll interval. Wake-ups are hints; the lock always
+//! re-runs `try_lock`.
 //!
-//! All SQLite calls run on tokio's blocking threads, never on the async workers.
+//! **Faults**: a database file deleted or replaced under a running store is detected before the
+//! next operation (its device and inode changed) and reported as a permanent error, so every
+//! holder's renewal fails and its guards report the loss; nothing is granted from the new file
+//! through this store (it cannot know which fences the old file handed out).
+//!
+//! All SQLite calls run on tokio's blocking threads, never on the async workers; wake-up waits
+//! block plain threads of their own.
 
 mod fscheck;
 mod schema;

@@ -1,12 +1,18 @@
 //! Wake-ups on release between processes of one host, through `flock(2)` on per-key files.
 //!
 //! Next to the database, `<db>.wake/` holds one empty file per key (named by a 64-bit FNV-1a
-//! hash of the key; two keys sharing a file only cost a spurious or missed wake-up). A store that
-//! grants a key takes an exclusive `flock` on that key's file and keeps it until the key is
-//! released through it (or its renewal fails, or the process dies: the kernel drops the lock
-//! then). A waiter that finds the exclusive lock taken blocks on a shared `flock` on a thread of
-//! its own and wakes when it is granted, which is the moment the holder let go. All of it is a
-//! hint: the caller re-runs `try_lock` after every wake-up and every `max_wait`.
+//! hash of the key; two keys sharing a file only cost a spurious wake-up or some latency). A
+//! store that grants a key takes an exclusive `flock` on that key's file and keeps it until the
+//! key is released through it (or its renewal fails, or the process dies: the kernel drops the
+//! lock then). A waiter that finds the exclusive lock taken blocks on a shared `flock` on a thread
+//! of its own and wakes when it is granted, which is the moment the holder let go. The store's
+//! `wait_for_change` bounds that by the lease's end (from the key's row) and `max_wait`, and polls
+//! when the key is held but its file is not. All of it is a hint: the caller re-runs `try_lock`
+//! after every wake-up.
+//!
+//! `flock` locks belong to the open file description, so every store (and every waiter thread)
+//! opens its own: two stores in one process exclude each other like two processes do, and a
+//! store never blocks on its own lock from the thread that holds it.
 
 use std::collections::HashMap;
 use std::fs::File;
