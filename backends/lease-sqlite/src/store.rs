@@ -133,7 +133,8 @@ impl SqliteStore {
 
     /// Runs `op` in one `BEGIN IMMEDIATE` transaction on a blocking thread, retrying busy
     /// attempts with jittered sleeps until the busy budget; then, on the same thread, `after`
-    /// with the committed result (to take or drop the key's wake-up flock).
+    /// with the committed result, or `None` after an error (to take or drop the key's wake-up
+    /// flock).
     ///
     /// `grants`: whether `op` may grant a key, whose commit must then reach the disk before the
     /// fence is handed out (see [`Inner::transact`]).
@@ -141,13 +142,13 @@ impl SqliteStore {
     where
         T: Send + 'static,
         F: Fn(&rusqlite::Transaction<'_>, i64, &str) -> rusqlite::Result<T> + Send + 'static,
-        A: FnOnce(&Wake, &T) + Send + 'static,
+        A: FnOnce(&Wake, Option<&T>) + Send + 'static,
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let out = inner.transact(grants, op)?;
-            after(&inner.wake, &out);
-            Ok(out)
+            let out = inner.transact(grants, op);
+            after(&inner.wake, out.as_ref().ok());
+            out
         })
         .await
         .map_err(|e| StoreError::permanent(NAME, format!("store task failed: {e}")))?
@@ -262,7 +263,13 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
         e.sqlite_error_code(),
         Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::OutOfMemory)
     );
-    let msg = format!("database {}", path.display());
+    let what = match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => " is corrupted",
+        Some(ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => " cannot be written",
+        Some(ErrorCode::DiskFull) => ": the disk is full",
+        _ => "",
+    };
+    let msg = format!("database {}{what}", path.display());
     if transient {
         StoreError::transient(NAME, msg).with_source(e)
     } else {
@@ -550,9 +557,11 @@ impl LeaseStore for SqliteStore {
                     Ok(Some(fence))
                 },
                 move |wake, fence| match fence {
-                    Some(_) => wake.granted(&wake_key, &wake_holder),
+                    Some(Some(_)) => wake.granted(&wake_key, &wake_holder),
                     // A release (zero lease), or the key is another's: not ours to signal any more.
-                    None => wake.released(&wake_key, &wake_holder),
+                    Some(None) => wake.released(&wake_key, &wake_holder),
+                    // Unknown: keep whatever we had.
+                    None => {}
                 },
             )
             .await?;
@@ -588,7 +597,7 @@ impl LeaseStore for SqliteStore {
                 Ok(n == 1)
             },
             move |wake, renewed| {
-                if !renewed {
+                if renewed == Some(&false) {
                     wake.released(&wake_key, &wake_holder);
                 }
             },
@@ -610,6 +619,8 @@ impl LeaseStore for SqliteStore {
                 )?;
                 Ok(n == 1)
             },
+            // Even after an error: the holder is done with the key either way, and a flock left
+            // behind would only delay waiters (of a replaced database, say).
             move |wake, _| wake.released(&wake_key, &wake_holder),
         )
         .await
@@ -627,20 +638,31 @@ impl LeaseStore for SqliteStore {
         loop {
             let inner = self.inner.clone();
             let owned = key.to_owned();
-            let held = tokio::task::spawn_blocking(move || inner.held_for(&owned)).await;
-            let until = match held {
+            // The row, and if it is held the holder's flock: file system calls, so off the
+            // async workers.
+            let probe = tokio::task::spawn_blocking(move || match inner.held_for(&owned) {
+                Ok(Some(left)) => Ok(Some((left, inner.wake.watch_release(&owned)))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await;
+            let (until, release) = match probe {
                 // Free now: the caller's next try_lock may win it.
                 Ok(Ok(None)) => return,
-                Ok(Ok(Some(left))) => deadline.min(tokio::time::Instant::now() + left),
+                Ok(Ok(Some((left, release)))) => {
+                    (deadline.min(tokio::time::Instant::now() + left), release)
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "cannot read the key's row; sleeping instead");
-                    deadline
+                    (deadline, None)
                 }
-                Err(_) => deadline,
+                Err(_) => (deadline, None),
             };
-            if self.inner.wake.wait_until(key, until).await {
+            if let Some(release) = release {
+                release.wait_until(until).await;
                 return;
             }
+            // Held, but nobody holds the key's flock: poll until the lease ends.
             let now = tokio::time::Instant::now();
             if now >= until {
                 return;

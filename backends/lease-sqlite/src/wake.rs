@@ -34,6 +34,23 @@ pub(crate) struct Wake {
     waits: Arc<Mutex<HashMap<u64, watch::Receiver<bool>>>>,
 }
 
+/// Resolves when the flock a waiter watches is let go of.
+pub(crate) struct Release(watch::Receiver<bool>);
+
+impl Release {
+    /// Waits until the flock is let go of, or `until`.
+    pub(crate) async fn wait_until(mut self, until: tokio::time::Instant) {
+        let thread_died = matches!(
+            tokio::time::timeout_at(until, self.0.wait_for(|released| *released)).await,
+            Ok(Err(_))
+        );
+        if thread_died {
+            // Fall back to polling.
+            tokio::time::sleep_until(until).await;
+        }
+    }
+}
+
 /// The wake directory of the database at `db`.
 pub(crate) fn dir_of(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
@@ -108,21 +125,10 @@ impl Wake {
         }
     }
 
-    /// If some store holds `key`'s flock, waits until it lets go of it or `until`, and returns
-    /// `true`; returns `false` at once if nobody holds the flock.
-    pub(crate) async fn wait_until(&self, key: &str, until: tokio::time::Instant) -> bool {
-        let Some(mut rx) = self.blocked_thread(fnv1a64(key.as_bytes())) else {
-            return false;
-        };
-        let thread_died = matches!(
-            tokio::time::timeout_at(until, rx.wait_for(|released| *released)).await,
-            Ok(Err(_))
-        );
-        if thread_died {
-            // Fall back to polling.
-            tokio::time::sleep_until(until).await;
-        }
-        true
+    /// If some store holds `key`'s flock, the signal that it let go of it; `None` if nobody
+    /// holds the flock. Blocking (opens a file).
+    pub(crate) fn watch_release(&self, key: &str) -> Option<Release> {
+        self.blocked_thread(fnv1a64(key.as_bytes())).map(Release)
     }
 
     /// The signal of the thread blocked on the key file's flock, starting one if the flock is

@@ -190,3 +190,36 @@ async fn a_database_deleted_under_a_holder_ends_its_lease() {
     assert_eq!(err.kind(), StoreErrorKind::Permanent, "{msg}");
     assert!(msg.contains("deleted"), "{msg}");
 }
+
+#[tokio::test]
+async fn a_database_corrupted_after_its_header_gives_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    store
+        .try_lock(LEASE, "k", "a")
+        .await
+        .expect("try_lock")
+        .expect("granted");
+    // Closing the last connection checkpoints the WAL into the file and removes it.
+    drop(store);
+    let mut bytes = std::fs::read(&path).expect("read");
+    assert!(bytes.len() >= 8192, "two pages at least");
+    // Page 2 holds the lease table: overwrite it, keep the header and schema page intact.
+    for (i, b) in bytes[4096..8192].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(37) ^ 0x5A;
+    }
+    std::fs::write(&path, &bytes).expect("write");
+
+    let err = match SqliteStore::open(&path).await {
+        Err(e) => e,
+        Ok(store) => store
+            .try_lock(LEASE, "k", "b")
+            .await
+            .expect_err("a corrupted table grants nothing"),
+    };
+    let msg = err.to_string();
+    assert_eq!(err.kind(), StoreErrorKind::Permanent, "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("corrupt"), "{msg}");
+}
