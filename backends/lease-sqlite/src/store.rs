@@ -126,7 +126,7 @@ impl SqliteStore {
         Self::open(path_from_url(url)?).await
     }
 
-    /// The database file.
+    /// The database file, as an absolute path.
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -366,6 +366,13 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             "an in-memory database cannot be shared between processes; name a file",
         ));
     }
+    // Absolute, so that a later change of the working directory cannot make the file look
+    // deleted or replaced, nor move the wake-up files.
+    let path = std::path::absolute(&path).map_err(|e| {
+        StoreError::permanent(NAME, format!("cannot resolve the database path {shown}"))
+            .with_source(e)
+    })?;
+    let shown = path.display().to_string();
     if path.is_dir() {
         return Err(StoreError::permanent(
             NAME,

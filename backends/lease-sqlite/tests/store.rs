@@ -256,3 +256,24 @@ async fn bad_keys_and_holders_are_refused_by_name() {
             .unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_relative_url_is_resolved_once_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    // The only test here that uses the working directory; every other one uses absolute paths.
+    std::env::set_current_dir(dir.path()).expect("cd");
+    let store = SqliteStore::from_url("sqlite://rel/locks.db")
+        .await
+        .expect("open a relative URL");
+    assert_eq!(store.path(), dir.path().join("rel/locks.db"));
+    assert!(dir.path().join("rel/locks.db").is_file());
+    std::env::set_current_dir(elsewhere.path()).expect("cd");
+    assert_eq!(
+        store
+            .try_lock(LEASE, "k", "a")
+            .await
+            .expect("still the same file"),
+        fence(1)
+    );
+}
