@@ -1,7 +1,8 @@
 //! Lock holders in real OS processes sharing one database file: mutual exclusion on a fenced
 //! counter, a SIGKILLed holder replaced within lease + 1 s, a holder paused past its lease that
 //! learns of the loss on resume and whose fenced write is refused, the release → acquire handoff
-//! time between two processes, and fairness between eight contending processes.
+//! time between two processes, fairness between eight contending processes, and a holder whose
+//! wall clock is a day off (libfaketime) changing nothing.
 //!
 //! The children are this test binary run again (`std::env::current_exe`) with [`CHILD_ENV`] set
 //! to `role|database|counter database|argument`, which makes [`child`] play that role. Children
@@ -79,6 +80,14 @@ async fn child() {
     match role {
         "counter" => child_counter(db, counter, arg.parse().expect("iterations")).await,
         "holder" => child_holder(db, counter).await,
+        "wall-holder" => {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs();
+            println!("@@WALL {wall}");
+            child_holder(db, counter).await;
+        }
         "handoff" => child_handoff(db, arg == "normal").await,
         "fair" => child_fair(db, arg.parse().expect("seconds")).await,
         other => panic!("unknown child role {other}"),
@@ -299,9 +308,11 @@ struct Holder {
 
 impl Holder {
     fn spawn(db: &Path, counter: &Path) -> Holder {
-        let mut child = child_command("holder", db, counter, "")
-            .spawn()
-            .expect("spawn the child holder");
+        Self::spawn_command(child_command("holder", db, counter, ""))
+    }
+
+    fn spawn_command(mut cmd: Command) -> Holder {
+        let mut child = cmd.spawn().expect("spawn the child holder");
         let out = child.stdout.take().expect("child stdout");
         let (tx, lines) = mpsc::unbounded_channel();
         std::thread::spawn(move || {
@@ -520,4 +531,71 @@ async fn eight_contending_processes_all_acquire() {
         counts.iter().all(|&c| c >= 1.0),
         "every process acquires at least once: {counts:?}"
     );
+}
+
+/// The child holder's wall clock set a day off (libfaketime, monotonic clocks left alone), in
+/// both directions: a lease is neither expired early (a clock behind) nor kept past its end (a
+/// clock ahead). Skipped without `faketime`, except under `CI`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_with_a_stepped_wall_clock_changes_nothing() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    // The library itself rather than the `faketime` wrapper, which forks: a SIGKILL must reach
+    // the holder.
+    let libfaketime = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+        "/usr/local/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).is_file());
+    let Some(libfaketime) = libfaketime else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "faketime is needed under CI"
+        );
+        println!("skipped: no libfaketime");
+        return;
+    };
+    let (_dir, db, counter) = temp_paths();
+    let lock = lock_on(&db, "parent").await;
+    for offset in ["-1d", "+1d"] {
+        let mut cmd = child_command("wall-holder", &db, &counter, "");
+        cmd.env("LD_PRELOAD", libfaketime)
+            .env("FAKETIME", offset)
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        let mut holder = Holder::spawn_command(cmd);
+        let wall: i64 = number(&holder.expect_line("WALL", Duration::from_secs(20)).await);
+        let real = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_secs(),
+        )
+        .expect("seconds");
+        assert!(
+            (wall - real).abs() > 12 * 3600,
+            "the child's wall clock is a day off ({offset}): {wall} vs {real}"
+        );
+        let child_fence = fence_of(&holder.expect_line("HELD", Duration::from_secs(20)).await);
+        assert!(
+            matches!(lock.try_lock_once().await, Err(Error::Busy { .. })),
+            "the child's lease is valid here ({offset})"
+        );
+        holder.signal(Signal::KILL);
+        let killed_at = Instant::now();
+        let guard = lock
+            .lock_timeout(Duration::from_secs(30))
+            .await
+            .expect("acquired after the kill");
+        let took = killed_at.elapsed();
+        assert!(
+            took <= LEASE + Duration::from_secs(1),
+            "acquired within lease + 1 s of the kill ({offset}), took {took:?}"
+        );
+        assert!(guard.fence() > child_fence);
+        guard.release().await.expect("release");
+    }
 }
