@@ -3,7 +3,7 @@
 #
 # Installs what the tests need when it is missing (Debian packages, as root), then: rustfmt check,
 # clippy with -D warnings, rustdoc with -D warnings, the whole test suite with every feature
-# the doc tests, and the loom model checks. Under CI=true a missing
+# (unit, integration and doc tests), and the loom model checks. Under CI=true a missing
 # server fails the tests instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,7 @@ command -v redis-server >/dev/null || packages+=(redis-server)
 command -v etcd >/dev/null || packages+=(etcd-server)
 command -v etcdctl >/dev/null || packages+=(etcd-client)
 command -v protoc >/dev/null || packages+=(protobuf-compiler)
+command -v faketime >/dev/null || packages+=(faketime)
 if ((${#packages[@]})); then
   step "installing ${packages[*]}"
   if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
