@@ -16,6 +16,7 @@ command -v etcd >/dev/null || packages+=(etcd-server)
 command -v etcdctl >/dev/null || packages+=(etcd-client)
 command -v protoc >/dev/null || packages+=(protobuf-compiler)
 command -v faketime >/dev/null || packages+=(faketime)
+command -v openssl >/dev/null || packages+=(openssl)
 if ((${#packages[@]})); then
   step "installing ${packages[*]}"
   if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
