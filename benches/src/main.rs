@@ -1,0 +1,368 @@
+//! `lease-bench`: a multi-process benchmark harness that puts our locks beside the raw store
+//! floor, the ancestor configuration, and the peers a user would pick instead.
+//!
+//! Every contender is a real OS process: the harness re-executes itself with a hidden `worker`
+//! subcommand, and talks to each worker over stdin/stdout JSON lines. Latencies between
+//! processes are differences of `CLOCK_BOOTTIME` readings taken in the two processes (same host,
+//! same clock). See `benches/README.md` for the scenarios and how to read the output.
+
+mod bench;
+mod fleet;
+mod output;
+mod proto;
+mod stats;
+mod store;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::bench::{Ctx, Record, SCENARIOS};
+use crate::output::Machine;
+use crate::proto::{Imp, StoreKind, StoreTarget};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lease-bench",
+    version,
+    about = "Benchmarks lease locks across real processes: ours beside the store floor, the \
+             ancestor configuration and the peers",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Stores to measure: `sqlite`, `redis[://HOST:PORT]`, `etcd[://HOST:PORT]`, or `all`;
+    /// repeat the flag or separate with commas. Redis or etcd without a URL start a throwaway
+    /// local server.
+    #[arg(long = "store", default_value = "sqlite")]
+    stores: Vec<String>,
+    /// Scenarios to run (repeatable or comma-separated; default all). The floor always runs,
+    /// since every ratio needs it.
+    #[arg(long = "scenario", value_delimiter = ',', value_parser = scenario_names())]
+    scenarios: Vec<String>,
+    /// A short run (under a minute per store) that checks the harness, not the timings.
+    #[arg(long)]
+    quick: bool,
+    /// Also write every record as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where report.md and the SVG plots go.
+    #[arg(long, default_value = "target/lease-bench")]
+    out: PathBuf,
+    /// Repeats of every measurement, for the spread of the median (default 3; 1 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
+    runs: Option<u16>,
+}
+
+fn scenario_names() -> clap::builder::PossibleValuesParser {
+    let mut v: Vec<&'static str> = SCENARIOS.to_vec();
+    v.push("all");
+    clap::builder::PossibleValuesParser::new(v)
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// One worker process (started by the harness itself).
+    #[command(hide = true)]
+    Worker {
+        /// The job, as JSON.
+        job: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::Worker { job }) = &cli.cmd {
+        return worker::main(job);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lease-bench: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("lease-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A store to measure, with the throwaway server or directory that backs it.
+struct Resolved {
+    target: StoreTarget,
+    _dir: Option<tempfile::TempDir>,
+    _redis: Option<lease_testkit::RedisServer>,
+    _etcd: Option<lease_testkit::EtcdCluster>,
+}
+
+/// Splits `--store` values on commas, keeping commas inside an etcd URL's host list.
+fn store_specs(values: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for v in values {
+        for piece in v.split(',') {
+            let piece = piece.trim();
+            let starts_new = ["sqlite", "redis", "etcd", "all"]
+                .iter()
+                .any(|s| piece.starts_with(s));
+            match out.last_mut() {
+                Some(last) if !starts_new && last.starts_with("etcd://") => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ if piece.is_empty() => bail!("empty --store value in `{v}`"),
+                _ => out.push(piece.to_owned()),
+            }
+        }
+    }
+    let mut expanded = Vec::new();
+    for s in out {
+        if s == "all" {
+            expanded.push("sqlite".to_owned());
+            if cfg!(feature = "redis") {
+                expanded.push("redis".to_owned());
+            } else {
+                eprintln!("lease-bench: `all` skips redis: built without the `redis` feature");
+            }
+            if cfg!(feature = "etcd") {
+                expanded.push("etcd".to_owned());
+            } else {
+                eprintln!("lease-bench: `all` skips etcd: built without the `etcd` feature");
+            }
+        } else {
+            expanded.push(s);
+        }
+    }
+    Ok(expanded)
+}
+
+fn start_server<T>(what: &str, start: impl FnOnce() -> Option<T>) -> anyhow::Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => bail!(
+            "`{what}` is not installed, so no throwaway server can be started; install it or \
+             pass a URL (--store {}://HOST:PORT)",
+            if what == "etcd" { "etcd" } else { "redis" }
+        ),
+        Err(_) => bail!("could not start a throwaway {what} (see the message above)"),
+    }
+}
+
+fn resolve(spec: &str) -> anyhow::Result<Resolved> {
+    let (kind, rest) = match spec.split_once("://") {
+        Some((scheme, rest)) => (scheme, Some(rest)),
+        None => (spec, None),
+    };
+    let mut r = Resolved {
+        target: StoreTarget {
+            kind: StoreKind::Sqlite,
+            location: String::new(),
+        },
+        _dir: None,
+        _redis: None,
+        _etcd: None,
+    };
+    match kind {
+        "sqlite" => {
+            let path = match rest {
+                Some(p) if !p.is_empty() => PathBuf::from(p),
+                Some(_) => bail!("`{spec}` names no file: use sqlite or sqlite:///path/to/db"),
+                None => {
+                    let dir = tempfile::Builder::new()
+                        .prefix("lease-bench-")
+                        .tempdir()
+                        .context("creating a temp dir for the sqlite database")?;
+                    let p = dir.path().join("locks.db");
+                    r._dir = Some(dir);
+                    p
+                }
+            };
+            r.target.location = path.display().to_string();
+        }
+        "redis" => {
+            if !cfg!(feature = "redis") {
+                bail!(
+                    "`{spec}` needs the `redis` feature: cargo run -p lease-bench --features redis"
+                );
+            }
+            r.target.kind = StoreKind::Redis;
+            r.target.location = match rest {
+                Some(_) => spec.to_owned(),
+                None => {
+                    let s = start_server("redis-server", || {
+                        lease_testkit::RedisServer::start(Default::default())
+                    })?;
+                    let url = s.url();
+                    r._redis = Some(s);
+                    url
+                }
+            };
+        }
+        "etcd" => {
+            if !cfg!(feature = "etcd") {
+                bail!(
+                    "`{spec}` needs the `etcd` feature: cargo run -p lease-bench --features etcd"
+                );
+            }
+            r.target.kind = StoreKind::Etcd;
+            r.target.location = match rest {
+                Some(_) => spec.to_owned(),
+                None => {
+                    let s = start_server("etcd", || {
+                        lease_testkit::EtcdCluster::start(Default::default())
+                    })?;
+                    let url = format!("etcd://{}/lease-bench/", s.endpoint());
+                    r._etcd = Some(s);
+                    url
+                }
+            };
+        }
+        other => bail!(
+            "unknown store `{other}` in `{}`: use sqlite, redis[://HOST:PORT], etcd[://HOST:PORT] \
+             or all",
+            store::redact(spec)
+        ),
+    }
+    Ok(r)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let specs = store_specs(&cli.stores)?;
+    let mut scenarios: Vec<&str> =
+        if cli.scenarios.is_empty() || cli.scenarios.iter().any(|s| s == "all") {
+            SCENARIOS.to_vec()
+        } else {
+            SCENARIOS
+                .iter()
+                .copied()
+                .filter(|s| *s == "floor" || cli.scenarios.iter().any(|c| c == s))
+                .collect()
+        };
+    scenarios.dedup();
+    let runs = usize::from(cli.runs.unwrap_or(if cli.quick { 1 } else { 3 }));
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let machine = Machine::detect();
+    std::fs::create_dir_all(&cli.out)
+        .with_context(|| format!("creating the out dir {}", cli.out.display()))?;
+    let log_path = cli.out.join("workers.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+
+    // Resolve every store first, so a bad --store fails before anything is measured.
+    let mut resolved = Vec::new();
+    for s in &specs {
+        resolved.push(resolve(s)?);
+    }
+
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:>7} [{bar:30.cyan/blue}] {pos}/{len} {elapsed_precise} {wide_msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    let mut records: Vec<Record> = Vec::new();
+    for r in &resolved {
+        let version = store::store_version(&r.target)
+            .await
+            .unwrap_or_else(|e| format!("unknown ({e:#})"));
+        let mut imps = vec![Imp::Ours, Imp::Ancestor, Imp::StoreTryLock];
+        imps.extend(Imp::peer_for(r.target.kind));
+        let peers = imps.len() - 3;
+        let total: u64 = scenarios
+            .iter()
+            .map(|s| bench::cells(s, cli.quick, imps.len(), peers))
+            .sum();
+        let bar = multi.add(ProgressBar::new(total));
+        bar.set_style(style.clone());
+        bar.set_prefix(r.target.kind.name());
+        let mut ctx = Ctx {
+            target: r.target.clone(),
+            version,
+            quick: cli.quick,
+            runs,
+            log: &log,
+            imps,
+            floor_p50: None,
+            seq: 0,
+        };
+        let mut store_records = Vec::new();
+        for s in &scenarios {
+            let started = std::cell::Cell::new(false);
+            let progress = |label: &str| {
+                if started.replace(true) {
+                    bar.inc(1);
+                }
+                bar.set_message(label.to_owned());
+            };
+            let rs = bench::run(&mut ctx, s, &progress).await;
+            bar.inc(1);
+            for rec in &rs {
+                if let Some(e) = &rec.error {
+                    bar.println(format!(
+                        "{} {} {}: {e}",
+                        rec.store, rec.scenario, rec.implementation
+                    ));
+                }
+            }
+            store_records.extend(rs);
+        }
+        bar.finish_with_message("done");
+        multi.suspend(|| {
+            println!(
+                "\n== {} ({}){}\n",
+                r.target.kind.name(),
+                ctx.version,
+                if cli.quick { ", quick" } else { "" }
+            );
+            print!("{}", output::table(&store_records, false));
+        });
+        records.extend(store_records);
+    }
+
+    let goals = output::goals(&records);
+    if !goals.is_empty() {
+        println!("\n== goals\n");
+        for (g, v, d) in &goals {
+            println!("{v:>8}  {g}: {d}");
+        }
+    }
+    if let Some(path) = &cli.json {
+        let report = output::RunReport {
+            command: command.clone(),
+            quick: cli.quick,
+            runs,
+            machine: &machine,
+            records: &records,
+        };
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("\nJSON: {}", path.display());
+    }
+    let files = output::write_report(&cli.out, &command, &machine, &records)?;
+    println!(
+        "report: {} ({})",
+        cli.out.join("report.md").display(),
+        files.join(", ")
+    );
+    let failed = records.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        eprintln!(
+            "lease-bench: {failed} measurement(s) failed; worker logs in {}",
+            log_path.display()
+        );
+    }
+    Ok(failed == 0)
+}

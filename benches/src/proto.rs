@@ -1,0 +1,152 @@
+//! What the harness sends its worker processes (a [`Job`] on the command line, commands on
+//! stdin) and what they answer (one JSON [`Msg`] per stdout line).
+
+use serde::{Deserialize, Serialize};
+
+/// The store kinds the harness knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum StoreKind {
+    Sqlite,
+    Redis,
+    Etcd,
+}
+
+impl StoreKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Redis => "redis",
+            StoreKind::Etcd => "etcd",
+        }
+    }
+}
+
+/// A store every worker of one run opens: a database path for SQLite, a URL otherwise.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StoreTarget {
+    pub(crate) kind: StoreKind,
+    pub(crate) location: String,
+}
+
+/// The implementation a worker measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Imp {
+    /// The raw store round trip of the same shape as an acquire.
+    Floor,
+    /// `CrossProcessLock` with its default configuration.
+    Ours,
+    /// `CrossProcessLock` configured as the ancestor design.
+    Ancestor,
+    /// The store's `try_lock`/`release` called directly, without the lock around it.
+    StoreTryLock,
+    /// etcd's own Lock RPC (`etcd-client`), with a session lease.
+    EtcdLockRpc,
+    /// The `rslock` crate (Redlock over one server).
+    Rslock,
+}
+
+impl Imp {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Imp::Floor => "floor",
+            Imp::Ours => "ours",
+            Imp::Ancestor => "ancestor",
+            Imp::StoreTryLock => "store-try-lock",
+            Imp::EtcdLockRpc => "etcd-lock-rpc",
+            Imp::Rslock => "rslock",
+        }
+    }
+
+    /// The peer a user would pick instead of us for this store, if the harness has one.
+    pub(crate) fn peer_for(kind: StoreKind) -> Option<Imp> {
+        match kind {
+            StoreKind::Sqlite => None,
+            StoreKind::Redis => Some(Imp::Rslock),
+            StoreKind::Etcd => Some(Imp::EtcdLockRpc),
+        }
+    }
+}
+
+/// One worker process's assignment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Job {
+    pub(crate) store: StoreTarget,
+    pub(crate) imp: Imp,
+    /// Overrides the lease of `ours` (ms); `None` keeps the default.
+    pub(crate) lease_ms: Option<u64>,
+    pub(crate) role: Role,
+}
+
+/// What a worker does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Role {
+    /// Measures the raw store operation `samples` times after `warmup`.
+    Floor { samples: usize, warmup: usize },
+    /// Acquires and releases one free key `samples` times after `warmup`.
+    Uncontended { samples: usize, warmup: usize },
+    /// Holds a key and acquires it again `samples` times in the same process.
+    Reentrant { samples: usize },
+    /// Driven by the parent: request, report `acquired`, wait for `release`, hold `hold_us`
+    /// more, release, report `released`, wait for `go`; until `stop`.
+    Driven { key: String, hold_us: u64 },
+    /// Free-running: acquire one of `keys` keys (at random), hold `hold_us`, release, for
+    /// `duration_ms`; reports counts and the worst wait.
+    FreeRun {
+        key: String,
+        keys: u32,
+        hold_us: u64,
+        duration_ms: u64,
+    },
+    /// Acquires `keys` keys, holds them for `hold_ms` while the heartbeat renews them, and
+    /// reports store operations and lost leases.
+    Renewal { keys: u32, hold_ms: u64 },
+    /// Acquires `key`, reports `acquired`, and holds it until killed.
+    CrashHolder { key: String },
+}
+
+/// A worker's report, one JSON object per stdout line. Times are `CLOCK_BOOTTIME` nanoseconds,
+/// comparable between processes of one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "msg")]
+pub(crate) enum Msg {
+    Ready,
+    Waiting {
+        t_req: u64,
+    },
+    Acquired {
+        t_req: u64,
+        t_acq: u64,
+    },
+    Released {
+        t_rel: u64,
+    },
+    Result {
+        data: serde_json::Value,
+    },
+    Error {
+        error: String,
+    },
+    /// Sent by the parent's reader when the worker's stdout ends.
+    Exited,
+}
+
+/// Counters of store calls, as seen through the counting wrapper.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct OpCounts {
+    pub(crate) try_lock: u64,
+    pub(crate) renew: u64,
+    pub(crate) release: u64,
+    pub(crate) wait: u64,
+    /// Wire operations that the wrapper cannot see (etcd keepalives), if known.
+    pub(crate) keepalives: Option<u64>,
+}
+
+impl OpCounts {
+    /// Store round trips: every call but the waits.
+    pub(crate) fn ops(&self) -> u64 {
+        self.try_lock + self.renew + self.release
+    }
+}
