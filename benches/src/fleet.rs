@@ -115,9 +115,8 @@ impl Fleet {
         self.send_all("go").await?;
         let mut out: Vec<Option<serde_json::Value>> = vec![None; self.len()];
         while out.iter().any(Option::is_none) {
-            match self.recv().await? {
-                (i, Msg::Result { data }) => out[i] = Some(data),
-                _ => {}
+            if let (i, Msg::Result { data }) = self.recv().await? {
+                out[i] = Some(data);
             }
         }
         Ok(out.into_iter().flatten().collect())

@@ -14,6 +14,7 @@ mod stats;
 mod store;
 mod worker;
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -57,6 +58,10 @@ struct Cli {
     /// Repeats of every measurement, for the spread of the median (default 3; 1 with --quick).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=100))]
     runs: Option<u16>,
+    /// Measure nothing: print the table and goals of a JSON file written by `--json`, and write
+    /// its report and plots to `--out`.
+    #[arg(long, value_name = "JSON")]
+    render: Option<PathBuf>,
 }
 
 fn scenario_names() -> clap::builder::PossibleValuesParser {
@@ -239,7 +244,48 @@ fn resolve(spec: &str) -> anyhow::Result<Resolved> {
     Ok(r)
 }
 
+/// `--render`: the table, goals, report and plots of a saved run.
+fn render(path: &std::path::Path, out: &std::path::Path) -> anyhow::Result<bool> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let saved: output::SavedReport = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a lease-bench JSON file", path.display()))?;
+    let mut stores: Vec<(String, String)> = saved
+        .records
+        .iter()
+        .map(|r| (r.store.clone(), r.store_version.clone()))
+        .collect();
+    stores.dedup();
+    for (store, version) in &stores {
+        let rs: Vec<Record> = saved
+            .records
+            .iter()
+            .filter(|r| &r.store == store)
+            .cloned()
+            .collect();
+        println!("\n== {store} ({version})\n");
+        print!("{}", output::table(&rs, false));
+    }
+    print_goals(&saved.records);
+    output::write_report(out, &saved.command, &saved.machine, &saved.records)?;
+    println!("report: {}", out.join("report.md").display());
+    Ok(true)
+}
+
+fn print_goals(records: &[Record]) {
+    let goals = output::goals(records);
+    if !goals.is_empty() {
+        println!("\n== goals\n");
+        for (g, v, d) in &goals {
+            println!("{v:>8}  {g}: {d}");
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    if let Some(path) = &cli.render {
+        return render(path, &cli.out);
+    }
     let specs = store_specs(&cli.stores)?;
     let mut scenarios: Vec<&str> =
         if cli.scenarios.is_empty() || cli.scenarios.iter().any(|s| s == "all") {
@@ -267,6 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         resolved.push(resolve(s)?);
     }
 
+    let tty = std::io::stderr().is_terminal();
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template(
         "{prefix:>7} [{bar:30.cyan/blue}] {pos}/{len} {elapsed_precise} {wide_msg}",
@@ -306,6 +353,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                     bar.inc(1);
                 }
                 bar.set_message(label.to_owned());
+                if !tty {
+                    // No bar without a terminal: one line per measurement instead.
+                    eprintln!("[{}] {label}", r.target.kind.name());
+                }
             };
             let rs = bench::run(&mut ctx, s, &progress).await;
             bar.inc(1);
@@ -332,13 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         records.extend(store_records);
     }
 
-    let goals = output::goals(&records);
-    if !goals.is_empty() {
-        println!("\n== goals\n");
-        for (g, v, d) in &goals {
-            println!("{v:>8}  {g}: {d}");
-        }
-    }
+    print_goals(&records);
     if let Some(path) = &cli.json {
         let report = output::RunReport {
             command: command.clone(),

@@ -4,18 +4,18 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bench::Record;
 
 /// Facts about the machine the numbers come from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Machine {
     pub(crate) nproc: usize,
     pub(crate) kernel: String,
     pub(crate) cpu_model: String,
-    pub(crate) build: &'static str,
+    pub(crate) build: String,
 }
 
 impl Machine {
@@ -41,12 +41,20 @@ impl Machine {
             kernel,
             cpu_model,
             build: if cfg!(debug_assertions) {
-                "debug"
+                "debug".to_owned()
             } else {
-                "release"
+                "release".to_owned()
             },
         }
     }
+}
+
+/// A run read back from its JSON file (`--render`).
+#[derive(Debug, Deserialize)]
+pub(crate) struct SavedReport {
+    pub(crate) command: String,
+    pub(crate) machine: Machine,
+    pub(crate) records: Vec<Record>,
 }
 
 /// The whole run, as written to `--json`.
@@ -66,8 +74,10 @@ fn fmt_us(v: f64) -> String {
         format!("{:.1} ms", v / 1e3)
     } else if v >= 1000.0 {
         format!("{:.2} ms", v / 1e3)
-    } else {
+    } else if v >= 10.0 {
         format!("{v:.0} µs")
+    } else {
+        format!("{v:.2} µs")
     }
 }
 
@@ -298,8 +308,7 @@ pub(crate) fn goals(records: &[Record]) -> Vec<(String, &'static str, String)> {
         }
         if s != "sqlite" {
             let big = find(records, s, "renewal", "ours", "")
-                .filter(|r| r.params.get("keys").and_then(Value::as_u64) == Some(10_000))
-                .next();
+                .find(|r| r.params.get("keys").and_then(Value::as_u64) == Some(10_000));
             if let Some(r) = big {
                 let lost = r
                     .extra
@@ -403,7 +412,16 @@ fn handoff_svg(store: &str, rs: &[Record]) -> Option<String> {
     let mut imps: Vec<String> = hs.iter().map(|r| r.implementation.clone()).collect();
     imps.dedup();
     let (w, h, left, right, top, bottom) = (820.0, 420.0, 70.0, 150.0, 40.0, 70.0);
-    let vals: Vec<f64> = hs.iter().flat_map(|r| [r.p50, r.p99]).flatten().collect();
+    let floor = rs
+        .iter()
+        .find(|r| r.scenario == "floor" && r.error.is_none())
+        .and_then(|r| r.p50);
+    let vals: Vec<f64> = hs
+        .iter()
+        .flat_map(|r| [r.p50, r.p99])
+        .chain([floor])
+        .flatten()
+        .collect();
     let lo = vals
         .iter()
         .copied()
@@ -446,6 +464,17 @@ fn handoff_svg(store: &str, rs: &[Record]) -> Option<String> {
             esc(&fmt_us(v))
         );
         e += 1;
+    }
+    if let Some(f) = floor {
+        let yy = y(f);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#555" stroke-dasharray="2,3"/><text x="{}" y="{:.1}" fill="#555">store floor {}</text>"##,
+            w - right,
+            left + 4.0,
+            yy - 4.0,
+            esc(&fmt_us(f))
+        );
     }
     for (i, (hold, waiters)) in cells.iter().enumerate() {
         let _ = writeln!(

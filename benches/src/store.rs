@@ -75,6 +75,7 @@ impl LeaseStore for Counting {
 
 /// Everything a worker opened for one store.
 pub(crate) struct Opened {
+    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
     pub(crate) target: StoreTarget,
     pub(crate) store: Counting,
     keepalives: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
@@ -286,6 +287,7 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 /// The raw store operation of the same shape as an acquire.
+#[allow(clippy::large_enum_variant)] // one per worker
 enum Floor {
     None,
     /// One `BEGIN IMMEDIATE` transaction writing one row, `synchronous=FULL` on WAL, on a
@@ -384,8 +386,10 @@ impl Floor {
 }
 
 /// Aborts a background task when dropped.
+#[cfg(feature = "etcd")]
 pub(crate) struct AbortOnDrop(#[allow(dead_code)] pub(crate) tokio::task::JoinHandle<()>);
 
+#[cfg(feature = "etcd")]
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
@@ -393,6 +397,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// One implementation's lock on one key.
+#[allow(clippy::large_enum_variant)] // a few per worker
 pub(crate) enum Locker {
     Lock(CrossProcessLock<Counting>),
     Raw {
