@@ -20,6 +20,30 @@ pub enum Write {
     Stale,
 }
 
+/// The outcome of a fenced claim ([`Jobs::claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The job is not done yet; the table now rejects every fence lower than this claim's.
+    Open,
+    /// The job is already done: nothing to do.
+    Done,
+    /// Rejected: a higher fence has already claimed or written this job.
+    Stale,
+}
+
+/// One job's final state, for the checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobRow {
+    /// The job.
+    pub id: u64,
+    /// Accepted completions (more than one is a duplicate).
+    pub completions: u64,
+    /// The highest fence the job has seen.
+    pub fence: u64,
+    /// The worker (process) of the last accepted completion.
+    pub done_by: Option<u64>,
+}
+
 /// Totals read back from the table after a run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Totals {
@@ -100,20 +124,85 @@ impl Jobs {
         Ok(n > 0)
     }
 
+    /// The jobs with the `n` lowest ids that nobody has completed yet, one picked at random: many
+    /// workers contend for few jobs, so a paused holder's job is soon wanted by another.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn pick_contended(&self, n: u64) -> anyhow::Result<Option<u64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM (SELECT id FROM jobs WHERE completions = 0 ORDER BY id LIMIT ?1)
+                 ORDER BY random() LIMIT 1",
+                [n],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Registers `fence` with `job` before any work and reads whether the job is done, in one
+    /// transaction: from now on every lower fence is rejected, so a holder that lost the job
+    /// to this one can no longer complete it, not even before this one writes.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn claim(&mut self, job: u64, fence: u64) -> anyhow::Result<Claim> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done: Option<u64> = tx
+            .query_row(
+                "UPDATE jobs SET fence = ?2 WHERE id = ?1 AND fence <= ?2 RETURNING completions",
+                params![job, fence],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.commit()?;
+        Ok(match done {
+            None => Claim::Stale,
+            Some(0) => Claim::Open,
+            Some(_) => Claim::Done,
+        })
+    }
+
+    /// Every job that was claimed or completed.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's.
+    pub fn touched(&self) -> anyhow::Result<Vec<JobRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, completions, fence, done_by FROM jobs
+             WHERE completions > 0 OR fence > 0 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(JobRow {
+                id: r.get(0)?,
+                completions: r.get(1)?,
+                fence: r.get(2)?,
+                done_by: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Records a completion of `job` by `worker` under `fence`, if no higher fence has written the
     /// job: the fence check and the write are one statement.
     ///
     /// # Errors
     ///
     /// SQLite's.
-    pub fn complete(&mut self, job: u64, worker: usize, fence: u64) -> anyhow::Result<Write> {
+    pub fn complete(&mut self, job: u64, worker: u64, fence: u64) -> anyhow::Result<Write> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = tx.execute(
             "UPDATE jobs SET completions = completions + 1, fence = ?2, done_by = ?3
              WHERE id = ?1 AND fence <= ?2",
-            params![job, fence, worker as i64],
+            params![job, fence, worker],
         )?;
         tx.commit()?;
         Ok(if changed == 1 {
@@ -176,5 +265,29 @@ mod tests {
         // An equal or higher fence is accepted: with a broken lock that is a duplicate.
         assert_eq!(jobs.complete(0, 2, 5).unwrap(), Write::Accepted);
         assert_eq!(jobs.totals().unwrap().duplicates, 1);
+    }
+
+    #[test]
+    fn a_claim_fences_out_lower_fences_before_any_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jobs = Jobs::open(&dir.path().join("jobs.db")).unwrap();
+        jobs.seed(2).unwrap();
+        assert_eq!(jobs.claim(1, 3).unwrap(), Claim::Open);
+        assert_eq!(jobs.claim(1, 2).unwrap(), Claim::Stale);
+        // The old holder cannot complete the job now, though the new one has not written yet.
+        assert_eq!(jobs.complete(1, 7, 2).unwrap(), Write::Stale);
+        assert_eq!(jobs.complete(1, 8, 3).unwrap(), Write::Accepted);
+        assert_eq!(jobs.claim(1, 4).unwrap(), Claim::Done);
+        let rows = jobs.touched().unwrap();
+        assert_eq!(
+            rows,
+            vec![JobRow {
+                id: 1,
+                completions: 1,
+                fence: 4,
+                done_by: Some(8)
+            }]
+        );
+        assert_eq!(jobs.pick_contended(5).unwrap(), Some(0));
     }
 }

@@ -1,5 +1,7 @@
-//! Shared pieces of the example programs: opening a store from a URL, and the fleet's job table,
-//! whose writes are fenced.
+//! Shared pieces of the example programs: opening a store from a URL, the fleet's job table
+//! (whose writes are fenced), and the fleet's chaos mode: its nemesis schedule, the histories its
+//! workers write, the checker that reads them, and the deliberately broken locks that prove the
+//! checker can fail.
 
 // The root README's usage example runs as a doc test here, where every crate it names is a
 // dependency.
@@ -7,7 +9,11 @@
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
 
+pub mod broken;
+pub mod check;
+pub mod history;
 pub mod jobs;
+pub mod nemesis;
 pub mod stats;
 
 use lease_core::DynStore;

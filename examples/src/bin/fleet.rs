@@ -5,22 +5,34 @@
 //! cargo run --release -p lease-examples --bin fleet                       # embedded SQLite
 //! cargo run --release -p lease-examples --bin fleet -- --workers 8 --duration 30s
 //! cargo run --release -p lease-examples --features redis --bin fleet -- --store redis://127.0.0.1:6379
+//! cargo run --release -p lease-examples --bin fleet -- --chaos kill,pause --seed 7 --history h/
+//! cargo run --release -p lease-examples --bin fleet -- check h/
 //! ```
 //!
-//! Exits non-zero if any job was completed twice or a worker failed.
+//! Exits non-zero if any job was completed twice, a worker failed, or (with `--chaos` or
+//! `--history`) the checker found a violation.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use lease_core::{CrossProcessLock, Error};
-use lease_examples::jobs::{Jobs, Write};
+use lease_core::{CrossProcessLock, DynStore, Error, LeaseStore};
+use lease_examples::broken::{Broken, BrokenStore, SlowWallClock};
+use lease_examples::check::{self, Meta};
+use lease_examples::history::{Event, History, Kind, Op, RecordingStore, now_ns};
+use lease_examples::jobs::{Claim, Jobs, Write};
+use lease_examples::nemesis::{Action, Fault, parse_faults, plan};
 use lease_examples::stats::{WorkerReport, quantile};
 use lease_examples::{open_store, redact};
+use rustix::process::{Pid, Signal, kill_process};
+
+/// The lock's default backoff cap: the I8 bound is lease + this + 1 s.
+const BACKOFF_CAP: Duration = Duration::from_millis(250);
 
 #[derive(Parser)]
 #[command(about = "A fleet of worker processes sharing jobs under leases, with fenced writes")]
@@ -39,7 +51,8 @@ struct RunArgs {
     /// How long the workers run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// The lock store: sqlite://PATH (default: a temp database), redis://…, etcd://…
+    /// The lock store: sqlite://PATH (default: a temp database), redis://…, etcd://…, or `redis`
+    /// / `etcd` alone to start a throwaway local server (needed for --chaos store-restart).
     #[arg(long)]
     store: Option<String>,
     /// The lease of each job lock.
@@ -48,53 +61,235 @@ struct RunArgs {
     /// Jobs in the table.
     #[arg(long, default_value_t = 100_000)]
     jobs: u64,
-    /// Simulated work per job.
-    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
-    work: Duration,
+    /// Simulated work per job (default 2ms; 20ms with --chaos).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    work: Option<Duration>,
     /// Directory for the job table and the default lock database (default: a temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Faults to inject: any of kill,pause,store-restart. Workers then contend for few jobs and
+    /// write without checking their lease first, and the run is checked from its history.
+    #[arg(long, value_name = "FAULTS")]
+    chaos: Option<String>,
+    /// Seed of the chaos schedule (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the run's history (JSONL, one file per process) to this new directory (default with
+    /// --chaos: `history/` in --dir).
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// A deliberately broken lock, for the checker's self-test.
+    #[arg(long, hide = true, value_parser = Broken::parse)]
+    broken: Option<Broken>,
 }
 
 #[derive(Subcommand)]
 enum Role {
+    /// Checks the histories of chaos runs against the lock's invariants: run directories, a
+    /// directory of them, or the history files of one run.
+    Check {
+        /// Run directories (with run.json) or history files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// One worker process (started by the fleet).
     #[command(hide = true)]
-    Worker {
-        #[arg(long)]
-        id: usize,
-        #[arg(long)]
-        store: String,
-        #[arg(long)]
-        jobs_db: PathBuf,
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Duration,
-        #[arg(long, value_parser = humantime::parse_duration)]
-        lease: Duration,
-        #[arg(long, value_parser = humantime::parse_duration)]
-        work: Duration,
-    },
+    Worker(WorkerArgs),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    #[arg(long)]
+    proc: u64,
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    jobs_db: PathBuf,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease: Duration,
+    #[arg(long, value_parser = humantime::parse_duration)]
+    work: Duration,
+    /// Append events to this history file.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Chaos behaviour: contend for the lowest open jobs, split the work in steps, write without
+    /// checking the lease first, and resend a release after a loss.
+    #[arg(long)]
+    chaos: bool,
+    #[arg(long, value_parser = Broken::parse)]
+    broken: Option<Broken>,
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
-    match cli.role {
-        Some(Role::Worker {
-            id,
-            store,
-            jobs_db,
-            duration,
-            lease,
-            work,
-        }) => worker(id, &store, jobs_db, duration, lease, work).await,
+    let result = match cli.role {
+        Some(Role::Worker(args)) => worker(args).await,
+        Some(Role::Check { paths }) => check_cmd(&paths),
         None => fleet(cli.run).await,
+    };
+    match result {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
     }
 }
 
-async fn fleet(args: RunArgs) -> anyhow::Result<()> {
+fn check_cmd(paths: &[PathBuf]) -> anyhow::Result<bool> {
+    let runs = check::load(paths)?;
+    let mut ok = true;
+    for run in &runs {
+        let report = check::check(run);
+        println!("{}", report.line());
+        for l in report.violation_lines(10) {
+            println!("{l}");
+        }
+        ok &= report.ok();
+    }
+    Ok(ok)
+}
+
+/// A store server the fleet started and may restart.
+enum OwnedServer {
+    #[cfg(feature = "redis")]
+    Redis(lease_testkit::RedisServer),
+    #[cfg(feature = "etcd")]
+    Etcd(lease_testkit::EtcdCluster),
+}
+
+impl OwnedServer {
+    fn restart(&mut self) -> anyhow::Result<()> {
+        match self {
+            #[cfg(feature = "redis")]
+            OwnedServer::Redis(s) => s.restart(),
+            #[cfg(feature = "etcd")]
+            OwnedServer::Etcd(c) => {
+                c.members[0].restart();
+                if !c.wait_healthy(1, Duration::from_secs(20)) {
+                    bail!("etcd did not become healthy within 20 s of its restart");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `--store redis` / `--store etcd`: a throwaway local server; anything else is a URL.
+fn start_server(store: &str) -> anyhow::Result<Option<(OwnedServer, String)>> {
+    match store {
+        "redis" => start_redis().map(Some),
+        "etcd" => start_etcd().map(Some),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(feature = "redis")]
+fn start_redis() -> anyhow::Result<(OwnedServer, String)> {
+    // AOF with fsync per write, so fences survive the nemesis's restarts.
+    let options = lease_testkit::RedisOptions {
+        aof_always: true,
+        ..Default::default()
+    };
+    let server = lease_testkit::RedisServer::start(options)
+        .context("`--store redis` starts a local redis-server, which is not installed")?;
+    let url = server.url();
+    Ok((OwnedServer::Redis(server), url))
+}
+
+#[cfg(not(feature = "redis"))]
+fn start_redis() -> anyhow::Result<(OwnedServer, String)> {
+    bail!("`--store redis` needs the Redis store: build with `--features redis`")
+}
+
+#[cfg(feature = "etcd")]
+fn start_etcd() -> anyhow::Result<(OwnedServer, String)> {
+    let cluster = lease_testkit::EtcdCluster::start(lease_testkit::EtcdOptions::default())
+        .context("`--store etcd` starts a local etcd, which is not installed")?;
+    let url = format!("etcd://{}/fleet/", cluster.endpoint());
+    Ok((OwnedServer::Etcd(cluster), url))
+}
+
+#[cfg(not(feature = "etcd"))]
+fn start_etcd() -> anyhow::Result<(OwnedServer, String)> {
+    bail!("`--store etcd` needs the etcd store: build with `--features etcd`")
+}
+
+fn scheme(url: &str) -> &str {
+    url.split_once("://").map_or("sqlite", |(s, _)| s)
+}
+
+/// A stopped worker: its proc id and pid.
+type Paused = (u64, Option<u32>);
+
+/// A running worker process.
+struct Slot {
+    proc: u64,
+    pid: Option<u32>,
+    done: tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
+}
+
+struct Spawner {
+    exe: PathBuf,
+    store_url: String,
+    jobs_db: PathBuf,
+    lease: Duration,
+    work: Duration,
+    history: Option<PathBuf>,
+    chaos: bool,
+    broken: Option<Broken>,
+}
+
+impl Spawner {
+    fn spawn(&self, proc: u64, duration: Duration) -> anyhow::Result<Slot> {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("worker")
+            .args(["--proc", &proc.to_string(), "--store", &self.store_url])
+            .arg("--jobs-db")
+            .arg(&self.jobs_db)
+            .args(["--duration", &fmt(duration)])
+            .args(["--lease", &fmt(self.lease)])
+            .args(["--work", &fmt(self.work)])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(h) = &self.history {
+            cmd.arg("--history")
+                .arg(h.join(format!("proc-{proc}.jsonl")));
+        }
+        if self.chaos {
+            cmd.arg("--chaos");
+        }
+        if let Some(b) = self.broken {
+            cmd.args(["--broken", b.name()]);
+        }
+        let child = cmd.spawn().context("start a worker process")?;
+        let pid = child.id();
+        Ok(Slot {
+            proc,
+            pid,
+            done: tokio::spawn(child.wait_with_output()),
+        })
+    }
+}
+
+fn signal(pid: Option<u32>, sig: Signal) {
+    if let Some(pid) = pid.and_then(|p| Pid::from_raw(p as i32)) {
+        // The worker may have exited on its own meanwhile: nothing to do then.
+        let _ = kill_process(pid, sig);
+    }
+}
+
+async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
+    }
+    if args.lease.is_zero() {
+        bail!("--lease must be longer than zero");
     }
     let temp;
     let dir = match &args.dir {
@@ -107,14 +302,90 @@ async fn fleet(args: RunArgs) -> anyhow::Result<()> {
             temp.path().to_owned()
         }
     };
-    let store_url = args
-        .store
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", dir.join("locks.db").display()));
+    let (server, store_url) = match args.store.as_deref().map(start_server).transpose()? {
+        Some(Some((server, url))) => (Some(server), url),
+        _ => (
+            None,
+            args.store
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join("locks.db").display())),
+        ),
+    };
+    let server = server.map(|s| Arc::new(Mutex::new(s)));
+    if args.broken.is_some_and(Broken::needs_sqlite) && scheme(&store_url) != "sqlite" {
+        bail!(
+            "--broken {} edits the SQLite table: it needs a sqlite:// store",
+            args.broken.map_or("", Broken::name)
+        );
+    }
     // Open once here so a bad URL fails with one clear message, not once per worker.
-    open_store(&store_url)
+    let probe = open_store(&store_url)
         .await
         .with_context(|| format!("open the lock store {}", redact(&store_url)))?;
+    let lease = probe.capabilities().effective_lease(args.lease);
+    drop(probe);
+    let chaos = args
+        .chaos
+        .as_deref()
+        .map(parse_faults)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let work = args.work.unwrap_or(if chaos.is_some() {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(2)
+    });
+    let history = match (&args.history, &chaos) {
+        (Some(h), _) => Some(h.clone()),
+        (None, Some(_)) => Some(dir.join("history")),
+        (None, None) => None,
+    };
+    if let Some(h) = &history {
+        if h.join("run.json").exists() {
+            bail!(
+                "{} already holds a run's history: give --history a new directory",
+                h.display()
+            );
+        }
+        std::fs::create_dir_all(h).with_context(|| format!("create {}", h.display()))?;
+    }
+    let seed = args
+        .seed
+        .unwrap_or_else(|| u64::from(rand::random::<u16>()));
+    let faults: Vec<Fault> = chaos
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| *f != Fault::StoreRestart || server.is_some())
+        .collect();
+    let mut name = scheme(&store_url).to_owned();
+    if let Some(b) = args.broken {
+        name.push_str(&format!("/broken-{}", b.name()));
+    }
+    name.push('/');
+    name.push_str(&if faults.is_empty() {
+        "no-faults".to_owned()
+    } else {
+        faults
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    });
+    let nemesis = match &history {
+        Some(h) => {
+            let meta = Meta {
+                name: name.clone(),
+                lease_ns: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX),
+                backoff_cap_ns: u64::try_from(BACKOFF_CAP.as_nanos()).unwrap_or(u64::MAX),
+                seed,
+            };
+            std::fs::write(h.join("run.json"), serde_json::to_vec_pretty(&meta)?)
+                .with_context(|| format!("write {}", h.join("run.json").display()))?;
+            Some(History::open(&h.join("nemesis.jsonl"), 0)?)
+        }
+        None => None,
+    };
     let jobs_db = dir.join("jobs.db");
     let mut jobs = Jobs::open(&jobs_db)?;
     jobs.seed(args.jobs)?;
@@ -124,32 +395,68 @@ async fn fleet(args: RunArgs) -> anyhow::Result<()> {
         args.workers,
         humantime::format_duration(args.duration),
         redact(&store_url),
-        humantime::format_duration(args.lease),
-        humantime::format_duration(args.work),
+        humantime::format_duration(lease),
+        humantime::format_duration(work),
     );
-    let exe = std::env::current_exe().context("find this program")?;
-    let mut children = Vec::new();
-    for id in 0..args.workers {
-        let child = tokio::process::Command::new(&exe)
-            .arg("worker")
-            .args(["--id", &id.to_string(), "--store", &store_url])
-            .arg("--jobs-db")
-            .arg(&jobs_db)
-            .args([
-                "--duration",
-                &humantime::format_duration(args.duration).to_string(),
-            ])
-            .args([
-                "--lease",
-                &humantime::format_duration(args.lease).to_string(),
-            ])
-            .args(["--work", &humantime::format_duration(args.work).to_string()])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("start a worker process")?;
-        children.push(child);
+    let steps = match &chaos {
+        Some(faults) => {
+            println!(
+                "chaos: {} with seed {seed}; history in {}",
+                faults
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                history
+                    .as_deref()
+                    .map_or(String::new(), |h| h.display().to_string())
+            );
+            if faults.contains(&Fault::StoreRestart) && server.is_none() {
+                println!(
+                    "chaos: store-restart skipped: {}",
+                    if scheme(&store_url) == "sqlite" {
+                        "the SQLite store is embedded in the workers, there is no server to \
+                         restart"
+                    } else {
+                        "the fleet restarts only a server it started itself (--store redis or \
+                         --store etcd without a URL)"
+                    }
+                );
+            }
+            let applied: Vec<Fault> = faults
+                .iter()
+                .copied()
+                .filter(|f| *f != Fault::StoreRestart || server.is_some())
+                .collect();
+            plan(seed, &applied, args.duration, lease, args.workers)
+        }
+        None => Vec::new(),
+    };
+    if let Some(b) = args.broken {
+        println!(
+            "broken: {} (expected to violate {})",
+            b.name(),
+            b.expected().join(" or ")
+        );
     }
+
+    let spawner = Spawner {
+        exe: std::env::current_exe().context("find this program")?,
+        store_url: store_url.clone(),
+        jobs_db: jobs_db.clone(),
+        lease,
+        work,
+        history: history.clone(),
+        chaos: chaos.is_some(),
+        broken: args.broken,
+    };
+    let mut next_proc = 1;
+    let mut slots = Vec::new();
+    for _ in 0..args.workers {
+        slots.push(spawner.spawn(next_proc, args.duration)?);
+        next_proc += 1;
+    }
+    let mut killed: Vec<Slot> = Vec::new();
 
     let bar = ProgressBar::new(args.duration.as_millis() as u64);
     bar.set_style(
@@ -157,27 +464,96 @@ async fn fleet(args: RunArgs) -> anyhow::Result<()> {
             .expect("valid template"),
     );
     let started = Instant::now();
-    let outputs = tokio::spawn(async move {
-        let mut outs = Vec::new();
-        for child in children {
-            outs.push(child.wait_with_output().await);
+    let mut steps = steps.into_iter().peekable();
+    // When to resume, and the (proc, pid) of the stopped workers.
+    let mut resume: Option<(Instant, Vec<Paused>)> = None;
+    let (mut n_kills, mut n_pauses, mut n_restarts) = (0, 0, 0);
+    let log = |e: Event| {
+        if let Some(n) = &nemesis {
+            n.log(&e);
         }
-        outs
-    });
-    while !outputs.is_finished() {
+    };
+    while !slots.iter().all(|s| s.done.is_finished()) {
+        if let Some((at, paused)) = &resume {
+            if Instant::now() >= *at {
+                for (proc, pid) in paused {
+                    signal(*pid, Signal::CONT);
+                    log(Event::now(*proc, "", Op::Resume, Kind::Info));
+                }
+                resume = None;
+            }
+        }
+        while resume.is_none() && steps.peek().is_some_and(|s| started.elapsed() >= s.at) {
+            let step = steps.next().expect("peeked");
+            match step.action {
+                Action::Kill { slot } => {
+                    let remaining = args.duration.saturating_sub(started.elapsed());
+                    let old = &slots[slot];
+                    signal(old.pid, Signal::KILL);
+                    log(Event::now(old.proc, "", Op::Kill, Kind::Info));
+                    n_kills += 1;
+                    let fresh = spawner.spawn(next_proc, remaining)?;
+                    next_proc += 1;
+                    killed.push(std::mem::replace(&mut slots[slot], fresh));
+                }
+                Action::Pause {
+                    slots: which,
+                    factor,
+                } => {
+                    let dur = lease.mul_f64(factor);
+                    let mut paused = Vec::new();
+                    for i in which {
+                        let s = &slots[i];
+                        let mut e = Event::now(s.proc, "", Op::Pause, Kind::Info);
+                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
+                        signal(s.pid, Signal::STOP);
+                        log(e);
+                        paused.push((s.proc, s.pid));
+                        n_pauses += 1;
+                    }
+                    resume = Some((Instant::now() + dur, paused));
+                }
+                Action::StoreRestart => {
+                    if let Some(server) = &server {
+                        log(Event::now(0, "", Op::Restart, Kind::Invoke));
+                        let server = server.clone();
+                        tokio::task::spawn_blocking(move || {
+                            server.lock().unwrap_or_else(|p| p.into_inner()).restart()
+                        })
+                        .await
+                        .context("restart the store server")??;
+                        log(Event::now(0, "", Op::Restart, Kind::Ok));
+                        n_restarts += 1;
+                    }
+                }
+            }
+        }
         let done = jobs.completed().unwrap_or(0);
         bar.set_position(
             (started.elapsed().as_millis() as u64).min(args.duration.as_millis() as u64),
         );
-        bar.set_message(format!("{done} jobs done"));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if chaos.is_some() {
+            bar.set_message(format!(
+                "{done} jobs done; {n_kills} kills, {n_pauses} pauses, {n_restarts} restarts"
+            ));
+        } else {
+            bar.set_message(format!("{done} jobs done"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Heal: nothing may stay stopped.
+    if let Some((_, paused)) = resume.take() {
+        for (proc, pid) in paused {
+            signal(pid, Signal::CONT);
+            log(Event::now(proc, "", Op::Resume, Kind::Info));
+        }
     }
     bar.finish_and_clear();
 
     let mut reports = Vec::new();
     let mut failed_workers = 0;
-    for (id, out) in outputs.await?.into_iter().enumerate() {
-        let out = out.context("wait for a worker")?;
+    for slot in slots {
+        let out = slot.done.await?.context("wait for a worker")?;
         let report = BufReader::new(&out.stdout[..])
             .lines()
             .map_while(Result::ok)
@@ -186,9 +562,12 @@ async fn fleet(args: RunArgs) -> anyhow::Result<()> {
             Some(r) if out.status.success() => reports.push(r),
             _ => {
                 failed_workers += 1;
-                eprintln!("worker {id} failed: {}", out.status);
+                eprintln!("worker {} failed: {}", slot.proc, out.status);
             }
         }
+    }
+    for slot in killed {
+        let _ = slot.done.await;
     }
 
     let totals = jobs.totals()?;
@@ -222,41 +601,119 @@ async fn fleet(args: RunArgs) -> anyhow::Result<()> {
         .map(|r| format!("w{}={}", r.worker, r.completed))
         .collect();
     println!("per worker             {}", per.join(" "));
+    if chaos.is_some() {
+        println!(
+            "nemesis                {n_kills} kills, {n_pauses} pauses, {n_restarts} store \
+             restarts (seed {seed})"
+        );
+    }
     let accepted = sum(|r| r.completed);
-    let violations = totals.duplicates + u64::from(accepted != totals.completed) + failed_workers;
-    if violations > 0 {
+    // Killed workers take their counts with them: the checker compares their histories instead.
+    let miscount = n_kills == 0 && accepted != totals.completed;
+    let mut ok = true;
+    if totals.duplicates > 0 || miscount || failed_workers > 0 {
         println!(
             "result                 FAILED: {} duplicate completions, {} accepted writes for {} \
              completed jobs, {failed_workers} failed workers",
             totals.duplicates, accepted, totals.completed
         );
-        std::process::exit(1);
+        ok = false;
+    } else {
+        println!("result                 ok, 0 violations");
     }
-    println!("result                 ok, 0 violations");
-    Ok(())
+    if let Some(h) = &history {
+        save_table(&jobs, h)?;
+        let run = check::load(std::slice::from_ref(h))?;
+        for run in &run {
+            let report = check::check(run);
+            println!("{}", report.line());
+            for l in report.violation_lines(10) {
+                println!("{l}");
+            }
+            ok &= report.ok();
+        }
+        println!(
+            "history                {} (check again: fleet check DIR)",
+            h.display()
+        );
+    }
+    Ok(ok)
 }
 
-async fn worker(
-    id: usize,
-    store_url: &str,
-    jobs_db: PathBuf,
-    duration: Duration,
-    lease: Duration,
-    work: Duration,
-) -> anyhow::Result<()> {
-    let store = open_store(store_url).await?;
+fn save_table(jobs: &Jobs, dir: &Path) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for row in jobs.touched()? {
+        text.push_str(&serde_json::to_string(&row)?);
+        text.push('\n');
+    }
+    let path = dir.join("jobs.jsonl");
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
+    let WorkerArgs {
+        proc,
+        store: store_url,
+        jobs_db,
+        duration,
+        lease,
+        work,
+        history,
+        chaos,
+        broken,
+    } = args;
+    let history = history.map(|p| History::open(&p, proc)).transpose()?;
+    let mut store = open_store(&store_url).await?;
+    if let Some(b) = broken.filter(|b| *b != Broken::WallClock) {
+        let path = if b.needs_sqlite() {
+            Some(
+                lease_sqlite::SqliteStore::from_url(&store_url)
+                    .await?
+                    .path()
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        store = DynStore::new(BrokenStore::new(store, b, path.as_deref())?);
+    }
+    if let Some(h) = &history {
+        store = DynStore::new(RecordingStore::new(store, h.clone()));
+    }
+    let log = |e: Event| {
+        if let Some(h) = &history {
+            h.log(&e);
+        }
+    };
     let mut jobs = Jobs::open(&jobs_db)?;
     let mut report = WorkerReport {
-        worker: id,
+        worker: proc as usize,
         ..Default::default()
     };
+    // Chaos: many workers on few jobs, so a paused holder's job is soon taken over.
+    let contend = 8;
+    let steps: u32 = if chaos { 4 } else { 1 };
     let until = Instant::now() + duration;
+    let mut n = 0u64;
+    let mut last_watcher: Option<tokio::task::JoinHandle<()>> = None;
     while Instant::now() < until {
-        let Some(job) = jobs.pick()? else { break };
-        let lock = CrossProcessLock::builder(store.clone(), format!("job/{job}"))
+        let job = if chaos {
+            jobs.pick_contended(contend)?
+        } else {
+            jobs.pick()?
+        };
+        let Some(job) = job else { break };
+        let key = format!("job/{job}");
+        n += 1;
+        let holder = format!("fleet-p{proc}-{n}-{:032x}", rand::random::<u128>());
+        let mut builder = CrossProcessLock::builder(store.clone(), key.clone())
             .lease(lease)
-            .holder_label(format!("worker-{id}"))
-            .build()?;
+            .holder(holder.clone())
+            .holder_label(format!("worker-{proc}"));
+        if broken == Some(Broken::WallClock) {
+            builder = builder.clock(SlowWallClock::shared());
+        }
+        let lock = builder.build()?;
         let started = Instant::now();
         let guard = match lock.try_lock_once().await {
             Ok(g) => g,
@@ -265,7 +722,7 @@ async fn worker(
                 continue;
             }
             Err(e) if e.is_retryable() => {
-                eprintln!("worker {id}: {e}; retrying");
+                eprintln!("worker {proc}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -273,28 +730,108 @@ async fn worker(
         };
         report.acquisitions += 1;
         report.acquire_us.push(started.elapsed().as_micros() as u64);
-        // Read the job's state only now that its lease is held: a copy read before could be
-        // stale.
-        if jobs.is_done(job)? {
-            report.already_done += 1;
-            let _ = guard.release().await;
-            continue;
-        }
-        tokio::select! {
-            () = guard.lost() => {
-                report.losses += 1;
-                continue;
+        let granted = guard.fence();
+        let fence = granted.get();
+        let loss = guard.loss_token();
+        let watcher = history.clone().map(|h| {
+            let (loss, key) = (loss.clone(), key.clone());
+            tokio::spawn(async move {
+                loss.cancelled().await;
+                h.log(&h.event(&key, Op::Lost, Kind::Info).fence(fence));
+            })
+        });
+        // Register this fence with the job and read its state only now that its lease is held:
+        // a copy read before could be stale, and a holder this one superseded can no longer
+        // complete the job from here on.
+        let mut e = Event::now(proc, &key, Op::Write, Kind::Invoke).fence(fence);
+        e.value = Some("claim".into());
+        log(e.clone());
+        let claim = jobs.claim(job, fence)?;
+        e.t_ns = now_ns();
+        e.kind = if claim == Claim::Stale {
+            Kind::Fail
+        } else {
+            Kind::Ok
+        };
+        e.accepted = Some(claim != Claim::Stale);
+        log(e);
+        let mut proceed = match claim {
+            Claim::Open => true,
+            Claim::Done => {
+                report.already_done += 1;
+                false
             }
-            () = tokio::time::sleep(work) => {}
+            Claim::Stale => {
+                report.stale_rejected += 1;
+                false
+            }
+        };
+        let mut lost = false;
+        for _ in 0..steps {
+            if !proceed {
+                break;
+            }
+            // Stamped before the check: a cooperating worker enters only while `is_held`.
+            let t = now_ns();
+            if !guard.is_held() {
+                lost = true;
+                break;
+            }
+            log(Event::at(t, proc, &key, Op::CsEnter, Kind::Info).fence(fence));
+            tokio::select! {
+                () = guard.lost() => lost = true,
+                () = tokio::time::sleep(work / steps) => {}
+            }
+            log(Event::now(proc, &key, Op::CsExit, Kind::Info).fence(fence));
+            if lost {
+                break;
+            }
         }
-        match jobs.complete(job, id, guard.fence().get())? {
-            Write::Accepted => report.completed += 1,
-            Write::Stale => report.stale_rejected += 1,
+        // A cooperating worker checks its lease right before the fenced write. In chaos mode it
+        // does not, like a process paused between that check and the write: the job table's
+        // fence check must reject the write if another holder has claimed the job since.
+        if !chaos && (lost || !guard.is_held()) {
+            proceed = false;
         }
-        if guard.release().await.is_err() {
+        if proceed {
+            let mut e = Event::now(proc, &key, Op::Write, Kind::Invoke).fence(fence);
+            e.value = Some("done".into());
+            log(e.clone());
+            let w = jobs.complete(job, proc, fence)?;
+            e.t_ns = now_ns();
+            e.kind = if w == Write::Accepted {
+                Kind::Ok
+            } else {
+                Kind::Fail
+            };
+            e.accepted = Some(w == Write::Accepted);
+            log(e);
+            match w {
+                Write::Accepted => report.completed += 1,
+                Write::Stale => report.stale_rejected += 1,
+            }
+        }
+        if let Err(Error::Lost { .. }) = guard.release().await {
+            if chaos {
+                // A release that arrives late (delayed in the network, or sent by a process
+                // that was stopped): the store must refuse it, the key is no longer ours.
+                let _ = store.release(&key, &holder, granted).await;
+            }
+        }
+        if loss.is_cancelled() {
             report.losses += 1;
         }
+        // The loss signal can fire just after a release that found the lease already lost
+        // (lease-core marks the lease lost a moment before it signals): keep watching until
+        // the next job is done, so the history sees it.
+        if let Some(w) = std::mem::replace(&mut last_watcher, watcher) {
+            w.abort();
+        }
     }
+    if let Some(w) = last_watcher {
+        let _ = tokio::time::timeout(Duration::from_millis(50), w).await;
+    }
+    log(Event::now(proc, "", Op::Exit, Kind::Info));
     println!("{}", serde_json::to_string(&report)?);
-    Ok(())
+    Ok(true)
 }

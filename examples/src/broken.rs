@@ -1,0 +1,329 @@
+//! Deliberately broken locks, for the checker's self-test: each reproduces one classic mistake,
+//! and a chaos run with it must make `fleet check` report a violation. A checker that cannot fail
+//! proves nothing.
+//!
+//! | name | mistake | what the checker sees |
+//! |---|---|---|
+//! | `release-any-holder` | release deletes the key without comparing the holder | I4 (a stale release succeeds) |
+//! | `fence-per-process` | fences come from a counter in each process, not from the store | I3, I1 |
+//! | `no-vacancy-check` | acquire takes a held key without checking that it is free | I6 |
+//! | `wall-clock` | the local deadline is measured on a slow wall clock | I5 |
+//!
+//! The first and third edit the SQLite store's table directly (they need a `sqlite://` store);
+//! the others work with any store.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use lease_core::{
+    BootClock, Capabilities, Clock, DynStore, Fence, LeaseStore, SharedClock, StoreError,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// Which mistake to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// (a) Release without comparing the holder.
+    ReleaseAnyHolder,
+    /// (b) A fence that is not persisted: each process counts its own, per key, from 1.
+    FencePerProcess,
+    /// (c) Acquire without the vacancy check: a held key is taken over (with the next fence).
+    NoVacancyCheck,
+    /// (d) The lock's local deadline on a wall clock that runs at a quarter of the real rate.
+    WallClock,
+}
+
+impl Broken {
+    /// Every variant, in the order of the table above.
+    pub const ALL: [Broken; 4] = [
+        Broken::ReleaseAnyHolder,
+        Broken::FencePerProcess,
+        Broken::NoVacancyCheck,
+        Broken::WallClock,
+    ];
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Broken::ReleaseAnyHolder => "release-any-holder",
+            Broken::FencePerProcess => "fence-per-process",
+            Broken::NoVacancyCheck => "no-vacancy-check",
+            Broken::WallClock => "wall-clock",
+        }
+    }
+
+    /// Parses a name from the command line.
+    ///
+    /// # Errors
+    ///
+    /// An unknown name, with the list of known ones.
+    pub fn parse(name: &str) -> Result<Broken, String> {
+        Broken::ALL
+            .into_iter()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Broken::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown --broken `{name}`: one of {}", names.join(", "))
+            })
+    }
+
+    /// Whether this variant edits the SQLite table itself.
+    pub fn needs_sqlite(self) -> bool {
+        matches!(self, Broken::ReleaseAnyHolder | Broken::NoVacancyCheck)
+    }
+
+    /// The invariants a run with this variant is expected to violate (any of them).
+    pub fn expected(self) -> &'static [&'static str] {
+        match self {
+            Broken::ReleaseAnyHolder => &["I4"],
+            Broken::FencePerProcess => &["I3", "I1"],
+            Broken::NoVacancyCheck => &["I6"],
+            Broken::WallClock => &["I5"],
+        }
+    }
+}
+
+/// The clock for the `wall-clock` variant: the system's wall clock, slowed down four times, as a
+/// wall clock stepped back or slewing would look. A lock measuring its deadline on it believes
+/// its lease valid long after the store let it expire.
+#[derive(Debug)]
+pub struct SlowWallClock {
+    origin: SystemTime,
+}
+
+impl SlowWallClock {
+    /// A shared clock starting now.
+    pub fn shared() -> SharedClock {
+        Arc::new(SlowWallClock {
+            origin: SystemTime::now(),
+        })
+    }
+}
+
+impl Clock for SlowWallClock {
+    fn now(&self) -> Duration {
+        // Never below the first reading: the trait wants a clock that does not go back, and the
+        // mistake shown here is the rate, not a panic.
+        SystemTime::now()
+            .duration_since(self.origin)
+            .unwrap_or_default()
+            / 4
+            + Duration::from_secs(1)
+    }
+}
+
+/// A store wrapper that makes one of the store-level mistakes.
+pub struct BrokenStore {
+    inner: DynStore,
+    broken: Broken,
+    db: Option<Arc<Mutex<Connection>>>,
+    fences: Mutex<HashMap<String, LocalFences>>,
+}
+
+#[derive(Default)]
+struct LocalFences {
+    counter: u64,
+    /// (real, local) pairs.
+    map: Vec<(u64, u64)>,
+}
+
+impl BrokenStore {
+    /// Wraps `inner`. `sqlite` is the path of the SQLite store's database for the variants that
+    /// edit its table.
+    ///
+    /// # Errors
+    ///
+    /// A variant that needs the SQLite table without one, or the database cannot be opened.
+    pub fn new(inner: DynStore, broken: Broken, sqlite: Option<&Path>) -> anyhow::Result<Self> {
+        let db = if broken.needs_sqlite() {
+            let Some(path) = sqlite else {
+                anyhow::bail!("--broken {} needs a sqlite:// store", broken.name());
+            };
+            let conn = Connection::open(path)
+                .map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            Some(Arc::new(Mutex::new(conn)))
+        } else {
+            None
+        };
+        Ok(BrokenStore {
+            inner,
+            broken,
+            db,
+            fences: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn sql<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self
+            .db
+            .clone()
+            .expect("opened for the variants that use it");
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::permanent("broken", e.to_string()))?
+        .map_err(|e| StoreError::transient("broken", e.to_string()))
+    }
+
+    fn local_fence(&self, key: &str, real: u64) -> u64 {
+        let mut all = self.fences.lock().unwrap_or_else(|p| p.into_inner());
+        let f = all.entry(key.to_owned()).or_default();
+        if let Some(&(_, local)) = f.map.iter().find(|(r, _)| *r == real) {
+            return local;
+        }
+        f.counter += 1;
+        let local = f.counter;
+        f.map.push((real, local));
+        local
+    }
+
+    fn real_fence(&self, key: &str, local: Fence) -> Fence {
+        let all = self.fences.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(key)
+            .and_then(|f| f.map.iter().find(|(_, l)| *l == local.get()))
+            .and_then(|&(r, _)| Fence::new(r))
+            .unwrap_or(local)
+    }
+}
+
+impl LeaseStore for BrokenStore {
+    async fn try_lock(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        let granted = self.inner.try_lock(lease, key, holder).await?;
+        match (self.broken, granted) {
+            (Broken::FencePerProcess, Some(real)) => {
+                Ok(Fence::new(self.local_fence(key, real.get())))
+            }
+            (Broken::NoVacancyCheck, None) if !lease.is_zero() => {
+                // The mistake: take the key from its holder without asking whether it is free.
+                let (key, holder) = (key.as_bytes().to_vec(), holder.as_bytes().to_vec());
+                let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
+                let now = i64::try_from(BootClock.now().as_nanos()).unwrap_or(i64::MAX);
+                let fence = self
+                    .sql(move |conn| {
+                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                        let f: Option<i64> = tx
+                            .query_row(
+                                "UPDATE leases SET holder = ?2, fence = fence + 1,
+                                     expires_ns = ?3 WHERE key = ?1 RETURNING fence",
+                                params![key, holder, now.saturating_add(lease)],
+                                |r| r.get(0),
+                            )
+                            .optional()?;
+                        tx.commit()?;
+                        Ok(f)
+                    })
+                    .await?;
+                Ok(fence.and_then(|f| Fence::new(u64::try_from(f).ok()?)))
+            }
+            (_, g) => Ok(g),
+        }
+    }
+
+    async fn renew(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
+        let fence = match self.broken {
+            Broken::FencePerProcess => self.real_fence(key, fence),
+            _ => fence,
+        };
+        self.inner.renew(lease, key, holder, fence).await
+    }
+
+    async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
+        let fence = match self.broken {
+            Broken::FencePerProcess => self.real_fence(key, fence),
+            _ => fence,
+        };
+        let released = self.inner.release(key, holder, fence).await?;
+        if released || self.broken != Broken::ReleaseAnyHolder {
+            return Ok(released);
+        }
+        // The mistake: the key is not ours (any more), delete it anyway, like a `DEL` without
+        // comparing the holder.
+        let key = key.as_bytes().to_vec();
+        self.sql(move |conn| {
+            Ok(conn.execute("UPDATE leases SET holder = NULL WHERE key = ?1", [key])? == 1)
+        })
+        .await
+    }
+
+    async fn wait_for_change(&self, key: &str, max_wait: Duration) {
+        self.inner.wait_for_change(key, max_wait).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_names_are_listed() {
+        for b in Broken::ALL {
+            assert_eq!(Broken::parse(b.name()), Ok(b));
+        }
+        let err = Broken::parse("nope").unwrap_err();
+        assert!(err.contains("wall-clock"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn store_level_mistakes_really_happen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.db");
+        let real = lease_sqlite::SqliteStore::open(&path).await.unwrap();
+        let lease = Duration::from_secs(30);
+        let store = |b| BrokenStore::new(DynStore::new(real.clone()), b, Some(&path)).unwrap();
+
+        let a = store(Broken::NoVacancyCheck);
+        assert_eq!(
+            a.try_lock(lease, "k", "h1").await.unwrap().unwrap().get(),
+            1
+        );
+        // Held by h1, yet h2 gets it, with the next fence.
+        assert_eq!(
+            a.try_lock(lease, "k", "h2").await.unwrap().unwrap().get(),
+            2
+        );
+
+        let r = store(Broken::ReleaseAnyHolder);
+        // h2 holds it; h1's release with its old fence succeeds anyway.
+        assert!(r.release("k", "h1", Fence::new(1).unwrap()).await.unwrap());
+        assert_eq!(
+            real.try_lock(lease, "k", "h3")
+                .await
+                .unwrap()
+                .unwrap()
+                .get(),
+            3
+        );
+
+        let (p1, p2) = (
+            store(Broken::FencePerProcess),
+            store(Broken::FencePerProcess),
+        );
+        let f = p1.try_lock(lease, "j", "h1").await.unwrap().unwrap();
+        assert!(p1.release("j", "h1", f).await.unwrap());
+        // A second "process" counts from 1 again.
+        assert_eq!(p2.try_lock(lease, "j", "h2").await.unwrap(), Some(f));
+    }
+}

@@ -1,0 +1,184 @@
+//! The chaos schedule of `fleet --chaos`: which faults, when, on which workers, from a seed.
+//!
+//! Faults come one at a time, spread over the first 70 % of the run; the rest of the run is the
+//! healing phase, in which the fleet must recover. Pauses alternate between 3× the lease (the
+//! lease expires while the worker is stopped, so another worker takes its job over and the
+//! paused one comes back with a stale fence) and 0.5× the lease (the lease must survive it). The
+//! first pause is a long one, so every run with pauses forces at least one lease expiry.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// SIGKILL a worker (a new one takes its place).
+    Kill,
+    /// SIGSTOP some workers for a while, then SIGCONT.
+    Pause,
+    /// Restart the store server.
+    StoreRestart,
+}
+
+impl Fault {
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Pause => "pause",
+            Fault::StoreRestart => "store-restart",
+        }
+    }
+}
+
+/// Parses `kill,pause,store-restart` (any non-empty subset, any order).
+///
+/// # Errors
+///
+/// An unknown or repeated fault, or an empty list.
+pub fn parse_faults(list: &str) -> Result<Vec<Fault>, String> {
+    let mut out = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let f = [Fault::Kill, Fault::Pause, Fault::StoreRestart]
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| {
+                format!("unknown fault `{name}` in --chaos: use kill, pause, store-restart")
+            })?;
+        if out.contains(&f) {
+            return Err(format!("`{name}` appears twice in --chaos"));
+        }
+        out.push(f);
+    }
+    if out.is_empty() {
+        return Err("--chaos needs at least one of kill, pause, store-restart".into());
+    }
+    Ok(out)
+}
+
+/// One step of the schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Kill the worker in this slot.
+    Kill {
+        /// Worker slot (0-based).
+        slot: usize,
+    },
+    /// Stop the workers in these slots for `factor` × the lease.
+    Pause {
+        /// Worker slots (0-based).
+        slots: Vec<usize>,
+        /// Pause length in leases.
+        factor: f64,
+    },
+    /// Restart the store server.
+    StoreRestart,
+}
+
+/// A step and when it starts, from the start of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Start of the step.
+    pub at: Duration,
+    /// What to do.
+    pub action: Action,
+}
+
+/// The schedule for a run of `duration` with `workers` workers and the given `lease`.
+pub fn plan(
+    seed: u64,
+    faults: &[Fault],
+    duration: Duration,
+    lease: Duration,
+    workers: usize,
+) -> Vec<Step> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let end = duration.mul_f64(0.7);
+    let mut t = Duration::from_secs(1).max(lease / 2);
+    let mut steps = Vec::new();
+    let mut long_next = true;
+    let mut round: Vec<Fault> = Vec::new();
+    while t < end && workers > 0 && !faults.is_empty() {
+        // Every fault once per round, in a shuffled order.
+        if round.is_empty() {
+            round = faults.to_vec();
+            round.shuffle(&mut rng);
+        }
+        let fault = round.pop().expect("refilled above");
+        let (action, len) = match fault {
+            Fault::Kill => (
+                Action::Kill {
+                    slot: rng.random_range(0..workers),
+                },
+                Duration::ZERO,
+            ),
+            Fault::Pause => {
+                let factor = if long_next { 3.0 } else { 0.5 };
+                long_next = !long_next;
+                let mut slots: Vec<usize> = (0..workers).collect();
+                slots.shuffle(&mut rng);
+                slots.truncate(rng.random_range(1..=(workers / 2).max(1)));
+                slots.sort_unstable();
+                (Action::Pause { slots, factor }, lease.mul_f64(factor))
+            }
+            Fault::StoreRestart => (Action::StoreRestart, Duration::from_secs(1)),
+        };
+        if t + len > end && !steps.is_empty() {
+            break;
+        }
+        steps.push(Step { at: t, action });
+        t += len + lease.mul_f64(rng.random_range(0.5..1.5));
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_lists_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_faults("pause,kill").unwrap(),
+            [Fault::Pause, Fault::Kill]
+        );
+        assert!(parse_faults("kill,nap").unwrap_err().contains("`nap`"));
+        assert!(parse_faults("kill,kill").unwrap_err().contains("twice"));
+        assert!(parse_faults("").is_err());
+    }
+
+    #[test]
+    fn the_schedule_is_seeded_leaves_a_healing_phase_and_starts_pauses_long() {
+        let all = [Fault::Kill, Fault::Pause, Fault::StoreRestart];
+        let (d, lease) = (Duration::from_secs(60), Duration::from_secs(1));
+        let a = plan(7, &all, d, lease, 4);
+        assert_eq!(a, plan(7, &all, d, lease, 4));
+        assert_ne!(a, plan(8, &all, d, lease, 4));
+        for f in all {
+            assert!(
+                a.iter().any(|s| matches!(
+                    (&s.action, f),
+                    (Action::Kill { .. }, Fault::Kill)
+                        | (Action::Pause { .. }, Fault::Pause)
+                        | (Action::StoreRestart, Fault::StoreRestart)
+                )),
+                "{f:?} missing from {a:?}"
+            );
+        }
+        let last = a.last().unwrap();
+        assert!(last.at < d.mul_f64(0.7));
+        let first_pause = a.iter().find_map(|s| match &s.action {
+            Action::Pause { factor, slots } => Some((*factor, slots.len())),
+            _ => None,
+        });
+        let (factor, n) = first_pause.unwrap();
+        assert_eq!(factor, 3.0);
+        assert!((1..=2).contains(&n));
+        // A short run still gets its one long pause.
+        let short = plan(1, &[Fault::Pause], Duration::from_secs(5), lease, 2);
+        assert!(matches!(short[0].action, Action::Pause { factor: 3.0, .. }));
+    }
+}
