@@ -19,9 +19,9 @@
 //! | I2 | no job completed twice (history and table); every accepted completion is in the final table |
 //! | I3 | no two processes granted one fence of a key; a grant asked for after another was answered has a fence at least as large |
 //! | I4 | no renew or release succeeds when sent after the key was granted with a larger fence |
-//! | I5 | the loss signal fires by the deadline (or right after a pause that spans it); no protected work starts after the deadline or the loss signal |
+//! | I5 | the loss signal fires by the deadline (with a tolerance of max(lease/2, 1 s) for the logging task; excused when the process was stopped over its deadline); no protected work starts after the deadline or the loss signal |
 //! | I6 | tenures of different processes, each up to its deadline, do not overlap (skipped for a tenure whose process was paused longer than half the lease) |
-//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s when another asked for it after the lease ran out |
+//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart in that time) when another asked for it after the lease ran out |
 //! | I9 | a process that exits normally holds no key |
 
 use std::collections::{BTreeMap, HashMap};
@@ -356,6 +356,7 @@ pub fn check(run: &Run) -> Report {
     let mut kills: Vec<(u64, u64)> = Vec::new();
     let mut pauses: Vec<(u64, u64, u64)> = Vec::new(); // proc, from, to
     let mut open_pauses: HashMap<u64, (u64, u64)> = HashMap::new(); // proc -> (from, planned)
+    let mut restarts: Vec<u64> = Vec::new();
     for e in &events {
         match e.op {
             Op::Kill => kills.push((e.proc, e.t_ns)),
@@ -367,7 +368,10 @@ pub fn check(run: &Run) -> Report {
                     pauses.push((e.proc, from, e.t_ns));
                 }
             }
-            Op::Restart if e.kind != Kind::Invoke => r.restarts += 1,
+            Op::Restart if e.kind != Kind::Invoke => {
+                r.restarts += 1;
+                restarts.push(e.t_ns);
+            }
             _ => {}
         }
     }
@@ -726,7 +730,8 @@ pub fn check(run: &Run) -> Report {
     }
 
     // I5: self-fencing.
-    let tolerance = (lease / 4).max(300_000_000);
+    // The loss signal is logged by a task of the worker; on a loaded machine it may run late.
+    let tolerance = (lease / 2).max(1_000_000_000);
     for e in &cs_enters {
         let Some(t) = e
             .fence
@@ -782,8 +787,9 @@ pub fn check(run: &Run) -> Report {
             continue;
         };
         let deadline = t.deadline_at(e.t_ns, lease);
-        let excused = paused_until(e.proc, e.t_ns)
-            .is_some_and(|resumed| resumed + tolerance >= e.t_ns && resumed >= deadline);
+        // A stopped process cannot signal anything: when it was stopped over its deadline, what
+        // matters is that it does no protected work before the signal, checked above.
+        let excused = paused_until(e.proc, e.t_ns).is_some_and(|resumed| resumed >= deadline);
         if e.t_ns > deadline + tolerance && !excused {
             violate(
                 &mut r,
@@ -848,10 +854,18 @@ pub fn check(run: &Run) -> Report {
 
     // I8: takeover after a kill.
     let bound = lease + run.meta.backoff_cap_ns + 1_000_000_000;
-    for &(proc, killed) in &kills {
+    for &(proc, died) in &kills {
+        // A store restart within the bound starts the clock again: etcd, for one, gives every
+        // lease its full TTL again when it comes back.
+        let killed = restarts
+            .iter()
+            .copied()
+            .filter(|&t| t > died && t <= died + bound)
+            .max()
+            .unwrap_or(died);
         let held: Vec<&Tenure> = tenures
             .values()
-            .filter(|t| t.proc == proc && t.start <= killed && !t.released && t.lost.is_none())
+            .filter(|t| t.proc == proc && t.start <= died && !t.released && t.lost.is_none())
             .collect();
         for t in held {
             let taken = grants.get(t.key.as_str()).and_then(|gs| {
@@ -866,7 +880,7 @@ pub fn check(run: &Run) -> Report {
                 })
             });
             match taken {
-                Some(ok) if ok <= killed + bound => r.takeovers_ns.push(ok - killed),
+                Some(ok) if ok <= killed + bound => r.takeovers_ns.push(ok - died),
                 _ if asked_after_expiry => violate(
                     &mut r,
                     "I8",
@@ -874,13 +888,13 @@ pub fn check(run: &Run) -> Report {
                         "{}: proc {proc} was killed at {} holding it (fence {}); others asked for \
                          it after its lease ran out, but nobody got it within {}{}",
                         t.key,
-                        at(killed),
+                        at(died),
                         t.fence,
                         secs(bound),
                         taken.map_or(String::new(), |ok| format!(" (taken at {})", at(ok)))
                     ),
                 ),
-                Some(ok) => r.takeovers_ns.push(ok - killed),
+                Some(ok) => r.takeovers_ns.push(ok - died),
                 None => {}
             }
         }
@@ -1083,15 +1097,15 @@ mod tests {
         assert_eq!(invariants(after_loss), ["I5"]);
 
         let mut late_signal = h[..4].to_vec();
-        late_signal.push(ev(2500, 1, Op::Lost, Kind::Info, Some(1)));
+        late_signal.push(ev(3000, 1, Op::Lost, Kind::Info, Some(1)));
         assert_eq!(invariants(late_signal.clone()), ["I5"]);
 
         // ... unless the process was stopped over its deadline and signalled right after.
         let mut paused = late_signal;
         let mut p = ev(1400, 1, Op::Pause, Kind::Info, None);
-        p.dur_ns = Some(1000 * MS);
+        p.dur_ns = Some(1500 * MS);
         paused.push(p);
-        paused.push(ev(2400, 1, Op::Resume, Kind::Info, None));
+        paused.push(ev(2900, 1, Op::Resume, Kind::Info, None));
         assert!(run(paused).ok());
     }
 

@@ -1,0 +1,111 @@
+//! The checker's self-test: each deliberately broken lock runs through the same chaos harness as
+//! the real one, and `fleet check` must name the invariant it breaks. A healthy run under the
+//! same faults must pass. A checker that cannot fail proves nothing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use lease_examples::broken::Broken;
+
+/// The runs are timing-sensitive (300 ms leases): one at a time, so they do not starve each other
+/// of the machine's cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn chaos_run(dir: &Path, broken: Option<Broken>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet"));
+    cmd.args([
+        "--chaos",
+        "pause",
+        "--seed",
+        "3",
+        "--duration",
+        "8s",
+        "--lease",
+        "300ms",
+        "--workers",
+        "6",
+    ])
+    .arg("--dir")
+    .arg(dir);
+    if let Some(b) = broken {
+        cmd.args(["--broken", b.name()]);
+    }
+    cmd.output().expect("run fleet")
+}
+
+fn check(dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .arg("check")
+        .arg(dir.join("history"))
+        .output()
+        .expect("run fleet check")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn every_broken_lock_is_caught_naming_its_invariant() {
+    for broken in Broken::ALL {
+        let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let run = chaos_run(dir.path(), Some(broken));
+        assert!(
+            !run.status.success(),
+            "fleet --broken {} passed:\n{}",
+            broken.name(),
+            text(&run)
+        );
+        // The saved history, checked again on its own, fails the same way.
+        let out = check(dir.path());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            broken
+                .expected()
+                .iter()
+                .any(|inv| stdout.contains(&format!("VIOLATION {inv}:"))),
+            "--broken {} should violate {:?}:\n{stdout}",
+            broken.name(),
+            broken.expected()
+        );
+    }
+}
+
+#[test]
+fn a_healthy_run_under_the_same_faults_passes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let run = chaos_run(dir.path(), None);
+    if !run.status.success() {
+        let kept = dir.keep();
+        panic!("history kept in {}:\n{}", kept.display(), text(&run));
+    }
+    let out = check(dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!stdout.contains("VIOLATION"), "{stdout}");
+    assert!(stdout.contains("sqlite/pause: "), "{stdout}");
+}
+
+#[test]
+fn check_rejects_a_path_that_is_not_a_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a fleet history"),
+        "{}",
+        text(&out)
+    );
+}
