@@ -216,7 +216,12 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<Run>> {
                 }
             }
         } else if p.is_file() {
-            files.push(p.clone());
+            // The job table's dump is read through its run, not as events.
+            if p.file_name()
+                .is_some_and(|n| n != "jobs.jsonl" && n != "run.json")
+            {
+                files.push(p.clone());
+            }
         } else {
             anyhow::bail!("{}: no such file or directory", p.display());
         }
