@@ -19,7 +19,7 @@
 //! | I2 | no job completed twice (history and table); every accepted completion is in the final table |
 //! | I3 | no two processes granted one fence of a key; a grant asked for after another was answered has a fence at least as large |
 //! | I4 | no renew or release succeeds when sent after the key was granted with a larger fence |
-//! | I5 | the loss signal fires by the deadline (with a tolerance of max(lease/2, 1 s) for the logging task; excused when the process was stopped over its deadline); no protected work starts after the deadline or the loss signal |
+//! | I5 | no renewal is sent after the deadline; the loss signal fires by the deadline (with a tolerance of max(lease/2, 1 s) for the logging task; excused when the process was stopped over its deadline); no protected work starts after the deadline or the loss signal |
 //! | I6 | tenures of different processes, each up to its deadline, do not overlap (skipped for a tenure whose process was paused longer than half the lease) |
 //! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart in that time) when another asked for it after the lease ran out |
 //! | I9 | a process that exits normally holds no key |
@@ -408,6 +408,7 @@ pub fn check(run: &Run) -> Report {
     let mut writes: HashMap<&str, Vec<Write>> = HashMap::new();
     let mut ownership: Vec<(u64, &str, u64, u64, bool, Op)> = Vec::new(); // proc key fence sent ok op
     let mut cs_enters: Vec<&Event> = Vec::new();
+    let mut renew_invokes: Vec<&Event> = Vec::new();
     let mut losts: Vec<&Event> = Vec::new();
     let mut releases: Vec<(u64, &str, Option<u64>, u64)> = Vec::new(); // proc key fence sent
     let mut last_event: HashMap<u64, u64> = HashMap::new();
@@ -423,6 +424,7 @@ pub fn check(run: &Run) -> Report {
                 match e.op {
                     Op::Acquire => wants.entry(&e.key).or_default().push((e.proc, e.t_ns)),
                     Op::Release => releases.push((e.proc, &e.key, e.fence, e.t_ns)),
+                    Op::Renew => renew_invokes.push(e),
                     _ => {}
                 }
             }
@@ -784,6 +786,33 @@ pub fn check(run: &Run) -> Report {
             );
         }
     }
+    // The heartbeat sends a renewal only before the local deadline; a lock that renews after it
+    // kept believing in a lease the store may already have given away.
+    for e in &renew_invokes {
+        let Some(t) = e
+            .fence
+            .and_then(|f| tenures.get(&(e.proc, e.key.clone(), f)))
+        else {
+            continue;
+        };
+        let deadline = t.deadline_at(e.t_ns, lease);
+        if e.t_ns >= deadline && t.lost.is_none_or(|l| l >= e.t_ns) {
+            violate(
+                &mut r,
+                "I5",
+                format!(
+                    "{}: proc {} (fence {}) sent a renewal at {}, {} ms after its lease's \
+                     deadline at {}, without a loss signal before",
+                    e.key,
+                    e.proc,
+                    t.fence,
+                    at(e.t_ns),
+                    (e.t_ns - deadline) / 1_000_000,
+                    at(deadline)
+                ),
+            );
+        }
+    }
     for e in &losts {
         let Some(t) = e
             .fence
@@ -1096,6 +1125,12 @@ mod tests {
         late[4].t_ns = 1700 * MS;
         late.sort_by_key(|e| e.t_ns);
         assert_eq!(invariants(late), ["I5"]);
+
+        // A renewal sent after the deadline: the lock did not enforce it.
+        let mut late_renew = h[..4].to_vec();
+        late_renew.push(ev(1700, 1, Op::Renew, Kind::Invoke, Some(1)));
+        late_renew.push(ev(1701, 1, Op::Renew, Kind::Ok, Some(1)));
+        assert_eq!(invariants(late_renew), ["I5"]);
 
         let mut after_loss = h.clone();
         after_loss.push(ev(1560, 1, Op::CsEnter, Kind::Info, Some(1)));

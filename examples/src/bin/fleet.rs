@@ -141,15 +141,20 @@ async fn main() {
 }
 
 fn check_cmd(paths: &[PathBuf]) -> anyhow::Result<bool> {
+    use std::io::Write as _;
     let runs = check::load(paths)?;
     let mut ok = true;
+    let mut out = std::io::stdout().lock();
     for run in &runs {
         let report = check::check(run);
-        println!("{}", report.line());
-        for l in report.violation_lines(10) {
-            println!("{l}");
-        }
         ok &= report.ok();
+        let lines = std::iter::once(report.line()).chain(report.violation_lines(10));
+        for l in lines {
+            // A closed pipe (`fleet check … | head`) ends the output, not the verdict.
+            if writeln!(out, "{l}").is_err() {
+                return Ok(ok && runs.iter().all(|r| check::check(r).ok()));
+            }
+        }
     }
     Ok(ok)
 }
