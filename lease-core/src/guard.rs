@@ -1,10 +1,12 @@
 //! [`LockGuard`]: proof that this process holds a lease, while it does.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
 
+use crate::detach::detachable;
 use crate::lock::{Inner, Payload};
 use crate::state::Ticket;
 use crate::{Error, Fence, LeaseStore, StoreError};
@@ -139,8 +141,8 @@ impl<S: LeaseStore> LockGuard<S> {
         let Some((fence, payload)) = self.inner.state.drop_guard(self.ticket.generation) else {
             return Ok(());
         };
-        let task = spawn_release(self.inner.clone(), fence, &payload);
-        match task.await {
+        let call = detachable(release_call(self.inner.clone(), fence, &payload));
+        match call.await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => Err(Error::Lost {
                 key: self.inner.key.clone(),
@@ -148,7 +150,7 @@ impl<S: LeaseStore> LockGuard<S> {
             Ok(Err(e)) => Err(Error::Store(e)),
             Err(e) => Err(Error::Store(StoreError::permanent(
                 self.inner.store_name,
-                format!("release task failed: {e}"),
+                format!("release {e}"),
             ))),
         }
     }
@@ -174,38 +176,38 @@ impl<S: LeaseStore> Drop for LockGuard<S> {
         if let Some((fence, payload)) = self.inner.state.drop_guard(self.ticket.generation) {
             // Released at once, not on the next heartbeat tick: a waiter elsewhere is notified
             // by the store as soon as this lands.
-            drop(spawn_release(self.inner.clone(), fence, &payload));
+            let call = release_call(self.inner.clone(), fence, &payload);
+            drop(payload.runtime.spawn(call));
         }
     }
 }
 
-/// Stops the heartbeat and sends the release; the pending-release count taken by `drop_guard`
-/// is given back when the store has answered.
-fn spawn_release<S: LeaseStore>(
+/// Stops the heartbeat and returns the release call, which must run to its end (spawned, or
+/// [`detachable`]): the pending-release count taken by `drop_guard` is given back when the store
+/// has answered.
+fn release_call<S: LeaseStore>(
     inner: Arc<Inner<S>>,
     fence: Fence,
     payload: &Payload,
-) -> tokio::task::JoinHandle<Result<bool, StoreError>> {
+) -> impl Future<Output = Result<bool, StoreError>> + Send + use<S> {
     payload.stop.cancel();
     let span = debug_span!("lease.release", key = %inner.key, fence = fence.get());
-    payload.runtime.spawn(
-        async move {
-            if !inner.config.release_delay.is_zero() {
-                tokio::time::sleep(inner.config.release_delay).await;
-            }
-            let result = inner
-                .store
-                .release(&inner.key, &inner.holder.full, fence)
-                .await;
-            match &result {
-                Ok(true) => debug!("lease released"),
-                Ok(false) => debug!("lease was no longer held at release"),
-                Err(e) => warn!(error = %e, "release failed; the lease lapses at its end"),
-            }
-            inner.state.release_done();
-            inner.changed.notify_waiters();
-            result
+    async move {
+        if !inner.config.release_delay.is_zero() {
+            tokio::time::sleep(inner.config.release_delay).await;
         }
-        .instrument(span),
-    )
+        let result = inner
+            .store
+            .release(&inner.key, &inner.holder.full, fence)
+            .await;
+        match &result {
+            Ok(true) => debug!("lease released"),
+            Ok(false) => debug!("lease was no longer held at release"),
+            Err(e) => warn!(error = %e, "release failed; the lease lapses at its end"),
+        }
+        inner.state.release_done();
+        inner.changed.notify_waiters();
+        result
+    }
+    .instrument(span)
 }

@@ -112,6 +112,7 @@
 
 mod backoff;
 mod clock;
+mod detach;
 mod error;
 mod fence;
 mod guard;

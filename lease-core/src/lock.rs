@@ -11,6 +11,7 @@ use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::backoff::Backoff;
 use crate::clock::{BootClock, SharedClock};
+use crate::detach::detachable;
 use crate::guard::LockGuard;
 use crate::holder::{self, HolderId};
 use crate::state::{Enter, HolderState, Ticket};
@@ -495,19 +496,20 @@ impl<S: LeaseStore> CrossProcessLock<S> {
             }
             changed.await;
         }
-        // The store call runs in its own task holding the permit, so that a caller dropped
-        // mid-call cannot leave a grant nobody tracks: the task installs the lease and, if the
-        // caller is gone, drops the guard, which releases the lease at once.
+        // The store call holds the permit and finishes even if the caller is dropped mid-call,
+        // so no grant is left that nobody tracks: it installs the lease and, with the caller
+        // gone, drops the guard, which releases the lease at once. It runs in the caller's task
+        // and moves to its own only on such a drop.
         let inner = self.inner.clone();
-        let task = tokio::spawn(async move {
+        let call = detachable(async move {
             let _permit = permit;
             acquire_from_store(inner).await
         });
-        match task.await {
+        match call.await {
             Ok(result) => result,
             Err(e) => Err(Error::Store(StoreError::permanent(
                 self.inner.store_name,
-                format!("acquire task failed: {e}"),
+                format!("acquire {e}"),
             ))),
         }
     }
