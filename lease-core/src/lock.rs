@@ -35,6 +35,9 @@ pub(crate) struct Config {
     pub(crate) jitter: bool,
     pub(crate) notifications: bool,
     pub(crate) release_delay: Duration,
+    /// Renewals on a grid shared by every lock with this renew interval (see
+    /// [`Capabilities::batched_renewals`](crate::Capabilities::batched_renewals)).
+    pub(crate) aligned_renewals: bool,
 }
 
 pub(crate) struct Inner<S> {
@@ -265,6 +268,7 @@ impl<S: LeaseStore> LockBuilder<S> {
                     jitter: self.jitter,
                     notifications: self.notifications,
                     release_delay: self.release_delay,
+                    aligned_renewals: caps.batched_renewals,
                 },
                 clock: self.clock.unwrap_or_else(|| Arc::new(BootClock)),
                 state: HolderState::new(),
@@ -588,6 +592,22 @@ pub(crate) fn signal_loss<S>(inner: &Inner<S>, payload: &Payload, reason: &'stat
     inner.changed.notify_waiters();
 }
 
+/// When the next renewal is due: `renew_every` from now, or, with `aligned`, the last multiple
+/// of `renew_every` on the lock's clock before that. Every lock of the process with the same
+/// interval shares those instants (the clock counts from boot), so the renewals of many keys
+/// leave together and the store can batch them. Only the first renewal after a grant comes
+/// early (anywhere in the first interval, never later); the next ones are one interval apart.
+fn next_renewal<S>(inner: &Inner<S>, renew_every: Duration, aligned: bool) -> Instant {
+    let due = Instant::now() + renew_every;
+    if !aligned {
+        return due;
+    }
+    let grid = renew_every.as_nanos().max(1);
+    let at = (inner.clock.now() + renew_every).as_nanos();
+    let early = u64::try_from(at % grid).unwrap_or(0);
+    due - Duration::from_nanos(early)
+}
+
 /// Renews lease `ticket` every `renew_every` until it is released or lost.
 ///
 /// The local deadline is *send time of the last successful renewal + lease − margin* on the
@@ -598,10 +618,11 @@ async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload:
         lease,
         renew_every,
         margin,
+        aligned_renewals,
         ..
     } = inner.config;
     let fence: Fence = ticket.fence;
-    let mut next_renew = Instant::now() + renew_every;
+    let mut next_renew = next_renewal(&inner, renew_every, aligned_renewals);
     let mut retry = Backoff::new(
         (renew_every / 16).max(Duration::from_millis(1)),
         (renew_every / 2).max(Duration::from_millis(1)),
@@ -652,7 +673,7 @@ async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload:
                         (renew_every / 16).max(Duration::from_millis(1)),
                         (renew_every / 2).max(Duration::from_millis(1)),
                     );
-                    next_renew = Instant::now() + renew_every;
+                    next_renew = next_renewal(&inner, renew_every, aligned_renewals);
                 }
                 Ok(Ok(false)) => return lose("store names another holder"),
                 Ok(Err(e)) if e.is_transient() => {

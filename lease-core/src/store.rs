@@ -118,6 +118,12 @@ pub struct Capabilities {
     /// (etcd's `create_revision`), in which case the retake gets a larger fence, which is also
     /// safe.
     pub stable_retake: bool,
+    /// Whether renewals sent at the same moment cost the store less than the same renewals
+    /// spread out (Redis pipelines them on one connection, etcd serves them with one keepalive).
+    /// The lock then puts the heartbeats of all its keys with the same renew interval on common
+    /// instants, so they go out together (the first renewal after a grant comes early, anywhere
+    /// in the first interval; the later ones keep the interval).
+    pub batched_renewals: bool,
 }
 
 impl Capabilities {
@@ -130,6 +136,7 @@ impl Capabilities {
             notifications: false,
             durable_fences: false,
             stable_retake: true,
+            batched_renewals: false,
         }
     }
 
@@ -155,6 +162,12 @@ impl Capabilities {
     /// Sets [`Capabilities::stable_retake`].
     pub const fn with_stable_retake(mut self, yes: bool) -> Self {
         self.stable_retake = yes;
+        self
+    }
+
+    /// Sets [`Capabilities::batched_renewals`].
+    pub const fn with_batched_renewals(mut self, yes: bool) -> Self {
+        self.batched_renewals = yes;
         self
     }
 

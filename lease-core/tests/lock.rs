@@ -689,3 +689,103 @@ async fn an_unreachable_store_is_an_error_not_a_hang() {
         "{err:?}"
     );
 }
+
+/// A store that batches renewals sent together, recording when each renewal arrives.
+#[derive(Clone)]
+struct Batching {
+    store: MemoryStore,
+    batched: bool,
+    renewals: Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
+}
+
+impl LeaseStore for Batching {
+    async fn try_lock(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<Fence>, lease_core::StoreError> {
+        self.store.try_lock(lease, key, holder).await
+    }
+    async fn renew(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+    ) -> Result<bool, lease_core::StoreError> {
+        self.renewals
+            .lock()
+            .unwrap()
+            .push((key.to_owned(), Instant::now()));
+        self.store.renew(lease, key, holder, fence).await
+    }
+    async fn release(
+        &self,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+    ) -> Result<bool, lease_core::StoreError> {
+        self.store.release(key, holder, fence).await
+    }
+    fn capabilities(&self) -> lease_core::Capabilities {
+        self.store
+            .capabilities()
+            .with_batched_renewals(self.batched)
+    }
+}
+
+/// Renewal instants of keys `a` and `b`, acquired 110 ms apart and held for 3 s.
+async fn renewal_times(batched: bool) -> (Vec<Instant>, Vec<Instant>) {
+    let s = Batching {
+        store: MemoryStore::new(),
+        batched,
+        renewals: Arc::default(),
+    };
+    let clock = Arc::new(TokioClock::new());
+    let lock = |key: &str| {
+        CrossProcessLock::builder(s.clone(), key)
+            .lease(Duration::from_millis(900))
+            .renew_every(Duration::from_millis(300))
+            .safety_margin(Duration::from_millis(50))
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (lock("a"), lock("b"));
+    let ga = a.try_lock_once().await.unwrap();
+    sleep(Duration::from_millis(110)).await;
+    let gb = b.try_lock_once().await.unwrap();
+    sleep(Duration::from_secs(3)).await;
+    assert!(ga.is_held() && gb.is_held());
+    drop((ga, gb));
+    let log = s.renewals.lock().unwrap().clone();
+    let of = |k: &str| {
+        log.iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, t)| *t)
+            .collect()
+    };
+    (of("a"), of("b"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewals_of_a_batching_store_leave_together() {
+    let (a, b) = renewal_times(true).await;
+    // One renewal per interval (the first one may come early, never late).
+    assert!(a.len() >= 10 && b.len() >= 10, "{} {}", a.len(), b.len());
+    for w in a.windows(2).chain(b.windows(2)) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= Duration::from_millis(299) && gap <= Duration::from_millis(301),
+            "{gap:?}"
+        );
+    }
+    // Every renewal of `b` goes out with one of `a`, though `b` was granted 110 ms later.
+    for t in &b {
+        assert!(a.contains(t), "b renewed alone at {t:?}: a {a:?}, b {b:?}");
+    }
+    // Without the capability each key keeps its own schedule, 110 ms apart.
+    let (a, b) = renewal_times(false).await;
+    assert!(b.iter().all(|t| !a.contains(t)), "a {a:?}, b {b:?}");
+}

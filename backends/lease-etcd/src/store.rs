@@ -742,5 +742,6 @@ impl LeaseStore for EtcdStore {
             .with_notifications(true)
             .with_durable_fences(true)
             .with_stable_retake(false)
+            .with_batched_renewals(true)
     }
 }

@@ -171,7 +171,8 @@ impl RedisStore {
         };
         let caps = Capabilities::new(NAME)
             .with_notifications(notifier.is_some())
-            .with_durable_fences(b.durable_fences);
+            .with_durable_fences(b.durable_fences)
+            .with_batched_renewals(true);
         debug!(server = %target, prefix = %b.prefix, "redis store connected");
         Ok(Self {
             inner: Arc::new(Inner {
