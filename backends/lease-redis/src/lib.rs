@@ -59,7 +59,9 @@
 //!
 //! *Renewing many keys.* All calls of a store share one multiplexed connection, which pipelines
 //! concurrent calls: the heartbeats of many held keys cost about one round trip per burst, not
-//! one per key. [`RedisStore::renew_many`] renews a batch in one explicit pipeline.
+//! one per key. The store declares `batched_renewals`, so the lock sends the heartbeats of all
+//! its keys with the same renew interval at the same instants: one burst per interval.
+//! [`RedisStore::renew_many`] renews a batch in one explicit pipeline.
 //!
 //! # Guarantees and their limits
 //!
