@@ -271,20 +271,7 @@ pub(crate) fn etcd_endpoints(url: &str) -> anyhow::Result<(Vec<String>, String)>
     Ok((endpoints, prefix.to_owned()))
 }
 
-/// The URL with any password replaced by `***`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
-}
+pub(crate) use lease_core::redact_url as redact;
 
 /// The raw store operation of the same shape as an acquire.
 #[allow(clippy::large_enum_variant)] // one per worker

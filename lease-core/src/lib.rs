@@ -132,4 +132,6 @@ pub use fence::{Fence, FenceGate, StaleFence};
 pub use guard::LockGuard;
 pub use lock::{CrossProcessLock, DEFAULT_LEASE, LockBuilder};
 pub use memory::MemoryStore;
-pub use store::{Capabilities, DynLeaseStore, DynStore, LeaseStore, MAX_KEY_LEN, validate};
+pub use store::{
+    Capabilities, DynLeaseStore, DynStore, LeaseStore, MAX_KEY_LEN, redact_url, validate,
+};

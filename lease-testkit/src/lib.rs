@@ -12,7 +12,9 @@
 mod etcd;
 mod process;
 mod redis;
+mod tls;
 
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdServer};
 pub use process::{Server, free_port, require_binary};
 pub use redis::{RedisOptions, RedisServer};
+pub use tls::make_test_certs;

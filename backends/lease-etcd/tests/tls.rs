@@ -4,48 +4,19 @@
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use lease_core::{Fence, LeaseStore};
 use lease_etcd::EtcdStore;
 use lease_etcd::etcd_client::{Certificate, TlsOptions};
-use lease_testkit::{Server, free_port, require_binary};
+use lease_testkit::{Server, free_port, make_test_certs, require_binary};
 
 const LEASE: Duration = Duration::from_secs(2);
-
-/// A CA and a server certificate for 127.0.0.1 in `dir`.
-fn make_certs(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    let ca = format!("req -x509 {ec} -keyout ca.key -out ca.crt -days 2 -subj /CN=lease-test-ca");
-    run(&ca.split(' ').collect::<Vec<_>>());
-    let csr = format!("req {ec} -keyout server.key -out server.csr -subj /CN=127.0.0.1");
-    run(&csr.split(' ').collect::<Vec<_>>());
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(
-        &"x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
-          -days 2 -extfile ext.cnf"
-            .split_whitespace()
-            .collect::<Vec<_>>(),
-    );
-}
 
 /// An etcd whose client port speaks TLS only; its endpoint as `https://127.0.0.1:PORT`.
 fn start_tls_etcd(dir: &Path) -> Option<(Server, String)> {
     let etcd = require_binary("etcd", "etcd-server")?;
-    make_certs(dir);
+    make_test_certs(dir);
     let (client, peer) = (free_port(), free_port());
     let endpoint = format!("https://127.0.0.1:{client}");
     let args = vec![

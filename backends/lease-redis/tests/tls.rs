@@ -2,83 +2,12 @@
 //! certificate from a throwaway CA made with the `openssl` command.
 #![cfg(feature = "tls")]
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use lease_core::{LeaseStore, StoreErrorKind};
 use lease_redis::RedisStore;
 use lease_redis::redis::{self, TlsCertificates};
-use lease_testkit::{RedisOptions, RedisServer, free_port, require_binary};
-
-/// A CA and a server certificate for 127.0.0.1 in `dir`.
-fn make_certs(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=lease-test-ca",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-}
+use lease_testkit::{RedisOptions, RedisServer, free_port, make_test_certs, require_binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_the_servers_ca_works_and_an_unknown_ca_is_refused() {
@@ -86,7 +15,7 @@ async fn rediss_with_the_servers_ca_works_and_an_unknown_ca_is_refused() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    make_certs(dir.path());
+    make_test_certs(dir.path());
     let tls_port = free_port();
     let file = |name: &str| dir.path().join(name).display().to_string();
     let Some(_server) = RedisServer::start(RedisOptions {
