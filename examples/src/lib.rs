@@ -74,3 +74,25 @@ async fn open_etcd(url: &str) -> anyhow::Result<DynStore> {
 }
 
 pub use lease_core::redact_url as redact;
+
+/// The directory a run writes to: `dir`, created when missing, or else a new temporary
+/// directory, removed when the returned guard is dropped.
+///
+/// # Errors
+///
+/// When the directory cannot be created (the message names it).
+pub fn run_dir(
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+    use anyhow::Context;
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+            Ok((d.to_owned(), None))
+        }
+        None => {
+            let temp = tempfile::tempdir().context("create a temp dir")?;
+            Ok((temp.path().to_owned(), Some(temp)))
+        }
+    }
+}

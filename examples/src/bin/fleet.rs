@@ -27,6 +27,7 @@ use lease_examples::check::{self, Meta};
 use lease_examples::history::{Event, History, Kind, Op, RecordingStore, now_ns};
 use lease_examples::jobs::{Claim, Jobs, Write};
 use lease_examples::nemesis::{Action, Fault, parse_faults, plan};
+use lease_examples::run_dir;
 use lease_examples::stats::{WorkerReport, quantile};
 use lease_examples::{open_store, redact};
 use rustix::process::{Pid, Signal, kill_process};
@@ -302,17 +303,7 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     if args.lease.is_zero() {
         bail!("--lease must be longer than zero");
     }
-    let temp;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::tempdir().context("create a temp dir")?;
-            temp.path().to_owned()
-        }
-    };
+    let (dir, _temp) = run_dir(args.dir.as_deref())?;
     let (server, store_url) = match args.store.as_deref().map(start_server).transpose()? {
         Some(Some((server, url))) => (Some(server), url),
         _ => (

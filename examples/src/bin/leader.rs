@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use lease_core::CrossProcessLock;
 use lease_examples::stats::quantile;
-use lease_examples::{open_store, redact};
+use lease_examples::{open_store, redact, run_dir};
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -264,17 +264,7 @@ async fn elect(args: RunArgs) -> anyhow::Result<bool> {
     if args.lease.is_zero() || args.act_every.is_zero() {
         bail!("--lease and --act-every must be longer than zero");
     }
-    let temp;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            temp = tempfile::tempdir().context("create a temp dir")?;
-            temp.path().to_owned()
-        }
-    };
+    let (dir, _temp) = run_dir(args.dir.as_deref())?;
     let store_url = args
         .store
         .clone()
