@@ -739,11 +739,12 @@ pub fn check(run: &Run) -> Report {
     // I5: self-fencing.
     // The loss signal is logged by a task of the worker; on a loaded machine it may run late.
     let tolerance = (lease / 2).max(1_000_000_000);
-    for e in &cs_enters {
-        let Some(t) = e
-            .fence
+    let tenure_of = |e: &Event| {
+        e.fence
             .and_then(|f| tenures.get(&(e.proc, e.key.clone(), f)))
-        else {
+    };
+    for e in &cs_enters {
+        let Some(t) = tenure_of(e) else {
             violate(
                 &mut r,
                 "I5",
@@ -789,10 +790,7 @@ pub fn check(run: &Run) -> Report {
     // The heartbeat sends a renewal only before the local deadline; a lock that renews after it
     // kept believing in a lease the store may already have given away.
     for e in &renew_invokes {
-        let Some(t) = e
-            .fence
-            .and_then(|f| tenures.get(&(e.proc, e.key.clone(), f)))
-        else {
+        let Some(t) = tenure_of(e) else {
             continue;
         };
         // Half a lease of slack: the history stamps the renewal a moment after the lock took
@@ -816,10 +814,7 @@ pub fn check(run: &Run) -> Report {
         }
     }
     for e in &losts {
-        let Some(t) = e
-            .fence
-            .and_then(|f| tenures.get(&(e.proc, e.key.clone(), f)))
-        else {
+        let Some(t) = tenure_of(e) else {
             continue;
         };
         let deadline = t.deadline_at(e.t_ns, lease);
