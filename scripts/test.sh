@@ -10,19 +10,35 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Each entry: a file the build or the tests need, and the Debian package that provides it. Files,
+# not commands: `protoc` alone is not enough (etcd-client's build also needs the well-known
+# `.proto` includes, which are in libprotobuf-dev, a package `--no-install-recommends` leaves out).
+need=(
+  /usr/bin/redis-server:redis-server
+  /usr/bin/etcd:etcd-server
+  /usr/bin/etcdctl:etcd-client
+  /usr/bin/protoc:protobuf-compiler
+  /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
+  /usr/include/google/protobuf/timestamp.proto:libprotobuf-dev
+  /usr/bin/faketime:faketime
+  /usr/bin/openssl:openssl
+  /usr/bin/unshare:util-linux
+  /usr/bin/setpriv:util-linux
+)
 packages=()
-command -v redis-server >/dev/null || packages+=(redis-server)
-command -v etcd >/dev/null || packages+=(etcd-server)
-command -v etcdctl >/dev/null || packages+=(etcd-client)
-command -v protoc >/dev/null || packages+=(protobuf-compiler)
-command -v faketime >/dev/null || packages+=(faketime)
-command -v openssl >/dev/null || packages+=(openssl)
+for entry in "${need[@]}"; do
+  file=${entry%%:*} package=${entry#*:}
+  [[ -e $file ]] || [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
+done
 if ((${#packages[@]})); then
   step "installing ${packages[*]}"
   if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
     "${packages[@]}" >/dev/null
+  for entry in "${need[@]}"; do
+    [[ -e ${entry%%:*} ]] || { echo "still missing after install: ${entry%%:*} (package ${entry#*:})" >&2; exit 1; }
+  done
 fi
 
 step "cargo fmt --check"
