@@ -8,13 +8,55 @@
 //! paused time.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// A future that a [`Clock`] returns from [`Clock::sleep_until`].
+pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// A monotonic clock: `now` never goes back. Only differences between readings mean anything.
 pub trait Clock: Send + Sync + Debug + 'static {
     /// The time since an arbitrary fixed origin.
     fn now(&self) -> Duration;
+
+    /// Resolves once [`now`](Clock::now) reads `deadline` or later.
+    ///
+    /// The lock waits for local deadlines with this, not with tokio's timer: tokio's timer
+    /// follows `CLOCK_MONOTONIC`, which stops during a suspend, so a deadline on a clock that
+    /// counts the suspend would be noticed late. The default re-reads `now` at least every
+    /// 10 ms on tokio's timer; clocks that can wake exactly override it.
+    fn sleep_until(&self, deadline: Duration) -> Sleep<'_> {
+        poll_until(move || self.now(), deadline)
+    }
+}
+
+/// Sleeps on tokio's timer in steps of at most 10 ms until `now()` reaches `deadline`.
+pub(crate) fn poll_until<'a>(
+    now: impl Fn() -> Duration + Send + 'a,
+    deadline: Duration,
+) -> Sleep<'a> {
+    Box::pin(async move {
+        loop {
+            let t = now();
+            if t >= deadline {
+                return;
+            }
+            tokio::time::sleep((deadline - t).min(Duration::from_millis(10))).await;
+        }
+    })
+}
+
+/// `CLOCK_BOOTTIME` (Linux, Android) or `CLOCK_MONOTONIC` (elsewhere).
+pub(crate) fn boot_now() -> Duration {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let id = rustix::time::ClockId::Boottime;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let id = rustix::time::ClockId::Monotonic;
+    let ts = rustix::time::clock_gettime(id);
+    // Both fields are non-negative for these clocks.
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A shared clock.
@@ -27,13 +69,16 @@ pub struct BootClock;
 
 impl Clock for BootClock {
     fn now(&self) -> Duration {
+        boot_now()
+    }
+
+    /// A `timerfd` on `CLOCK_BOOTTIME` (one for the whole process), which fires as soon as the
+    /// machine resumes past the deadline.
+    fn sleep_until(&self, deadline: Duration) -> Sleep<'_> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        let id = rustix::time::ClockId::Boottime;
+        return crate::boot_timer::sleep_until(deadline);
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
-        let id = rustix::time::ClockId::Monotonic;
-        let ts = rustix::time::clock_gettime(id);
-        // Both fields are non-negative for these clocks.
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        return poll_until(boot_now, deadline);
     }
 }
 
@@ -63,6 +108,10 @@ impl Default for TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> Duration {
         tokio::time::Instant::now().duration_since(self.origin)
+    }
+
+    fn sleep_until(&self, deadline: Duration) -> Sleep<'_> {
+        Box::pin(tokio::time::sleep_until(self.origin + deadline))
     }
 }
 

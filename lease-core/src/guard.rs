@@ -138,10 +138,11 @@ impl<S: LeaseStore> LockGuard<S> {
                 key: self.inner.key.clone(),
             });
         }
-        let Some((fence, payload)) = self.inner.state.drop_guard(self.ticket.generation) else {
+        let Some((fence, nonce, payload)) = self.inner.state.drop_guard(self.ticket.generation)
+        else {
             return Ok(());
         };
-        let call = detachable(release_call(self.inner.clone(), fence, &payload));
+        let call = detachable(release_call(self.inner.clone(), fence, nonce, &payload));
         match call.await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => Err(Error::Lost {
@@ -173,41 +174,69 @@ impl<S: LeaseStore> Drop for LockGuard<S> {
         if !self.active {
             return;
         }
-        if let Some((fence, payload)) = self.inner.state.drop_guard(self.ticket.generation) {
+        if let Some((fence, nonce, payload)) = self.inner.state.drop_guard(self.ticket.generation)
+        {
             // Released at once, not on the next heartbeat tick: a waiter elsewhere is notified
-            // by the store as soon as this lands.
-            let call = release_call(self.inner.clone(), fence, &payload);
+            // by the store as soon as this lands. If the runtime has shut down, the spawned call
+            // is dropped unrun, which counts as a release of unknown outcome (see
+            // `ReleaseDone`), so the lock still works from another runtime.
+            let call = release_call(self.inner.clone(), fence, nonce, &payload);
             drop(payload.runtime.spawn(call));
         }
     }
 }
 
 /// Stops the heartbeat and returns the release call, which must run to its end (spawned, or
-/// [`detachable`]): the pending-release count taken by `drop_guard` is given back when the store
-/// has answered.
+/// [`detachable`]). The pending release counted by `drop_guard` is accounted for when the call
+/// ends in any way: answered, failed, panicked, or dropped unfinished (see [`ReleaseDone`]).
 fn release_call<S: LeaseStore>(
     inner: Arc<Inner<S>>,
     fence: Fence,
+    nonce: u64,
     payload: &Payload,
 ) -> impl Future<Output = Result<bool, StoreError>> + Send + use<S> {
     payload.stop.cancel();
+    let holder = payload.holder.clone();
     let span = debug_span!("lease.release", key = %inner.key, fence = fence.get());
+    // Made before the future, so that a future dropped before its first poll accounts too.
+    let mut done = ReleaseDone {
+        inner: inner.clone(),
+        nonce,
+        certain: false,
+    };
     async move {
         if !inner.config.release_delay.is_zero() {
             tokio::time::sleep(inner.config.release_delay).await;
         }
-        let result = inner
-            .store
-            .release(&inner.key, &inner.holder.full, fence)
-            .await;
+        let result = inner.store.release(&inner.key, &holder, fence).await;
         match &result {
             Ok(true) => debug!("lease released"),
             Ok(false) => debug!("lease was no longer held at release"),
             Err(e) => warn!(error = %e, "release failed; the lease lapses at its end"),
         }
-        inner.state.release_done();
-        inner.changed.notify_waiters();
+        done.certain = result.is_ok();
+        drop(done);
         result
     }
     .instrument(span)
+}
+
+/// Accounts for a release when its call ends, however it ends. Only an answer from the store is
+/// certain; an error, a panic in the store, or the call dropped unfinished (its runtime shut
+/// down) leaves the release possibly still in flight, to be applied late, so the holder nonce is
+/// retired and later leases use a holder string it cannot match.
+struct ReleaseDone<S> {
+    inner: Arc<Inner<S>>,
+    nonce: u64,
+    certain: bool,
+}
+
+impl<S> Drop for ReleaseDone<S> {
+    fn drop(&mut self) {
+        if !self.certain {
+            crate::metrics::uncertain_release(self.inner.store_name);
+        }
+        self.inner.state.release_done(self.nonce, self.certain);
+        self.inner.changed.notify_waiters();
+    }
 }

@@ -32,6 +32,17 @@ impl HolderId {
     }
 
     /// A holder chosen by the user, used as is (and shown as is).
+    /// The holder string the store sees for leases taken under holder nonce `nonce`: the holder
+    /// itself for nonce 0, then `holder~nonce`. A new nonce is used after a call whose outcome is
+    /// unknown, so that call, if the store applies it late, cannot touch a later lease.
+    pub(crate) fn for_nonce(&self, nonce: u64) -> std::sync::Arc<str> {
+        if nonce == 0 {
+            self.full.as_str().into()
+        } else {
+            format!("{}~{nonce}", self.full).into()
+        }
+    }
+
     pub(crate) fn stable(holder: String) -> Self {
         Self {
             label: holder.clone(),

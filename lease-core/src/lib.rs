@@ -111,6 +111,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod boot_timer;
 mod clock;
 mod detach;
 mod error;
@@ -126,7 +128,7 @@ mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use clock::{BootClock, Clock, SharedClock, TokioClock};
+pub use clock::{BootClock, Clock, SharedClock, Sleep, TokioClock};
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use fence::{Fence, FenceGate, StaleFence};
 pub use guard::LockGuard;

@@ -17,9 +17,12 @@ use crate::holder::{self, HolderId};
 use crate::state::{Enter, HolderState, Ticket};
 use crate::{Error, Fence, LeaseStore, StoreError, metrics, validate};
 
-/// What a lease carries besides its fence: the loss signal and the heartbeat's stop signal.
+/// What a lease carries besides its fence: the holder string it was granted to, the loss signal
+/// and the heartbeat's stop signal.
 #[derive(Debug, Clone)]
 pub(crate) struct Payload {
+    /// The holder string of this lease (see [`HolderId::for_nonce`]).
+    pub(crate) holder: Arc<str>,
     pub(crate) lost: CancellationToken,
     pub(crate) stop: CancellationToken,
     pub(crate) runtime: tokio::runtime::Handle,
@@ -186,13 +189,17 @@ impl<S: LeaseStore> LockBuilder<S> {
         self
     }
 
-    /// A stable holder id instead of a random one.
+    /// A stable holder id instead of a random one (at most 1,000 bytes).
     ///
     /// A process restarted with the same holder retakes its own lease at once if it has not
     /// expired, with the same fence, instead of waiting for it to lapse. That is only safe if
     /// two live processes can never use the same holder: the store cannot tell them apart.
     /// Within one process, building a second lock object for the same key and holder fails
     /// (clone the first one instead).
+    ///
+    /// After a store call whose outcome is unknown (a release that failed or did not answer),
+    /// the lock takes its later leases as `holder~N`, so that call cannot touch them should the
+    /// store apply it late; a restarted process then cannot retake such a lease early.
     pub fn holder(mut self, holder: impl Into<String>) -> Self {
         self.holder = Some(holder.into());
         self
@@ -245,7 +252,9 @@ impl<S: LeaseStore> LockBuilder<S> {
                 (HolderId::random(&label), false)
             }
         };
-        validate(caps.name, &self.key, &holder.full).map_err(|e| Error::Config(e.to_string()))?;
+        // The longest holder string the lock can send: with the largest nonce suffix.
+        validate(caps.name, &self.key, &holder.for_nonce(u64::MAX))
+            .map_err(|e| Error::Config(e.to_string()))?;
         if registered && !holder::register(&self.key, &holder.full) {
             return Err(Error::Config(format!(
                 "holder `{}` is already used for key `{}` by another lock object in this \
@@ -331,17 +340,24 @@ impl<S: LeaseStore> CrossProcessLock<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::Busy`] if another holder has the key; [`Error::Store`] if the store failed.
+    /// [`Error::Busy`] if another holder has the key; [`Error::Store`] if the store failed, or
+    /// did not answer within the lease minus the safety margin (a grant that arrives that late
+    /// would already be past its deadline, so it is released instead of handed out).
     ///
     /// # Cancel safety
     ///
     /// Cancel-safe: if the future is dropped while the store call is in flight, the call
     /// completes in the background and a lease it granted is released at once.
     pub async fn try_lock_once(&self) -> Result<LockGuard<S>, Error> {
-        match self.acquire_once().await? {
-            Some(g) => Ok(g),
-            None => Err(Error::Busy {
+        match self.acquire_once(None).await? {
+            Attempt::Granted(g) => Ok(g),
+            Attempt::Busy => Err(Error::Busy {
                 key: self.inner.key.clone(),
+            }),
+            // Only an attempt with a call deadline times out; none was given.
+            Attempt::TimedOut => Err(Error::TimedOut {
+                key: self.inner.key.clone(),
+                waited: Duration::ZERO,
             }),
         }
     }
@@ -429,12 +445,18 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                 tokio::pin!(changed);
                 changed.as_mut().enable();
                 let mut store_failed = false;
-                match self.acquire_once().await {
-                    Ok(Some(guard)) => {
+                match self.acquire_once(deadline).await {
+                    Ok(Attempt::Granted(guard)) => {
                         metrics::wait(self.inner.store_name, started.elapsed());
                         return Ok(guard);
                     }
-                    Ok(None) => failing_since = None,
+                    Ok(Attempt::Busy) => failing_since = None,
+                    Ok(Attempt::TimedOut) => {
+                        return Err(Error::TimedOut {
+                            key: self.inner.key.clone(),
+                            waited: started.elapsed(),
+                        });
+                    }
                     Err(Error::Store(e)) if e.is_transient() => {
                         // A store in trouble (a leader election, a reconnect) is waited out like
                         // a busy key, until the call's deadline; without one, until it has
@@ -478,43 +500,80 @@ impl<S: LeaseStore> CrossProcessLock<S> {
         .await
     }
 
-    /// One attempt: the fast path, else one store call. `None` if another holder has the key.
-    async fn acquire_once(&self) -> Result<Option<LockGuard<S>>, Error> {
+    /// One attempt: the fast path, else one store call.
+    ///
+    /// Every wait in it (for the single-flight permit, for a pending release, for the store's
+    /// answer) ends by `call_deadline` ([`Attempt::TimedOut`]) and by the attempt's own limit of
+    /// lease − margin (a transient error): a grant answered later than that would be past its
+    /// local deadline on arrival anyway.
+    async fn acquire_once(&self, call_deadline: Option<Instant>) -> Result<Attempt<S>, Error> {
         if let Some(guard) = self.enter() {
-            return Ok(Some(guard));
+            return Ok(Attempt::Granted(guard));
         }
-        let permit = self.inner.acquiring.clone().lock_owned().await;
+        let config = self.inner.config;
+        let own_limit = Instant::now() + (config.lease - config.margin);
+        let limit = call_deadline.map_or(own_limit, |d| d.min(own_limit));
+        let ran_out = || {
+            if call_deadline.is_some_and(|d| d <= own_limit) {
+                Ok(Attempt::TimedOut)
+            } else {
+                Err(Error::Store(StoreError::transient(
+                    self.inner.store_name,
+                    format!(
+                        "no answer for `{}` within the lease minus the safety margin ({:?})",
+                        self.inner.key,
+                        config.lease - config.margin
+                    ),
+                )))
+            }
+        };
+        let Ok(permit) =
+            tokio::time::timeout_at(limit, self.inner.acquiring.clone().lock_owned()).await
+        else {
+            return ran_out();
+        };
         // Another task of this process may have acquired the lease while this one waited for
         // the permit: share its lease instead of asking the store again.
         if let Some(guard) = self.enter() {
-            return Ok(Some(guard));
+            return Ok(Attempt::Granted(guard));
         }
-        // A release still in flight must land before a new grant, or it would delete it (the
-        // new grant has the same holder).
-        while self.inner.state.pending_releases() > 0 {
-            let changed = self.inner.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.inner.state.pending_releases() == 0 {
-                break;
+        // A release still in flight must land before a new grant under the same holder, or it
+        // would delete it. If it does not land in time its outcome is unknown: retire the
+        // holder nonce, so the next grant is under a holder that release cannot match.
+        let pending = async {
+            loop {
+                let changed = self.inner.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.inner.state.pending_releases() == 0 {
+                    return;
+                }
+                changed.await;
             }
-            changed.await;
+        };
+        if tokio::time::timeout_at(limit, pending).await.is_err() {
+            self.inner.state.retire(self.inner.state.nonce());
+            return ran_out();
         }
-        // The store call holds the permit and finishes even if the caller is dropped mid-call,
-        // so no grant is left that nobody tracks: it installs the lease and, with the caller
-        // gone, drops the guard, which releases the lease at once. It runs in the caller's task
-        // and moves to its own only on such a drop.
+        // The store call holds the permit and finishes even if the caller is dropped mid-call
+        // or gives up at its limit, so no grant is left that nobody tracks: it installs the
+        // lease and, with the caller gone, drops the guard, which releases the lease at once
+        // (or, answered past its deadline, releases it without installing it). It runs in the
+        // caller's task and moves to its own only on such a drop.
         let inner = self.inner.clone();
         let call = detachable(async move {
             let _permit = permit;
             acquire_from_store(inner).await
         });
-        match call.await {
-            Ok(result) => result,
-            Err(e) => Err(Error::Store(StoreError::permanent(
+        match tokio::time::timeout_at(limit, call).await {
+            Ok(Ok(Ok(Some(guard)))) => Ok(Attempt::Granted(guard)),
+            Ok(Ok(Ok(None))) => Ok(Attempt::Busy),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(e)) => Err(Error::Store(StoreError::permanent(
                 self.inner.store_name,
                 format!("acquire {e}"),
             ))),
+            Err(_elapsed) => ran_out(),
         }
     }
 
@@ -534,28 +593,61 @@ impl<S: LeaseStore> CrossProcessLock<S> {
     }
 }
 
+/// The outcome of one acquisition attempt.
+enum Attempt<S: LeaseStore> {
+    Granted(LockGuard<S>),
+    /// Another holder has the key.
+    Busy,
+    /// The call's deadline passed first.
+    TimedOut,
+}
+
 async fn acquire_from_store<S: LeaseStore>(
     inner: Arc<Inner<S>>,
 ) -> Result<Option<LockGuard<S>>, Error> {
     let Config { lease, margin, .. } = inner.config;
+    let nonce = inner.state.nonce();
+    let holder = inner.holder.for_nonce(nonce);
     let sent = inner.clock.now();
+    // The deadline counts from the send time: the store started the lease no earlier.
+    let deadline = sent + lease - margin;
     let started = Instant::now();
     let result = inner
         .store
-        .try_lock(lease, &inner.key, &inner.holder.full)
+        .try_lock(lease, &inner.key, &holder)
         .instrument(debug_span!("lease.acquire", key = %inner.key, holder = %inner.holder.label))
         .await;
     match result {
         Ok(Some(fence)) => {
+            let now = inner.clock.now();
+            if now >= deadline {
+                // A late grant is no grant: by now the store may have let the lease lapse and
+                // granted the key to someone else. Give it back and report.
+                metrics::late_grant(inner.store_name);
+                warn!(key = %inner.key, late = ?(now - deadline), "grant answered after its local deadline; released");
+                if inner.store.release(&inner.key, &holder, fence).await.is_err() {
+                    inner.state.retire(nonce);
+                }
+                return Err(Error::Store(StoreError::transient(
+                    inner.store_name,
+                    format!(
+                        "the grant of `{}` arrived {:?} after its local deadline (the store took \
+                         {:?} to answer, the lease minus the safety margin is {:?}); released",
+                        inner.key,
+                        now - deadline,
+                        now - sent,
+                        lease - margin
+                    ),
+                )));
+            }
             metrics::acquired(inner.store_name, started.elapsed());
             let payload = Payload {
+                holder,
                 lost: CancellationToken::new(),
                 stop: CancellationToken::new(),
                 runtime: tokio::runtime::Handle::current(),
             };
-            // The deadline counts from the send time: the store started the lease no earlier.
-            let deadline = sent + lease - margin;
-            let (ticket, previous) = inner.state.install(fence, deadline, payload.clone());
+            let (ticket, previous) = inner.state.install(fence, deadline, nonce, payload.clone());
             if let Some(previous) = previous {
                 signal_loss(&inner, &previous, "superseded by a new grant");
             }
@@ -571,12 +663,17 @@ async fn acquire_from_store<S: LeaseStore>(
         Err(e) => {
             // The store may have granted the key before the reply was lost. Nothing in this
             // process holds it (the permit is held and the fast path failed), so a zero-lease
-            // try_lock, which releases only this holder's grant, leaves nothing behind.
-            if e.is_transient() {
-                let _ = inner
+            // try_lock, which releases only this holder's grant, leaves nothing behind. If that
+            // fails too, its outcome is unknown and it might land after a later grant to this
+            // holder: retire the nonce.
+            if e.is_transient()
+                && inner
                     .store
-                    .try_lock(Duration::ZERO, &inner.key, &inner.holder.full)
-                    .await;
+                    .try_lock(Duration::ZERO, &inner.key, &holder)
+                    .await
+                    .is_err()
+            {
+                inner.state.retire(nonce);
             }
             Err(Error::Store(e))
         }
@@ -611,8 +708,10 @@ fn next_renewal<S>(inner: &Inner<S>, renew_every: Duration, aligned: bool) -> In
 /// Renews lease `ticket` every `renew_every` until it is released or lost.
 ///
 /// The local deadline is *send time of the last successful renewal + lease − margin* on the
-/// lock's clock. Transient store errors are retried with a short jittered backoff until that
-/// deadline; a permanent error, a refusal, or the deadline itself ends the lease as lost.
+/// lock's clock, and it is waited for on that clock ([`Clock::sleep_until`](crate::Clock)), not
+/// on tokio's timer, which stops during a suspend. Transient store errors are retried with a
+/// short jittered backoff until that deadline; a permanent error, a refusal, an answer arriving
+/// after the deadline, or the deadline itself ends the lease as lost.
 async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload: Payload) {
     let Config {
         lease,
@@ -623,73 +722,94 @@ async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload:
     } = inner.config;
     let fence: Fence = ticket.fence;
     let mut next_renew = next_renewal(&inner, renew_every, aligned_renewals);
-    let mut retry = Backoff::new(
-        (renew_every / 16).max(Duration::from_millis(1)),
-        (renew_every / 2).max(Duration::from_millis(1)),
-    );
+    let new_retry = || {
+        Backoff::new(
+            (renew_every / 16).max(Duration::from_millis(1)),
+            (renew_every / 2).max(Duration::from_millis(1)),
+        )
+    };
+    let mut retry = new_retry();
     let span = debug_span!("lease.heartbeat", key = %inner.key, fence = fence.get());
     let lose = |reason| {
         if let Some(p) = inner.state.lose(ticket.generation) {
             signal_loss(&inner, &p, reason);
         }
     };
+    // If this task ends any other way than by release or loss (the store panicked in `renew`,
+    // the runtime shut down), nobody renews the lease any more: it is lost.
+    let _lose_on_exit = LoseOnDrop {
+        inner: &inner,
+        generation: ticket.generation,
+    };
     async {
         loop {
             let Some(deadline) = inner.state.deadline(ticket.generation) else {
                 return; // released or lost
             };
-            let now = inner.clock.now();
-            if now >= deadline {
+            if inner.clock.now() >= deadline {
                 return lose("local deadline passed");
             }
-            let to_deadline = deadline - now;
-            let wake = next_renew.min(Instant::now() + to_deadline);
             tokio::select! {
                 () = payload.stop.cancelled() => return,
-                () = tokio::time::sleep_until(wake) => {}
-            }
-            if Instant::now() < next_renew {
-                continue; // woke for the deadline check
+                () = inner.clock.sleep_until(deadline) => continue, // lost at the loop's top
+                () = tokio::time::sleep_until(next_renew) => {}
             }
             let sent = inner.clock.now();
-            let Some(budget) = deadline.checked_sub(sent).filter(|b| !b.is_zero()) else {
+            if sent >= deadline {
                 return lose("local deadline passed");
-            };
-            let renew = inner
-                .store
-                .renew(lease, &inner.key, &inner.holder.full, fence);
+            }
+            let renew = inner.store.renew(lease, &inner.key, &payload.holder, fence);
             let result = tokio::select! {
                 () = payload.stop.cancelled() => return,
-                r = tokio::time::timeout(budget, renew) => r,
+                () = inner.clock.sleep_until(deadline) => {
+                    return lose("renewal did not answer before the local deadline");
+                }
+                r = renew => r,
             };
             match result {
-                Ok(Ok(true)) => {
+                // An answer that comes at or after the deadline extends nothing: the lease may
+                // have lapsed in the store before the renewal reached it.
+                Ok(true) if inner.clock.now() >= deadline => {
+                    return lose("renewal answered after the local deadline");
+                }
+                Ok(true) => {
                     let new_deadline = sent + lease - margin;
                     metrics::renewed(inner.store_name, deadline.saturating_sub(inner.clock.now()));
                     if !inner.state.renewed(ticket.generation, new_deadline) {
                         return;
                     }
-                    retry = Backoff::new(
-                        (renew_every / 16).max(Duration::from_millis(1)),
-                        (renew_every / 2).max(Duration::from_millis(1)),
-                    );
+                    retry = new_retry();
                     next_renew = next_renewal(&inner, renew_every, aligned_renewals);
                 }
-                Ok(Ok(false)) => return lose("store names another holder"),
-                Ok(Err(e)) if e.is_transient() => {
+                Ok(false) => return lose("store names another holder"),
+                Err(e) if e.is_transient() => {
                     metrics::renew_failed(inner.store_name);
                     debug!(error = %e, "renewal failed, retrying before the deadline");
                     next_renew = Instant::now() + retry.next_delay();
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     metrics::renew_failed(inner.store_name);
                     warn!(error = %e, "renewal failed permanently");
                     return lose("renewal failed permanently");
                 }
-                Err(_elapsed) => return lose("renewal did not answer before the local deadline"),
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// Ends a lease as lost when the heartbeat task ends without having ended it (a panic, a runtime
+/// shut down); a no-op after a release or a loss, since each lease ends once.
+struct LoseOnDrop<'a, S> {
+    inner: &'a Inner<S>,
+    generation: u64,
+}
+
+impl<S> Drop for LoseOnDrop<'_, S> {
+    fn drop(&mut self) {
+        if let Some(p) = self.inner.state.lose(self.generation) {
+            signal_loss(self.inner, &p, "heartbeat ended unexpectedly");
+        }
+    }
 }

@@ -166,7 +166,8 @@ impl LeaseStore for MemoryStore {
         let now = self.inner.clock.now();
         let mut keys = self.keys();
         match keys.get_mut(key) {
-            Some(e) if e.holder.as_deref() == Some(holder) && e.fence == fence => {
+            // Only a live lease is extended: once it has lapsed, only an acquisition retakes it.
+            Some(e) if e.holder.as_deref() == Some(holder) && e.fence == fence && e.expires > now => {
                 e.expires = now.saturating_add(lease);
                 Ok(true)
             }

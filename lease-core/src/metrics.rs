@@ -5,6 +5,8 @@
 //! | `lease_acquired_total` | counter | grants from the store (not re-entrant guards) |
 //! | `lease_reentrant_total` | counter | guards handed out without a store call |
 //! | `lease_contended_total` | counter | acquire attempts refused because another holder had the key |
+//! | `lease_late_grants_total` | counter | grants that arrived after their local deadline and were released instead of handed out |
+//! | `lease_uncertain_releases_total` | counter | releases whose outcome stayed unknown (error, panic, dropped); later leases use a new holder string |
 //! | `lease_acquire_seconds` | histogram | latency of a successful store acquire call |
 //! | `lease_wait_seconds` | histogram | time a waiting call waited before it got a guard |
 //! | `lease_renew_failures_total` | counter | failed renewal attempts (retried while time remains) |
@@ -43,4 +45,12 @@ pub(crate) fn renew_failed(store: &'static str) {
 
 pub(crate) fn lost(store: &'static str, reason: &'static str) {
     metrics::counter!("lease_lost_total", "store" => store, "reason" => reason).increment(1);
+}
+
+pub(crate) fn late_grant(store: &'static str) {
+    metrics::counter!("lease_late_grants_total", "store" => store).increment(1);
+}
+
+pub(crate) fn uncertain_release(store: &'static str) {
+    metrics::counter!("lease_uncertain_releases_total", "store" => store).increment(1);
 }

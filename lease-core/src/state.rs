@@ -13,8 +13,13 @@
 //! - The re-entrant fast path ([`HolderState::enter`]) hands out a guard only while the lease is
 //!   current and its local deadline has not passed; a lease past its deadline is ended as lost
 //!   right there instead.
-//! - `pending_releases` counts releases sent to the store and not yet answered. A new acquisition
-//!   waits for it to reach zero, so a late release can never delete a grant made after it.
+//! - Every lease is taken under a holder *nonce*; the holder string the store sees is derived
+//!   from it. `pending_releases` counts releases sent under the current nonce and not yet
+//!   answered. A new acquisition waits for it to reach zero, so a release can never delete a
+//!   grant made after it. A release whose outcome stays unknown (an error, a panic, a dropped
+//!   call, or a wait for it that ran out of time) *retires* the nonce: later leases are taken
+//!   under a new holder string, which that release, should it still land, cannot match. A
+//!   nonce only grows.
 //!
 //! All of this is plain data under one mutex; the caller performs the side effects (cancel the
 //! loss token, stop the heartbeat, send the release) with the payload a transition returns. That
@@ -38,6 +43,9 @@ struct Inner<P> {
     held: Option<Held<P>>,
     /// The fence the next grant has if nobody else held the key meanwhile (for `is_dirty`).
     expected_fence: Option<Fence>,
+    /// The holder nonce new leases are taken under.
+    nonce: u64,
+    /// Releases sent under `nonce` and not yet answered.
     pending_releases: usize,
 }
 
@@ -48,6 +56,8 @@ struct Held<P> {
     deadline: Duration,
     count: usize,
     dirty: bool,
+    /// The holder nonce this lease was taken under.
+    nonce: u64,
     payload: P,
 }
 
@@ -78,6 +88,7 @@ impl<P: Clone> HolderState<P> {
                 generation: 0,
                 held: None,
                 expected_fence: None,
+                nonce: 0,
                 pending_releases: 0,
             }),
         }
@@ -110,13 +121,14 @@ impl<P: Clone> HolderState<P> {
         }
     }
 
-    /// Installs a lease just granted by the store, with one guard. Returns the ticket and, if a
-    /// previous lease was still current (it cannot be valid: callers take the fast path first),
-    /// that lease's payload, now lost.
+    /// Installs a lease just granted by the store under holder nonce `nonce`, with one guard.
+    /// Returns the ticket and, if a previous lease was still current (it cannot be valid: callers
+    /// take the fast path first), that lease's payload, now lost.
     pub(crate) fn install(
         &self,
         fence: Fence,
         deadline: Duration,
+        nonce: u64,
         payload: P,
     ) -> (Ticket, Option<P>) {
         let mut st = self.lock();
@@ -136,6 +148,7 @@ impl<P: Clone> HolderState<P> {
             deadline,
             count: 1,
             dirty,
+            nonce,
             payload,
         });
         (
@@ -161,10 +174,10 @@ impl<P: Clone> HolderState<P> {
         }
     }
 
-    /// A guard of lease `generation` is gone. Returns the fence and payload when it was the last
-    /// one: the lease has ended and the caller must release it, and a release is now pending
-    /// (see [`HolderState::release_done`]).
-    pub(crate) fn drop_guard(&self, generation: u64) -> Option<(Fence, P)> {
+    /// A guard of lease `generation` is gone. Returns the fence, the holder nonce and the payload
+    /// when it was the last one: the lease has ended and the caller must release it, and a
+    /// release is now pending (see [`HolderState::release_done`]).
+    pub(crate) fn drop_guard(&self, generation: u64) -> Option<(Fence, u64, P)> {
         let mut st = self.lock();
         match &mut st.held {
             Some(h) if h.generation == generation => {
@@ -174,22 +187,49 @@ impl<P: Clone> HolderState<P> {
                 }
                 let h = st.held.take().expect("matched Some");
                 st.expected_fence = h.fence.next();
-                st.pending_releases += 1;
-                Some((h.fence, h.payload))
+                // A lease taken under an already retired nonce cannot collide with the next one.
+                if h.nonce == st.nonce {
+                    st.pending_releases += 1;
+                }
+                Some((h.fence, h.nonce, h.payload))
             }
             _ => None,
         }
     }
 
-    /// A release sent after [`HolderState::drop_guard`] has been answered (or given up).
-    pub(crate) fn release_done(&self) {
+    /// A release of a lease taken under `nonce`, sent after [`HolderState::drop_guard`], has
+    /// ended: `certain` if the store answered, `false` if its outcome is unknown (it may still be
+    /// applied later), which retires the nonce.
+    pub(crate) fn release_done(&self, nonce: u64, certain: bool) {
         let mut st = self.lock();
+        if nonce != st.nonce {
+            return; // retired meanwhile: no longer counted
+        }
         st.pending_releases -= 1;
+        if !certain {
+            st.nonce += 1;
+            st.pending_releases = 0;
+        }
     }
 
-    /// Releases sent and not yet answered.
+    /// Releases sent under the current nonce and not yet answered.
     pub(crate) fn pending_releases(&self) -> usize {
         self.lock().pending_releases
+    }
+
+    /// The holder nonce the next lease is taken under.
+    pub(crate) fn nonce(&self) -> u64 {
+        self.lock().nonce
+    }
+
+    /// Stops using holder nonce `nonce` (if it is still current) because a call made under it
+    /// has an unknown outcome; releases pending under it no longer hold up new acquisitions.
+    pub(crate) fn retire(&self, nonce: u64) {
+        let mut st = self.lock();
+        if nonce == st.nonce {
+            st.nonce += 1;
+            st.pending_releases = 0;
+        }
     }
 
     /// Ends lease `generation` as lost. Returns its payload if it was still current, so the loss
@@ -253,14 +293,14 @@ mod tests {
     #[test]
     fn last_guard_releases_exactly_once() {
         let st = HolderState::<()>::new();
-        let (t, prev) = st.install(f(1), LATER, ());
+        let (t, prev) = st.install(f(1), LATER, 0, ());
         assert!(prev.is_none());
         assert!(matches!(st.enter(Duration::ZERO), Enter::Entered(_)));
         assert!(st.clone_guard(t.generation));
         assert_eq!(st.guards(), 3);
         assert!(st.drop_guard(t.generation).is_none());
         assert!(st.drop_guard(t.generation).is_none());
-        assert_eq!(st.drop_guard(t.generation).map(|(f, _)| f), Some(f(1)));
+        assert_eq!(st.drop_guard(t.generation).map(|(f, _, _)| f), Some(f(1)));
         assert_eq!(st.pending_releases(), 1);
         assert!(
             st.lose(t.generation).is_none(),
@@ -271,7 +311,7 @@ mod tests {
     #[test]
     fn lost_lease_is_not_reentered_and_not_released() {
         let st = HolderState::<()>::new();
-        let (t, _) = st.install(f(1), LATER, ());
+        let (t, _) = st.install(f(1), LATER, 0, ());
         assert!(st.lose(t.generation).is_some());
         assert!(st.lose(t.generation).is_none(), "a loss is signalled once");
         assert!(matches!(st.enter(Duration::ZERO), Enter::Vacant));
@@ -282,7 +322,7 @@ mod tests {
     #[test]
     fn expired_lease_is_lost_on_the_fast_path() {
         let st = HolderState::<()>::new();
-        let (t, _) = st.install(f(1), Duration::from_secs(1), ());
+        let (t, _) = st.install(f(1), Duration::from_secs(1), 0, ());
         assert!(matches!(
             st.enter(Duration::from_millis(999)),
             Enter::Entered(_)
@@ -295,23 +335,50 @@ mod tests {
     }
 
     #[test]
+    fn an_uncertain_release_retires_the_nonce() {
+        let st = HolderState::<()>::new();
+        let (t, _) = st.install(f(1), LATER, st.nonce(), ());
+        assert!(st.drop_guard(t.generation).is_some());
+        assert_eq!(st.pending_releases(), 1);
+        st.release_done(0, false);
+        assert_eq!(st.nonce(), 1, "an unknown outcome retires the nonce");
+        assert_eq!(st.pending_releases(), 0, "and no longer holds up acquisitions");
+        let (t, _) = st.install(f(1), LATER, st.nonce(), ());
+        assert!(st.drop_guard(t.generation).is_some());
+        st.retire(0);
+        st.release_done(0, true);
+        assert_eq!(
+            (st.nonce(), st.pending_releases()),
+            (1, 1),
+            "a retired nonce's calls change nothing"
+        );
+        st.release_done(1, true);
+        assert_eq!((st.nonce(), st.pending_releases()), (1, 0));
+        // A lease taken under a nonce retired while it was held: its release is not counted.
+        let (t, _) = st.install(f(2), LATER, st.nonce(), ());
+        st.retire(1);
+        assert!(st.drop_guard(t.generation).is_some());
+        assert_eq!(st.pending_releases(), 0);
+    }
+
+    #[test]
     fn dirty_when_someone_else_held_the_key_between() {
         let st = HolderState::<()>::new();
-        let (t, _) = st.install(f(1), LATER, ());
+        let (t, _) = st.install(f(1), LATER, 0, ());
         assert!(!t.dirty, "first grant of a fresh key");
         st.drop_guard(t.generation);
-        st.release_done();
-        let (t, _) = st.install(f(2), LATER, ());
+        st.release_done(0, true);
+        let (t, _) = st.install(f(2), LATER, 0, ());
         assert!(!t.dirty, "released at 1, retaken at 2: nobody between");
         st.drop_guard(t.generation);
-        let (t, _) = st.install(f(5), LATER, ());
+        let (t, _) = st.install(f(5), LATER, 0, ());
         assert!(t.dirty, "released at 2, retaken at 5: others held it");
         st.lose(t.generation);
-        let (t, _) = st.install(f(5), LATER, ());
+        let (t, _) = st.install(f(5), LATER, 0, ());
         assert!(!t.dirty, "lost at 5, retaken at 5: nobody between");
         let st = HolderState::<()>::new();
         assert!(
-            st.install(f(3), LATER, ()).0.dirty,
+            st.install(f(3), LATER, 0, ()).0.dirty,
             "a key others held before"
         );
     }
@@ -337,7 +404,7 @@ mod loom_tests {
     fn drops_and_loss_end_the_lease_exactly_once() {
         loom::model(|| {
             let st = Arc::new(HolderState::<()>::new());
-            let (t, _) = st.install(fence(), LATER, ());
+            let (t, _) = st.install(fence(), LATER, 0, ());
             assert!(st.clone_guard(t.generation));
             let drops: Vec<_> = (0..2)
                 .map(|_| {
@@ -367,7 +434,7 @@ mod loom_tests {
     fn reentry_never_outlives_a_loss() {
         loom::model(|| {
             let st = Arc::new(HolderState::<()>::new());
-            let (t, _) = st.install(fence(), LATER, ());
+            let (t, _) = st.install(fence(), LATER, 0, ());
             let enter = {
                 let st = st.clone();
                 thread::spawn(move || matches!(st.enter(Duration::ZERO), Enter::Entered(_)))
@@ -390,7 +457,7 @@ mod loom_tests {
     fn last_drop_racing_reentry_releases_only_an_unheld_lease() {
         loom::model(|| {
             let st = Arc::new(HolderState::<()>::new());
-            let (t, _) = st.install(fence(), LATER, ());
+            let (t, _) = st.install(fence(), LATER, 0, ());
             let enter = {
                 let st = st.clone();
                 thread::spawn(move || matches!(st.enter(Duration::ZERO), Enter::Entered(_)))

@@ -214,6 +214,21 @@ pub async fn non_holder_cannot_release_or_renew<S: LeaseStore>(store: S) {
     );
 }
 
+/// `renew` extends only a live lease: a lapsed one (its holder paused past it, or a renewal that
+/// reached the store late) is not revived, and the key is free for the next acquisition.
+pub async fn renew_never_revives_a_lapsed_lease<S: LeaseStore>(store: S) {
+    let key = unique_prefix("lapsed") + "k";
+    let lease = test_lease(&store);
+    let f = grant(&store, lease, &key, "alice").await;
+    tokio::time::sleep(expiry_budget(&store)).await;
+    assert!(
+        !store.renew(lease, &key, "alice", f).await.expect("renew"),
+        "a renew after the lease lapsed revived it"
+    );
+    let f2 = grant(&store, lease, &key, "bob").await;
+    assert!(f2 > f, "the next holder gets a larger fence ({f2} vs {f})");
+}
+
 /// `renew` extends the exact grant (holder and fence), and never grants.
 pub async fn renew_extends_only_the_exact_grant<S: LeaseStore>(store: S) {
     let key = unique_prefix("renew") + "k";

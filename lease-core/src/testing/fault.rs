@@ -1,16 +1,48 @@
-//! [`FaultStore`]: a wrapper that injects delays, errors, lost replies and stolen leases.
+//! [`FaultStore`]: a wrapper that injects delays, errors, lost replies, late replies, calls
+//! applied after they were reported failed, calls that never answer, panics and stolen leases.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::{Capabilities, Fence, LeaseStore, StoreError};
 
+/// A kind of store call, to aim a [`Fault`] at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `try_lock` (including the zero-lease release form).
+    TryLock,
+    /// `renew`.
+    Renew,
+    /// `release`.
+    Release,
+}
+
 /// The faults a [`FaultStore`] injects; set with [`FaultStore::set`].
+///
+/// The counted faults (`fail_next`, `lose_next_replies`, `apply_late_next`, `hang_next`,
+/// `panic_next`) are consumed by the next calls of kind [`only`](Fault::only), or of any kind
+/// when that is `None`.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct Fault {
+    /// The kind of call the counted faults apply to (`None`: every kind).
+    pub only: Option<Call>,
     /// Added before every call reaches the inner store.
     pub delay: Duration,
+    /// Added after every call was applied by the inner store, before its reply reaches the
+    /// caller (a slow network on the way back: the store acted long before the caller knows).
+    pub reply_delay: Duration,
+    /// The next this-many calls are answered at once with a transient error, and applied to the
+    /// inner store `apply_late_by` later (an outcome the caller cannot know: a timed-out request
+    /// that the store still executes).
+    pub apply_late_next: usize,
+    /// How late `apply_late_next` calls are applied.
+    pub apply_late_by: Duration,
+    /// The next this-many calls are applied and then never answer, until the caller gives up
+    /// and drops the call (cancelled between send and reply).
+    pub hang_next: usize,
+    /// The next this-many calls panic (a store bug), without reaching the inner store.
+    pub panic_next: usize,
     /// The next this-many calls fail with a transient error without reaching the inner store.
     pub fail_next: usize,
     /// The next this-many calls reach the inner store, then their reply is lost (a transient
@@ -49,13 +81,31 @@ pub struct FaultStore<S> {
     state: Arc<Mutex<(Fault, Calls)>>,
 }
 
-enum Op {
-    TryLock,
-    Renew,
-    Release,
+/// What to do with one call.
+enum Plan {
+    Fail(StoreError),
+    Panic,
+    /// Apply it; then lose the reply (`lose`), delay it, or never answer (`hang`).
+    Apply {
+        lose: bool,
+        hang: bool,
+        reply_delay: Duration,
+    },
+    /// Report a transient error now, apply after this long.
+    ApplyLate(Duration),
 }
 
-impl<S: LeaseStore> FaultStore<S> {
+/// Takes one from a counted fault if it applies to `op`.
+fn take(count: &mut usize, only: Option<Call>, op: Call) -> bool {
+    if *count > 0 && only.is_none_or(|o| o == op) {
+        *count -= 1;
+        true
+    } else {
+        false
+    }
+}
+
+impl<S: LeaseStore + Clone> FaultStore<S> {
     /// Wraps `inner` with no fault set.
     pub fn new(inner: S) -> Self {
         Self {
@@ -84,42 +134,80 @@ impl<S: LeaseStore> FaultStore<S> {
         self.state.lock().expect("fault state").1
     }
 
-    /// Counts the call and decides its fault: `Err` to fail before the store, `Ok(true)` to lose
-    /// the reply after it.
-    async fn before(&self, op: Op) -> Result<bool, StoreError> {
-        let (delay, fail, lose) = {
+    /// Counts the call and decides its fault, after the injected `delay`.
+    async fn plan(&self, op: Call) -> Plan {
+        let (delay, plan) = {
             let mut st = self.state.lock().expect("fault state");
             let (fault, calls) = &mut *st;
             match op {
-                Op::TryLock => calls.try_lock += 1,
-                Op::Renew => calls.renew += 1,
-                Op::Release => calls.release += 1,
+                Call::TryLock => calls.try_lock += 1,
+                Call::Renew => calls.renew += 1,
+                Call::Release => calls.release += 1,
             }
-            let fail = if fault.fail_next > 0 {
-                fault.fail_next -= 1;
-                Some(StoreError::transient("fault", "injected failure"))
-            } else if matches!(op, Op::Renew) && fault.break_renewals {
-                Some(StoreError::permanent(
+            let only = fault.only;
+            let plan = if take(&mut fault.panic_next, only, op) {
+                Plan::Panic
+            } else if take(&mut fault.fail_next, only, op) {
+                Plan::Fail(StoreError::transient("fault", "injected failure"))
+            } else if op == Call::Renew && fault.break_renewals {
+                Plan::Fail(StoreError::permanent(
                     "fault",
                     "injected permanent renew failure",
                 ))
-            } else if matches!(op, Op::Renew) && fault.fail_renewals {
-                Some(StoreError::transient("fault", "injected renew failure"))
+            } else if op == Call::Renew && fault.fail_renewals {
+                Plan::Fail(StoreError::transient("fault", "injected renew failure"))
+            } else if take(&mut fault.apply_late_next, only, op) {
+                Plan::ApplyLate(fault.apply_late_by)
             } else {
-                None
+                Plan::Apply {
+                    lose: take(&mut fault.lose_next_replies, only, op),
+                    hang: take(&mut fault.hang_next, only, op),
+                    reply_delay: fault.reply_delay,
+                }
             };
-            let lose = fail.is_none() && fault.lose_next_replies > 0;
-            if lose {
-                fault.lose_next_replies -= 1;
-            }
-            (fault.delay, fail, lose)
+            (fault.delay, plan)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        match fail {
-            Some(e) => Err(e),
-            None => Ok(lose),
+        plan
+    }
+
+    /// Runs `call` against the inner store as `plan` says.
+    async fn run<T, F, Fut>(&self, op: Call, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(S) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        match self.plan(op).await {
+            Plan::Fail(e) => Err(e),
+            Plan::Panic => panic!("injected panic in the store's {op:?} call"),
+            Plan::ApplyLate(after) => {
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let _ = call(inner).await;
+                });
+                Err(StoreError::transient(
+                    "fault",
+                    "injected timeout (the call is applied later)",
+                ))
+            }
+            Plan::Apply {
+                lose,
+                hang,
+                reply_delay,
+            } => {
+                let r = call(self.inner.clone()).await?;
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                if !reply_delay.is_zero() {
+                    tokio::time::sleep(reply_delay).await;
+                }
+                if lose { Err(lost_reply()) } else { Ok(r) }
+            }
         }
     }
 
@@ -132,16 +220,18 @@ fn lost_reply() -> StoreError {
     StoreError::transient("fault", "injected lost reply")
 }
 
-impl<S: LeaseStore> LeaseStore for FaultStore<S> {
+impl<S: LeaseStore + Clone> LeaseStore for FaultStore<S> {
     async fn try_lock(
         &self,
         lease: Duration,
         key: &str,
         holder: &str,
     ) -> Result<Option<Fence>, StoreError> {
-        let lose = self.before(Op::TryLock).await?;
-        let r = self.inner.try_lock(lease, key, holder).await?;
-        if lose { Err(lost_reply()) } else { Ok(r) }
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.run(Call::TryLock, move |s| async move {
+            s.try_lock(lease, &key, &holder).await
+        })
+        .await
     }
 
     async fn renew(
@@ -151,18 +241,23 @@ impl<S: LeaseStore> LeaseStore for FaultStore<S> {
         holder: &str,
         fence: Fence,
     ) -> Result<bool, StoreError> {
-        let lose = self.before(Op::Renew).await?;
-        if self.refuse_renewals() {
-            return Ok(false);
-        }
-        let r = self.inner.renew(lease, key, holder, fence).await?;
-        if lose { Err(lost_reply()) } else { Ok(r) }
+        let refuse = self.refuse_renewals();
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.run(Call::Renew, move |s| async move {
+            if refuse {
+                return Ok(false);
+            }
+            s.renew(lease, &key, &holder, fence).await
+        })
+        .await
     }
 
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
-        let lose = self.before(Op::Release).await?;
-        let r = self.inner.release(key, holder, fence).await?;
-        if lose { Err(lost_reply()) } else { Ok(r) }
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.run(Call::Release, move |s| async move {
+            s.release(&key, &holder, fence).await
+        })
+        .await
     }
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {

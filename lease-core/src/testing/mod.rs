@@ -1,5 +1,5 @@
-//! Test support for backends (feature `testing`): the store conformance suite and a
-//! fault-injecting wrapper store.
+//! Test support for backends (feature `testing`): the store conformance suite, a
+//! fault-injecting wrapper store, and a clock that can jump (a suspend).
 //!
 //! Every backend runs the same suite against its real server:
 //!
@@ -15,8 +15,10 @@
 
 pub mod conformance;
 mod fault;
+mod jump;
 
-pub use fault::{Fault, FaultStore};
+pub use fault::{Call, Fault, FaultStore};
+pub use jump::JumpClock;
 
 /// Stamps out one `#[tokio::test]` per conformance case for a store factory.
 ///
@@ -35,6 +37,7 @@ macro_rules! conformance_tests {
             zero_lease_releases,
             non_holder_cannot_release_or_renew,
             renew_extends_only_the_exact_grant,
+            renew_never_revives_a_lapsed_lease,
             keys_are_independent,
             odd_keys_and_holders_never_collide,
             long_keys_work_and_overlong_or_empty_input_is_refused,
