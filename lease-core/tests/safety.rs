@@ -235,6 +235,12 @@ async fn a_panicking_store_does_not_lock_the_process_out() {
     sa.set(panic_on(Call::Release));
     let err = g.release().await.unwrap_err();
     assert!(matches!(err, Error::Store(_)), "{err:?}");
+    // The panicked release is accounted for at once: an attempt does not wait for it (the key
+    // is busy until the unreleased lease lapses, and says so).
+    let started = Instant::now();
+    let r = a.try_lock_once().await.map(|g| g.fence());
+    assert!(matches!(r, Err(Error::Busy { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_millis(5), "{:?}", started.elapsed());
     let g = a
         .lock_timeout(LEASE * 4)
         .await
