@@ -159,8 +159,9 @@ impl<S: LeaseStore> LockBuilder<S> {
         self
     }
 
-    /// Whether waiting calls jitter their backoff (default `true`). Turning it off makes waiters
-    /// that started together poll together; it exists to reproduce older designs in benchmarks.
+    /// Whether waiting calls and the heartbeat's retries jitter their backoff (default `true`).
+    /// Turning it off makes waiters that started together poll together; it exists to reproduce
+    /// older designs in benchmarks, and to make simulated runs repeat exactly.
     pub fn jitter(mut self, yes: bool) -> Self {
         self.jitter = yes;
         self
@@ -488,6 +489,7 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                 }
                 if config.notifications && !store_failed {
                     tokio::select! {
+                        biased;
                         () = self.inner.store.wait_for_change(&self.inner.key, pause) => {}
                         () = &mut changed => {}
                     }
@@ -723,10 +725,11 @@ async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload:
     let fence: Fence = ticket.fence;
     let mut next_renew = next_renewal(&inner, renew_every, aligned_renewals);
     let new_retry = || {
-        Backoff::new(
+        let b = Backoff::new(
             (renew_every / 16).max(Duration::from_millis(1)),
             (renew_every / 2).max(Duration::from_millis(1)),
-        )
+        );
+        if inner.config.jitter { b } else { b.without_jitter() }
     };
     let mut retry = new_retry();
     let span = debug_span!("lease.heartbeat", key = %inner.key, fence = fence.get());
@@ -749,7 +752,10 @@ async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload:
             if inner.clock.now() >= deadline {
                 return lose("local deadline passed");
             }
+            // Biased, in this order: a stop wins over a due deadline, which wins over a due
+            // renewal (and the order is the same on every run, which the simulation relies on).
             tokio::select! {
+                biased;
                 () = payload.stop.cancelled() => return,
                 () = inner.clock.sleep_until(deadline) => continue, // lost at the loop's top
                 () = tokio::time::sleep_until(next_renew) => {}
@@ -760,6 +766,7 @@ async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload:
             }
             let renew = inner.store.renew(lease, &inner.key, &payload.holder, fence);
             let result = tokio::select! {
+                biased;
                 () = payload.stop.cancelled() => return,
                 () = inner.clock.sleep_until(deadline) => {
                     return lose("renewal did not answer before the local deadline");
