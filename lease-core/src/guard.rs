@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::detach::detachable;
-use crate::lock::{Inner, Payload};
+use crate::lock::Inner;
 use crate::state::Ticket;
 use crate::{Error, Fence, LeaseStore, StoreError};
 
@@ -142,7 +142,8 @@ impl<S: LeaseStore> LockGuard<S> {
         else {
             return Ok(());
         };
-        let call = detachable(release_call(self.inner.clone(), fence, nonce, &payload));
+        payload.stop.cancel();
+        let call = detachable(release_call(self.inner.clone(), fence, nonce, &payload.holder));
         match call.await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => Err(Error::Lost {
@@ -180,23 +181,24 @@ impl<S: LeaseStore> Drop for LockGuard<S> {
             // by the store as soon as this lands. If the runtime has shut down, the spawned call
             // is dropped unrun, which counts as a release of unknown outcome (see
             // `ReleaseDone`), so the lock still works from another runtime.
-            let call = release_call(self.inner.clone(), fence, nonce, &payload);
+            payload.stop.cancel();
+            let call = release_call(self.inner.clone(), fence, nonce, &payload.holder);
             drop(payload.runtime.spawn(call));
         }
     }
 }
 
-/// Stops the heartbeat and returns the release call, which must run to its end (spawned, or
-/// [`detachable`]). The pending release counted by `drop_guard` is accounted for when the call
+/// The release of a lease taken under holder nonce `nonce` as `holder`, which must run to its
+/// end (spawned, or [`detachable`]); the caller has stopped the heartbeat and counted the release
+/// as pending (`drop_guard`, `begin_release`). The pending release is accounted for when the call
 /// ends in any way: answered, failed, panicked, or dropped unfinished (see [`ReleaseDone`]).
-fn release_call<S: LeaseStore>(
+pub(crate) fn release_call<S: LeaseStore>(
     inner: Arc<Inner<S>>,
     fence: Fence,
     nonce: u64,
-    payload: &Payload,
+    holder: &Arc<str>,
 ) -> impl Future<Output = Result<bool, StoreError>> + Send + use<S> {
-    payload.stop.cancel();
-    let holder = payload.holder.clone();
+    let holder = holder.clone();
     let span = debug_span!("lease.release", key = %inner.key, fence = fence.get());
     // Made before the future, so that a future dropped before its first poll accounts too.
     let mut done = ReleaseDone {

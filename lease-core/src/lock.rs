@@ -627,9 +627,10 @@ async fn acquire_from_store<S: LeaseStore>(
                 // granted the key to someone else. Give it back and report.
                 metrics::late_grant(inner.store_name);
                 warn!(key = %inner.key, late = ?(now - deadline), "grant answered after its local deadline; released");
-                if inner.store.release(&inner.key, &holder, fence).await.is_err() {
-                    inner.state.retire(nonce);
-                }
+                // In its own task, like every release: one that hangs must not hold the
+                // single-flight permit (found by the simulation).
+                inner.state.begin_release(nonce);
+                tokio::spawn(crate::guard::release_call(inner.clone(), fence, nonce, &holder));
                 return Err(Error::Store(StoreError::transient(
                     inner.store_name,
                     format!(

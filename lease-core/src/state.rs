@@ -212,6 +212,15 @@ impl<P: Clone> HolderState<P> {
         }
     }
 
+    /// A release of a grant never installed (it arrived past its deadline), taken under `nonce`,
+    /// is about to be sent: count it as pending like a release after `drop_guard`.
+    pub(crate) fn begin_release(&self, nonce: u64) {
+        let mut st = self.lock();
+        if nonce == st.nonce {
+            st.pending_releases += 1;
+        }
+    }
+
     /// Releases sent under the current nonce and not yet answered.
     pub(crate) fn pending_releases(&self) -> usize {
         self.lock().pending_releases

@@ -323,7 +323,13 @@ impl World {
         for (i, p) in self.procs.iter().enumerate() {
             match p.lock.lock_timeout(LEASE * 2).await {
                 Ok(g) => drop(g),
-                Err(e) => self.violation(format!("p{i} cannot acquire after the run: {e}")),
+                Err(e) => self.violation(format!(
+                    "p{i} cannot acquire after the run: {e} (store holder {:?}, fence {:?}, \
+                     calls {:?})",
+                    self.store.holder("k"),
+                    self.store.fence("k"),
+                    p.link.calls()
+                )),
             }
             settle().await;
         }
