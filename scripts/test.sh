@@ -53,8 +53,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --lock
 
 # cargo test rather than nextest: the backend suites share one server per test binary, which
 # nextest's process-per-test model would start once per test.
-step "tests (unit, integration and doc)"
-cargo test --workspace --all-features --locked --no-fail-fast
+# LEASE_SIM_SCHEDULES: the lock's seeded simulation (lease-core/tests/simulation.rs) runs 10,000
+# schedules here, about 30 s; a failure prints the seed that replays it.
+step "tests (unit, integration and doc; 10,000 simulated schedules)"
+LEASE_SIM_SCHEDULES=10000 cargo test --workspace --all-features --locked --no-fail-fast
 
 step "loom model checks"
 RUSTFLAGS="--cfg lease_loom" CARGO_TARGET_DIR=target/loom \

@@ -14,6 +14,7 @@ pub mod check;
 pub mod history;
 pub mod jobs;
 pub mod nemesis;
+pub mod slow;
 pub mod stats;
 
 use lease_core::DynStore;

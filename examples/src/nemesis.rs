@@ -21,7 +21,12 @@ pub enum Fault {
     Pause,
     /// Restart the store server.
     StoreRestart,
+    /// Delay some workers' store replies (after the store acted) for a while.
+    Slow,
 }
+
+/// Every fault, in the order the command line lists them.
+const ALL: [Fault; 4] = [Fault::Kill, Fault::Pause, Fault::StoreRestart, Fault::Slow];
 
 impl Fault {
     /// The name on the command line.
@@ -30,11 +35,12 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Pause => "pause",
             Fault::StoreRestart => "store-restart",
+            Fault::Slow => "slow",
         }
     }
 }
 
-/// Parses `kill,pause,store-restart` (any non-empty subset, any order).
+/// Parses `kill,pause,store-restart,slow` (any non-empty subset, any order).
 ///
 /// # Errors
 ///
@@ -42,11 +48,11 @@ impl Fault {
 pub fn parse_faults(list: &str) -> Result<Vec<Fault>, String> {
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let f = [Fault::Kill, Fault::Pause, Fault::StoreRestart]
+        let f = ALL
             .into_iter()
             .find(|f| f.name() == name)
             .ok_or_else(|| {
-                format!("unknown fault `{name}` in --chaos: use kill, pause, store-restart")
+                format!("unknown fault `{name}` in --chaos: use kill, pause, store-restart, slow")
             })?;
         if out.contains(&f) {
             return Err(format!("`{name}` appears twice in --chaos"));
@@ -54,7 +60,7 @@ pub fn parse_faults(list: &str) -> Result<Vec<Fault>, String> {
         out.push(f);
     }
     if out.is_empty() {
-        return Err("--chaos needs at least one of kill, pause, store-restart".into());
+        return Err("--chaos needs at least one of kill, pause, store-restart, slow".into());
     }
     Ok(out)
 }
@@ -76,7 +82,18 @@ pub enum Action {
     },
     /// Restart the store server.
     StoreRestart,
+    /// Delay the store replies of the workers in these slots by `factor` × the lease, for
+    /// [`SLOW_FOR`] leases.
+    Slow {
+        /// Worker slots (0-based).
+        slots: Vec<usize>,
+        /// Reply delay in leases.
+        factor: f64,
+    },
 }
+
+/// How long, in leases, a `slow` step lasts.
+pub const SLOW_FOR: f64 = 2.0;
 
 /// A step and when it starts, from the start of the run.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +117,9 @@ pub fn plan(
     let mut t = Duration::from_secs(1).max(lease / 2);
     let mut steps = Vec::new();
     let mut long_next = true;
+    // Slow replies alternate between 1.5× the lease (every grant arrives past its deadline) and
+    // 0.3× (renewals still land in time).
+    let mut late_next = true;
     let mut round: Vec<Fault> = Vec::new();
     while t < end && workers > 0 && !faults.is_empty() {
         // Every fault once per round, in a shuffled order.
@@ -125,6 +145,15 @@ pub fn plan(
                 (Action::Pause { slots, factor }, lease.mul_f64(factor))
             }
             Fault::StoreRestart => (Action::StoreRestart, Duration::from_secs(1)),
+            Fault::Slow => {
+                let factor = if late_next { 1.5 } else { 0.3 };
+                late_next = !late_next;
+                let mut slots: Vec<usize> = (0..workers).collect();
+                slots.shuffle(&mut rng);
+                slots.truncate(rng.random_range(1..=(workers / 2).max(1)));
+                slots.sort_unstable();
+                (Action::Slow { slots, factor }, lease.mul_f64(SLOW_FOR))
+            }
         };
         if t + len > end && !steps.is_empty() {
             break;
@@ -152,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_schedule_is_seeded_leaves_a_healing_phase_and_starts_pauses_long() {
-        let all = [Fault::Kill, Fault::Pause, Fault::StoreRestart];
+        let all = ALL;
         let (d, lease) = (Duration::from_secs(60), Duration::from_secs(1));
         let a = plan(7, &all, d, lease, 4);
         assert_eq!(a, plan(7, &all, d, lease, 4));
@@ -164,6 +193,7 @@ mod tests {
                     (Action::Kill { .. }, Fault::Kill)
                         | (Action::Pause { .. }, Fault::Pause)
                         | (Action::StoreRestart, Fault::StoreRestart)
+                        | (Action::Slow { .. }, Fault::Slow)
                 )),
                 "{f:?} missing from {a:?}"
             );

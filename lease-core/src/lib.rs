@@ -55,7 +55,15 @@
 //! jittered exponential backoff, each call with its own backoff state and an exact deadline, and
 //! wake early when the store reports a release ([`LeaseStore::wait_for_change`]) or when another
 //! task of this process releases or acquires the key. Tasks of one process waiting on one key
-//! share a single store call at a time and share its grant.
+//! share a single store call at a time and share its grant. Every wait inside an attempt (for
+//! that shared call, for a release still in flight, for the store's answer) ends by the call's
+//! deadline, and by lease − margin in any case; a store that never answers makes
+//! [`CrossProcessLock::try_lock_once`] fail with a transient error after that long.
+//!
+//! *A late grant is no grant*: the local deadline of a grant counts from the moment the request
+//! was sent, and is checked again when the reply arrives. A reply at or past it (a slow link, a
+//! store election, a suspend while the reply was on the way) is released, not handed out, and the
+//! attempt fails with a transient error (waiting calls retry).
 //!
 //! *Re-entry*: while this process holds a valid lease, further acquisitions return another guard
 //! without a store call. The lease's guard count is exact under clone, drop, cancellation and
@@ -65,7 +73,11 @@
 //! compare-and-extend ([`LeaseStore::renew`]) that never grants. The **local deadline** is the
 //! send time of the last successful acquire or renew, plus the lease, minus a safety margin,
 //! measured on `CLOCK_BOOTTIME` ([`BootClock`]): a suspended machine wakes up with its lease
-//! already lost, and a wall-clock step changes nothing. Transient store errors are retried with
+//! already lost, and a wall-clock step changes nothing. The deadline is also *waited for* on
+//! that clock ([`Clock::sleep_until`]: a `timerfd` on `CLOCK_BOOTTIME`, one per process), so
+//! after a suspend the loss signal fires on resume, not at the next tick of tokio's timer (which
+//! stops during a suspend). A renewal answered at or past the deadline extends nothing.
+//! Transient store errors are retried with
 //! short jittered backoff until that deadline. When the deadline passes, the store refuses the
 //! renewal, or it fails permanently, the lease is **lost**: every guard's signal fires exactly
 //! once, the heartbeat stops, and this holder writes to the store again only with a fresh
@@ -73,8 +85,20 @@
 //!
 //! *Release*: dropping the last guard (or [`LockGuard::release`]) stops the heartbeat and sends
 //! the release at once. A new acquisition in this process waits until that release has landed,
-//! so a late release can never delete a newer grant. Dropping the lock object while guards live
-//! does not release.
+//! so a late release can never delete a newer grant. A release whose outcome is unknown (it
+//! failed, the store panicked, its runtime shut down before it ran, or the wait for it ran out)
+//! may still be applied by the store later: the lock then takes its later leases under a new
+//! holder string (`holder~N`), which that release cannot match. Dropping the lock object while
+//! guards live does not release.
+//!
+//! # Store calls that may be cancelled
+//!
+//! The lock drops an in-flight [`LeaseStore::renew`] when the lease is released or its deadline
+//! passes, and an in-flight [`LeaseStore::wait_for_change`] when a waiter gives up: a store must
+//! be correct when those futures are dropped at any await (a request/response stream shared by
+//! callers must match each answer to its own request). [`LeaseStore::try_lock`] and
+//! [`LeaseStore::release`] are always driven to their end (in a task of their own if the caller
+//! goes away), so they must end by themselves: a store bounds them with its own timeouts.
 //!
 //! # Stores
 //!

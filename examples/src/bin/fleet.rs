@@ -469,7 +469,16 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let mut steps = steps.into_iter().peekable();
     // When to resume, and the (proc, pid) of the stopped workers.
     let mut resume: Option<(Instant, Vec<Paused>)> = None;
-    let (mut n_kills, mut n_pauses, mut n_restarts) = (0, 0, 0);
+    let (mut n_kills, mut n_pauses, mut n_restarts, mut n_slow) = (0, 0, 0, 0);
+    // When to heal slowed workers, and which (proc, pid).
+    let mut heal_slow: Option<(Instant, Vec<Paused>)> = None;
+    let set_slow = |proc: u64, pid: Option<u32>, delay: Duration| {
+        if let Some(h) = &history {
+            if lease_examples::slow::set_delay(h, proc, delay).is_ok() {
+                signal(pid, Signal::USR1);
+            }
+        }
+    };
     let log = |e: Event| {
         if let Some(n) = &nemesis {
             n.log(&e);
@@ -485,7 +494,18 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                 resume = None;
             }
         }
-        while resume.is_none() && steps.peek().is_some_and(|s| started.elapsed() >= s.at) {
+        if let Some((at, slowed)) = &heal_slow {
+            if Instant::now() >= *at {
+                for (proc, pid) in slowed {
+                    set_slow(*proc, *pid, Duration::ZERO);
+                }
+                heal_slow = None;
+            }
+        }
+        while resume.is_none()
+            && heal_slow.is_none()
+            && steps.peek().is_some_and(|s| started.elapsed() >= s.at)
+        {
             let step = steps.next().expect("peeked");
             match step.action {
                 Action::Kill { slot } => {
@@ -515,6 +535,22 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     }
                     resume = Some((Instant::now() + dur, paused));
                 }
+                Action::Slow {
+                    slots: which,
+                    factor,
+                } => {
+                    let mut slowed = Vec::new();
+                    for i in which {
+                        let s = &slots[i];
+                        set_slow(s.proc, s.pid, lease.mul_f64(factor));
+                        slowed.push((s.proc, s.pid));
+                        n_slow += 1;
+                    }
+                    heal_slow = Some((
+                        Instant::now() + lease.mul_f64(lease_examples::nemesis::SLOW_FOR),
+                        slowed,
+                    ));
+                }
                 Action::StoreRestart => {
                     if let Some(server) = &server {
                         log(Event::now(0, "", Op::Restart, Kind::Invoke));
@@ -536,14 +572,20 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         );
         if chaos.is_some() {
             bar.set_message(format!(
-                "{done} jobs done; {n_kills} kills, {n_pauses} pauses, {n_restarts} restarts"
+                "{done} jobs done; {n_kills} kills, {n_pauses} pauses, {n_restarts} restarts, \
+                 {n_slow} slowed"
             ));
         } else {
             bar.set_message(format!("{done} jobs done"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Heal: nothing may stay stopped.
+    // Heal: nothing may stay stopped or slow.
+    if let Some((_, slowed)) = heal_slow.take() {
+        for (proc, pid) in slowed {
+            set_slow(proc, pid, Duration::ZERO);
+        }
+    }
     if let Some((_, paused)) = resume.take() {
         for (proc, pid) in paused {
             signal(pid, Signal::CONT);
@@ -606,7 +648,7 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     if chaos.is_some() {
         println!(
             "nemesis                {n_kills} kills, {n_pauses} pauses, {n_restarts} store \
-             restarts (seed {seed})"
+             restarts, {n_slow} slowed workers (seed {seed})"
         );
     }
     let accepted = sum(|r| r.completed);
@@ -664,8 +706,20 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         chaos,
         broken,
     } = args;
+    // First, before anything else: the nemesis may signal a slow link at any time, and SIGUSR1's
+    // default action ends the process.
+    let slow_control = history
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|_| chaos)
+        .map(|dir| lease_examples::slow::control_file(dir, proc));
     let history = history.map(|p| History::open(&p, proc)).transpose()?;
     let mut store = open_store(&store_url).await?;
+    if let Some(control) = slow_control {
+        let slow = lease_examples::slow::SlowStore::new(store);
+        slow.watch(control).context("watch for slow-link signals")?;
+        store = DynStore::new(slow);
+    }
     if let Some(b) = broken.filter(|b| *b != Broken::WallClock) {
         let path = if b.needs_sqlite() {
             Some(
