@@ -68,7 +68,7 @@ struct RunArgs {
     /// Directory for the job table and the default lock database (default: a temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Faults to inject: any of kill,pause,store-restart. Workers then contend for few jobs and
+    /// Faults to inject: any of kill,pause,store-restart,slow. Workers then contend for few jobs and
     /// write without checking their lease first, and the run is checked from its history.
     #[arg(long, value_name = "FAULTS")]
     chaos: Option<String>,
