@@ -715,11 +715,6 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         .map(|dir| lease_examples::slow::control_file(dir, proc));
     let history = history.map(|p| History::open(&p, proc)).transpose()?;
     let mut store = open_store(&store_url).await?;
-    if let Some(control) = slow_control {
-        let slow = lease_examples::slow::SlowStore::new(store);
-        slow.watch(control).context("watch for slow-link signals")?;
-        store = DynStore::new(slow);
-    }
     if let Some(b) = broken.filter(|b| *b != Broken::WallClock) {
         let path = if b.needs_sqlite() {
             Some(
@@ -735,6 +730,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
     }
     if let Some(h) = &history {
         store = DynStore::new(RecordingStore::new(store, h.clone()));
+    }
+    // The slow link sits between the recording and the lock: the history keeps the store's own
+    // order of events, and the lock gets the replies late.
+    if let Some(control) = slow_control {
+        let slow = lease_examples::slow::SlowStore::new(store);
+        slow.watch(control).context("watch for slow-link signals")?;
+        store = DynStore::new(slow);
     }
     let log = |e: Event| {
         if let Some(h) = &history {
