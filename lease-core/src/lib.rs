@@ -145,6 +145,7 @@ mod guard;
 mod holder;
 mod lock;
 mod memory;
+mod redact;
 pub mod metrics;
 mod state;
 mod store;
@@ -158,6 +159,7 @@ pub use fence::{Fence, FenceGate, StaleFence};
 pub use guard::LockGuard;
 pub use lock::{CrossProcessLock, DEFAULT_LEASE, LockBuilder};
 pub use memory::MemoryStore;
+pub use redact::redact_url;
 pub use store::{
-    Capabilities, DynLeaseStore, DynStore, LeaseStore, MAX_KEY_LEN, redact_url, validate,
+    Capabilities, DynLeaseStore, DynStore, LeaseStore, MAX_KEY_LEN, validate,
 };

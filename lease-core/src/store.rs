@@ -351,22 +351,6 @@ impl<S: LeaseStore> LeaseStore for Arc<S> {
     }
 }
 
-/// `url` with the password of its user info (`scheme://user:password@host…`) replaced by `***`,
-/// for messages and logs. Anything else, including a path without a scheme, is left as it is.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,13 +386,5 @@ mod tests {
         let e = validate("t", "k", &long).unwrap_err();
         assert!(e.to_string().contains("holder is 1025 bytes"), "{e}");
         validate("t", &"k".repeat(MAX_KEY_LEN), "\0{}:%\"' é").unwrap();
-    }
-
-    #[test]
-    fn redact_url_hides_passwords_only() {
-        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
-        assert_eq!(redact_url("redis://:secret@h:1"), "redis://:***@h:1");
-        assert_eq!(redact_url("sqlite:///tmp/a.db"), "sqlite:///tmp/a.db");
-        assert_eq!(redact_url("/tmp/a@b.db"), "/tmp/a@b.db");
     }
 }
