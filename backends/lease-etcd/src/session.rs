@@ -73,6 +73,15 @@ impl Session {
         s.lost = true;
     }
 
+    /// See [`EtcdStore::session_cover`](crate::EtcdStore::session_cover).
+    pub(crate) fn cover(&self) -> Option<Duration> {
+        let s = self.state();
+        if s.lost {
+            return None;
+        }
+        (s.fresh_from + self.ttl).checked_sub(BootClock.now())
+    }
+
     /// `Some(alive)` when no keepalive is needed to know the answer for `need`.
     fn settled(&self, need: Duration) -> Option<bool> {
         let s = self.state();

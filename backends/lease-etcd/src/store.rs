@@ -235,6 +235,22 @@ impl EtcdStore {
         self.inner.keepalives.load(Ordering::Relaxed)
     }
 
+    /// How much longer, from now, this store knows the session lease that covers grants with
+    /// `lease` to live on the server: the send time of the last keepalive (or of the grant) that
+    /// etcd confirmed with an answer of its own, plus the lease's TTL, minus now. `None` when no
+    /// live session exists for that TTL. For diagnostics and tests: a renew returns `true` only
+    /// while this covers its call time + `lease`.
+    pub async fn session_cover(&self, lease: Duration) -> Option<Duration> {
+        let session = self
+            .inner
+            .sessions
+            .lock()
+            .await
+            .get(&ttl_secs(lease))
+            .cloned()?;
+        session.cover()
+    }
+
     /// Revokes this store's session leases: every key it holds is released at once. Use it on
     /// shutdown; grants after it start new sessions.
     ///
