@@ -895,19 +895,15 @@ impl LeaseStore for EtcdStore {
                         h.session = session.id;
                         Ok(true)
                     }
-                    (Some(h), None) if !h.doomed => {
-                        // Tracked as something else (a stale entry): this grant is the truth.
-                        *h = Held {
-                            holder: holder.as_bytes().to_vec(),
-                            fence: Some(f),
-                            valid_until: call + lease,
-                            session: session.id,
-                            doomed: false,
-                            generation: self.inner.next_generation(),
-                        };
+                    (Some(h), None) if !h.doomed && h.fence.is_none() => {
+                        // A concurrent acquire of the same holder, still without its answer:
+                        // it records the fence; the key must not be swept before our lease ends.
+                        h.valid_until = h.valid_until.max(call + lease);
                         Ok(true)
                     }
                     (None, None) => {
+                        // Not tracked (the entry was cleared while the key stayed ours): track
+                        // it, so the sweep covers it.
                         let generation = self.inner.next_generation();
                         held.insert(
                             at,
@@ -922,8 +918,9 @@ impl LeaseStore for EtcdStore {
                         );
                         Ok(true)
                     }
+                    // Swept, released or re-acquired meanwhile: this grant may be gone.
                     _ => {
-                        debug!(key, fence = f, "lease passed during the renew: lost");
+                        debug!(key, fence = f, "grant taken during the renew: lost");
                         Ok(false)
                     }
                 }
