@@ -39,22 +39,55 @@
 //!
 //! *Leases.* etcd leases, not keys, expire. Each store holds **one etcd lease per TTL in use**
 //! (a *session*; normally one per process), and every key it grants with that TTL is attached to
-//! it. One keepalive stream keeps a session alive: a renew needs the session's last keepalive to
-//! have been *sent* no earlier than the renew call (less any surplus of the granted TTL over the
-//! requested lease), so that after `renew` returns `true` the key is held until at least
-//! *now + lease* on the server. Concurrent renewals of many keys queue behind one in-flight
-//! keepalive and are all served by the next one, so the keepalive rate follows round trips, not
-//! held keys. The ownership check (a transaction) runs beside the keepalive, so an acquire or a
-//! renew costs one round trip.
+//! it. One keepalive stream keeps a session alive, and **one task of the session owns it**: only
+//! that task sends keepalives and reads their answers, with at most one keepalive in flight, so
+//! every answer is matched to its own keepalive (the stream answers in order and carries no
+//! request id). The session's *freshness* is the send time of the last keepalive that etcd
+//! confirmed with its own answer (TTL > 0); etcd set the lease's expiry when it handled that
+//! keepalive, after we sent it, so the lease lives at least until *freshness + TTL*. A renew
+//! asks the task for a keepalive sent no earlier than the renew call (less any surplus of the
+//! granted TTL over the requested lease) and returns `true` only once etcd answered that
+//! keepalive, so after `renew` returns `true` the key is held until at least *call + lease* on
+//! the server. A caller dropped while it waits (the lock's heartbeat drops its renew on stop)
+//! leaves nothing behind on the stream: the task still reads the answer and credits it to the
+//! send time it belongs to. A keepalive without an answer within the request timeout drops the
+//! stream, so its late answer cannot be read as another's. Concurrent renewals of many keys are
+//! served by the keepalive in flight (if it was sent late enough) or by the next one, so the
+//! keepalive rate follows round trips, not held keys. The ownership check (a transaction) runs
+//! beside the keepalive, so an acquire or a renew costs one round trip.
+//! [`EtcdStore::session_cover`] reports how long from now the store knows its session to live.
 //!
 //! A keepalive answered with TTL ≤ 0 (or "lease not found") means the session lapsed: its keys
 //! are deleted by etcd, every later renew of them returns `false`, and new grants go to a new
-//! session. Because keys share a session, a key whose holder stopped renewing (without a release)
-//! would be kept alive by other keys' renewals; so before each keepalive the store deletes (with
-//! the holder and fence compared) every key of the session whose holder's last acquire or renew
-//! is older than its lease. Such a key outlives its holder's lease by at most one TTL, and a
-//! renew that comes after its own lease has passed may find it deleted (`false`): renew within
-//! the lease, as the lock's heartbeat does.
+//! session. etcd never revives an expired lease (a keepalive that reaches it late, for example
+//! after a pause, waits for the revoke and gets "not found"), and no request of this store
+//! re-creates a deleted lock key: renew only reads it, and moving a grant onto another session
+//! compares holder and fence.
+//!
+//! *Keys whose holders stop renewing.* Because keys share a session, a key whose holder stopped
+//! renewing (without a release) would be kept alive by other keys' renewals. So the store tracks
+//! every grant it may have made, by key and holder, with the end of the lease its holder asked
+//! for (*send time of its last acquire or renew + lease*):
+//!
+//! - An acquire is tracked **before** it is sent. If its answer is lost (timed out, connection
+//!   dropped) etcd may still apply it; the entry stays, and once its lease has passed the store
+//!   reads the key and, if the acquire did land, deletes it.
+//! - Before each keepalive the store deletes every key of the session whose lease has passed,
+//!   comparing holder, fence and lease. An entry is forgotten only once etcd **confirmed** its
+//!   delete (or that the key is no longer that grant); a failed delete is retried before the
+//!   next keepalive, and **no keepalive is sent while such a delete is unconfirmed** (that
+//!   keepalive fails with a transient error; renewals retry it). So a lost holder's key outlives
+//!   its lease by at most one TTL plus the time etcd takes to answer again.
+//! - A renew that comes after its grant's lease has passed returns `false`, even if etcd still
+//!   has the key: a renew only extends a live lease, and the holder must acquire again. The same
+//!   when the sweep took the grant while the renew was in flight. An acquire by the same holder
+//!   while the sweep is deleting its old grant first finishes that delete (confirmed by etcd),
+//!   so a delete that lands late can never remove a grant reported after it.
+//!
+//! A keepalive etcd applies late (sent before a holder's lease passed, applied after a pause of
+//! etcd) extends the whole session by one TTL from the moment etcd applies it, so a key abandoned
+//! meanwhile can live up to one TTL past that moment; the next keepalive deletes it first, and
+//! without further keepalives the session lease itself expires.
 //!
 //! *TTL.* etcd leases are whole seconds, and the server raises short ones to its minimum
 //! (1.5 × election timeout, rounded up: 2 s with default settings). The store declares a 1 s

@@ -35,22 +35,46 @@ pub(crate) struct Inner {
     user: Option<String>,
     /// The live session lease per requested TTL in whole seconds.
     sessions: tokio::sync::Mutex<HashMap<i64, Arc<Session>>>,
-    /// The grants this store made and still covers with a session lease, by etcd lock key.
-    held: Mutex<HashMap<Vec<u8>, Held>>,
+    /// The grants this store made (or may have made) and still covers with a session lease, by
+    /// etcd lock key and holder: several holders may try one key through one store at once, and
+    /// each attempt must be tracked until its outcome is known.
+    held: Mutex<HashMap<Slot, Held>>,
     /// Keepalive requests sent, for [`EtcdStore::keepalives_sent`].
     pub(crate) keepalives: AtomicU64,
+    /// The last [`Held::generation`] handed out.
+    generations: AtomicU64,
 }
 
-/// A grant covered by one of this store's session leases.
+/// `(lock key, holder)`: the key of [`Inner::held`].
+pub(crate) type Slot = (Vec<u8>, Vec<u8>);
+
+fn slot(lock: &[u8], holder: &[u8]) -> Slot {
+    (lock.to_vec(), holder.to_vec())
+}
+
+/// A grant covered by one of this store's session leases, or an acquire that may have made one.
+///
+/// An entry is made *before* the acquire is sent and removed only once it is certain that the
+/// key is not (or no longer) this grant on the session lease: a release or renew that etcd
+/// answered, or a delete by the sweep that etcd confirmed. So no key this store put on a session
+/// lease is ever forgotten while the lease lives, whatever happened to the calls.
 #[derive(Debug, Clone)]
 pub(crate) struct Held {
     pub(crate) holder: Vec<u8>,
-    pub(crate) fence: i64,
+    /// `None` while the acquire has no answer (in flight, or timed out: etcd may still have
+    /// applied it); the sweep then reads the key to learn it.
+    pub(crate) fence: Option<i64>,
     /// `BootClock` time until which the holder asked for the key (send time of its last
     /// acquire or renew + its lease). A keepalive after this would stretch the key past what
     /// its holder asked for, so the key is deleted instead (see [`Inner::sweep`]).
     pub(crate) valid_until: Duration,
     pub(crate) session: i64,
+    /// Set when the sweep starts deleting the grant. From then on it is never extended: a renew
+    /// reports the loss, and an acquire by the same holder waits for the delete to be confirmed,
+    /// so a delete that lands late can never remove a grant reported after it.
+    pub(crate) doomed: bool,
+    /// Tells this entry from later ones of the same key.
+    pub(crate) generation: u64,
 }
 
 /// Why a request failed before it could be classified.
@@ -187,6 +211,7 @@ impl EtcdStore {
                 sessions: tokio::sync::Mutex::new(HashMap::new()),
                 held: Mutex::new(HashMap::new()),
                 keepalives: AtomicU64::new(0),
+                generations: AtomicU64::new(0),
             }),
         };
         // Connecting is lazy: one read proves the cluster answers (and that the user may read
@@ -233,6 +258,22 @@ impl EtcdStore {
     /// diagnostics and tests.
     pub fn keepalives_sent(&self) -> u64 {
         self.inner.keepalives.load(Ordering::Relaxed)
+    }
+
+    /// How much longer, from now, this store knows the session lease that covers grants with
+    /// `lease` to live on the server: the send time of the last keepalive (or of the grant) that
+    /// etcd confirmed with an answer of its own, plus the lease's TTL, minus now. `None` when no
+    /// live session exists for that TTL. For diagnostics and tests: a renew returns `true` only
+    /// while this covers its call time + `lease`.
+    pub async fn session_cover(&self, lease: Duration) -> Option<Duration> {
+        let session = self
+            .inner
+            .sessions
+            .lock()
+            .await
+            .get(&ttl_secs(lease))
+            .cloned()?;
+        session.cover()
     }
 
     /// Revokes this store's session leases: every key it holds is released at once. Use it on
@@ -297,6 +338,7 @@ impl EtcdStore {
             resp.id(),
             Duration::from_secs(resp.ttl().unsigned_abs()),
             sent,
+            Arc::downgrade(&self.inner),
         ));
         debug!(
             lease_id = session.id,
@@ -328,7 +370,7 @@ impl EtcdStore {
             .await
             .map_err(|f| f.into_store(&format!("release of `{}`", key.escape_debug())))?;
         if r.succeeded() {
-            self.inner.held().remove(&lock);
+            self.inner.held().remove(&slot(&lock, holder.as_bytes()));
         }
         Ok(r.succeeded())
     }
@@ -420,7 +462,7 @@ impl Inner {
         k
     }
 
-    pub(crate) fn held(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Held>> {
+    pub(crate) fn held(&self) -> MutexGuard<'_, HashMap<Slot, Held>> {
         // Every update is one insert or remove, so a poisoned map is still consistent.
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -464,34 +506,180 @@ impl Inner {
 
     /// Deletes the grants of `session` whose holders stopped renewing them (their
     /// `valid_until` passed), so that a keepalive sent for other keys does not keep them alive.
-    /// Each delete compares holder and fence, so a newer grant is never touched.
-    pub(crate) async fn sweep(&self, session: i64) {
+    /// Each delete compares holder, fence and lease, so a newer grant is never touched. A grant
+    /// is forgotten only once its delete is confirmed; until then every sweep tries again.
+    ///
+    /// # Errors
+    ///
+    /// The first delete that etcd did not confirm: the caller must not send a keepalive then.
+    pub(crate) async fn sweep(&self, session: i64) -> Result<(), StoreError> {
         let now = BootClock.now();
         let stale: Vec<(Vec<u8>, Held)> = {
             let mut held = self.held();
-            let keys: Vec<Vec<u8>> = held
-                .iter()
-                .filter(|(_, h)| h.session == session && h.valid_until <= now)
-                .map(|(k, _)| k.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| held.remove(&k).map(|h| (k, h)))
+            held.iter_mut()
+                .filter(|(_, h)| h.session == session && (h.doomed || h.valid_until <= now))
+                .map(|((lock, _), h)| {
+                    h.doomed = true;
+                    (lock.clone(), h.clone())
+                })
                 .collect()
         };
+        let mut first = None;
         for (lock, h) in stale {
-            // The counter key sits beside the lock key: same prefix, `f/` for `l/`.
-            let Some(counter) = counter_of(&self.prefix, &lock) else {
-                continue;
+            if let Err(e) = self.delete_abandoned(&lock, &h).await {
+                debug!(error = %e, "could not delete a grant whose lease passed; will retry");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the grant `h` of `lock` if it is still on its session lease, and forgets it once
+    /// that is certain.
+    async fn delete_abandoned(&self, lock: &[u8], h: &Held) -> Result<(), StoreError> {
+        let what = "deleting a grant whose lease passed";
+        // The counter key sits beside the lock key: same prefix, `f/` for `l/`.
+        let Some(counter) = counter_of(&self.prefix, lock) else {
+            self.forget(lock, &h.holder, h.generation);
+            return Ok(());
+        };
+        let fence = match h.fence {
+            Some(f) => f,
+            None => {
+                // An acquire without an answer: read what it left. A read that lands late
+                // changes nothing, and the delete below names the grant exactly.
+                let txn = Txn::new().and_then([
+                    TxnOp::get(lock.to_vec(), None),
+                    TxnOp::get(counter.clone(), None),
+                ]);
+                let r = self.txn(txn).await.map_err(|f| f.into_store(what))?;
+                let first = |i: usize| match r.op_responses().get(i) {
+                    Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+                    _ => None,
+                };
+                match (first(0), first(1)) {
+                    (Some(l), Some(c)) if l.value() == h.holder && l.lease() == h.session => {
+                        c.version()
+                    }
+                    _ => {
+                        self.forget(lock, &h.holder, h.generation);
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let current = self
+            .held()
+            .get(&slot(lock, &h.holder))
+            .map(|e| e.generation);
+        if current != Some(h.generation) {
+            // Settled meanwhile (by an acquire of the same holder that deleted it first).
+            return Ok(());
+        }
+        let txn = Txn::new()
+            .when([
+                Compare::value(lock.to_vec(), CompareOp::Equal, h.holder.clone()),
+                Compare::version(counter, CompareOp::Equal, fence),
+                Compare::lease(lock.to_vec(), CompareOp::Equal, h.session),
+            ])
+            .and_then([TxnOp::delete(lock.to_vec(), None)]);
+        self.txn(txn).await.map_err(|f| f.into_store(what))?;
+        self.forget(lock, &h.holder, h.generation);
+        Ok(())
+    }
+
+    /// Removes the entry of `holder` on `lock` if it is still the one of `generation`.
+    pub(crate) fn forget(&self, lock: &[u8], holder: &[u8], generation: u64) {
+        let mut held = self.held();
+        let slot = slot(lock, holder);
+        if held.get(&slot).is_some_and(|e| e.generation == generation) {
+            held.remove(&slot);
+        }
+    }
+
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records, before the acquire is sent, that `holder` may get `lock` on `session` until
+    /// `valid_until`. If the sweep is deleting an earlier grant of the key, that delete is
+    /// finished first (it could otherwise land after, and remove, the grant this acquire is
+    /// about to report).
+    async fn track_acquire(
+        &self,
+        lock: &[u8],
+        holder: &str,
+        valid_until: Duration,
+        session: i64,
+    ) -> Result<u64, StoreError> {
+        for _ in 0..3 {
+            let doomed = {
+                let mut held = self.held();
+                let slot = slot(lock, holder.as_bytes());
+                match held.get(&slot) {
+                    Some(h) if h.doomed => h.clone(),
+                    _ => {
+                        let generation = self.next_generation();
+                        held.insert(
+                            slot,
+                            Held {
+                                holder: holder.as_bytes().to_vec(),
+                                fence: None,
+                                valid_until,
+                                session,
+                                doomed: false,
+                                generation,
+                            },
+                        );
+                        return Ok(generation);
+                    }
+                }
             };
-            let txn = Txn::new()
-                .when([
-                    Compare::value(lock.clone(), CompareOp::Equal, h.holder),
-                    Compare::version(counter, CompareOp::Equal, h.fence),
-                    Compare::lease(lock.clone(), CompareOp::Equal, session),
-                ])
-                .and_then([TxnOp::delete(lock, None)]);
-            if let Err(f) = self.txn(txn).await {
-                debug!(error = %f.into_store("deleting an abandoned grant"), "sweep failed");
+            self.delete_abandoned(lock, &doomed).await?;
+            self.forget(lock, &doomed.holder, doomed.generation);
+        }
+        Err(StoreError::transient(
+            NAME,
+            "a grant whose lease passed is still being deleted",
+        ))
+    }
+
+    /// Records the fence an acquire learnt. `false` when the sweep took the entry: the call
+    /// took so long that its lease passed first. The grant then stays tracked as doomed, so the
+    /// sweep deletes it whatever it found before.
+    fn confirm_acquire(
+        &self,
+        lock: &[u8],
+        holder: &str,
+        session: i64,
+        valid_until: Duration,
+        fence: i64,
+    ) -> bool {
+        let mut held = self.held();
+        let at = slot(lock, holder.as_bytes());
+        match held.get_mut(&at) {
+            Some(h) if !h.doomed => {
+                // Ours, or a concurrent acquire's of the same holder: the same grant either way.
+                h.fence = Some(fence);
+                h.session = session;
+                h.valid_until = h.valid_until.max(valid_until);
+                true
+            }
+            Some(_) => false,
+            None => {
+                let generation = self.next_generation();
+                held.insert(
+                    at,
+                    Held {
+                        holder: holder.as_bytes().to_vec(),
+                        fence: Some(fence),
+                        valid_until,
+                        session,
+                        doomed: true,
+                        generation,
+                    },
+                );
+                false
             }
         }
     }
@@ -539,14 +727,21 @@ impl LeaseStore for EtcdStore {
                     TxnOp::get(lock.clone(), None),
                     TxnOp::get(counter.clone(), None),
                 ]);
+            // Tracked before it is sent: if the answer is lost, etcd may still apply it, and
+            // the sweep must then find the key (and delete it once its lease has passed).
+            let generation = self
+                .inner
+                .track_acquire(&lock, holder, call + lease, session.id)
+                .await
+                .map_err(|e| StoreError::new(e.kind(), NAME, format!("{what}: {}", e.message())))?;
             // The keepalive runs beside the transaction, so an acquire costs one round trip.
-            let (res, fresh) =
-                tokio::join!(self.inner.txn(txn), session.ensure_fresh(&self.inner, need));
+            let (res, fresh) = tokio::join!(self.inner.txn(txn), session.ensure_fresh(need));
             let res = match res {
                 Err(f) if f.is_lease_not_found() => {
                     session.mark_lost();
                     continue;
                 }
+                // Outcome unknown: the entry stays, as a grant that may exist.
                 Err(f) => return Err(f.into_store(&what)),
                 Ok(r) => r,
             };
@@ -565,7 +760,10 @@ impl LeaseStore for EtcdStore {
                             .await
                         {
                             Ok(true) => {}
-                            Ok(false) => continue,
+                            Ok(false) => {
+                                self.inner.forget(&lock, holder.as_bytes(), generation);
+                                continue;
+                            }
                             Err(f) if f.is_lease_not_found() => {
                                 session.mark_lost();
                                 continue;
@@ -575,19 +773,22 @@ impl LeaseStore for EtcdStore {
                     }
                     fence
                 }
-                Found::Held { .. } => return Ok(None),
+                Found::Held { .. } => {
+                    self.inner.forget(&lock, holder.as_bytes(), generation);
+                    return Ok(None);
+                }
             };
-            // Track the grant even if the keepalive failed: should the caller never come back
-            // for it, the sweep deletes it once its lease has passed.
-            self.inner.held().insert(
-                lock.clone(),
-                Held {
-                    holder: holder.as_bytes().to_vec(),
-                    fence,
-                    valid_until: call + lease,
-                    session: session.id,
-                },
-            );
+            // The grant stays tracked even if the keepalive failed: should the caller never come
+            // back for it, the sweep deletes it once its lease has passed.
+            if !self
+                .inner
+                .confirm_acquire(&lock, holder, session.id, call + lease, fence)
+            {
+                return Err(StoreError::transient(
+                    NAME,
+                    format!("{what}: the answer came after the lease had passed"),
+                ));
+            }
             match fresh {
                 Ok(true) => {
                     debug!(key, fence, lease_id = session.id, "granted");
@@ -616,6 +817,22 @@ impl LeaseStore for EtcdStore {
         let (lock, counter) = (self.lock_key(key), self.fence_key(key));
         let f = fence_i64(fence);
         let call = BootClock.now();
+        // A renew extends a live lease only. Once the grant's lease has passed, the key belongs
+        // to the sweep (which deletes it before the next keepalive), even if etcd still has it:
+        // the holder must acquire again.
+        let tracked = {
+            let held = self.inner.held();
+            match held.get(&slot(&lock, holder.as_bytes())) {
+                Some(h) if h.fence == Some(f) => {
+                    if h.doomed || h.valid_until <= call {
+                        debug!(key, fence = f, "renew after the lease passed: lost");
+                        return Ok(false);
+                    }
+                    Some(h.generation)
+                }
+                _ => None,
+            }
+        };
         let session = self.session(lease).await?;
         let need = call.saturating_sub(session.ttl.saturating_sub(lease));
         let txn = Txn::new()
@@ -624,15 +841,12 @@ impl LeaseStore for EtcdStore {
                 Compare::version(counter.clone(), CompareOp::Equal, f),
             ])
             .and_then([TxnOp::get(lock.clone(), None)]);
-        let (res, fresh) =
-            tokio::join!(self.inner.txn(txn), session.ensure_fresh(&self.inner, need));
+        let (res, fresh) = tokio::join!(self.inner.txn(txn), session.ensure_fresh(need));
         let untrack = || {
             let mut held = self.inner.held();
-            if held
-                .get(&lock)
-                .is_some_and(|h| h.holder == holder.as_bytes() && h.fence == f)
-            {
-                held.remove(&lock);
+            let slot = slot(&lock, holder.as_bytes());
+            if held.get(&slot).is_some_and(|h| h.fence == Some(f)) {
+                held.remove(&slot);
             }
         };
         let res = res.map_err(|e| e.into_store(&what))?;
@@ -670,16 +884,46 @@ impl LeaseStore for EtcdStore {
         }
         match fresh {
             Ok(true) => {
-                self.inner.held().insert(
-                    lock.clone(),
-                    Held {
-                        holder: holder.as_bytes().to_vec(),
-                        fence: f,
-                        valid_until: call + lease,
-                        session: session.id,
-                    },
-                );
-                Ok(true)
+                // Extend the tracked grant, unless the sweep took it meanwhile (its lease passed
+                // while this renew was in flight, and its delete may land after our read).
+                let mut held = self.inner.held();
+                let at = slot(&lock, holder.as_bytes());
+                let current = held.get_mut(&at);
+                match (current, tracked) {
+                    (Some(h), Some(g)) if h.generation == g && !h.doomed => {
+                        h.valid_until = h.valid_until.max(call + lease);
+                        h.session = session.id;
+                        Ok(true)
+                    }
+                    (Some(h), None) if !h.doomed && h.fence.is_none() => {
+                        // A concurrent acquire of the same holder, still without its answer:
+                        // it records the fence; the key must not be swept before our lease ends.
+                        h.valid_until = h.valid_until.max(call + lease);
+                        Ok(true)
+                    }
+                    (None, None) => {
+                        // Not tracked (the entry was cleared while the key stayed ours): track
+                        // it, so the sweep covers it.
+                        let generation = self.inner.next_generation();
+                        held.insert(
+                            at,
+                            Held {
+                                holder: holder.as_bytes().to_vec(),
+                                fence: Some(f),
+                                valid_until: call + lease,
+                                session: session.id,
+                                doomed: false,
+                                generation,
+                            },
+                        );
+                        Ok(true)
+                    }
+                    // Swept, released or re-acquired meanwhile: this grant may be gone.
+                    _ => {
+                        debug!(key, fence = f, "grant taken during the renew: lost");
+                        Ok(false)
+                    }
+                }
             }
             Ok(false) => {
                 untrack();
@@ -705,11 +949,9 @@ impl LeaseStore for EtcdStore {
             .await
             .map_err(|e| e.into_store(&format!("release of `{}`", key.escape_debug())))?;
         let mut held = self.inner.held();
-        if held
-            .get(&lock)
-            .is_some_and(|h| h.holder == holder.as_bytes() && h.fence == f)
-        {
-            held.remove(&lock);
+        let slot = slot(&lock, holder.as_bytes());
+        if held.get(&slot).is_some_and(|h| h.fence == Some(f)) {
+            held.remove(&slot);
         }
         Ok(r.succeeded())
     }
