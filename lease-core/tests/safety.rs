@@ -102,6 +102,46 @@ async fn a_grant_arriving_after_a_suspend_is_released_not_handed_out() {
     assert_eq!(mem.holder("k"), None, "the late grant was not released");
 }
 
+/// A late grant's release still on its way counts as a pending release: a retake by the same
+/// process waits for it, instead of extending the late grant under the same holder and then
+/// having that release delete it.
+#[tokio::test(start_paused = true)]
+async fn a_late_grant_still_being_released_holds_up_a_retake() {
+    let jump = Arc::new(JumpClock::new());
+    let clock: SharedClock = jump.clone();
+    let mem = store_on(clock.clone());
+    let (sa, sb) = (process(&mem), process(&mem));
+    let (a, b) = (lock_on(&sa, clock.clone()), lock_on(&sb, clock.clone()));
+    sa.update(|f| f.reply_delay = Duration::from_millis(20));
+    let late = tokio::spawn({
+        let a = a.clone();
+        async move { a.try_lock_once().await.map(|g| g.fence()) }
+    });
+    sleep(Duration::from_millis(10)).await;
+    jump.jump(Duration::from_secs(60));
+    // The late grant's release will take 100 ms to reach the store.
+    sa.update(|f| {
+        f.reply_delay = Duration::ZERO;
+        f.only = Some(Call::Release);
+        f.delay = Duration::from_millis(100);
+    });
+    assert!(late.await.unwrap().is_err(), "the late grant was handed out");
+    let g = a
+        .lock_timeout(Duration::from_secs(1))
+        .await
+        .expect("a retakes the key");
+    sleep(Duration::from_millis(200)).await;
+    settle().await;
+    assert!(g.is_held(), "a's new lease must survive the late grant's release");
+    if let Ok(gb) = b.try_lock_once().await {
+        panic!(
+            "b was granted fence {} while a holds fence {}: two holders",
+            gb.fence(),
+            g.fence()
+        );
+    }
+}
+
 /// After a suspend longer than the lease, the loss signal fires when the machine resumes, not
 /// at the next heartbeat tick on tokio's (suspended) timer.
 #[tokio::test(start_paused = true)]

@@ -127,7 +127,7 @@ impl EtcdStoreBuilder {
                     NAME,
                     format!(
                         "endpoint `{}` is not of the form host:port",
-                        redact_endpoint(e)
+                        lease_core::redact_url(e)
                     ),
                 ));
             }
@@ -182,14 +182,6 @@ struct Redacted<'a>(&'a str);
 impl fmt::Debug for Redacted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?} (password redacted)", self.0)
-    }
-}
-
-/// An endpoint for an error message: anything that looks like `user:pass@` is cut.
-fn redact_endpoint(e: &str) -> String {
-    match e.rfind('@') {
-        Some(i) => format!("<redacted>@{}", &e[i + 1..]),
-        None => e.to_owned(),
     }
 }
 
