@@ -65,6 +65,7 @@
 //! block plain threads of their own.
 
 mod fscheck;
+mod hostclock;
 mod schema;
 mod store;
 mod wake;

@@ -277,3 +277,40 @@ async fn a_relative_url_is_resolved_once_at_open() {
         fence(1)
     );
 }
+
+/// The fence counter is an SQLite `INTEGER` (i64): once a key's fence is `i64::MAX`, the next
+/// grant has no fence left to hand out. It must fail with a permanent error and leave the row
+/// alone, never grant the same fence again.
+#[tokio::test]
+async fn a_fence_at_its_maximum_is_an_error_not_a_repeat() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let f = store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert!(store.release("k", "a", f).await.unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE leases SET fence = ?1 WHERE key = ?2",
+            (i64::MAX, b"k".as_slice()),
+        )
+        .unwrap();
+    let err = store
+        .try_lock(LEASE, "k", "b")
+        .await
+        .expect_err("no fence after i64::MAX");
+    let msg = err.to_string();
+    assert_eq!(err.kind(), StoreErrorKind::Permanent, "{msg}");
+    assert!(msg.contains("fence") && msg.contains("`k`"), "{msg}");
+    let (holder, n): (Option<Vec<u8>>, i64) = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT holder, fence FROM leases WHERE key = ?1",
+            [b"k".as_slice()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((holder, n), (None, i64::MAX), "the row is unchanged");
+    // Other keys are unaffected.
+    assert_eq!(store.try_lock(LEASE, "other", "b").await.unwrap(), fence(1));
+}
