@@ -553,6 +553,7 @@ impl LeaseStore for SqliteStore {
     ) -> Result<Option<Fence>, StoreError> {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
+        let wake_lease = lease;
         let lease = lease_ns(lease);
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         let fence = self
@@ -604,7 +605,7 @@ impl LeaseStore for SqliteStore {
                     Ok(Some(fence))
                 },
                 move |wake, fence| match fence {
-                    Some(Some(_)) => wake.granted(&wake_key, &wake_holder),
+                    Some(Some(_)) => wake.granted(&wake_key, &wake_holder, wake_lease),
                     // A release (zero lease), or the key is another's: not ours to signal any more.
                     Some(None) => wake.released(&wake_key, &wake_holder),
                     // Unknown: keep whatever we had.
@@ -624,6 +625,7 @@ impl LeaseStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
+        let wake_lease = lease;
         let lease = lease_ns(lease);
         let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
@@ -643,10 +645,11 @@ impl LeaseStore for SqliteStore {
                 )?;
                 Ok(n == 1)
             },
-            move |wake, renewed| {
-                if renewed == Some(&false) {
-                    wake.released(&wake_key, &wake_holder);
-                }
+            move |wake, renewed| match renewed {
+                Some(true) => wake.renewed(&wake_key, &wake_holder, wake_lease),
+                Some(false) => wake.released(&wake_key, &wake_holder),
+                // Unknown: keep the flock; it goes when the lease last written runs out.
+                None => {}
             },
         )
         .await
