@@ -415,7 +415,7 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         StoreError::permanent(NAME, format!("cannot create the directory of {shown}"))
             .with_source(e)
     })?;
-    crate::fscheck::refuse_network_fs(&parent)?;
+    crate::fscheck::refuse_network_fs(&path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
