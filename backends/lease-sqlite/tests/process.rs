@@ -2,7 +2,9 @@
 //! counter, a SIGKILLed holder replaced within lease + 1 s, a holder paused past its lease that
 //! learns of the loss on resume and whose fenced write is refused, the release → acquire handoff
 //! time between two processes, fairness between eight contending processes, and a holder whose
-//! wall clock is a day off (libfaketime) changing nothing.
+//! wall clock is a day off (libfaketime) changing nothing, holders in different time namespaces
+//! (`unshare --time --boottime`) on one clock, and a boot id hidden in a mount namespace
+//! failing the open.
 //!
 //! The children are this test binary run again (`std::env::current_exe`) with [`CHILD_ENV`] set
 //! to `role|database|counter database|argument`, which makes [`child`] play that role. Children

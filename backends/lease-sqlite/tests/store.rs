@@ -1,6 +1,7 @@
 //! Store-level behaviour beyond the conformance suite: opening by URL, fences that survive a
 //! reopen, leases from a previous boot, the boot clock, schema upgrades, durability options,
-//! and wake-ups between two stores on one database.
+//! wake-ups between two stores on one database (also after a lease lost without a release), and
+//! a fence at its maximum.
 
 use std::time::{Duration, Instant};
 
