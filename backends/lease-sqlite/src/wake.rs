@@ -85,7 +85,7 @@ impl Held {
                 st.sweeping = false;
                 return;
             };
-            let wait = (next - now).min(SWEEP_AT_LEAST_EVERY);
+            let wait = next.saturating_sub(now).min(SWEEP_AT_LEAST_EVERY);
             st = self
                 .changed
                 .wait_timeout(st, wait)
