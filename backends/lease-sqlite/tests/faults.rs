@@ -1,8 +1,8 @@
 //! Faults of the database file: a path that cannot be created, a directory in the way, a file
 //! that is not a database, a schema from a newer version, a database locked past the busy
-//! budget (and other calls on the store running meanwhile), and the file deleted or replaced under
-//! a running holder. Each gives a clear error
-//! naming the path and the problem; none panics and none grants a key twice.
+//! budget (and other calls on the store running meanwhile), and the file deleted or replaced
+//! under a running holder. Each gives a clear error naming the path and the problem; none
+//! panics and none grants a key twice.
 
 use std::time::Duration;
 
