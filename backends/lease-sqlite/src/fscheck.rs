@@ -2,7 +2,7 @@
 //! filesystems (no shared memory for WAL between hosts, and another host's boot clock means
 //! nothing here).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lease_core::StoreError;
 
@@ -53,16 +53,74 @@ const NETWORK_FUSE: &[&str] = &[
     "cvmfs",
 ];
 
-/// Refuses `dir` if it is on a network or cluster filesystem that `statfs` (and for FUSE,
-/// `/proc/self/mountinfo`) identifies. Anything it cannot tell is let through: the open that
-/// follows reports real problems.
-pub(crate) fn refuse_network_fs(dir: &Path) -> Result<(), StoreError> {
-    let Ok(fs) = rustix::fs::statfs(dir) else {
-        return Ok(());
-    };
+/// Refuses the database `db` (an absolute path) if its directory, or the directory of the file
+/// it really is after following symlinks, is on a network or cluster filesystem that `statfs`
+/// (and for FUSE, `/proc/self/mountinfo`) identifies. SQLite follows a symlinked database to
+/// its target and keeps the WAL and its shared memory next to it, so the target's filesystem
+/// is the one that counts; the wake-up files live next to the path as given. Anything it cannot
+/// tell is let through: the open that follows reports real problems.
+pub(crate) fn refuse_network_fs(db: &Path) -> Result<(), StoreError> {
+    refuse_with(db, network_fs)
+}
+
+fn refuse_with(db: &Path, network_fs: impl Fn(&Path) -> Option<String>) -> Result<(), StoreError> {
+    let given = parent_of(db);
+    let real = real_path(db);
+    let real_dir = parent_of(&real);
+    for dir in [&given, &real_dir] {
+        if let Some(name) = network_fs(dir) {
+            let through = if real == db {
+                String::new()
+            } else {
+                format!(
+                    " (the database {} is a symlink to {})",
+                    db.display(),
+                    real.display()
+                )
+            };
+            return Err(StoreError::permanent(
+                NAME,
+                format!(
+                    "{} is on a {name} network filesystem{through}; the SQLite store works only \
+                     on a local filesystem shared by processes of one host",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parent_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// The file `path` (absolute) really is: symlinks followed, also a dangling one (SQLite
+/// creates the database at its target), and the directory's own symlinks resolved when it
+/// exists. A loop of symlinks stops after 40 steps, like the kernel's.
+fn real_path(path: &Path) -> PathBuf {
+    let mut p = path.to_owned();
+    for _ in 0..40 {
+        let Ok(target) = std::fs::read_link(&p) else {
+            break;
+        };
+        p = parent_of(&p).join(target);
+    }
+    match (p.parent().map(Path::canonicalize), p.file_name()) {
+        (Some(Ok(dir)), Some(name)) => dir.join(name),
+        _ => p,
+    }
+}
+
+/// The name of the network or cluster filesystem `dir` is on, if it is one.
+fn network_fs(dir: &Path) -> Option<String> {
+    let fs = rustix::fs::statfs(dir).ok()?;
     #[allow(clippy::useless_conversion, clippy::unnecessary_cast)] // f_type's type varies
     let kind = (fs.f_type as i64 as u64) & 0xFFFF_FFFF;
-    let name = if kind == FUSE {
+    if kind == FUSE {
         fuse_type(dir).and_then(|t| {
             let sub = t.split_once('.').map_or("", |(_, sub)| sub);
             NETWORK_FUSE.contains(&sub).then(|| format!("FUSE {sub}"))
@@ -72,17 +130,6 @@ pub(crate) fn refuse_network_fs(dir: &Path) -> Result<(), StoreError> {
             .iter()
             .find(|(magic, _)| *magic == kind)
             .map(|(_, name)| (*name).to_owned())
-    };
-    match name {
-        Some(name) => Err(StoreError::permanent(
-            NAME,
-            format!(
-                "{} is on a {name} network filesystem; the SQLite store works only on a local \
-                 filesystem shared by processes of one host",
-                dir.display()
-            ),
-        )),
-        None => Ok(()),
     }
 }
 
@@ -170,6 +217,66 @@ mod tests {
     #[test]
     fn the_local_temp_dir_is_accepted() {
         let dir = tempfile::tempdir().expect("temp dir");
-        refuse_network_fs(dir.path()).expect("a local filesystem");
+        refuse_network_fs(&dir.path().join("locks.db")).expect("a local filesystem");
+    }
+
+    /// A database path that is a symlink (on a local filesystem) into another directory is
+    /// checked where its file really is: symlinks followed, relative, chained, dangling (SQLite
+    /// creates the file at the target), or through a symlinked directory.
+    #[test]
+    fn a_symlinked_database_is_checked_where_its_file_really_is() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path().canonicalize().expect("canonical temp dir");
+        let (local, remote) = (root.join("local"), root.join("remote"));
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::create_dir_all(remote.join("sub")).unwrap();
+        std::fs::write(remote.join("real.db"), "").unwrap();
+        // Existing target, relative link.
+        symlink("../remote/real.db", local.join("rel.db")).unwrap();
+        // A chain of two links, the last absolute.
+        symlink(remote.join("real.db"), local.join("abs.db")).unwrap();
+        symlink("abs.db", local.join("chain.db")).unwrap();
+        // Dangling: SQLite would create remote/sub/new.db.
+        symlink(remote.join("sub/new.db"), local.join("dangling.db")).unwrap();
+        // Through a symlinked directory.
+        symlink(&remote, local.join("dir")).unwrap();
+
+        let cases = [
+            ("rel.db", remote.join("real.db")),
+            ("abs.db", remote.join("real.db")),
+            ("chain.db", remote.join("real.db")),
+            ("dangling.db", remote.join("sub/new.db")),
+            ("dir/x.db", remote.join("x.db")),
+            ("plain.db", local.join("plain.db")),
+        ];
+        // Pretend that `remote` is an NFS mount and `local` a local filesystem.
+        let nfs = |dir: &Path| dir.starts_with(&remote).then(|| "NFS".to_owned());
+        for (name, real) in cases {
+            let db = local.join(name);
+            assert_eq!(real_path(&db), real, "{name}");
+            let verdict = refuse_with(&db, nfs);
+            if real.starts_with(&remote) {
+                let msg = verdict.expect_err(name).to_string();
+                assert!(msg.contains("NFS network filesystem"), "{name}: {msg}");
+            } else {
+                verdict.expect(name);
+            }
+        }
+        let msg = refuse_with(&local.join("rel.db"), nfs)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&format!(
+                "{} is a symlink to",
+                local.join("rel.db").display()
+            )),
+            "the error names the link and its target: {msg}"
+        );
+
+        // A loop of symlinks ends; the open that follows reports it.
+        symlink("loop-b.db", local.join("loop-a.db")).unwrap();
+        symlink("loop-a.db", local.join("loop-b.db")).unwrap();
+        refuse_with(&local.join("loop-a.db"), nfs).expect("not on the fake NFS");
     }
 }

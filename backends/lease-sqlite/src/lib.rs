@@ -35,7 +35,21 @@
 //! host's boot clock means nothing here. WAL mode also needs shared memory between the processes,
 //! which network filesystems do not provide; the store refuses NFS, SMB/CIFS, 9p, Ceph and other
 //! network or cluster filesystems, and network FUSE mounts such as sshfs, where `statfs` and
-//! `/proc/self/mountinfo` identify them.
+//! `/proc/self/mountinfo` identify them; a database path that is a symlink is checked where its
+//! file really is (SQLite keeps the WAL next to the target).
+//!
+//! **Time namespaces**: `CLOCK_BOOTTIME` is per time namespace (containers, `unshare --time
+//! --boottime N`), so every process corrects its readings to the host's boot clock: at open it
+//! reads its namespace's boot-time offset from `/proc/self/timens_offsets` and subtracts it from
+//! every reading. The kernel adds exactly that offset, so processes in any time namespaces of one
+//! host judge expiry on one clock. No such file (a kernel without time namespaces) means no
+//! offset. A process that called `unshare(CLONE_NEWTIME)` without an exec since (its own
+//! namespace differs from its children's, and the file shows the children's offsets) is refused
+//! at open, as is an unreadable offsets file.
+//!
+//! **Boot id**: `/proc/sys/kernel/random/boot_id` must be readable; a missing or empty file (a
+//! sandbox without `/proc`, a file hidden by a mount) is a permanent error at open naming it,
+//! since without it a lease written before a reboot could not be told from a live one.
 //!
 //! **Durability**: with [`Durability::Full`] (the default) every grant commits with
 //! `synchronous=FULL`, so a committed grant survives a power loss and fences never repeat;
@@ -45,11 +59,19 @@
 //!
 //! **Contention**: SQLite's own busy handler is kept short (5 ms) and the store retries busy
 //! transactions itself with jittered sleeps until a budget (2 s by default), after which the call
-//! fails with a transient error (a renewal retries it until the lease's deadline).
+//! fails with a transient error (a renewal retries it until the lease's deadline). A call
+//! holds the store's connection for one attempt at a time, never through the sleeps between
+//! attempts, so a call waiting for another process's write lock does not hold up the other
+//! calls on the same store (renewals of other keys, waiters' reads).
+//!
+//! **Fences** are SQLite integers: a key whose fence reached `i64::MAX` cannot be granted again
+//! (a permanent error; the fence is never repeated).
 //!
 //! **Wake-ups**: a store that grants a key holds an exclusive `flock(2)` on a per-key file in
 //! `<db>.wake/` (named by a 64-bit FNV-1a hash of the key) until the key is released through it,
-//! its renewal fails, or its process dies. [`wait_for_change`](lease_core::LeaseStore::wait_for_change)
+//! a renewal is refused, the lease it last granted or renewed runs out without a renewal (a
+//! holder that lost its lease without releasing it; a sweeper thread of the store drops the
+//! flock then), or its process dies. [`wait_for_change`](lease_core::LeaseStore::wait_for_change)
 //! reads the key's row: free → it returns at once; held → it blocks on a thread of its own on a
 //! shared `flock` of that file, and returns when the holder lets go, when the lease runs out, or
 //! after `max_wait`, whichever is first. So a waiter in another process takes a released key
@@ -62,9 +84,20 @@
 //! through this store (it cannot know which fences the old file handed out).
 //!
 //! All SQLite calls run on tokio's blocking threads, never on the async workers; wake-up waits
-//! block plain threads of their own.
+//! block plain threads of their own, and so does the sweeper of lapsed flocks (one per store,
+//! only while it holds flocks).
+//!
+//! # What the store guarantees, and where
+//!
+//! At most one holder is granted a key at a time, and fences of a key strictly increase, for
+//! processes that share **one host** (one kernel, one boot), a database on a **local
+//! filesystem**, a readable **boot id**, and any **time namespaces** whose boot-time offsets
+//! the store can read (each process corrects for its own). Opening refuses what it can detect
+//! outside these bounds; it cannot detect two hosts on a filesystem it does not recognise as
+//! a network one.
 
 mod fscheck;
+mod hostclock;
 mod schema;
 mod store;
 mod wake;

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lease_core::{BootClock, Capabilities, Clock, Fence, LeaseStore, StoreError, validate};
+use lease_core::{Capabilities, Fence, LeaseStore, StoreError, validate};
 use rand::Rng;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::hostclock::{self, HostClock};
 use crate::wake::{self, Wake};
 use crate::{NAME, schema};
 
@@ -83,6 +84,8 @@ struct Inner {
     /// Device and inode of the file when opened, to notice it being deleted or replaced.
     identity: (u64, u64),
     boot_id: String,
+    /// The host's boot clock, whatever this process's time namespace.
+    clock: HostClock,
     busy_budget: Duration,
     durability: Durability,
     wake: Wake,
@@ -141,7 +144,7 @@ impl SqliteStore {
     async fn run<T, F, A>(&self, grants: bool, op: F, after: A) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn(&rusqlite::Transaction<'_>, i64, &str) -> rusqlite::Result<T> + Send + 'static,
+        F: Fn(&rusqlite::Transaction<'_>, i64, &str) -> Result<T, TxError> + Send + 'static,
         A: FnOnce(&Wake, Option<&T>) + Send + 'static,
     {
         let inner = self.inner.clone();
@@ -164,41 +167,48 @@ impl Inner {
     /// reboot the boot id differs, so every lease counts as expired anyway, and the fence
     /// counter only moves in grants (whose `FULL` commit also syncs every earlier WAL frame).
     /// This keeps one disk flush, not two, on the release → acquire path.
+    ///
+    /// The connection's mutex is held for one attempt at a time, never through the sleeps
+    /// between busy attempts: a call that waits for another process's write lock must not hold
+    /// up the other calls on this store (renewals of other keys, the reads of waiters), which
+    /// take their own attempts in between.
     fn transact<T>(
         &self,
         grants: bool,
-        op: impl Fn(&rusqlite::Transaction<'_>, i64, &str) -> rusqlite::Result<T>,
+        op: impl Fn(&rusqlite::Transaction<'_>, i64, &str) -> Result<T, TxError>,
     ) -> Result<T, StoreError> {
         self.check_identity()?;
         let started = Instant::now();
-        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let full = grants && self.durability == Durability::Full;
-        if guard.full != full {
-            let level = if full { "FULL" } else { "NORMAL" };
-            guard
-                .conn
-                .pragma_update(None, "synchronous", level)
-                .map_err(|e| classify(&self.path, e))?;
-            guard.full = full;
-        }
-        let conn = &mut guard.conn;
         loop {
-            let attempt = (|| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let now = now_ns();
-                let out = op(&tx, now, &self.boot_id)?;
-                tx.commit()?;
-                Ok(out)
-            })();
+            let attempt = {
+                let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                if guard.full != full {
+                    let level = if full { "FULL" } else { "NORMAL" };
+                    guard
+                        .conn
+                        .pragma_update(None, "synchronous", level)
+                        .map_err(|e| classify(&self.path, e))?;
+                    guard.full = full;
+                }
+                let conn = &mut guard.conn;
+                (|| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let now = self.now_ns();
+                    let out = op(&tx, now, &self.boot_id)?;
+                    tx.commit()?;
+                    Ok(out)
+                })()
+            };
             match attempt {
                 Ok(out) => return Ok(out),
-                Err(e) if is_busy(&e) && started.elapsed() < self.busy_budget => {
+                Err(TxError::Sql(e)) if is_busy(&e) && started.elapsed() < self.busy_budget => {
                     // Jittered, so that contending processes do not retry in lock-step and one
-                    // of them cannot starve the others.
+                    // of them cannot starve the others; without the connection's mutex.
                     let ms = rand::rng().random_range(1..=5);
                     std::thread::sleep(Duration::from_millis(ms));
                 }
-                Err(e) if is_busy(&e) => {
+                Err(TxError::Sql(e)) if is_busy(&e) => {
                     return Err(StoreError::transient(
                         NAME,
                         format!(
@@ -209,7 +219,8 @@ impl Inner {
                     )
                     .with_source(e));
                 }
-                Err(e) => return Err(classify(&self.path, e)),
+                Err(TxError::Sql(e)) => return Err(classify(&self.path, e)),
+                Err(TxError::Store(e)) => return Err(e),
             }
         }
     }
@@ -223,13 +234,18 @@ impl Inner {
             .prepare_cached("SELECT holder, boot_id, expires_ns FROM leases WHERE key = ?1")?
             .query_row([key.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        let now = now_ns();
+        let now = self.now_ns();
         Ok(match row {
             Some((Some(_), boot, expires)) if boot == self.boot_id && expires > now => {
                 Some(Duration::from_nanos(expires.abs_diff(now)))
             }
             _ => None,
         })
+    }
+
+    /// Now on the host's boot clock, in nanoseconds: the clock of every expiry in the database.
+    fn now_ns(&self) -> i64 {
+        self.clock.now_ns()
     }
 
     fn check_identity(&self) -> Result<(), StoreError> {
@@ -248,6 +264,19 @@ impl Inner {
             )
             .with_source(e)),
         }
+    }
+}
+
+/// Why one transaction attempt failed: SQLite (busy is retried), or the store's own verdict
+/// (rolls back, not retried).
+enum TxError {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for TxError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
     }
 }
 
@@ -277,18 +306,8 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn now_ns() -> i64 {
-    i64::try_from(BootClock.now().as_nanos()).unwrap_or(i64::MAX)
-}
-
 fn lease_ns(lease: Duration) -> i64 {
     i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX)
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
@@ -366,6 +385,15 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             "an in-memory database cannot be shared between processes; name a file",
         ));
     }
+    // Before anything is created: without them no expiry can be judged.
+    let boot_id = hostclock::boot_id()?;
+    let clock = HostClock::open()?;
+    if clock.offset_ns() != 0 {
+        tracing::debug!(
+            offset_ns = clock.offset_ns(),
+            "this time namespace's boot clock is offset; expiries are kept on the host's"
+        );
+    }
     // Absolute, so that a later change of the working directory cannot make the file look
     // deleted or replaced, nor move the wake-up files.
     let path = std::path::absolute(&path).map_err(|e| {
@@ -387,7 +415,7 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         StoreError::permanent(NAME, format!("cannot create the directory of {shown}"))
             .with_source(e)
     })?;
-    crate::fscheck::refuse_network_fs(&parent)?;
+    crate::fscheck::refuse_network_fs(&path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -474,7 +502,8 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             path,
             conn: Mutex::new(Conn { conn, full: false }),
             identity: (meta.dev(), meta.ino()),
-            boot_id: boot_id(),
+            boot_id,
+            clock,
             busy_budget: b.busy_budget,
             durability: b.durability,
             wake: Wake::new(wake_dir),
@@ -524,6 +553,7 @@ impl LeaseStore for SqliteStore {
     ) -> Result<Option<Fence>, StoreError> {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
+        let wake_lease = lease;
         let lease = lease_ns(lease);
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         let fence = self
@@ -552,7 +582,18 @@ impl LeaseStore for SqliteStore {
                         {
                             return Ok(None);
                         }
-                        Some(r) => r.fence.saturating_add(1),
+                        // A fence repeated would let a stale holder's writes through: out of
+                        // fences is an error (the transaction rolls back), never a repeat.
+                        Some(r) => r.fence.checked_add(1).ok_or_else(|| {
+                            TxError::Store(StoreError::permanent(
+                                NAME,
+                                format!(
+                                    "the fence of `{key}` is at its maximum ({}) and cannot \
+                                     increase; the key cannot be granted again",
+                                    r.fence
+                                ),
+                            ))
+                        })?,
                     };
                     tx.execute(
                         "INSERT INTO leases (key, holder, fence, boot_id, expires_ns)
@@ -564,7 +605,7 @@ impl LeaseStore for SqliteStore {
                     Ok(Some(fence))
                 },
                 move |wake, fence| match fence {
-                    Some(Some(_)) => wake.granted(&wake_key, &wake_holder),
+                    Some(Some(_)) => wake.granted(&wake_key, &wake_holder, wake_lease),
                     // A release (zero lease), or the key is another's: not ours to signal any more.
                     Some(None) => wake.released(&wake_key, &wake_holder),
                     // Unknown: keep whatever we had.
@@ -584,6 +625,7 @@ impl LeaseStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
+        let wake_lease = lease;
         let lease = lease_ns(lease);
         let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
@@ -603,10 +645,11 @@ impl LeaseStore for SqliteStore {
                 )?;
                 Ok(n == 1)
             },
-            move |wake, renewed| {
-                if renewed == Some(&false) {
-                    wake.released(&wake_key, &wake_holder);
-                }
+            move |wake, renewed| match renewed {
+                Some(true) => wake.renewed(&wake_key, &wake_holder, wake_lease),
+                Some(false) => wake.released(&wake_key, &wake_holder),
+                // Unknown: keep the flock; it goes when the lease last written runs out.
+                None => {}
             },
         )
         .await

@@ -3,8 +3,9 @@
 //! Next to the database, `<db>.wake/` holds one empty file per key (named by a 64-bit FNV-1a
 //! hash of the key; two keys sharing a file only cost a spurious wake-up or some latency). A
 //! store that grants a key takes an exclusive `flock` on that key's file and keeps it until the
-//! key is released through it (or its renewal fails, or the process dies: the kernel drops the
-//! lock then). A waiter that finds the exclusive lock taken blocks on a shared `flock` on a thread
+//! key is released through it, its renewal is refused, the lease it last granted or renewed has
+//! run out (a holder that lost its lease without releasing it: its renewals failed, or its lock
+//! stopped renewing at its deadline), or the process dies (the kernel drops the lock then). A waiter that finds the exclusive lock taken blocks on a shared `flock` on a thread
 //! of its own and wakes when it is granted, which is the moment the holder let go. The store's
 //! `wait_for_change` bounds that by the lease's end (from the key's row) and `max_wait`, and polls
 //! when the key is held but its file is not. All of it is a hint: the caller re-runs `try_lock`
@@ -17,8 +18,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
+
+use lease_core::{BootClock, Clock};
 
 use rustix::fs::{FlockOperation, flock};
 use rustix::io::Errno;
@@ -28,10 +31,95 @@ use tokio::sync::watch;
 /// other holders' flocks (one per key file, shared by all waiters of this store).
 pub(crate) struct Wake {
     dir: PathBuf,
-    /// Key → (holder, the open file carrying the exclusive flock).
-    held: Mutex<HashMap<String, (String, File)>>,
+    held: Arc<Held>,
     /// Key file hash → the blocked thread's "released" signal.
     waits: Arc<Mutex<HashMap<u64, watch::Receiver<bool>>>>,
+}
+
+/// The flocks this store holds, and the sweeper that drops those whose lease ran out.
+struct Held {
+    state: Mutex<HeldState>,
+    /// Wakes the sweeper: a lease was extended past its next wake-up, or the store closed.
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct HeldState {
+    keys: HashMap<String, HeldKey>,
+    /// Whether a sweeper thread runs (it exits when `keys` is empty, or the store closed).
+    sweeping: bool,
+    closed: bool,
+}
+
+struct HeldKey {
+    holder: String,
+    /// The open file carrying the exclusive flock; dropping it unlocks.
+    _flock: File,
+    /// When the lease last granted or renewed through this store ends, on [`BootClock`]
+    /// (measured after its commit, so never before the lease's end in the database).
+    until: Duration,
+}
+
+/// The longest the sweeper sleeps between two looks at the boot clock: its timed wait runs on
+/// `CLOCK_MONOTONIC`, which stops during a suspend, so after a resume a lapsed lease's flock is
+/// dropped within this much.
+const SWEEP_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
+
+impl Held {
+    fn lock(&self) -> MutexGuard<'_, HeldState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops the flocks of leases that ran out, until none is left or the store closes.
+    fn sweep(self: &Arc<Self>) {
+        let mut st = self.lock();
+        loop {
+            if st.closed {
+                st.keys.clear();
+                st.sweeping = false;
+                return;
+            }
+            let now = BootClock.now();
+            st.keys.retain(|_, k| k.until > now);
+            let Some(next) = st.keys.values().map(|k| k.until).min() else {
+                st.sweeping = false;
+                return;
+            };
+            let wait = next.saturating_sub(now).min(SWEEP_AT_LEAST_EVERY);
+            st = self
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Starts the sweeper if none runs.
+    fn ensure_sweeper(self: &Arc<Self>, st: &mut HeldState) {
+        if st.sweeping {
+            return;
+        }
+        let held = Arc::clone(self);
+        // A plain thread, so that no runtime is needed and none is held up at shutdown.
+        let spawned = std::thread::Builder::new()
+            .name("lease-sqlite-sweep".into())
+            .spawn(move || held.sweep());
+        match spawned {
+            Ok(_) => st.sweeping = true,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot start the wake flock sweeper");
+            }
+        }
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        let mut st = self.held.lock();
+        st.closed = true;
+        st.keys.clear();
+        self.held.changed.notify_all();
+    }
 }
 
 /// Resolves when the flock a waiter watches is let go of.
@@ -68,7 +156,10 @@ impl Wake {
     pub(crate) fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            held: Mutex::new(HashMap::new()),
+            held: Arc::new(Held {
+                state: Mutex::new(HeldState::default()),
+                changed: Condvar::new(),
+            }),
             waits: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -82,13 +173,19 @@ impl Wake {
             .open(self.dir.join(format!("{hash:016x}")))
     }
 
-    /// `holder` was granted `key` through this store: hold the key's flock until it lets go.
-    /// Blocking (briefly: a waiter holds the shared lock only for an instant).
-    pub(crate) fn granted(&self, key: &str, holder: &str) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = held.get_mut(key) {
+    /// `holder` was granted `key` through this store for `lease`: hold the key's flock until it
+    /// lets go, or the lease runs out without a renewal. Blocking (briefly: a waiter holds the
+    /// shared lock only for an instant).
+    pub(crate) fn granted(&self, key: &str, holder: &str, lease: Duration) {
+        let until = BootClock.now().saturating_add(lease);
+        let mut st = self.held.lock();
+        if st.closed {
+            return;
+        }
+        if let Some(entry) = st.keys.get_mut(key) {
             // Ours already (an extension, or a takeover within this store): keep the flock.
-            holder.clone_into(&mut entry.0);
+            holder.clone_into(&mut entry.holder);
+            entry.until = until;
             return;
         }
         let file = match self.file_of(fnv1a64(key.as_bytes())) {
@@ -101,7 +198,17 @@ impl Wake {
         for _ in 0..50 {
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {
-                    held.insert(key.to_owned(), (holder.to_owned(), file));
+                    st.keys.insert(
+                        key.to_owned(),
+                        HeldKey {
+                            holder: holder.to_owned(),
+                            _flock: file,
+                            until,
+                        },
+                    );
+                    self.held.ensure_sweeper(&mut st);
+                    // A sweeper asleep until a later lease's end must see this one.
+                    self.held.changed.notify_all();
                     return;
                 }
                 // A waiter's momentary shared lock, or a colliding key's holder.
@@ -116,12 +223,23 @@ impl Wake {
         }
     }
 
+    /// `holder` renewed `key` through this store for `lease`: keep its flock that much longer.
+    /// A renewal after the flock was dropped (its lease had run out) does not take it again:
+    /// waiters then poll, which costs latency only.
+    pub(crate) fn renewed(&self, key: &str, holder: &str, lease: Duration) {
+        let until = BootClock.now().saturating_add(lease);
+        let mut st = self.held.lock();
+        if let Some(entry) = st.keys.get_mut(key).filter(|e| e.holder == holder) {
+            entry.until = until;
+        }
+    }
+
     /// `holder` no longer holds `key` through this store: wake its waiters.
     pub(crate) fn released(&self, key: &str, holder: &str) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.get(key).is_some_and(|(h, _)| h == holder) {
+        let mut st = self.held.lock();
+        if st.keys.get(key).is_some_and(|e| e.holder == holder) {
             // Closing the file drops the flock.
-            held.remove(key);
+            st.keys.remove(key);
         }
     }
 

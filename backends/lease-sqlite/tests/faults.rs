@@ -1,7 +1,8 @@
 //! Faults of the database file: a path that cannot be created, a directory in the way, a file
 //! that is not a database, a schema from a newer version, a database locked past the busy
-//! budget, and the file deleted or replaced under a running holder. Each gives a clear error
-//! naming the path and the problem; none panics and none grants a key twice.
+//! budget (and other calls on the store running meanwhile), and the file deleted or replaced
+//! under a running holder. Each gives a clear error naming the path and the problem; none
+//! panics and none grants a key twice.
 
 use std::time::Duration;
 
@@ -222,4 +223,56 @@ async fn a_database_corrupted_after_its_header_gives_a_clear_error() {
     assert_eq!(err.kind(), StoreErrorKind::Permanent, "{msg}");
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     assert!(msg.contains("corrupt"), "{msg}");
+}
+
+/// A call that retries a busy database sleeps between its attempts without holding the store's
+/// connection, so the other calls on the same store keep running theirs: here a raw connection
+/// holds the write lock (`BEGIN IMMEDIATE`) while a `try_lock` retries for its whole busy
+/// budget, and a `wait_for_change` on a free key on the same store (a plain read, which WAL
+/// serves next to a writer) returns at once instead of after the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_retry_does_not_hold_up_other_calls_on_the_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let budget = Duration::from_secs(4);
+    let store = SqliteStore::builder(&path)
+        .busy_budget(budget)
+        .open()
+        .await
+        .expect("open");
+    // Both rows exist, so that the read below finds a released key.
+    let f = store.try_lock(LEASE, "free", "a").await.unwrap().unwrap();
+    assert!(store.release("free", "a", f).await.unwrap());
+
+    let blocker = Connection::open(&path).expect("open a second connection");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let started = std::time::Instant::now();
+    let retrying = {
+        let store = store.clone();
+        tokio::spawn(async move { store.try_lock(LEASE, "busy", "a").await })
+    };
+    // Well inside the retries.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!retrying.is_finished(), "the try_lock is still retrying");
+    let read_started = std::time::Instant::now();
+    store.wait_for_change("free", Duration::from_secs(60)).await;
+    let read_took = read_started.elapsed();
+    println!("a read during another call's busy retries took {read_took:?} (budget {budget:?})");
+    assert!(
+        read_took < budget / 4,
+        "the read waited {read_took:?} for another call's busy retries (budget {budget:?})"
+    );
+    assert!(
+        !retrying.is_finished(),
+        "the read returned while the try_lock was still retrying"
+    );
+    let err = retrying
+        .await
+        .expect("task")
+        .expect_err("locked past the budget");
+    assert_eq!(err.kind(), StoreErrorKind::Transient, "{err}");
+    assert!(started.elapsed() >= budget);
+    blocker.execute_batch("ROLLBACK").expect("unlock");
 }

@@ -2,7 +2,9 @@
 //! counter, a SIGKILLed holder replaced within lease + 1 s, a holder paused past its lease that
 //! learns of the loss on resume and whose fenced write is refused, the release → acquire handoff
 //! time between two processes, fairness between eight contending processes, and a holder whose
-//! wall clock is a day off (libfaketime) changing nothing.
+//! wall clock is a day off (libfaketime) changing nothing, holders in different time namespaces
+//! (`unshare --time --boottime`) on one clock, and a boot id hidden in a mount namespace
+//! failing the open.
 //!
 //! The children are this test binary run again (`std::env::current_exe`) with [`CHILD_ENV`] set
 //! to `role|database|counter database|argument`, which makes [`child`] play that role. Children
@@ -90,6 +92,33 @@ async fn child() {
         }
         "handoff" => child_handoff(db, arg == "normal").await,
         "fair" => child_fair(db, arg.parse().expect("seconds")).await,
+        "ns-holder" => {
+            println!("@@CLOCK {}", now_ns());
+            child_holder(db, counter).await;
+        }
+        "try-once" => {
+            println!("@@CLOCK {}", now_ns());
+            let lock = lock_on(db, "try-once").await;
+            match lock.try_lock_once().await {
+                Ok(guard) => {
+                    println!("@@TRY fence {}", guard.fence().get());
+                    guard.release().await.expect("release");
+                }
+                Err(Error::Busy { .. }) => println!("@@TRY busy"),
+                Err(e) => println!("@@TRY error {e}"),
+            }
+        }
+        "open" => {
+            let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map_or_else(
+                |e| format!("unreadable ({e})"),
+                |s| format!("{:?}", s.trim()),
+            );
+            println!("@@BOOTID {boot_id}");
+            match SqliteStore::open(db).await {
+                Ok(_) => println!("@@OPEN ok"),
+                Err(e) => println!("@@OPEN error {:?}: {e}", e.kind()),
+            }
+        }
         other => panic!("unknown child role {other}"),
     }
 }
@@ -186,7 +215,27 @@ async fn child_fair(db: &Path, secs: f64) {
 }
 
 fn child_command(role: &str, db: &Path, counter: &Path, arg: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    wrapped_child_command(&[], role, db, counter, arg)
+}
+
+/// [`child_command`] run through `wrapper` (a program and its arguments, which must end by
+/// executing the rest of its command line), e.g. `unshare --time --boottime 3600`.
+fn wrapped_child_command(
+    wrapper: &[&str],
+    role: &str,
+    db: &Path,
+    counter: &Path,
+    arg: &str,
+) -> Command {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(args).arg(&exe);
+            cmd
+        }
+        None => Command::new(&exe),
+    };
     cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"])
         .env(
             CHILD_ENV,
@@ -597,5 +646,167 @@ async fn a_holder_with_a_stepped_wall_clock_changes_nothing() {
         );
         assert!(guard.fence() > child_fence);
         guard.release().await.expect("release");
+    }
+}
+
+/// Whether `cmd` runs and succeeds here (a namespace tool, say); under `CI` it must.
+fn can_run(cmd: &[&str]) -> bool {
+    let ok = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok || std::env::var_os("CI").is_none(),
+        "`{}` must work under CI (it needs root and util-linux's unshare)",
+        cmd.join(" ")
+    );
+    if !ok {
+        println!("skipped: `{}` does not work here", cmd.join(" "));
+    }
+    ok
+}
+
+/// `CLOCK_BOOTTIME` is per time namespace: a process started by `unshare --time --boottime
+/// 3600` reads the host's boot clock plus an hour. Expiry written and read by processes in
+/// different namespaces must still be on one clock: a holder in the root namespace is not
+/// expired an hour early for a process in the offset namespace (which would grant it a second
+/// fence over a live lease), and a holder in the offset namespace does not keep the key an hour
+/// past its death.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holders_in_different_time_namespaces_never_both_hold_a_key() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    const OFFSET_SECS: i64 = 3600;
+    let offset = OFFSET_SECS.to_string();
+    let unshare = ["unshare", "--time", "--boottime", offset.as_str()];
+    if !can_run(&[&unshare[..], &["true"]].concat()) {
+        return;
+    }
+    let (_dir, db, counter) = temp_paths();
+    let check_offset = |line: &str| {
+        let child: i128 = number(line);
+        let skew = child - i128::try_from(now_ns()).expect("ns");
+        let want = i128::from(OFFSET_SECS) * 1_000_000_000;
+        assert!(
+            (skew - want).abs() < 60_000_000_000,
+            "the child's boot clock is {OFFSET_SECS} s ahead of ours (skew {skew} ns)"
+        );
+    };
+
+    // The root namespace holds; a process an hour ahead must find the key held.
+    let lock = lock_on(&db, "parent").await;
+    let guard = lock
+        .lock_timeout(Duration::from_secs(10))
+        .await
+        .expect("parent acquires");
+    let outputs = run_all(vec![wrapped_child_command(
+        &unshare, "try-once", &db, &counter, "",
+    )])
+    .await;
+    let events = &outputs[0];
+    check_offset(
+        events
+            .iter()
+            .find(|e| e.starts_with("CLOCK"))
+            .expect("CLOCK"),
+    );
+    let tried = events.iter().find(|e| e.starts_with("TRY")).expect("TRY");
+    assert_eq!(
+        tried,
+        "TRY busy",
+        "a process in another time namespace was granted a key held by fence {}",
+        guard.fence()
+    );
+    assert!(guard.is_held());
+    let parent_fence = guard.fence();
+    guard.release().await.expect("release");
+
+    // A holder in the offset namespace: held for us while it lives, free within lease + 1 s
+    // of its death.
+    let mut holder = Holder::spawn_command(wrapped_child_command(
+        &unshare,
+        "ns-holder",
+        &db,
+        &counter,
+        "",
+    ));
+    check_offset(&holder.expect_line("CLOCK", Duration::from_secs(20)).await);
+    let child_fence = fence_of(&holder.expect_line("HELD", Duration::from_secs(20)).await);
+    assert!(child_fence > parent_fence);
+    assert!(
+        matches!(lock.try_lock_once().await, Err(Error::Busy { .. })),
+        "the offset holder's lease is valid in the root namespace"
+    );
+    holder.signal(Signal::KILL);
+    let killed_at = Instant::now();
+    let guard = lock
+        .lock_timeout(LEASE + Duration::from_secs(5))
+        .await
+        .expect("the dead offset holder's lease ends on the host's clock");
+    let took = killed_at.elapsed();
+    assert!(
+        took <= LEASE + Duration::from_secs(1),
+        "acquired within lease + 1 s of the kill, took {took:?}"
+    );
+    assert!(guard.fence() > child_fence);
+    guard.release().await.expect("release");
+}
+
+/// Without a readable boot id the store cannot tell a lease of this boot from one written
+/// before a reboot: opening must fail with a permanent error naming the file, never fall back
+/// to a made-up id. The boot id is hidden from a child in a mount namespace of its own, once by
+/// an empty file bound over it and once by an empty tmpfs over its directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hidden_boot_id_fails_open_naming_the_file() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    if !can_run(&["unshare", "--mount", "true"]) {
+        return;
+    }
+    let (dir, db, counter) = temp_paths();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "").expect("an empty file");
+    let empty = empty.display().to_string();
+    let bind = format!("mount --bind '{empty}' /proc/sys/kernel/random/boot_id");
+    let tmpfs = "mount -t tmpfs none /proc/sys/kernel/random".to_owned();
+    let run = |hide: Option<&str>| {
+        let script = format!("{} && exec \"$@\"", hide.unwrap_or("true"));
+        wrapped_child_command(
+            &["unshare", "--mount", "--", "sh", "-c", &script, "sh"],
+            "open",
+            &db,
+            &counter,
+            "",
+        )
+    };
+    let outputs = run_all(vec![run(None), run(Some(&bind)), run(Some(&tmpfs))]).await;
+    let line = |events: &[String], prefix: &str| {
+        events
+            .iter()
+            .find(|e| e.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {events:?}"))
+            .clone()
+    };
+    assert_eq!(
+        line(&outputs[0], "OPEN"),
+        "OPEN ok",
+        "opens with the boot id visible"
+    );
+    for (events, how) in outputs[1..].iter().zip(["an empty file", "a tmpfs"]) {
+        let boot_id = line(events, "BOOTID");
+        assert!(
+            boot_id == "BOOTID \"\"" || boot_id.starts_with("BOOTID unreadable"),
+            "the boot id is hidden by {how}: {boot_id}"
+        );
+        let open = line(events, "OPEN");
+        assert!(
+            open.starts_with("OPEN error Permanent")
+                && open.contains("/proc/sys/kernel/random/boot_id"),
+            "a hidden boot id ({how}) fails the open naming the file: {open}"
+        );
     }
 }

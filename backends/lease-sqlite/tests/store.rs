@@ -1,6 +1,7 @@
 //! Store-level behaviour beyond the conformance suite: opening by URL, fences that survive a
 //! reopen, leases from a previous boot, the boot clock, schema upgrades, durability options,
-//! and wake-ups between two stores on one database.
+//! wake-ups between two stores on one database (also after a lease lost without a release), and
+//! a fence at its maximum.
 
 use std::time::{Duration, Instant};
 
@@ -276,4 +277,160 @@ async fn a_relative_url_is_resolved_once_at_open() {
             .expect("still the same file"),
         fence(1)
     );
+}
+
+/// The fence counter is an SQLite `INTEGER` (i64): once a key's fence is `i64::MAX`, the next
+/// grant has no fence left to hand out. It must fail with a permanent error and leave the row
+/// alone, never grant the same fence again.
+#[tokio::test]
+async fn a_fence_at_its_maximum_is_an_error_not_a_repeat() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let f = store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert!(store.release("k", "a", f).await.unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE leases SET fence = ?1 WHERE key = ?2",
+            (i64::MAX, b"k".as_slice()),
+        )
+        .unwrap();
+    let err = store
+        .try_lock(LEASE, "k", "b")
+        .await
+        .expect_err("no fence after i64::MAX");
+    let msg = err.to_string();
+    assert_eq!(err.kind(), StoreErrorKind::Permanent, "{msg}");
+    assert!(msg.contains("fence") && msg.contains("`k`"), "{msg}");
+    let (holder, n): (Option<Vec<u8>>, i64) = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT holder, fence FROM leases WHERE key = ?1",
+            [b"k".as_slice()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((holder, n), (None, i64::MAX), "the row is unchanged");
+    // Other keys are unaffected.
+    assert_eq!(store.try_lock(LEASE, "other", "b").await.unwrap(), fence(1));
+}
+
+/// The one file of `<db>.wake/` (one key was used), opened afresh: a `flock` on it competes with
+/// every store's.
+fn the_wake_file(db: &std::path::Path) -> std::fs::File {
+    let dir = std::path::PathBuf::from(format!("{}.wake", db.display()));
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the wake directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one key, one wake file: {files:?}");
+    std::fs::File::open(&files[0]).expect("open the wake file")
+}
+
+/// Whether some store holds the wake file's exclusive flock (probed without blocking).
+fn wake_flock_held(db: &std::path::Path) -> bool {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(the_wake_file(db), FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => false, // closing the probe's file unlocks it
+        Err(rustix::io::Errno::WOULDBLOCK) => true,
+        Err(e) => panic!("flock probe: {e}"),
+    }
+}
+
+/// A lease lost without a release (its renewals fail until the lock's deadline; the
+/// `FaultStore` keeps them from reaching the store at all) gives up the key's wake-up flock
+/// once its lease in the store has run out. Otherwise the lost holder's store keeps the flock
+/// for as long as its process lives, no later holder can take it, and every later handoff
+/// waits for a lease end or a poll instead of being woken by the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_without_release_gives_up_its_wake_flock() {
+    use lease_core::CrossProcessLock;
+    use lease_core::testing::FaultStore;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let short = Duration::from_millis(300);
+    let faulty = FaultStore::new(SqliteStore::open(&path).await.unwrap());
+    let lost_lock = CrossProcessLock::builder(faulty.clone(), "k")
+        .lease(short)
+        .build()
+        .unwrap();
+    let lost = lost_lock
+        .lock_timeout(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(wake_flock_held(&path), "a grant takes the key's flock");
+    faulty.update(|f| f.fail_renewals = true);
+    tokio::time::timeout(Duration::from_secs(10), lost.lost())
+        .await
+        .expect("the lease is lost at its deadline");
+    // Past the lease's end in the store as well (the deadline is a margin before it).
+    tokio::time::sleep(short).await;
+    assert!(
+        !wake_flock_held(&path),
+        "the store of a lost lease still holds the key's wake flock"
+    );
+
+    // Two other stores (as two other processes) hand the key over: the release wakes the
+    // waiter, not the end of the lease.
+    let b = SqliteStore::open(&path).await.unwrap();
+    let c = SqliteStore::open(&path).await.unwrap();
+    let fb = b.try_lock(LEASE, "k", "b").await.unwrap().unwrap();
+    assert!(fb > lost.fence());
+    assert!(wake_flock_held(&path), "the new holder took the flock");
+    let release = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let at = Instant::now();
+            assert!(b.release("k", "b", fb).await.unwrap());
+            at
+        })
+    };
+    c.wait_for_change("k", Duration::from_secs(60)).await;
+    let woke = Instant::now();
+    let released = release.await.unwrap();
+    let took = woke.saturating_duration_since(released);
+    println!("after a lost lease, a release woke the waiter in {took:?} (lease {LEASE:?})");
+    assert!(
+        took < LEASE / 4,
+        "woken {took:?} after the release: by the lease's end, not by the release"
+    );
+
+    // And the lock-level handoff between the two is quick again.
+    let lb = CrossProcessLock::builder(b, "k")
+        .lease(LEASE)
+        .build()
+        .unwrap();
+    let lc = CrossProcessLock::builder(c, "k")
+        .lease(LEASE)
+        .build()
+        .unwrap();
+    let mut handoffs = Vec::new();
+    for _ in 0..10 {
+        let held = lb.lock_timeout(Duration::from_secs(10)).await.unwrap();
+        let waiter = {
+            let lc = lc.clone();
+            tokio::spawn(async move {
+                let g = lc.lock_timeout(Duration::from_secs(10)).await.unwrap();
+                (Instant::now(), g)
+            })
+        };
+        // Let the waiter's backoff grow to its cap.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let released = Instant::now();
+        held.release().await.unwrap();
+        let (at, g) = waiter.await.unwrap();
+        handoffs.push(at.saturating_duration_since(released));
+        g.release().await.unwrap();
+    }
+    handoffs.sort();
+    println!("lock handoffs after a lost lease: {handoffs:?}");
+    assert!(
+        // A wake-up takes about a millisecond; a poll with the default backoff (full
+        // jitter up to 250 ms) stays under 25 ms for the median of ten with p ≈ 0.002.
+        handoffs[handoffs.len() / 2] < Duration::from_millis(25),
+        "the median handoff is a poll, not a wake-up: {handoffs:?}"
+    );
+    drop(lost);
 }
