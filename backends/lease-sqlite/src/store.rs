@@ -632,15 +632,20 @@ impl LeaseStore for SqliteStore {
         self.run(
             false,
             move |tx, now, boot| {
+                // Only a live lease is extended: a renewal that arrives after the lease ran out
+                // (the holder was paused, or already told it lost) must not revive it; only an
+                // acquisition retakes a lapsed lease.
                 let n = tx.execute(
                     "UPDATE leases SET expires_ns = ?1
-                 WHERE key = ?2 AND holder = ?3 AND fence = ?4 AND boot_id = ?5",
+                 WHERE key = ?2 AND holder = ?3 AND fence = ?4 AND boot_id = ?5
+                   AND expires_ns > ?6",
                     params![
                         now.saturating_add(lease),
                         key.as_bytes(),
                         holder.as_bytes(),
                         fence,
-                        boot
+                        boot,
+                        now
                     ],
                 )?;
                 Ok(n == 1)
