@@ -121,6 +121,7 @@
 
 mod config;
 mod error;
+mod eviction;
 mod keys;
 mod notify;
 mod scripts;
@@ -128,7 +129,7 @@ mod store;
 
 pub use config::{DEFAULT_PREFIX, MAX_PREFIX_LEN, RedisStoreBuilder, redact_url};
 pub use redis;
-pub use store::{MAX_LEASE_MS, MAX_TRACKED_KEYS, RedisStore};
+pub use store::{BrokenLock, MAX_LEASE_MS, MAX_TRACKED_KEYS, RedisStore};
 
 /// The store's name in errors and capabilities.
 const NAME: &str = "redis";

@@ -25,7 +25,7 @@ static REDIS: LazyLock<Option<RedisServer>> = LazyLock::new(|| {
         acl_users: vec![format!(
             "user locker on >{APP_PASSWORD} resetkeys ~locks:* resetchannels &locks:* \
              -@all +@scripting +subscribe +publish +ping +hello +auth +client \
-             +hmget +hget +hset +hincrby +pexpire +exists +del"
+             +hmget +hget +hset +hincrby +exists +time"
         )],
         ..RedisOptions::default()
     })
