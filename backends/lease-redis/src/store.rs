@@ -306,7 +306,8 @@ impl RedisStore {
     /// raised one.
     ///
     /// The raised fence is handed to no one. Give it to a fenced resource as its new minimum
-    /// (for [`FenceGate`](lease_core::FenceGate): observe it) and the old holder's writes are
+    /// (for a [`FenceGate`](lease_core::FenceGate): [`check`](lease_core::FenceGate::check) it
+    /// once) and the old holder's writes are
     /// refused at once, even those it sends before it notices the loss. Deleting the record
     /// instead (`DEL`) would start the key's fences again at 1: never do that.
     ///

@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lease_core::{LeaseStore, StoreErrorKind};
+use lease_core::{FenceGate, LeaseStore, StoreErrorKind};
 use lease_redis::RedisStore;
 use lease_redis::redis::{self, AsyncCommands};
 use lease_testkit::{RedisOptions, RedisServer};
@@ -111,6 +111,26 @@ async fn allkeys_eviction_policy_is_refused_at_connect() {
     assert_eq!(err.kind(), StoreErrorKind::Permanent, "{msg}");
     assert!(msg.contains("allkeys-lru"), "names the policy: {msg}");
     assert!(msg.contains("noeviction"), "says what to set: {msg}");
+    assert!(
+        msg.contains("allow_allkeys_eviction"),
+        "says how to opt in: {msg}"
+    );
+    // Whoever accepts the risk may connect.
+    let store = RedisStore::builder(server.url())
+        .prefix("evict:")
+        .allow_allkeys_eviction(true)
+        .connect()
+        .await
+        .expect("allkeys-* allowed explicitly");
+    assert_eq!(store.eviction_policy(), Some("allkeys-lru"));
+    assert!(store.try_lock(LONG, "k", "alice").await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_noeviction_policy_is_read_at_connect() {
+    let Some(url) = common::url() else { return };
+    let store = common::store_on(&url, "policy").await;
+    assert_eq!(store.eviction_policy(), Some("noeviction"));
 }
 
 /// A renewal that reaches Redis after the lease lapsed (a slow network, a paused server) must
@@ -170,4 +190,130 @@ async fn operator_del_of_a_held_key_is_not_undone_by_renew() {
     assert!(!fresh.renew(LONG, "k", "alice", f).await.unwrap());
     let exists: bool = conn.exists(store.lock_key("k")).await.unwrap();
     assert!(!exists, "the renewal wrote the deleted key back");
+}
+
+/// The supported way to take a key from its holder: the fence rises, so the old holder's writes
+/// can be refused at once, and nothing the old holder sends afterwards gets the key back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_lock_frees_the_key_and_raises_the_fence() {
+    let Some(url) = common::url() else { return };
+    let prefix = common::unique_prefix("break");
+    let connect = || RedisStore::builder(&url).prefix(&prefix).connect();
+    let (alice, bob, operator) = (
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+        connect().await.unwrap(),
+    );
+    let f = alice.try_lock(LONG, "k", "alice").await.unwrap().unwrap();
+    let gate = FenceGate::new();
+    gate.check(f).expect("alice writes");
+    assert_eq!(bob.try_lock(LONG, "k", "bob").await.unwrap(), None);
+    let waiter = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            bob.wait_for_change("k", LONG).await;
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let broken = operator.break_lock("k").await.unwrap().expect("a held key");
+    assert!(broken.fence > f, "the break raises the fence");
+    assert_eq!(broken.previous_holder.as_deref(), Some("alice"));
+    assert!(broken.was_live);
+    // The resource learns the raised fence: alice's writes are refused from now on.
+    gate.check(broken.fence).expect("the raised fence");
+    assert!(gate.check(f).is_err(), "the old holder's write is refused");
+    // Waiters are told at once.
+    let woke = waiter.await.unwrap();
+    assert!(woke < Duration::from_secs(5), "waiter woke after {woke:?}");
+    // The old holder cannot renew, release or reacquire with its tenure.
+    assert!(!alice.renew(LONG, "k", "alice", f).await.unwrap());
+    assert!(!alice.release("k", "alice", f).await.unwrap());
+    let g = bob.try_lock(LONG, "k", "bob").await.unwrap().expect("free");
+    assert!(g > broken.fence, "the next grant is above the break");
+    // A break of a free key raises the fence too; a key never granted has nothing to break.
+    assert!(bob.release("k", "bob", g).await.unwrap());
+    let again = operator.break_lock("k").await.unwrap().unwrap();
+    assert!(again.fence > g && again.previous_holder.is_none() && !again.was_live);
+    assert_eq!(operator.break_lock("never").await.unwrap(), None);
+}
+
+/// Redis decides expiry with its own wall clock (`TIME`): a forward step on the Redis host
+/// expires every lease at once, whatever the holders' clocks say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_step_of_the_redis_hosts_wall_clock_expires_every_lease() {
+    let Some(server) = RedisServer::start(RedisOptions {
+        faketime: true,
+        ..RedisOptions::default()
+    }) else {
+        return;
+    };
+    let store = RedisStore::builder(server.url())
+        .prefix("clock:")
+        .connect()
+        .await
+        .expect("connect to redis-server under libfaketime");
+    let mut conn = store.connection();
+    let before: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let fa = store.try_lock(LONG, "a", "alice").await.unwrap().unwrap();
+    let fb = store.try_lock(LONG, "b", "alice").await.unwrap().unwrap();
+    assert_eq!(store.try_lock(LONG, "a", "bob").await.unwrap(), None);
+
+    // Two minutes forward: past every 60 s lease.
+    server.set_clock_offset(120);
+    let after: (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    assert!(
+        after.0 >= before.0 + 119,
+        "the server's clock stepped: {before:?} -> {after:?}"
+    );
+    let ga = store.try_lock(LONG, "a", "bob").await.unwrap();
+    assert!(
+        ga.is_some_and(|g| g > fa),
+        "a's lease expired with the step"
+    );
+    assert!(
+        !store.renew(LONG, "b", "alice", fb).await.unwrap(),
+        "b's lease expired with the step"
+    );
+    // A backward step makes the leases granted meanwhile last that much longer.
+    server.set_clock_offset(0);
+    assert_eq!(store.try_lock(LONG, "a", "carol").await.unwrap(), None);
+}
+
+/// Keys of layout 1 (a TTL'd `:lock` hash and a `:fence` counter): a live lease there is
+/// honoured, and fences continue from the old counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_one_leases_are_honoured_and_their_fences_continue() {
+    let Some(url) = common::url() else { return };
+    let prefix = common::unique_prefix("layout1");
+    let store = RedisStore::builder(&url)
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let mut conn = store.connection();
+    let (old_lock, old_fence) = (
+        format!("{prefix}{{k}}:lock"),
+        format!("{prefix}{{k}}:fence"),
+    );
+    let _: () = redis::pipe()
+        .hset_multiple(&old_fence, &[("f", "41"), ("h", "old")])
+        .hset_multiple(&old_lock, &[("f", "41"), ("h", "old")])
+        .pexpire(&old_lock, 60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.try_lock(LONG, "k", "bob").await.unwrap(),
+        None,
+        "a live layout-1 lease is honoured"
+    );
+    // The old lease lapses.
+    let _: () = conn.del(&old_lock).await.unwrap();
+    let f = store.try_lock(LONG, "k", "bob").await.unwrap().unwrap();
+    assert_eq!(f.get(), 42, "fences continue from the layout-1 counter");
+    let old: String = conn.hget(&old_fence, "f").await.unwrap();
+    assert_eq!(old, "41", "the layout-1 counter is left as it was");
 }
