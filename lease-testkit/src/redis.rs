@@ -1,6 +1,7 @@
 //! A throwaway `redis-server`.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -17,8 +18,13 @@ pub struct RedisOptions {
     pub acl_users: Vec<String>,
     /// AOF with `appendfsync always`, so fences survive a restart.
     pub aof_always: bool,
-    /// Further `--name value` arguments.
+    /// Further `--name value` arguments (e.g. `--maxmemory 3mb --maxmemory-policy volatile-ttl`).
     pub extra_args: Vec<String>,
+    /// Run the server under libfaketime, with its wall clock (`TIME`, key expiry) offset by
+    /// [`RedisServer::set_clock_offset`] while it runs; the monotonic clock stays real. Needs the
+    /// Debian package `faketime` (libfaketime) and a C compiler (`cc`) for a small preload shim; without
+    /// them the test is skipped (a panic under `CI`).
+    pub faketime: bool,
 }
 
 /// A `redis-server` on a free loopback port in its own temp dir; killed on drop.
@@ -27,6 +33,8 @@ pub struct RedisServer {
     server: Server,
     port: u16,
     password: Option<String>,
+    /// The libfaketime timestamp file, when started with [`RedisOptions::faketime`].
+    clock_file: Option<PathBuf>,
     _dir: TempDir,
 }
 
@@ -45,6 +53,14 @@ impl RedisServer {
         }
         let conf_path = dir.path().join("redis.conf");
         std::fs::write(&conf_path, conf).expect("write redis.conf");
+        let (clock_file, preload) = if options.faketime {
+            let clock_file = dir.path().join("faketime");
+            std::fs::write(&clock_file, "+0\n").expect("write the faketime file");
+            let preload = faketime_preload(dir.path())?;
+            (Some(clock_file), Some(preload))
+        } else {
+            (None, None)
+        };
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -85,8 +101,18 @@ impl RedisServer {
                 WATCHDOG.to_owned(),
                 "redis-watchdog".to_owned(),
                 std::process::id().to_string(),
-                program.display().to_string(),
             ];
+            if let (Some(file), Some(preload)) = (&clock_file, &preload) {
+                // `env` execs the server in turn, so the pid stays the server's.
+                wrapped.extend([
+                    "env".to_owned(),
+                    format!("LD_PRELOAD={preload}"),
+                    format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
+                    "FAKETIME_NO_CACHE=1".to_owned(),
+                    "DONT_FAKE_MONOTONIC=1".to_owned(),
+                ]);
+            }
+            wrapped.push(program.display().to_string());
             wrapped.extend(args);
             let ready = ready_check(port, options.password.clone());
             match Server::spawn(
@@ -102,6 +128,7 @@ impl RedisServer {
                         server,
                         port,
                         password: options.password,
+                        clock_file,
                         _dir: dir,
                     });
                 }
@@ -126,6 +153,24 @@ impl RedisServer {
         &mut self.server
     }
 
+    /// Sets the server's wall clock to the real one plus `offset_secs` (negative: behind), at
+    /// once, as an NTP step on the Redis host would; `TIME` and key expiry follow it, the
+    /// monotonic clock does not.
+    ///
+    /// # Panics
+    ///
+    /// When the server was not started with [`RedisOptions::faketime`].
+    pub fn set_clock_offset(&self, offset_secs: i64) {
+        let file = self
+            .clock_file
+            .as_ref()
+            .expect("set_clock_offset needs a server started with RedisOptions::faketime");
+        let tmp = file.with_extension("new");
+        std::fs::write(&tmp, format!("{offset_secs:+}\n")).expect("write the faketime file");
+        // Renamed into place, so the server never reads a half-written file.
+        std::fs::rename(&tmp, file).expect("replace the faketime file");
+    }
+
     /// Kills the server and starts it again on the same port and data dir; waits until it answers.
     ///
     /// # Panics
@@ -146,6 +191,85 @@ const WATCHDOG: &str = r#"parent=$1; shift
 ( while kill -0 "$parent" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 0.2; done
   kill -0 "$parent" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
 exec "$@""#;
+
+/// Where Debian and others install libfaketime's multi-threaded preload library.
+const FAKETIME_LIBRARIES: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+    "/usr/lib64/faketime/libfaketimeMT.so.1",
+    "/usr/local/lib/faketime/libfaketimeMT.so.1",
+];
+
+/// A preload shim, loaded before libfaketime. libfaketime 0.9.10 deadlocks in a redis-server
+/// that uses the system's jemalloc (Debian's does): jemalloc's initialisation reads the monotonic
+/// clock and initialises a condition variable, libfaketime's wrappers of both initialise
+/// libfaketime lazily, which calls `dlsym`, which allocates, which waits on jemalloc's
+/// initialisation lock. The shim answers those two calls without libfaketime (the monotonic
+/// clock is not faked anyway), so libfaketime first initialises from Redis's own code.
+const FAKETIME_SHIM: &str = r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+static int (*next_clock_gettime)(clockid_t, struct timespec *);
+int clock_gettime(clockid_t id, struct timespec *ts) {
+    if (id != CLOCK_REALTIME && id != CLOCK_REALTIME_COARSE)
+        return (int)syscall(SYS_clock_gettime, id, ts);
+    if (!next_clock_gettime)
+        next_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
+    return next_clock_gettime(id, ts);
+}
+static int (*next_cond_init)(pthread_cond_t *, const pthread_condattr_t *);
+int pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *a) {
+    if (a == NULL) {
+        pthread_cond_t init = PTHREAD_COND_INITIALIZER;
+        memcpy(c, &init, sizeof init);
+        return 0;
+    }
+    if (!next_cond_init)
+        next_cond_init = (int (*)(pthread_cond_t *, const pthread_condattr_t *))dlsym(RTLD_NEXT, "pthread_cond_init");
+    return next_cond_init(c, a);
+}
+"#;
+
+/// `LD_PRELOAD` for a server under libfaketime: the shim (built into `dir`) and the library.
+/// `None` (with a note) when libfaketime or `cc` is missing and `CI` is unset.
+fn faketime_preload(dir: &Path) -> Option<String> {
+    let Some(library) = FAKETIME_LIBRARIES
+        .iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+    else {
+        if std::env::var_os("CI").is_some() {
+            panic!(
+                "libfaketime is not installed and CI is set: install the Debian package \
+                 `faketime` (scripts/test.sh does)"
+            );
+        }
+        eprintln!("skipping: libfaketime not found (install the Debian package `faketime`)");
+        return None;
+    };
+    let cc = require_binary("cc", "gcc")?;
+    let source = dir.join("faketime-shim.c");
+    let shim = dir.join("faketime-shim.so");
+    std::fs::write(&source, FAKETIME_SHIM).expect("write the faketime shim");
+    let out = std::process::Command::new(cc)
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "building the faketime shim failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(format!("{}:{}", shim.display(), library.display()))
+}
 
 fn ready_check(port: u16, password: Option<String>) -> impl Fn() -> bool {
     move || {

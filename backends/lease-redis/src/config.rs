@@ -26,6 +26,7 @@ pub struct RedisStoreBuilder {
     pub(crate) response_timeout: Duration,
     pub(crate) durable_fences: bool,
     pub(crate) notifications: bool,
+    pub(crate) allow_allkeys_eviction: bool,
 }
 
 #[derive(Clone)]
@@ -43,6 +44,7 @@ impl RedisStoreBuilder {
             response_timeout: Duration::from_secs(1),
             durable_fences: false,
             notifications: true,
+            allow_allkeys_eviction: false,
         }
     }
 
@@ -88,13 +90,30 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Connects, checks that the server answers, and subscribes to release announcements.
+    /// Whether to connect to a server whose `maxmemory-policy` is an `allkeys-*` policy
+    /// (default false: [`connect`](Self::connect) refuses it with a permanent error).
+    ///
+    /// Under `allkeys-*` Redis evicts any key once `maxmemory` is reached, live lease records
+    /// too: a held key is then granted to another holder, and its fences start again at 1
+    /// (each store instance reports fences it sees go back, as
+    /// [`FenceRegressed`](lease_core::StoreErrorKind::FenceRegressed)). Allow it only where the
+    /// server never reaches `maxmemory`; `noeviction` and the `volatile-*` policies are safe, as
+    /// the records have no TTL.
+    pub fn allow_allkeys_eviction(mut self, yes: bool) -> Self {
+        self.allow_allkeys_eviction = yes;
+        self
+    }
+
+    /// Connects, checks that the server answers and its eviction policy cannot evict the lease
+    /// records, and subscribes to release announcements.
     ///
     /// # Errors
     ///
     /// A bad URL, prefix or timeout is
     /// [`InvalidInput`](lease_core::StoreErrorKind::InvalidInput); refused credentials or ACL
-    /// permissions are permanent errors saying so; an unreachable server is a transient error
+    /// permissions are permanent errors saying so, and so is an `allkeys-*` eviction policy
+    /// unless [allowed](Self::allow_allkeys_eviction) (a policy the ACL does not let the store
+    /// read is logged as a warning); an unreachable server is a transient error
     /// naming the address, returned within about `connect_timeout`. Messages never contain the
     /// password.
     pub async fn connect(self) -> Result<RedisStore, StoreError> {
@@ -185,6 +204,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("response_timeout", &self.response_timeout)
             .field("durable_fences", &self.durable_fences)
             .field("notifications", &self.notifications)
+            .field("allow_allkeys_eviction", &self.allow_allkeys_eviction)
             .finish()
     }
 }

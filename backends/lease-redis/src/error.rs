@@ -10,7 +10,7 @@ use crate::NAME;
 
 /// The commands the store runs, directly or inside its scripts, for ACL advice.
 pub(crate) const COMMANDS: &str = "EVAL, EVALSHA, SCRIPT LOAD, SUBSCRIBE, PUBLISH, PING, HMGET, \
-                                   HGET, HSET, HINCRBY, PEXPIRE, EXISTS, DEL";
+                                   HGET, HSET, HINCRBY, EXISTS, TIME";
 
 /// A refusal by the ACL: `NOPERM` directly, or a command inside a script the user may not run.
 fn is_permission_error(e: &RedisError) -> bool {

@@ -1,24 +1,25 @@
-//! Redis key names: how a user key becomes the lock key and the fence-counter key.
+//! Redis key names: how a user key becomes its lease record (and the keys of the old layout).
 //!
-//! A user key `k` under prefix `p` is stored as
-//!
-//! - `p{enc(k)}:lock`: the lock hash (`h` = holder, `f` = fence) with the lease as its TTL;
-//! - `p{enc(k)}:fence`: the fence counter hash (`f` = last fence handed out, `h` = holder of the
-//!   current or last tenure, empty after a release), with no TTL.
+//! A user key `k` under prefix `p` is stored as one hash with no TTL, the **lease record**
+//! `p{enc(k)}:v2`: `h` = holder (empty while free), `f` = the last fence handed out, `e` = the
+//! lease's expiry in milliseconds of the Redis server's clock (`TIME`). `v2` is the layout
+//! version; layout 1 (`p{enc(k)}:lock`, a hash whose TTL was the lease, and `p{enc(k)}:fence`,
+//! the counter) is read once, on the first grant of a key under layout 2 (see the crate docs).
 //!
 //! `enc` percent-encodes exactly `{`, `}` and `%` and keeps every other byte (including NUL,
 //! newlines and non-ASCII) as it is; Redis keys are binary-safe. So `enc` is injective and its
 //! output has no braces: the prefix has none either (the builder refuses them), hence the hash tag
 //! Redis Cluster parses (the text between the first `{` and the first `}` after it) is exactly
-//! `enc(k)`. Both keys of one lock land in one slot, a key can neither escape its tag nor end
-//! early, and the fixed suffix after `}` keeps a lock key from ever equalling or prefixing a
-//! counter key of another user key.
+//! `enc(k)`. Every key of one lock lands in one slot (with data the user puts under the same
+//! tag), a key can neither escape its tag nor end early, and the fixed suffix after `}` keeps
+//! the keys of one user key from ever equalling or prefixing those of another.
 
-/// The two Redis keys of one user key.
+/// The Redis keys of one user key: its lease record, and the two keys of layout 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct KeyPair {
-    pub(crate) lock: Vec<u8>,
-    pub(crate) fence: Vec<u8>,
+pub(crate) struct Keys {
+    pub(crate) record: Vec<u8>,
+    pub(crate) legacy_lock: Vec<u8>,
+    pub(crate) legacy_fence: Vec<u8>,
 }
 
 /// Appends `enc(key)` to `out`.
@@ -33,18 +34,23 @@ pub(crate) fn encode_into(out: &mut Vec<u8>, key: &str) {
     }
 }
 
-/// The lock and fence-counter keys of `key` under `prefix`.
-pub(crate) fn key_pair(prefix: &[u8], key: &str) -> KeyPair {
+/// The keys of `key` under `prefix`.
+pub(crate) fn keys(prefix: &[u8], key: &str) -> Keys {
     let mut base = Vec::with_capacity(prefix.len() + key.len() + 8);
     base.extend_from_slice(prefix);
     base.push(b'{');
     encode_into(&mut base, key);
     base.push(b'}');
-    let mut lock = base.clone();
-    lock.extend_from_slice(b":lock");
-    let mut fence = base;
-    fence.extend_from_slice(b":fence");
-    KeyPair { lock, fence }
+    let with = |suffix: &[u8]| {
+        let mut k = base.clone();
+        k.extend_from_slice(suffix);
+        k
+    };
+    Keys {
+        record: with(b":v2"),
+        legacy_lock: with(b":lock"),
+        legacy_fence: with(b":fence"),
+    }
 }
 
 /// The pub/sub channel on which releases of keys under `prefix` are announced; the message is
@@ -83,11 +89,12 @@ mod tests {
     #[test]
     fn tags_are_exactly_the_encoded_key_and_both_keys_share_them() {
         for &k in ODD.iter().filter(|k| !k.is_empty()) {
-            let pair = key_pair(b"app:", k);
+            let ks = keys(b"app:", k);
             let mut enc = Vec::new();
             encode_into(&mut enc, k);
-            assert_eq!(cluster_hash_tag(&pair.lock), enc.as_slice(), "key {k:?}");
-            assert_eq!(cluster_hash_tag(&pair.fence), enc.as_slice(), "key {k:?}");
+            for key in [&ks.record, &ks.legacy_lock, &ks.legacy_fence] {
+                assert_eq!(cluster_hash_tag(key), enc.as_slice(), "key {k:?}");
+            }
             assert!(!enc.contains(&b'{') && !enc.contains(&b'}'));
         }
     }
@@ -96,17 +103,25 @@ mod tests {
     fn no_two_keys_share_a_redis_key() {
         let mut seen = HashSet::new();
         for &k in ODD {
-            let pair = key_pair(b"p", k);
-            assert!(seen.insert(pair.lock), "lock key of {k:?} collides");
-            assert!(seen.insert(pair.fence), "fence key of {k:?} collides");
+            let ks = keys(b"p", k);
+            assert!(seen.insert(ks.record), "record of {k:?} collides");
+            assert!(
+                seen.insert(ks.legacy_lock),
+                "layout-1 lock key of {k:?} collides"
+            );
+            assert!(
+                seen.insert(ks.legacy_fence),
+                "layout-1 counter of {k:?} collides"
+            );
         }
     }
 
     #[test]
     fn readable_keys_stay_readable() {
-        let pair = key_pair(b"lease:", "jobs/nightly");
-        assert_eq!(pair.lock, b"lease:{jobs/nightly}:lock");
-        assert_eq!(pair.fence, b"lease:{jobs/nightly}:fence");
-        assert_eq!(key_pair(b"", "{%}").lock, b"{%7B%25%7D}:lock");
+        let ks = keys(b"lease:", "jobs/nightly");
+        assert_eq!(ks.record, b"lease:{jobs/nightly}:v2");
+        assert_eq!(ks.legacy_lock, b"lease:{jobs/nightly}:lock");
+        assert_eq!(ks.legacy_fence, b"lease:{jobs/nightly}:fence");
+        assert_eq!(keys(b"", "{%}").record, b"{%7B%25%7D}:v2");
     }
 }

@@ -22,40 +22,52 @@
 //!
 //! # The protocol
 //!
-//! A lock key `k` is two Redis keys under the store's prefix `p`, sharing one hash tag:
+//! A lock key `k` is one Redis hash under the store's prefix `p`, the **lease record**
+//! `p{k}:v2` ([`RedisStore::lock_key`]), with **no TTL**:
 //!
-//! - the **lock hash** `p{k}:lock` (fields `h` = holder, `f` = fence), whose TTL (`PEXPIRE`) is
-//!   the lease: it exists exactly while a lease is unexpired;
-//! - the **fence counter** `p{k}:fence` (fields `f` = the last fence handed out, `h` = the
-//!   holder of the current tenure, emptied by a release), which has no TTL and is never deleted.
+//! - `h`: the holder of the current tenure (empty once released or broken);
+//! - `f`: the last fence handed out for `k` (the fence counter);
+//! - `e`: the lease's expiry, in milliseconds of the **Redis server's clock** (`TIME`).
+//!
+//! A lease is live while `e` is in the future by the server's clock; the key is vacant when
+//! the record names nobody or its lease has expired. Vacancy is never decided by whether a key
+//! exists, so neither Redis's key expiry nor eviction (under the policies the store accepts,
+//! below) can free a held key. The record is never deleted: a key ever locked keeps one small
+//! hash.
 //!
 //! Inside the braces the key is written with `{`, `}` and `%` percent-encoded and every other
 //! byte as it is (Redis keys are binary-safe, so NUL and non-ASCII keys work). The prefix may
 //! not contain braces. So no user key can end the hash tag early, collide with, or prefix the
-//! keys of another, and both keys of a lock always hash to the same Redis Cluster slot.
+//! keys of another, and every key of a lock hashes to one Redis Cluster slot.
 //!
-//! Each operation is one Lua script (`EVALSHA`, reloaded on `NOSCRIPT`), so every
-//! check-and-set is atomic in Redis:
+//! Each operation is one Lua script (`EVALSHA`, reloaded on `NOSCRIPT`) that reads `TIME`
+//! itself, so every check-and-set, and the clock it is checked against, is atomic in Redis:
 //!
-//! - *Acquire.* If the counter names this holder, the key is this holder's (live, or expired
-//!   and untaken since): extend the lock hash's TTL (recreating it if it expired) and return the
-//!   counter's fence, unchanged. This also makes a retry after a lost reply a success with the
-//!   same fence. Else, if the lock hash exists, another holder's lease is live: refuse. Else
-//!   increment the counter, name the holder in it, write the lock hash and return the new
-//!   fence. A zero lease releases (below).
-//! - *Renew* extends only if the counter names exactly this holder *and* fence.
-//! - *Release* checks holder and fence the same way, empties the counter's holder (so the next
-//!   grant, even to the same holder, gets a larger fence), deletes the lock hash, and publishes
-//!   the key on the channel `p` + `released`.
-//!
-//! Expiry is decided by the Redis server's clock alone (key TTLs), never by a client's.
+//! - *Acquire.* If the record names this holder, the key is this holder's (live, or expired
+//!   and untaken since): set `e` to now + lease and return the fence, unchanged. This also makes
+//!   a retry after a lost reply a success with the same fence. Else, if the record names
+//!   another holder whose `e` is in the future, refuse. Else increment `f`, name the holder, set
+//!   `e`, and return the new fence. A zero lease releases (below).
+//! - *Renew* extends only if the record names exactly this holder *and* fence **and its lease is
+//!   still live** by the server's clock. A renewal that reaches Redis after the lease lapsed
+//!   (delayed in the network, queued while Redis was paused) changes nothing and answers
+//!   `false`: its holder's deadline has passed, and it was told it lost. A lapsed lease is
+//!   retaken only by an explicit acquisition (`try_lock`), which keeps the fence if nobody took
+//!   the key in between.
+//! - *Release* checks holder and fence the same way, empties `h` (so the next grant, even to
+//!   the same holder, gets a larger fence), and publishes the key on the channel `p` +
+//!   `released`.
+//! - *Break* ([`RedisStore::break_lock`], for operators): raises `f` by one and empties `h`,
+//!   whoever holds the key, and publishes. See [Breaking a lock](#breaking-a-lock).
 //!
 //! *Waiting.* Each store holds one pub/sub subscription to its release channel, on a dedicated
 //! connection, however many tasks wait. [`wait_for_change`](lease_core::LeaseStore::wait_for_change)
 //! registers the waiter under its key in a map, and the subscription task wakes exactly the
-//! waiters of a released key. Expiry is not announced (waiters poll with the lock's backoff), and
-//! a message lost while the subscription reconnects costs latency only: `max_wait` bounds every
-//! wait, and every waiter is woken once after a resubscription.
+//! waiters of a released (or broken) key. Expiry is not announced (it is not an event in Redis:
+//! nothing happens when `e` passes), so waiters on a lease that lapses find out by polling with
+//! the lock's backoff, as before; a message lost while the subscription reconnects costs
+//! latency only: `max_wait` bounds every wait, and every waiter is woken once after a
+//! resubscription.
 //!
 //! *Renewing many keys.* All calls of a store share one multiplexed connection, which pipelines
 //! concurrent calls: the heartbeats of many held keys cost about one round trip per burst, not
@@ -69,8 +81,30 @@
 //!   replicated setup). It does not implement Redlock and gives no guarantee across independent
 //!   masters. A failover to an asynchronous replica can lose the last grants: a key can then be
 //!   granted twice, and fences can repeat.
+//! - **Expiry follows the Redis host's wall clock.** `TIME` is the server's `CLOCK_REALTIME`,
+//!   the clock Redis's own key expiry uses too. A forward step on the Redis host (a manual
+//!   `date`, an NTP step) expires every lease at once: another holder can be granted a key whose
+//!   holder still believes its lease valid (its local deadline is on its own monotonic clock);
+//!   fences still order them. A backward step makes leases last that much longer (a crashed
+//!   holder's key stays blocked longer). Run the Redis host with a clock that slews rather than
+//!   steps (chrony or ntpd, stepping only at boot). The clocks of the client hosts play no part.
+//!   After a failover the new primary's clock decides the expiries the old one wrote (scripts
+//!   are replicated by their effects, so replicas store the primary's absolute expiry).
+//! - **Eviction.** Under `maxmemory-policy noeviction` or any `volatile-*` policy the records
+//!   (which have no TTL) are never evicted; once memory is full, Redis refuses the scripts'
+//!   writes (`OOM`, a transient error here): holders lose their leases by their local deadline,
+//!   no key is granted twice. Under an `allkeys-*` policy Redis may evict any key, a live record
+//!   with its fence counter too: a held key would be granted again and fences would restart at 1.
+//!   No layout can prevent that, so [`connect`](RedisStoreBuilder::connect) reads the policy
+//!   (`CONFIG GET maxmemory-policy`, else `INFO memory`) and **refuses `allkeys-*`** with a
+//!   permanent error naming the policy, unless
+//!   [`allow_allkeys_eviction(true)`](RedisStoreBuilder::allow_allkeys_eviction) (then it
+//!   logs a warning). If the ACL allows neither command, the store connects and logs a warning:
+//!   checking the policy is then up to you. The policy is read once per store, at connect time;
+//!   a later `CONFIG SET maxmemory-policy` is not noticed ([`RedisStore::eviction_policy`] shows
+//!   what was read).
 //! - **Fences survive a restart only with `appendonly yes` and `appendfsync always`, and no
-//!   failover.** With `everysec` or no AOF, a restart forgets recent or all counters.
+//!   failover.** With `everysec` or no AOF, a restart forgets recent or all records.
 //!   [`Capabilities::durable_fences`](lease_core::Capabilities::durable_fences) is therefore
 //!   false unless you declare it with [`RedisStoreBuilder::assume_durable_fences`].
 //! - **Fence regressions are detected, not silently reused** (within one store instance): the
@@ -82,8 +116,32 @@
 //! - **Efficiency lock versus correctness lock.** A lease cannot by itself exclude a holder that
 //!   was paused past its lease. For correctness, pass the fence with every write and have the
 //!   resource reject fences lower than the highest it accepted.
-//! - Configure `maxmemory-policy noeviction` (or a `volatile-*` policy only if the server never
-//!   runs out of memory): an evicted counter restarts a key's fences.
+//!
+//! # Breaking a lock
+//!
+//! To take a key from a holder that is stuck (alive but not working), call
+//! [`RedisStore::break_lock`]: it raises the key's fence by one, frees the key and wakes its
+//! waiters, in one script. The raised fence belongs to nobody: hand it to the protected resource
+//! as its new minimum and the old holder's writes are refused at once; the old holder's next
+//! renewal fails and its lock reports the loss; the next grant gets a higher fence. The
+//! `redis-cli` equivalent is in [`break_lock`](RedisStore::break_lock)'s docs.
+//!
+//! Never `DEL` a record: the fence counter is in it, so the key's fences would start again at 1
+//! (stores that saw the old fences report a
+//! [`FenceRegressed`](lease_core::StoreErrorKind::FenceRegressed); a holder's renewal does not
+//! write the record back).
+//!
+//! # Upgrading from layout 1
+//!
+//! Versions before the `:v2` records kept a key in `p{k}:lock` (holder and fence, with the lease
+//! as its TTL, hence evictable) and a counter `p{k}:fence`. The `:v2` suffix is the layout
+//! version, so the two never share a key. On the first grant of a key without a `:v2` record,
+//! the acquire script honours a live layout-1 lease (its `:lock` key exists: refused until it
+//! lapses) and starts the record's counter from the layout-1 counter, so fences keep increasing
+//! across the upgrade. From then on the layout-1 keys are not read (nor changed, nor deleted).
+//! **Stop every process of the old version before starting this one**: an old process does not
+//! see `:v2` records and would grant a key held under layout 2. Once every key in use has a
+//! `:v2` record the layout-1 keys can be deleted.
 //!
 //! # Fenced writes in Redis
 //!
@@ -91,13 +149,15 @@
 //! tag) can be written only while the grant is current, in one script:
 //!
 //! ```text
-//! -- KEYS[1] = store.fence_key(k), KEYS[2] = the data key; ARGV = holder, fence, value
-//! local c = redis.call('HMGET', KEYS[1], 'h', 'f')
-//! if c[1] ~= ARGV[1] or c[2] ~= ARGV[2] then return redis.error_reply('STALE fence') end
+//! -- KEYS[1] = store.lock_key(k), KEYS[2] = the data key; ARGV = holder, fence, value
+//! local r = redis.call('HMGET', KEYS[1], 'h', 'f')
+//! if r[1] ~= ARGV[1] or r[2] ~= ARGV[2] then return redis.error_reply('STALE fence') end
 //! return redis.call('SET', KEYS[2], ARGV[3])
 //! ```
 //!
-//! For data elsewhere, store the fence beside the data and compare it there
+//! (This accepts the writes of a tenure whose lease expired if nobody has taken the key since:
+//! no other holder can have written meanwhile. To refuse them too, also compare `e` with
+//! `TIME`.) For data elsewhere, store the fence beside the data and compare it there
 //! ([`lease_core::FenceGate`] and the recipes in lease-core).
 //!
 //! # Connecting
@@ -106,8 +166,9 @@
 //! `redis+unix:///path.sock?db=0&user=u&pass=p`. ACL users work through the URL; the user
 //! needs the keys `~<prefix>*`, the channel `&<prefix>*`, and the commands `EVAL`, `EVALSHA`,
 //! `SCRIPT LOAD`, `SUBSCRIBE`, `PUBLISH`, `PING` plus those the scripts run (`HMGET`, `HGET`,
-//! `HSET`, `HINCRBY`, `PEXPIRE`, `EXISTS`, `DEL`). Refused credentials and permissions are
-//! permanent errors that say so. Passwords never appear in `Debug` or `Display` output, errors
+//! `HSET`, `HINCRBY`, `EXISTS`, `TIME`). To let the store check the eviction policy, also
+//! allow `CONFIG GET` (`+config|get`) or `INFO`; without them it warns (see above). Refused
+//! credentials and permissions are permanent errors that say so. Passwords never appear in `Debug` or `Display` output, errors
 //! or logs ([`redact_url`]).
 //!
 //! The connection ([`redis::aio::ConnectionManager`]) reconnects by itself; calls fail with
@@ -121,6 +182,7 @@
 
 mod config;
 mod error;
+mod eviction;
 mod keys;
 mod notify;
 mod scripts;
@@ -128,7 +190,7 @@ mod store;
 
 pub use config::{DEFAULT_PREFIX, MAX_PREFIX_LEN, RedisStoreBuilder, redact_url};
 pub use redis;
-pub use store::{MAX_LEASE_MS, MAX_TRACKED_KEYS, RedisStore};
+pub use store::{BrokenLock, MAX_LEASE_MS, MAX_TRACKED_KEYS, RedisStore};
 
 /// The store's name in errors and capabilities.
 const NAME: &str = "redis";

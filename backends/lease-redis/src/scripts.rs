@@ -1,90 +1,150 @@
-//! The three Lua scripts. Each runs atomically in Redis; keys come in `KEYS[]` (the lock key,
-//! then the fence counter, one hash tag), user strings in `ARGV[]`, never spliced into the code.
+//! The Lua scripts. Each runs atomically in Redis; keys come in `KEYS[]` (the lease record
+//! first, one hash tag), user strings in `ARGV[]`, never spliced into the code.
 //!
-//! Fences travel as decimal strings (as Redis stores the counter), never as Lua numbers, whose
-//! `%.14g` formatting would mangle large values. Every script returns `{status, fence}` where
-//! `fence` is the counter's current value (or nil if the counter does not exist), so the caller
-//! can detect a counter that went backwards.
+//! The record (see [`crate::keys`]) has no TTL, so neither expiry nor eviction under a
+//! `volatile-*` policy can remove it: whether a lease is live is decided only by comparing its
+//! `e` field with the server's clock (`TIME`, in milliseconds), inside the script that acts on
+//! it. Fences travel as decimal strings (as Redis stores the counter), never as Lua numbers,
+//! whose `%.14g` formatting would mangle large values; times are Lua numbers (below 2^53:
+//! about 1.8e12 ms now, plus at most [`MAX_LEASE_MS`](crate::MAX_LEASE_MS)) written with `%d`.
+//! Every script returns `{status, fence}` where `fence` is the record's counter (or nil if there
+//! is none), so the caller can detect a counter that went backwards.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `try_lock`: `ARGV = holder, lease_ms, channel, key`.
+/// Shared by the scripts: the server's time in milliseconds. Scripts are replicated by their
+/// effects (the default since Redis 5, the only mode since 7), so replicas store the expiry the
+/// primary computed instead of reading their own clocks.
+const NOW: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function expiry(now, lease_ms)
+  return string.format('%d', now + tonumber(lease_ms))
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{NOW}{body}"))
+}
+
+/// `try_lock`: `KEYS = record, layout-1 lock, layout-1 counter`;
+/// `ARGV = holder, lease_ms, channel, key`.
 ///
 /// Status 1: granted or extended with the returned fence. 0: refused (another holder's live
 /// lease), or for `lease_ms == 0` nothing to release. 2: released (zero lease).
 ///
-/// The counter's `h` names the holder of the current tenure until a release empties it. So a
-/// holder that finds its own name there owns the key whether or not the lock key still exists
-/// (an expired lease nobody took since): it extends (recreating the lock key if it expired) with
-/// the same fence. Anyone else gets the key only when the lock key is gone, with the counter
-/// incremented.
+/// A record naming this holder is this holder's tenure, live or expired (nobody took it since:
+/// a grant to anyone else renames it, a release empties it): it is extended with the same fence.
+/// This also makes a retry after a lost reply a success with the same fence. A record naming
+/// another holder refuses while `e` is in the future. Otherwise the key is vacant: the counter
+/// is incremented and the record names the new holder.
+///
+/// A key without a record has not been granted under layout 2 yet: a live layout-1 lease (its
+/// lock key exists) is refused, and the new counter starts from the layout-1 counter, so fences
+/// keep increasing across the upgrade.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
-local c = redis.call('HMGET', KEYS[2], 'h', 'f')
+local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
 local holder = ARGV[1]
 if ARGV[2] == '0' then
-  if c[1] == holder then
-    redis.call('HSET', KEYS[2], 'h', '')
-    redis.call('DEL', KEYS[1])
+  if r[1] == holder then
+    redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
     redis.call('PUBLISH', ARGV[3], ARGV[4])
-    return {2, c[2]}
+    return {2, r[2]}
   end
-  return {0, c[2]}
+  return {0, r[2]}
 end
-if c[1] == holder then
-  if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then
-    redis.call('HSET', KEYS[1], 'h', holder, 'f', c[2])
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local now = now_ms()
+if r[1] == holder then
+  redis.call('HSET', KEYS[1], 'e', expiry(now, ARGV[2]))
+  return {1, r[2]}
+end
+if r[1] and r[1] ~= '' and (tonumber(r[3]) or 0) > now then
+  return {0, r[2]}
+end
+if not r[2] then
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    return {0, redis.call('HGET', KEYS[3], 'f')}
   end
-  return {1, c[2]}
+  local old = redis.call('HGET', KEYS[3], 'f')
+  if old then
+    redis.call('HSET', KEYS[1], 'f', old)
+  end
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, c[2]}
-end
-redis.call('HINCRBY', KEYS[2], 'f', 1)
-redis.call('HSET', KEYS[2], 'h', holder)
-local f = redis.call('HGET', KEYS[2], 'f')
-redis.call('HSET', KEYS[1], 'h', holder, 'f', f)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {1, f}
+redis.call('HINCRBY', KEYS[1], 'f', 1)
+redis.call('HSET', KEYS[1], 'h', holder, 'e', expiry(now, ARGV[2]))
+return {1, redis.call('HGET', KEYS[1], 'f')}
 "#,
     )
 });
 
-/// `renew`: `ARGV = holder, fence, lease_ms`. Status 1: extended (recreating an expired lock key
-/// of the same, untouched tenure); 0: the tenure is not `(holder, fence)`.
+/// `renew`: `KEYS = record`; `ARGV = holder, fence, lease_ms`. Status 1: extended; 0: the
+/// tenure is not `(holder, fence)`, or its lease has expired by the server's clock. A lapsed
+/// lease is never extended (its holder's deadline has passed, it was told it lost): only an
+/// explicit `try_lock` can retake it.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    script(
         r#"
-local c = redis.call('HMGET', KEYS[2], 'h', 'f')
-if c[1] == ARGV[1] and c[2] == ARGV[2] then
-  if redis.call('PEXPIRE', KEYS[1], ARGV[3]) == 0 then
-    redis.call('HSET', KEYS[1], 'h', ARGV[1], 'f', ARGV[2])
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
+if r[1] == ARGV[1] and r[2] == ARGV[2] then
+  local now = now_ms()
+  if (tonumber(r[3]) or 0) > now then
+    redis.call('HSET', KEYS[1], 'e', expiry(now, ARGV[3]))
+    return {1, r[2]}
   end
-  return {1, c[2]}
 end
-return {0, c[2]}
+return {0, r[2]}
 "#,
     )
 });
 
-/// `release`: `ARGV = holder, fence, channel, key`. Status 1: released and announced; 0: the
-/// tenure is not `(holder, fence)`, nothing changed.
+/// `release`: `KEYS = record`; `ARGV = holder, fence, channel, key`. Status 1: released and
+/// announced; 0: the tenure is not `(holder, fence)`, nothing changed.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local c = redis.call('HMGET', KEYS[2], 'h', 'f')
-if c[1] == ARGV[1] and c[2] == ARGV[2] then
-  redis.call('HSET', KEYS[2], 'h', '')
-  redis.call('DEL', KEYS[1])
+local r = redis.call('HMGET', KEYS[1], 'h', 'f')
+if r[1] == ARGV[1] and r[2] == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
   redis.call('PUBLISH', ARGV[3], ARGV[4])
-  return {1, c[2]}
+  return {1, r[2]}
 end
-return {0, c[2]}
+return {0, r[2]}
+"#,
+    )
+});
+
+/// `break_lock`: `KEYS = record, layout-1 lock, layout-1 counter`; `ARGV = channel, key`.
+///
+/// Raises the counter by one and empties the record, whoever held it, and announces the key.
+/// Returns `{1, fence, previous holder, 1 if its lease was live}`, or `{0}` when the key was
+/// never granted (no record, no layout-1 counter). The raised fence is handed to nobody: every
+/// earlier grant has a lower fence, every later one a higher.
+pub(crate) static BREAK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
+if not r[2] then
+  local old = redis.call('HGET', KEYS[3], 'f')
+  if not old then
+    return {0}
+  end
+  redis.call('HSET', KEYS[1], 'f', old)
+end
+local live = 0
+if r[1] and r[1] ~= '' and (tonumber(r[3]) or 0) > now_ms() then
+  live = 1
+end
+redis.call('HINCRBY', KEYS[1], 'f', 1)
+redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return {1, redis.call('HGET', KEYS[1], 'f'), r[1] or '', live}
 "#,
     )
 });

@@ -13,9 +13,10 @@ use tracing::{debug, warn};
 use crate::NAME;
 use crate::config::{RedisStoreBuilder, Source};
 use crate::error::{bad_reply, classify};
-use crate::keys::{KeyPair, key_pair, release_channel};
+use crate::eviction::{EvictionPolicy, check_eviction_policy};
+use crate::keys::{Keys, keys, release_channel};
 use crate::notify::Notifier;
-use crate::scripts::{ACQUIRE, RELEASE, RENEW};
+use crate::scripts::{ACQUIRE, BREAK, RELEASE, RENEW};
 
 /// The longest lease the store grants, in milliseconds (about 34 years); longer ones are capped.
 pub const MAX_LEASE_MS: u64 = 1 << 40;
@@ -51,12 +52,27 @@ struct Inner {
     seen: Mutex<HashMap<String, Seen>>,
     holder_hash: RandomState,
     notifier: Option<Notifier>,
+    eviction_policy: EvictionPolicy,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {
     fence: u64,
     holder: u64,
+}
+
+/// What [`RedisStore::break_lock`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokenLock {
+    /// The key's fence after the break, given to no holder: every earlier grant had a lower
+    /// one, every later grant gets a higher one.
+    pub fence: Fence,
+    /// The holder named in the record before the break (also one whose lease had expired but
+    /// whom nobody had replaced yet); `None` if the key was free.
+    pub previous_holder: Option<String>,
+    /// Whether that holder's lease was live by the server's clock.
+    pub was_live: bool,
 }
 
 impl RedisStore {
@@ -133,8 +149,10 @@ impl RedisStore {
                 ));
             }
         };
+        let eviction_policy =
+            check_eviction_policy(&mut conn, &what, b.allow_allkeys_eviction).await?;
         // Loading the scripts checks the server answers and the user may run them.
-        for script in [&*ACQUIRE, &*RENEW, &*RELEASE] {
+        for script in [&*ACQUIRE, &*RENEW, &*RELEASE, &*BREAK] {
             script
                 .prepare_invoke()
                 .load_async(&mut conn)
@@ -185,21 +203,26 @@ impl RedisStore {
                 seen: Mutex::new(HashMap::new()),
                 holder_hash: RandomState::new(),
                 notifier,
+                eviction_policy,
             }),
         })
     }
 
-    /// The Redis key of `key`'s lock hash (fields `h` = holder, `f` = fence; its TTL is the
-    /// lease). For fenced writes in Lua (see the crate docs) and for inspection.
+    /// The Redis key of `key`'s lease record: a hash with no TTL, fields `h` = holder (empty
+    /// while the key is free), `f` = the last fence handed out, `e` = the lease's expiry in
+    /// milliseconds of the Redis server's clock (`TIME`). For fenced writes in Lua (see the
+    /// crate docs) and for inspection.
+    ///
+    /// Never delete it: the fence counter is in it, so a deleted record starts the key's fences
+    /// again at 1. To take a key away from its holder, use [`break_lock`](Self::break_lock).
     pub fn lock_key(&self, key: &str) -> Vec<u8> {
-        key_pair(&self.inner.prefix, key).lock
+        keys(&self.inner.prefix, key).record
     }
 
-    /// The Redis key of `key`'s fence counter hash (fields `f` = last fence handed out, `h` =
-    /// holder of the current tenure, empty after a release). It has no TTL and must never be
-    /// deleted or evicted: configure `maxmemory-policy noeviction`.
-    pub fn fence_key(&self, key: &str) -> Vec<u8> {
-        key_pair(&self.inner.prefix, key).fence
+    /// The server's `maxmemory-policy` as the store read it at connect time (`CONFIG GET`, or
+    /// `INFO memory` where the ACL refuses `CONFIG`), or `None` if neither was allowed.
+    pub fn eviction_policy(&self) -> Option<&str> {
+        self.inner.eviction_policy.name()
     }
 
     /// The key prefix.
@@ -238,15 +261,10 @@ impl RedisStore {
         let before: Vec<Option<Seen>> = leases.iter().map(|(k, _, _)| self.snapshot(k)).collect();
         let mut pipe = redis::pipe();
         for (key, holder, fence) in leases {
-            let KeyPair {
-                lock,
-                fence: counter,
-            } = key_pair(&self.inner.prefix, key);
             pipe.cmd("EVALSHA")
                 .arg(RENEW.get_hash())
-                .arg(2)
-                .arg(lock)
-                .arg(counter)
+                .arg(1)
+                .arg(keys(&self.inner.prefix, key).record)
                 .arg(*holder)
                 .arg(fence.get())
                 .arg(ms);
@@ -280,6 +298,80 @@ impl RedisStore {
                 self.renew_outcome(key, holder, *fence, status, counter, before)
             })
             .collect())
+    }
+
+    /// Takes `key` away from whoever holds it, for an operator: raises the key's fence by one,
+    /// marks the key free, and announces it to waiters, in one script. The holder's next renewal
+    /// or release fails (its lock reports the loss), and the next grant gets a fence above the
+    /// raised one.
+    ///
+    /// The raised fence is handed to no one. Give it to a fenced resource as its new minimum
+    /// (for a [`FenceGate`](lease_core::FenceGate): [`check`](lease_core::FenceGate::check) it
+    /// once) and the old holder's writes are
+    /// refused at once, even those it sends before it notices the loss. Deleting the record
+    /// instead (`DEL`) would start the key's fences again at 1: never do that.
+    ///
+    /// The same from `redis-cli`, with the record's key from [`lock_key`](Self::lock_key)
+    /// (e.g. `lease:{jobs/nightly}:v2`; the script also seeds a record from a layout-1 counter,
+    /// which this one-liner does not):
+    ///
+    /// ```text
+    /// redis-cli EVAL "if redis.call('HEXISTS', KEYS[1], 'f') == 0 then return nil end
+    ///   redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
+    ///   return redis.call('HINCRBY', KEYS[1], 'f', 1)" 1 'lease:{jobs/nightly}:v2'
+    /// ```
+    ///
+    /// Returns `None` if the key was never granted (there is nothing to break).
+    ///
+    /// # Errors
+    ///
+    /// Invalid input, connection failures (transient) and refusals by the server, as for
+    /// [`LeaseStore::try_lock`]. A failed call may still have been applied (check with
+    /// [`lock_key`](Self::lock_key)); a repeated break only raises the fence again.
+    pub async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        validate(NAME, key, "operator")?;
+        let Keys {
+            record,
+            legacy_lock,
+            legacy_fence,
+        } = keys(&self.inner.prefix, key);
+        let what = || format!("break of {key:?}");
+        let before = self.snapshot(key);
+        let reply: Vec<redis::Value> = BREAK
+            .key(record)
+            .key(legacy_lock)
+            .key(legacy_fence)
+            .arg(&self.inner.channel)
+            .arg(key)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&what(), e))?;
+        let field = |i: usize| -> Result<String, StoreError> {
+            match reply.get(i) {
+                Some(v) => redis::from_redis_value_ref::<String>(v)
+                    .map_err(|_| bad_reply(&what(), format!("field {i} is not a string"))),
+                None => Err(bad_reply(&what(), format!("field {i} is missing"))),
+            }
+        };
+        match reply.first().map(redis::from_redis_value_ref::<i64>) {
+            Some(Ok(0)) => Ok(None),
+            Some(Ok(1)) => {
+                let fence = parse_counter(&what(), Some(field(1)?))?
+                    .and_then(Fence::new)
+                    .ok_or_else(|| bad_reply(&what(), "no fence"))?;
+                // Nobody holds the raised fence; the empty holder is no valid holder string.
+                self.check_grant(key, "", fence.get(), before)?;
+                let previous = field(2)?;
+                let was_live = field(3)? == "1";
+                debug!(key, fence = fence.get(), was_live, "lock broken");
+                Ok(Some(BrokenLock {
+                    fence,
+                    previous_holder: (!previous.is_empty()).then_some(previous),
+                    was_live,
+                }))
+            }
+            _ => Err(bad_reply(&what(), "unknown status")),
+        }
     }
 
     fn renew_outcome(
@@ -399,13 +491,8 @@ impl RedisStore {
     }
 
     async fn release_quietly(&self, key: &str, holder: &str, fence: u64) {
-        let KeyPair {
-            lock,
-            fence: counter,
-        } = key_pair(&self.inner.prefix, key);
         let r: redis::RedisResult<(i64, Option<String>)> = RELEASE
-            .key(lock)
-            .key(counter)
+            .key(keys(&self.inner.prefix, key).record)
             .arg(holder)
             .arg(fence)
             .arg(&self.inner.channel)
@@ -440,10 +527,11 @@ impl LeaseStore for RedisStore {
         holder: &str,
     ) -> Result<Option<Fence>, StoreError> {
         validate(NAME, key, holder)?;
-        let KeyPair {
-            lock,
-            fence: counter,
-        } = key_pair(&self.inner.prefix, key);
+        let Keys {
+            record,
+            legacy_lock,
+            legacy_fence,
+        } = keys(&self.inner.prefix, key);
         // Zero stays zero (a release); anything else is at least one millisecond.
         let ms = if lease.is_zero() { 0 } else { lease_ms(lease) };
         let what = || format!("try_lock of {key:?}");
@@ -452,8 +540,9 @@ impl LeaseStore for RedisStore {
         }
         let before = self.snapshot(key);
         let (status, counter): (i64, Option<String>) = ACQUIRE
-            .key(lock)
-            .key(counter)
+            .key(record)
+            .key(legacy_lock)
+            .key(legacy_fence)
             .arg(holder)
             .arg(ms)
             .arg(&self.inner.channel)
@@ -493,14 +582,9 @@ impl LeaseStore for RedisStore {
         fence: Fence,
     ) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
-        let KeyPair {
-            lock,
-            fence: counter,
-        } = key_pair(&self.inner.prefix, key);
         let before = self.snapshot(key);
         let (status, counter): (i64, Option<String>) = RENEW
-            .key(lock)
-            .key(counter)
+            .key(keys(&self.inner.prefix, key).record)
             .arg(holder)
             .arg(fence.get())
             .arg(lease_ms(lease))
@@ -512,15 +596,10 @@ impl LeaseStore for RedisStore {
 
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
-        let KeyPair {
-            lock,
-            fence: counter,
-        } = key_pair(&self.inner.prefix, key);
         let what = || format!("release of {key:?}");
         let before = self.snapshot(key);
         let (status, counter): (i64, Option<String>) = RELEASE
-            .key(lock)
-            .key(counter)
+            .key(keys(&self.inner.prefix, key).record)
             .arg(holder)
             .arg(fence.get())
             .arg(&self.inner.channel)

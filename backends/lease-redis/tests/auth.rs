@@ -25,7 +25,7 @@ static REDIS: LazyLock<Option<RedisServer>> = LazyLock::new(|| {
         acl_users: vec![format!(
             "user locker on >{APP_PASSWORD} resetkeys ~locks:* resetchannels &locks:* \
              -@all +@scripting +subscribe +publish +ping +hello +auth +client \
-             +hmget +hget +hset +hincrby +pexpire +exists +del"
+             +hmget +hget +hset +hincrby +exists +time"
         )],
         ..RedisOptions::default()
     })
@@ -91,6 +91,16 @@ async fn acl_user_limited_to_the_lock_keys_works() {
         .connect()
         .await
         .expect("connect as locker");
+    // The ACL refuses CONFIG and INFO: the policy is unknown, with a warning.
+    assert_eq!(a.eviction_policy(), None);
+    {
+        let logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
+        let logs = String::from_utf8_lossy(&logs);
+        assert!(
+            logs.contains("eviction policy could not be read"),
+            "the unknown eviction policy is logged: {logs}"
+        );
+    }
     let shown = format!("{a} {a:?}");
     assert_no_password(&shown);
     assert!(shown.contains("locker:***@127.0.0.1"), "{shown}");

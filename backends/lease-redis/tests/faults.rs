@@ -210,3 +210,34 @@ async fn server_paused_past_the_lease_loses_holders_by_their_deadline_and_grants
     let guard_a = a.lock_timeout(Duration::from_secs(10)).await.unwrap();
     assert!(guard_a.fence() > fence_b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_queued_while_redis_is_paused_does_not_revive_the_lapsed_lease() {
+    let Some(mut server) = RedisServer::start(RedisOptions::default()) else {
+        return;
+    };
+    // A response timeout longer than the pause, so the renewal's answer is seen.
+    let s = RedisStore::builder(server.url())
+        .prefix("faults:")
+        .response_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect");
+    let lease = Duration::from_millis(500);
+    let f = s.try_lock(lease, "k", "alice").await.unwrap().unwrap();
+    server.process().pause();
+    // Sent while the lease is live, executed by Redis after it lapsed.
+    let renewal = {
+        let s = s.clone();
+        tokio::spawn(async move { s.renew(lease, "k", "alice", f).await })
+    };
+    tokio::time::sleep(lease * 2).await;
+    server.process().resume();
+    let renewed = renewal.await.unwrap().expect("renew after the pause");
+    assert!(
+        !renewed,
+        "a renewal executed after the lease lapsed revived it"
+    );
+    let g = s.try_lock(LONG, "k", "bob").await.unwrap();
+    assert!(g.is_some_and(|g| g > f), "the lapsed key is free: {g:?}");
+}
