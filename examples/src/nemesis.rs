@@ -48,12 +48,9 @@ impl Fault {
 pub fn parse_faults(list: &str) -> Result<Vec<Fault>, String> {
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let f = ALL
-            .into_iter()
-            .find(|f| f.name() == name)
-            .ok_or_else(|| {
-                format!("unknown fault `{name}` in --chaos: use kill, pause, store-restart, slow")
-            })?;
+        let f = ALL.into_iter().find(|f| f.name() == name).ok_or_else(|| {
+            format!("unknown fault `{name}` in --chaos: use kill, pause, store-restart, slow")
+        })?;
         if out.contains(&f) {
             return Err(format!("`{name}` appears twice in --chaos"));
         }

@@ -177,7 +177,10 @@ mod tests {
         early.await;
         let woke = now() - start;
         assert!(woke >= Duration::from_millis(20), "woke early: {woke:?}");
-        assert!(!late.is_finished(), "the later sleeper woke with the earlier one");
+        assert!(
+            !late.is_finished(),
+            "the later sleeper woke with the earlier one"
+        );
         late.await.unwrap();
         assert!(now() - start >= Duration::from_millis(80));
     }

@@ -143,7 +143,12 @@ impl<S: LeaseStore> LockGuard<S> {
             return Ok(());
         };
         payload.stop.cancel();
-        let call = detachable(release_call(self.inner.clone(), fence, nonce, &payload.holder));
+        let call = detachable(release_call(
+            self.inner.clone(),
+            fence,
+            nonce,
+            &payload.holder,
+        ));
         match call.await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) => Err(Error::Lost {
@@ -175,8 +180,7 @@ impl<S: LeaseStore> Drop for LockGuard<S> {
         if !self.active {
             return;
         }
-        if let Some((fence, nonce, payload)) = self.inner.state.drop_guard(self.ticket.generation)
-        {
+        if let Some((fence, nonce, payload)) = self.inner.state.drop_guard(self.ticket.generation) {
             // Released at once, not on the next heartbeat tick: a waiter elsewhere is notified
             // by the store as soon as this lands. If the runtime has shut down, the spawned call
             // is dropped unrun, which counts as a release of unknown outcome (see

@@ -145,8 +145,8 @@ mod guard;
 mod holder;
 mod lock;
 mod memory;
-mod redact;
 pub mod metrics;
+mod redact;
 mod state;
 mod store;
 mod sync;
@@ -160,6 +160,4 @@ pub use guard::LockGuard;
 pub use lock::{CrossProcessLock, DEFAULT_LEASE, LockBuilder};
 pub use memory::MemoryStore;
 pub use redact::redact_url;
-pub use store::{
-    Capabilities, DynLeaseStore, DynStore, LeaseStore, MAX_KEY_LEN, validate,
-};
+pub use store::{Capabilities, DynLeaseStore, DynStore, LeaseStore, MAX_KEY_LEN, validate};

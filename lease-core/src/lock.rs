@@ -630,7 +630,12 @@ async fn acquire_from_store<S: LeaseStore>(
                 // In its own task, like every release: one that hangs must not hold the
                 // single-flight permit (found by the simulation).
                 inner.state.begin_release(nonce);
-                tokio::spawn(crate::guard::release_call(inner.clone(), fence, nonce, &holder));
+                tokio::spawn(crate::guard::release_call(
+                    inner.clone(),
+                    fence,
+                    nonce,
+                    &holder,
+                ));
                 return Err(Error::Store(StoreError::transient(
                     inner.store_name,
                     format!(
@@ -730,7 +735,11 @@ async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload:
             (renew_every / 16).max(Duration::from_millis(1)),
             (renew_every / 2).max(Duration::from_millis(1)),
         );
-        if inner.config.jitter { b } else { b.without_jitter() }
+        if inner.config.jitter {
+            b
+        } else {
+            b.without_jitter()
+        }
     };
     let mut retry = new_retry();
     let span = debug_span!("lease.heartbeat", key = %inner.key, fence = fence.get());

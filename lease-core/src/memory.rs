@@ -167,7 +167,9 @@ impl LeaseStore for MemoryStore {
         let mut keys = self.keys();
         match keys.get_mut(key) {
             // Only a live lease is extended: once it has lapsed, only an acquisition retakes it.
-            Some(e) if e.holder.as_deref() == Some(holder) && e.fence == fence && e.expires > now => {
+            Some(e)
+                if e.holder.as_deref() == Some(holder) && e.fence == fence && e.expires > now =>
+            {
                 e.expires = now.saturating_add(lease);
                 Ok(true)
             }

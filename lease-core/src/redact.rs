@@ -82,9 +82,18 @@ mod tests {
             ("rediss://s3cret@h", "rediss://***@h"),
             ("redis://:ab/cd+ef==@h", "redis://:***@h"),
             ("redis://:p@ss:w/rd@h", "redis://:***@h"),
-            ("redis://h:1/0?password=s3cret&db=2", "redis://h:1/0?password=***&db=***"),
-            ("redis+unix:///p.sock?pass=s3cret", "redis+unix:///p.sock?pass=***"),
-            ("etcd://u:s3cret@[::1]:2379,h2:2379/pfx", "etcd://u:***@[::1]:2379,h2:2379/pfx"),
+            (
+                "redis://h:1/0?password=s3cret&db=2",
+                "redis://h:1/0?password=***&db=***",
+            ),
+            (
+                "redis+unix:///p.sock?pass=s3cret",
+                "redis+unix:///p.sock?pass=***",
+            ),
+            (
+                "etcd://u:s3cret@[::1]:2379,h2:2379/pfx",
+                "etcd://u:***@[::1]:2379,h2:2379/pfx",
+            ),
             ("u:s3cret@h", "u:***@h"),
             ("sqlite:///tmp/a@b.db", "sqlite:///tmp/a@b.db"),
             ("/tmp/a@b.db", "/tmp/a@b.db"),

@@ -351,7 +351,11 @@ mod tests {
         assert_eq!(st.pending_releases(), 1);
         st.release_done(0, false);
         assert_eq!(st.nonce(), 1, "an unknown outcome retires the nonce");
-        assert_eq!(st.pending_releases(), 0, "and no longer holds up acquisitions");
+        assert_eq!(
+            st.pending_releases(),
+            0,
+            "and no longer holds up acquisitions"
+        );
         let (t, _) = st.install(f(1), LATER, st.nonce(), ());
         assert!(st.drop_guard(t.generation).is_some());
         st.retire(0);

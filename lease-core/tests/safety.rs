@@ -125,14 +125,20 @@ async fn a_late_grant_still_being_released_holds_up_a_retake() {
         f.only = Some(Call::Release);
         f.delay = Duration::from_millis(100);
     });
-    assert!(late.await.unwrap().is_err(), "the late grant was handed out");
+    assert!(
+        late.await.unwrap().is_err(),
+        "the late grant was handed out"
+    );
     let g = a
         .lock_timeout(Duration::from_secs(1))
         .await
         .expect("a retakes the key");
     sleep(Duration::from_millis(200)).await;
     settle().await;
-    assert!(g.is_held(), "a's new lease must survive the late grant's release");
+    assert!(
+        g.is_held(),
+        "a's new lease must survive the late grant's release"
+    );
     if let Ok(gb) = b.try_lock_once().await {
         panic!(
             "b was granted fence {} while a holds fence {}: two holders",
@@ -219,19 +225,31 @@ async fn waiting_calls_return_by_their_deadline_behind_a_slow_store() {
         "{:?}",
         r.map(|g| g.fence())
     );
-    assert!(started.elapsed() <= timeout + slack, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= timeout + slack,
+        "{:?}",
+        started.elapsed()
+    );
 
     // The single-flight slot, taken by the abandoned call still in flight.
     let started = Instant::now();
     let r = a.lock_timeout(timeout).await;
     assert!(matches!(r, Err(Error::TimedOut { .. })));
-    assert!(started.elapsed() <= timeout + slack, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= timeout + slack,
+        "{:?}",
+        started.elapsed()
+    );
 
     // try_lock_once has no deadline of its own, but gives up after lease − margin.
     let started = Instant::now();
     let r = a.try_lock_once().await;
     assert!(matches!(r, Err(Error::Store(ref e)) if e.is_transient()));
-    assert!(started.elapsed() <= LEASE - MARGIN + slack, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= LEASE - MARGIN + slack,
+        "{:?}",
+        started.elapsed()
+    );
 
     // A release that never answers.
     sa.update(|f| f.delay = Duration::ZERO);
@@ -247,7 +265,11 @@ async fn waiting_calls_return_by_their_deadline_behind_a_slow_store() {
     let started = Instant::now();
     let r = a.lock_timeout(timeout).await;
     assert!(matches!(r, Err(Error::TimedOut { .. })));
-    assert!(started.elapsed() <= timeout + slack, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= timeout + slack,
+        "{:?}",
+        started.elapsed()
+    );
     // And the key comes back: the hung release's lease lapses, and the next lease is taken
     // under a holder that release cannot match.
     let g = a
@@ -280,7 +302,11 @@ async fn a_panicking_store_does_not_lock_the_process_out() {
     let started = Instant::now();
     let r = a.try_lock_once().await.map(|g| g.fence());
     assert!(matches!(r, Err(Error::Busy { .. })), "{r:?}");
-    assert!(started.elapsed() < Duration::from_millis(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(5),
+        "{:?}",
+        started.elapsed()
+    );
     let g = a
         .lock_timeout(LEASE * 4)
         .await

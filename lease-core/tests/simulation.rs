@@ -154,7 +154,12 @@ impl World {
 
     fn random_fault(rng: &mut StdRng) -> (Fault, String) {
         let mut f = Fault::none();
-        let ops = [None, Some(Call::TryLock), Some(Call::Renew), Some(Call::Release)];
+        let ops = [
+            None,
+            Some(Call::TryLock),
+            Some(Call::Renew),
+            Some(Call::Release),
+        ];
         f.only = ops[rng.random_range(0..ops.len())];
         let ms = |rng: &mut StdRng, max: u64| Duration::from_millis(rng.random_range(1..=max));
         match rng.random_range(0..8) {
@@ -310,14 +315,19 @@ impl World {
         sleep(LEASE * 2).await;
         for (i, p) in self.procs.iter().enumerate() {
             if p.lock.guards() != 0 {
-                self.violation(format!("p{i}: {} guards counted after all dropped", p.lock.guards()));
+                self.violation(format!(
+                    "p{i}: {} guards counted after all dropped",
+                    p.lock.guards()
+                ));
             }
             if p.link.calls() != calls[i] {
                 self.violation(format!("p{i}: store traffic after every guard dropped"));
             }
         }
         if let Some(h) = self.store.holder("k") {
-            self.violation(format!("the key is still held by {h} after every guard dropped"));
+            self.violation(format!(
+                "the key is still held by {h} after every guard dropped"
+            ));
         }
         // Every process can take the key again, one after the other.
         for (i, p) in self.procs.iter().enumerate() {
@@ -383,7 +393,10 @@ fn quiet_injected_panics() {
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -411,13 +424,20 @@ fn random_schedules_keep_every_invariant() {
         "simulation: {count} schedules from seed {first}, {grants} grants, in {:.1?}",
         started.elapsed()
     );
-    assert!(grants > count, "schedules granted almost nothing: {grants} grants");
+    assert!(
+        grants > count,
+        "schedules granted almost nothing: {grants} grants"
+    );
 }
 
 #[test]
 fn a_schedule_is_a_function_of_its_seed() {
     quiet_injected_panics();
     for seed in [1, 17, 4242] {
-        assert_eq!(run(seed), run(seed), "schedule {seed} ran differently twice");
+        assert_eq!(
+            run(seed),
+            run(seed),
+            "schedule {seed} ran differently twice"
+        );
     }
 }

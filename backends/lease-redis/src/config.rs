@@ -209,61 +209,11 @@ impl fmt::Debug for RedisStoreBuilder {
     }
 }
 
-/// `url` with its password (and any query string, which may carry one) replaced by `***`.
-///
-/// Errs on the side of hiding: everything up to the last `@` of the part after the scheme is
-/// treated as user info.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, url),
-    };
-    let (rest, had_query) = match rest.split_once('?') {
-        Some((r, _)) => (r, true),
-        None => (rest, false),
-    };
-    let rest = match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            // `redis://secret@host` is parsed as a user name, but people put passwords there.
-            None if !userinfo.is_empty() => format!("***@{host}"),
-            None => format!("@{host}"),
-        },
-        None => rest.to_owned(),
-    };
-    let mut out = String::new();
-    if let Some(s) = scheme {
-        out.push_str(s);
-        out.push_str("://");
-    }
-    out.push_str(&rest);
-    if had_query {
-        out.push_str("?***");
-    }
-    out
-}
+pub use lease_core::redact_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_lose_their_passwords() {
-        let cases = [
-            ("redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/"),
-            ("redis://u:s3cret@h:1/0", "redis://u:***@h:1/0"),
-            ("redis://:s3cret@h", "redis://:***@h"),
-            ("rediss://s3cret@h", "rediss://***@h"),
-            ("redis://u:s3c@r/et@h/2", "redis://u:***@h/2"),
-            ("unix:///tmp/r.sock?pass=s3cret", "unix:///tmp/r.sock?***"),
-            ("u:s3cret@h", "u:***@h"),
-        ];
-        for (url, want) in cases {
-            let got = redact_url(url);
-            assert_eq!(got, want);
-            assert!(!got.contains("s3c"), "{got}");
-        }
-    }
 
     #[test]
     fn builder_debug_hides_the_password() {
