@@ -5,13 +5,14 @@
 /// It errs on the side of hiding, and never needs the URL to be valid:
 ///
 /// - **User info**: everything between `://` and the *last* `@` before the host is user info,
-///   so a password containing `/`, `?`, `#`, `:` or an unencoded `@` is hidden whole. Of the user
-///   info only a user name followed by `:` is kept (`redis://u:***@h`); user info without a `:`
-///   is hidden entirely, since people put passwords there (`rediss://***@h`).
+///   so a password containing `/`, `?`, `#`, `:` or an unencoded `@` is hidden whole. The user
+///   name is hidden with it (`redis://***@h`): people put passwords in the user position
+///   (`rediss://s3cret@h`), and a secret there that contains a `:` cannot be told apart from
+///   `user:password`.
 /// - **Query**: every parameter's value is hidden (`?password=***&db=***`), since stores take
 ///   passwords and tokens there.
-/// - **No scheme** (`user:pw@host`): the same, where the part before the last `@` has a `:` or
-///   no `/`; a plain path such as `/tmp/a@b.db` is left alone.
+/// - **No scheme** (`user:pw@host`): the same, unless it starts like a file path (`/`, `.` or
+///   `~`): `/tmp/a@b.db` is left alone.
 /// - A URL with no authority (`sqlite:///tmp/a.db`, `redis+unix:///r.sock?pass=…`) keeps its
 ///   path; only its query is hidden.
 pub fn redact_url(url: &str) -> String {
@@ -31,17 +32,11 @@ pub fn redact_url(url: &str) -> String {
         Some(_) => rest.rfind('@'),
         None => rest
             .rfind('@')
-            .filter(|&at| rest[..at].contains(':') || !rest[..at].contains('/')),
+            .filter(|_| !rest.starts_with(['/', '.', '~'])),
     };
     let after = match userinfo_end {
         Some(at) => {
-            match rest[..at].split_once(':') {
-                Some((user, _)) if !user.contains(['/', '?', '#']) => {
-                    out.push_str(user);
-                    out.push_str(":***@");
-                }
-                _ => out.push_str("***@"),
-            }
+            out.push_str("***@");
             &rest[at + 1..]
         }
         None => rest,
@@ -77,11 +72,11 @@ mod tests {
     fn examples() {
         let cases = [
             ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
-            ("redis://u:s3cret@h:1/0", "redis://u:***@h:1/0"),
-            ("redis://:s3cret@h:1", "redis://:***@h:1"),
+            ("redis://u:s3cret@h:1/0", "redis://***@h:1/0"),
+            ("redis://:s3cret@h:1", "redis://***@h:1"),
             ("rediss://s3cret@h", "rediss://***@h"),
-            ("redis://:ab/cd+ef==@h", "redis://:***@h"),
-            ("redis://:p@ss:w/rd@h", "redis://:***@h"),
+            ("redis://:ab/cd+ef==@h", "redis://***@h"),
+            ("redis://:p@ss:w/rd@h", "redis://***@h"),
             (
                 "redis://h:1/0?password=s3cret&db=2",
                 "redis://h:1/0?password=***&db=***",
@@ -92,9 +87,9 @@ mod tests {
             ),
             (
                 "etcd://u:s3cret@[::1]:2379,h2:2379/pfx",
-                "etcd://u:***@[::1]:2379,h2:2379/pfx",
+                "etcd://***@[::1]:2379,h2:2379/pfx",
             ),
-            ("u:s3cret@h", "u:***@h"),
+            ("u:s3cret@h", "***@h"),
             ("sqlite:///tmp/a@b.db", "sqlite:///tmp/a@b.db"),
             ("/tmp/a@b.db", "/tmp/a@b.db"),
             ("", ""),
@@ -124,6 +119,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
         #[test]
         fn no_secret_survives(
             secret in secret(),
@@ -150,7 +146,9 @@ mod tests {
             let out = redact_url(&url);
             prop_assert!(!out.contains(&secret), "{url} -> {out}");
             prop_assert!(!out.contains(&percent_encoded(&secret)), "{url} -> {out}");
-            // The host stays readable.
+            // The host stays readable, except where an `@` in the query makes `scheme://A?B@C`
+            // look like user info `A?B` (it could be `redis://:pa?ss@h`): that is hidden too.
+            prop_assume!(position <= 2 || !s.contains('@'));
             let first_host = host.split([',', ':']).next().unwrap_or_default();
             prop_assert!(out.contains(first_host.trim_start_matches('[')), "{url} -> {out}");
         }

@@ -103,7 +103,7 @@ async fn acl_user_limited_to_the_lock_keys_works() {
     }
     let shown = format!("{a} {a:?}");
     assert_no_password(&shown);
-    assert!(shown.contains("locker:***@127.0.0.1"), "{shown}");
+    assert!(shown.contains("***@127.0.0.1"), "{shown}");
 
     let f = a
         .try_lock(LEASE, "acl/k", "alice")
