@@ -764,7 +764,11 @@ async fn a_hidden_boot_id_fails_open_naming_the_file() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    if !can_run(&["unshare", "--mount", "true"]) {
+    // `--propagation unchanged`: unshare's default makes `/` private, which fails where `/` is
+    // not a mount point (a chroot). The script makes `/proc` private instead, before mounting
+    // anything under it, so nothing it mounts reaches the host's namespace.
+    let unshare = ["unshare", "--mount", "--propagation", "unchanged"];
+    if !can_run(&[&unshare[..], &["sh", "-c", "mount --make-rprivate /proc"]].concat()) {
         return;
     }
     let (dir, db, counter) = temp_paths();
@@ -774,9 +778,12 @@ async fn a_hidden_boot_id_fails_open_naming_the_file() {
     let bind = format!("mount --bind '{empty}' /proc/sys/kernel/random/boot_id");
     let tmpfs = "mount -t tmpfs none /proc/sys/kernel/random".to_owned();
     let run = |hide: Option<&str>| {
-        let script = format!("{} && exec \"$@\"", hide.unwrap_or("true"));
+        let script = format!(
+            "mount --make-rprivate /proc && {} && exec \"$@\"",
+            hide.unwrap_or("true")
+        );
         wrapped_child_command(
-            &["unshare", "--mount", "--", "sh", "-c", &script, "sh"],
+            &[&unshare[..], &["--", "sh", "-c", &script, "sh"]].concat(),
             "open",
             &db,
             &counter,
