@@ -101,6 +101,15 @@ pub struct Step {
     pub action: Action,
 }
 
+/// One to half of the worker slots, drawn at random, in order.
+fn some_slots(rng: &mut StdRng, workers: usize) -> Vec<usize> {
+    let mut slots: Vec<usize> = (0..workers).collect();
+    slots.shuffle(rng);
+    slots.truncate(rng.random_range(1..=(workers / 2).max(1)));
+    slots.sort_unstable();
+    slots
+}
+
 /// The schedule for a run of `duration` with `workers` workers and the given `lease`.
 pub fn plan(
     seed: u64,
@@ -135,20 +144,14 @@ pub fn plan(
             Fault::Pause => {
                 let factor = if long_next { 3.0 } else { 0.5 };
                 long_next = !long_next;
-                let mut slots: Vec<usize> = (0..workers).collect();
-                slots.shuffle(&mut rng);
-                slots.truncate(rng.random_range(1..=(workers / 2).max(1)));
-                slots.sort_unstable();
+                let slots = some_slots(&mut rng, workers);
                 (Action::Pause { slots, factor }, lease.mul_f64(factor))
             }
             Fault::StoreRestart => (Action::StoreRestart, Duration::from_secs(1)),
             Fault::Slow => {
                 let factor = if late_next { 1.5 } else { 0.3 };
                 late_next = !late_next;
-                let mut slots: Vec<usize> = (0..workers).collect();
-                slots.shuffle(&mut rng);
-                slots.truncate(rng.random_range(1..=(workers / 2).max(1)));
-                slots.sort_unstable();
+                let slots = some_slots(&mut rng, workers);
                 (Action::Slow { slots, factor }, lease.mul_f64(SLOW_FOR))
             }
         };

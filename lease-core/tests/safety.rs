@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lease_core::testing::{Call, Fault, FaultStore, JumpClock};
-use lease_core::{CrossProcessLock, Error, Fence, MemoryStore, SharedClock, TokioClock};
+use lease_core::{CrossProcessLock, Error, Fence, LockGuard, MemoryStore, SharedClock, TokioClock};
 use tokio::time::{Instant, sleep};
 
 const LEASE: Duration = Duration::from_millis(500);
@@ -44,6 +44,17 @@ async fn settle() {
 
 fn tokio_clock() -> SharedClock {
     Arc::new(TokioClock::new())
+}
+
+/// `b` must not be granted the key while `held` is held by another process.
+async fn assert_not_granted_beside(b: &CrossProcessLock<Arc<Store>>, held: &LockGuard<Arc<Store>>) {
+    if let Ok(gb) = b.try_lock_once().await {
+        panic!(
+            "b was granted fence {} while a holds fence {}: two holders",
+            gb.fence(),
+            held.fence()
+        );
+    }
 }
 
 /// A grant whose reply takes longer than lease − margin is past its deadline when it arrives:
@@ -139,13 +150,7 @@ async fn a_late_grant_still_being_released_holds_up_a_retake() {
         g.is_held(),
         "a's new lease must survive the late grant's release"
     );
-    if let Ok(gb) = b.try_lock_once().await {
-        panic!(
-            "b was granted fence {} while a holds fence {}: two holders",
-            gb.fence(),
-            g.fence()
-        );
-    }
+    assert_not_granted_beside(&b, &g).await;
 }
 
 /// After a suspend longer than the lease, the loss signal fires when the machine resumes, not
@@ -196,13 +201,7 @@ async fn a_release_applied_late_cannot_delete_a_later_lease() {
     sleep(Duration::from_millis(300)).await;
     settle().await;
     assert!(g.is_held(), "a's lease must survive the late release");
-    if let Ok(gb) = b.try_lock_once().await {
-        panic!(
-            "b was granted fence {} while a holds fence {}: two holders",
-            gb.fence(),
-            g.fence()
-        );
-    }
+    assert_not_granted_beside(&b, &g).await;
 }
 
 /// A store that is slow (or hangs) does not keep a waiting call past its deadline, whatever it
