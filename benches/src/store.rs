@@ -78,26 +78,16 @@ pub(crate) struct Opened {
     #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
     pub(crate) target: StoreTarget,
     pub(crate) store: Counting,
-    keepalives: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
+    keepalives: Option<KeepaliveCounter>,
     floor: Floor,
 }
 
 impl Opened {
     pub(crate) async fn open(target: &StoreTarget, with_floor: bool) -> anyhow::Result<Self> {
-        let mut keepalives: Option<Box<dyn Fn() -> u64 + Send + Sync>> = None;
-        let store = match target.kind {
-            StoreKind::Sqlite => DynStore::new(
-                lease_sqlite::SqliteStore::open(&target.location)
-                    .await
-                    .with_context(|| format!("opening sqlite {}", target.location))?,
-            ),
-            StoreKind::Redis => open_redis(&target.location).await?,
-            StoreKind::Etcd => {
-                let (store, ka) = open_etcd(&target.location).await?;
-                keepalives = Some(ka);
-                store
-            }
-        };
+        let store = leasehold::open(&target.location)
+            .await
+            .with_context(|| format!("opening {} {}", target.kind.name(), redact(&target.location)))?;
+        let keepalives = keepalive_counter(&store);
         let floor = if with_floor {
             Floor::open(target).await?
         } else {
@@ -217,37 +207,18 @@ pub(crate) fn ancestor<S: LeaseStore>(store: S, key: &str) -> anyhow::Result<Cro
         .build()?)
 }
 
-#[cfg(feature = "redis")]
-async fn open_redis(url: &str) -> anyhow::Result<DynStore> {
-    Ok(DynStore::new(
-        lease_redis::RedisStore::connect(url)
-            .await
-            .with_context(|| format!("connecting to redis {}", redact(url)))?,
-    ))
-}
-
-#[cfg(not(feature = "redis"))]
-async fn open_redis(_url: &str) -> anyhow::Result<DynStore> {
-    bail!("the redis store needs the `redis` feature: cargo run -p lease-bench --features redis")
-}
-
 type KeepaliveCounter = Box<dyn Fn() -> u64 + Send + Sync>;
 
+/// The etcd store's count of keepalives sent, for the report.
 #[cfg(feature = "etcd")]
-async fn open_etcd(url: &str) -> anyhow::Result<(DynStore, KeepaliveCounter)> {
-    let store = lease_etcd::EtcdStore::connect(url)
-        .await
-        .with_context(|| format!("connecting to etcd {}", redact(url)))?;
-    let counter = store.clone();
-    Ok((
-        DynStore::new(store),
-        Box::new(move || counter.keepalives_sent()),
-    ))
+fn keepalive_counter(store: &DynStore) -> Option<KeepaliveCounter> {
+    let etcd = store.downcast_ref::<lease_etcd::EtcdStore>()?.clone();
+    Some(Box::new(move || etcd.keepalives_sent()))
 }
 
 #[cfg(not(feature = "etcd"))]
-async fn open_etcd(_url: &str) -> anyhow::Result<(DynStore, KeepaliveCounter)> {
-    bail!("the etcd store needs the `etcd` feature: cargo run -p lease-bench --features etcd")
+fn keepalive_counter(_store: &DynStore) -> Option<KeepaliveCounter> {
+    None
 }
 
 /// `etcd://host:port[,host:port][/prefix]` → endpoints and prefix.

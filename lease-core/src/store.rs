@@ -234,6 +234,8 @@ pub trait DynLeaseStore: Send + Sync + 'static {
     async fn wait_for_change(&self, key: &str, max_wait: Duration);
     /// See [`LeaseStore::capabilities`].
     fn capabilities(&self) -> Capabilities;
+    /// The concrete store, for [`DynStore::downcast_ref`].
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 #[async_trait::async_trait]
@@ -264,6 +266,9 @@ impl<S: LeaseStore> DynLeaseStore for S {
     fn capabilities(&self) -> Capabilities {
         LeaseStore::capabilities(self)
     }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// A store chosen at run time: any [`LeaseStore`] behind an `Arc<dyn DynLeaseStore>`.
@@ -282,6 +287,17 @@ impl DynStore {
     /// Wraps a store that is already shared.
     pub fn from_arc(store: Arc<dyn DynLeaseStore>) -> Self {
         Self(store)
+    }
+
+    /// The concrete store behind this one, if it is an `S`: for the store's own methods (its
+    /// statistics, an operator's `break_lock`) on a store opened from a URL. Looks through
+    /// [`DynStore`]s wrapped in one another.
+    pub fn downcast_ref<S: LeaseStore>(&self) -> Option<&S> {
+        let any = self.0.as_any();
+        any.downcast_ref::<S>().or_else(|| {
+            any.downcast_ref::<DynStore>()
+                .and_then(DynStore::downcast_ref::<S>)
+        })
     }
 }
 

@@ -157,6 +157,20 @@ impl RedisStoreBuilder {
         }
     }
 
+    /// Whether the connection will use TLS (and so needs a rustls crypto provider).
+    #[cfg(feature = "tls")]
+    pub(crate) fn uses_tls(&self) -> bool {
+        match &self.source {
+            Source::Url(url) => url
+                .split_once("://")
+                .is_some_and(|(s, _)| matches!(s.to_ascii_lowercase().as_str(), "rediss" | "valkeys")),
+            Source::Client(client) => matches!(
+                client.get_connection_info().addr(),
+                redis::ConnectionAddr::TcpTls { .. }
+            ),
+        }
+    }
+
     /// The client, parsed from the URL if needed.
     pub(crate) fn client(&self) -> Result<redis::Client, StoreError> {
         let url = match &self.source {

@@ -177,7 +177,12 @@
 //!
 //! # Features
 //!
-//! - `tls`: `rediss://` URLs, through rustls with the system's root certificates.
+//! - `tls`: `rediss://` URLs, through rustls with the system's root certificates. rustls needs a
+//!   process-wide crypto provider, which the application installs
+//!   (`rustls::crypto::ring::default_provider().install_default()`, or aws-lc-rs's); until then a
+//!   TLS URL is refused with an invalid-input error that says so.
+//! - `tls-ring`: `tls`, and the store installs ring as that provider when none is installed.
+//!   Meant for applications; a library depending on this one should leave it off.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;

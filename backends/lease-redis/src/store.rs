@@ -118,9 +118,8 @@ impl RedisStore {
     async fn try_connect(b: RedisStoreBuilder) -> Result<Self, StoreError> {
         b.validate()?;
         #[cfg(feature = "tls")]
-        {
-            // rustls needs a process-wide crypto provider; keep one that is already installed.
-            let _ = rustls::crypto::ring::default_provider().install_default();
+        if b.uses_tls() {
+            crypto_provider()?;
         }
         let client = b.client()?;
         let target = b.display_target();
@@ -650,6 +649,26 @@ impl fmt::Display for RedisStore {
     }
 }
 
+/// rustls (through redis) needs a process-wide crypto provider and panics without one; the
+/// application chooses it. With `tls-ring` the store installs ring when none is installed.
+#[cfg(feature = "tls")]
+fn crypto_provider() -> Result<(), StoreError> {
+    #[cfg(feature = "tls-ring")]
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        return Err(StoreError::invalid_input(
+            NAME,
+            "a TLS URL needs a process-wide rustls crypto provider and none is installed: call \
+             rustls::crypto::ring::default_provider().install_default() (or aws_lc_rs's) at \
+             start, or enable lease-redis's `tls-ring` feature to have the store install ring",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -662,3 +681,4 @@ mod tests {
         assert_eq!(lease_ms(Duration::MAX), MAX_LEASE_MS);
     }
 }
+

@@ -1,5 +1,6 @@
 //! TLS (`rediss://`, feature `tls`) against a real redis-server with a `--tls-port` and a
-//! certificate from a throwaway CA made with the `openssl` command.
+//! certificate from a throwaway CA made with the `openssl` command. `scripts/test.sh` runs it
+//! twice: with `tls-ring` (the store installs ring) and with `tls` alone (the application must).
 #![cfg(feature = "tls")]
 
 use std::time::Duration;
@@ -36,6 +37,18 @@ async fn rediss_with_the_servers_ca_works_and_an_unknown_ca_is_refused() {
         return;
     };
     let url = format!("rediss://127.0.0.1:{tls_port}/");
+    #[cfg(not(feature = "tls-ring"))]
+    {
+        // The application chooses rustls's crypto provider: before it has, a TLS URL is refused
+        // (rustls would panic), and the store installs none of its own.
+        let err = RedisStore::connect(&url).await.expect_err("no crypto provider yet");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("crypto provider"), "{err}");
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+        rustls::crypto::ring::default_provider()
+            .install_default()
+            .unwrap();
+    }
     let client = redis::Client::build_with_tls(
         url.as_str(),
         TlsCertificates {

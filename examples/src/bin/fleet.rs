@@ -29,7 +29,7 @@ use lease_examples::jobs::{Claim, Jobs, Write};
 use lease_examples::nemesis::{Action, Fault, parse_faults, plan};
 use lease_examples::run_dir;
 use lease_examples::stats::{WorkerReport, quantile};
-use lease_examples::{open_store, redact};
+use lease_examples::redact;
 use rustix::process::{Pid, Signal, kill_process};
 
 /// The lock's default backoff cap: the I8 bound is lease + this + 1 s.
@@ -321,7 +321,7 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         );
     }
     // Open once here so a bad URL fails with one clear message, not once per worker.
-    let probe = open_store(&store_url)
+    let probe = leasehold::open(&store_url)
         .await
         .with_context(|| format!("open the lock store {}", redact(&store_url)))?;
     let lease = probe.capabilities().effective_lease(args.lease);
@@ -714,7 +714,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         .filter(|_| chaos)
         .map(|dir| lease_examples::slow::control_file(dir, proc));
     let history = history.map(|p| History::open(&p, proc)).transpose()?;
-    let mut store = open_store(&store_url).await?;
+    let mut store = leasehold::open(&store_url).await?;
     if let Some(b) = broken.filter(|b| *b != Broken::WallClock) {
         let path = if b.needs_sqlite() {
             Some(

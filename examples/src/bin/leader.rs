@@ -25,7 +25,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use lease_core::CrossProcessLock;
 use lease_examples::stats::quantile;
-use lease_examples::{open_store, redact, run_dir};
+use lease_examples::{redact, run_dir};
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -206,7 +206,7 @@ async fn candidate(
     act_every: Duration,
     holder: Option<String>,
 ) -> anyhow::Result<()> {
-    let store = open_store(store_url).await?;
+    let store = leasehold::open(store_url).await?;
     let mut ledger = Ledger::open(ledger)?;
     let mut builder = CrossProcessLock::builder(store, KEY)
         .lease(lease)
@@ -269,7 +269,7 @@ async fn elect(args: RunArgs) -> anyhow::Result<bool> {
         .store
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.join("locks.db").display()));
-    open_store(&store_url)
+    leasehold::open(&store_url)
         .await
         .with_context(|| format!("open the lock store {}", redact(&store_url)))?;
     let ledger_path = dir.join("ledger.db");

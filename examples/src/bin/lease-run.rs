@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lease_core::{CrossProcessLock, Error};
-use lease_examples::{open_store, redact};
+use lease_examples::redact;
 use rustix::process::{Pid, Signal, kill_process};
 
 /// The key is held by another holder and the call did not wait.
@@ -72,7 +72,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<u8, (u8, String)> {
-    let store = open_store(&cli.store).await.map_err(|e| {
+    let store = leasehold::open(&cli.store).await.map_err(|e| {
         (
             EXIT_STORE,
             format!("cannot open {}: {e:#}", redact(&cli.store)),

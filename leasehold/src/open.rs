@@ -1,0 +1,307 @@
+//! Opening the store a URL names, in the manner of object_store's `parse_url`: the scheme picks
+//! the store, the store parses the rest.
+
+use lease_core::{DynStore, StoreError, redact_url};
+
+/// The stores a URL can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// `sqlite://PATH`, or a plain path.
+    Sqlite,
+    /// `redis://`, `rediss://`, `redis+unix://`, `unix://`, `valkey://`, `valkeys://`.
+    Redis,
+    /// `etcd://`, `etcds://`.
+    Etcd,
+}
+
+/// What every error about an unknown URL lists.
+const FORMS: &str = "use sqlite://PATH (or a plain path), redis://HOST[:PORT] or \
+                     etcd://HOST:PORT[,HOST:PORT…][/PREFIX]";
+
+impl Scheme {
+    /// Every store, in the order the docs list them.
+    pub const ALL: [Scheme; 3] = [Scheme::Sqlite, Scheme::Redis, Scheme::Etcd];
+
+    /// Which store `url` names: by its scheme (case-insensitive), or SQLite for a plain path.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError::UnknownScheme`] for a scheme no store takes; [`OpenError::BadUrl`] for an
+    /// empty string or a URL-like string without `//` (`sqlite:locks.db`), which would otherwise
+    /// open a file of that name.
+    pub fn of(url: &str) -> Result<Scheme, OpenError> {
+        Ok(classify(url)?.0)
+    }
+
+    /// The store's name, as the stores' capabilities and the programs' `--store` flags spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Sqlite => "sqlite",
+            Scheme::Redis => "redis",
+            Scheme::Etcd => "etcd",
+        }
+    }
+
+    /// The cargo feature of this crate that builds the store.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Scheme::Sqlite => "sqlite",
+            Scheme::Redis => "redis",
+            Scheme::Etcd => "etcd",
+        }
+    }
+
+    /// Whether this build includes the store.
+    pub fn is_built(self) -> bool {
+        match self {
+            Scheme::Sqlite => cfg!(feature = "sqlite-system"),
+            Scheme::Redis => cfg!(feature = "redis"),
+            Scheme::Etcd => cfg!(feature = "etcd"),
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why [`open`] could not open a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// No store takes this scheme.
+    #[error("unknown store scheme `{scheme}://` in `{url}`: {FORMS}")]
+    UnknownScheme {
+        /// The scheme, as written.
+        scheme: String,
+        /// The URL, credentials hidden.
+        url: String,
+    },
+    /// The URL names a store (or its TLS form) that this build leaves out.
+    #[error(
+        "`{url}` needs the {scheme} store{tls}, which this build leaves out: enable the \
+         `{feature}` feature of leasehold",
+        tls = if feature.ends_with("-tls") { " over TLS" } else { "" }
+    )]
+    NotBuilt {
+        /// The store the URL names.
+        scheme: Scheme,
+        /// The feature that builds it.
+        feature: &'static str,
+        /// The URL, credentials hidden.
+        url: String,
+    },
+    /// The string is not a store URL.
+    #[error("bad store URL `{url}`: {reason}")]
+    BadUrl {
+        /// The URL, credentials hidden.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store refused the URL or could not connect (its message hides credentials).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens the store `url` names, connected and checked, behind a [`DynStore`].
+///
+/// - `sqlite:///abs/path.db`, `sqlite://rel/path.db`, or a plain path: the embedded SQLite store
+///   (feature `sqlite`, the default);
+/// - `redis://…`, `redis+unix://…`, `unix://…`, `valkey://…` (feature `redis`), `rediss://…`,
+///   `valkeys://…` (feature `redis-tls`);
+/// - `etcd://…` (feature `etcd`), `etcds://…` (feature `etcd-tls`).
+///
+/// Each store's own `connect`/`open` and builder take the same URL and more settings; use them
+/// where the store is known at compile time. [`DynStore::downcast_ref`] gives the concrete store
+/// back, for its own methods.
+///
+/// # Errors
+///
+/// [`OpenError`]: an unknown scheme, a store this build leaves out (naming the feature), a
+/// malformed URL, or the store's own error (unreachable server, wrong password, …). No error
+/// shows a password.
+pub async fn open(url: &str) -> Result<DynStore, OpenError> {
+    let (scheme, url) = classify(url)?;
+    let url = url.as_str();
+    match scheme {
+        #[cfg(feature = "sqlite-system")]
+        Scheme::Sqlite => {
+            let store = if url.contains("://") {
+                lease_sqlite::SqliteStore::from_url(url).await?
+            } else {
+                lease_sqlite::SqliteStore::open(url).await?
+            };
+            Ok(DynStore::new(store))
+        }
+        #[cfg(feature = "redis")]
+        Scheme::Redis => Ok(DynStore::new(lease_redis::RedisStore::connect(url).await?)),
+        #[cfg(feature = "etcd")]
+        Scheme::Etcd => Ok(DynStore::new(lease_etcd::EtcdStore::connect(url).await?)),
+        #[allow(unreachable_patterns)] // every store built
+        other => Err(OpenError::NotBuilt {
+            scheme: other,
+            feature: other.feature(),
+            url: redact_url(url),
+        }),
+    }
+}
+
+/// The store `url` names and the URL with its scheme in lower case; a TLS scheme whose feature
+/// is not built is refused here, so the error names this crate's feature.
+fn classify(url: &str) -> Result<(Scheme, String), OpenError> {
+    let bad = |reason: String| OpenError::BadUrl {
+        url: redact_url(url),
+        reason,
+    };
+    if url.trim().is_empty() {
+        return Err(bad(format!("it is empty; {FORMS}")));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        if let Some((prefix, _)) = url.split_once(':')
+            && is_scheme(prefix)
+            && !prefix.contains(['/', '.'])
+        {
+            return Err(bad(format!(
+                "it starts like a URL but has no `//` after `{prefix}:`; write \
+                 `{prefix}://HOST…` (for SQLite `sqlite://relative/path.db` or \
+                 `sqlite:///abs/path.db`), or `./{prefix}:…` for a file whose name has a colon"
+            )));
+        }
+        return Ok((Scheme::Sqlite, url.to_owned()));
+    };
+    if !is_scheme(scheme) {
+        return Err(bad(format!(
+            "`{}` is not a URL scheme (a letter, then letters, digits, `+`, `-` or `.`); {FORMS}",
+            redact_url(scheme)
+        )));
+    }
+    let lower = scheme.to_ascii_lowercase();
+    let (kind, tls_feature) = match lower.as_str() {
+        "sqlite" => (Scheme::Sqlite, None),
+        "redis" | "redis+unix" | "unix" | "valkey" => (Scheme::Redis, None),
+        "rediss" | "valkeys" => (Scheme::Redis, Some(("redis-tls", cfg!(feature = "redis-tls")))),
+        "etcd" => (Scheme::Etcd, None),
+        "etcds" => (Scheme::Etcd, Some(("etcd-tls", cfg!(feature = "etcd-tls")))),
+        _ => {
+            return Err(OpenError::UnknownScheme {
+                scheme: scheme.to_owned(),
+                url: redact_url(url),
+            });
+        }
+    };
+    if let Some((feature, false)) = tls_feature
+        && kind.is_built()
+    {
+        return Err(OpenError::NotBuilt {
+            scheme: kind,
+            feature,
+            url: redact_url(url),
+        });
+    }
+    Ok((kind, format!("{lower}://{rest}")))
+}
+
+/// RFC 3986: `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`.
+fn is_scheme(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_pick_their_store_case_insensitively() {
+        for (url, scheme) in [
+            ("sqlite:///tmp/a.db", Scheme::Sqlite),
+            ("SQLite://rel/a.db", Scheme::Sqlite),
+            ("/tmp/a.db", Scheme::Sqlite),
+            ("rel/a.db", Scheme::Sqlite),
+            ("./odd:name.db", Scheme::Sqlite),
+            ("redis://h:6379", Scheme::Redis),
+            ("Redis://h", Scheme::Redis),
+            ("redis+unix:///run/redis.sock", Scheme::Redis),
+            ("unix:///run/redis.sock", Scheme::Redis),
+            ("valkey://h", Scheme::Redis),
+            ("etcd://h:2379,h2:2379/app", Scheme::Etcd),
+        ] {
+            assert_eq!(classify(url).unwrap().0, scheme, "{url}");
+        }
+        assert_eq!(classify("SQLite://rel/a.db").unwrap().1, "sqlite://rel/a.db");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_the_reason_and_no_secret() {
+        for (url, expect) in [
+            ("", "it is empty"),
+            ("   ", "it is empty"),
+            ("sqlite:locks.db", "no `//` after `sqlite:`"),
+            ("redis:h:6379", "no `//` after `redis:`"),
+            ("1redis://u:s3cret@h", "is not a URL scheme"),
+            ("re dis://u:s3cret@h", "is not a URL scheme"),
+        ] {
+            let e = classify(url).unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, OpenError::BadUrl { .. }), "{url}: {e:?}");
+            assert!(text.contains(expect), "{url}: {text}");
+            assert!(!text.contains("s3cret") && !format!("{e:?}").contains("s3cret"), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_scheme_is_named_with_the_forms_and_no_secret() {
+        let e = classify("postgres://app:s3cret@db/locks?password=s3cret").unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, OpenError::UnknownScheme { ref scheme, .. } if scheme == "postgres"));
+        assert!(text.contains("`postgres://`") && text.contains("redis://HOST"), "{text}");
+        assert!(!text.contains("s3cret") && !format!("{e:?}").contains("s3cret"), "{text}");
+    }
+
+    /// Run with every feature (the workspace's tests) and with none (`scripts/test.sh` also runs
+    /// `cargo test -p leasehold --no-default-features`), so both arms run.
+    #[test]
+    fn a_store_left_out_of_the_build_names_its_feature() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (url, tls_feature, tls_built) in [
+            ("redis://u:s3cret@h", None, false),
+            ("etcd://u:s3cret@h:2379", None, false),
+            ("sqlite:///nonexistent-dir/x.db", None, false),
+            ("rediss://u:s3cret@h", Some("redis-tls"), cfg!(feature = "redis-tls")),
+            ("etcds://u:s3cret@h:1", Some("etcd-tls"), cfg!(feature = "etcd-tls")),
+        ] {
+            let scheme = Scheme::of(url).unwrap();
+            // The missing piece: the store, else its TLS form.
+            let missing = match tls_feature {
+                _ if !scheme.is_built() => Some(scheme.feature()),
+                Some(f) if !tls_built => Some(f),
+                _ => None,
+            };
+            let refused = match classify(url) {
+                Ok(_) if !scheme.is_built() => rt.block_on(open(url)).map(|_| ()).err(),
+                Ok(_) => None,
+                Err(e) => Some(e),
+            };
+            let Some(feature) = missing else {
+                assert!(refused.is_none(), "{url}: {refused:?}");
+                continue;
+            };
+            let e = refused.unwrap_or_else(|| panic!("{url} was not refused"));
+            let text = e.to_string();
+            assert!(
+                matches!(e, OpenError::NotBuilt { scheme: s, feature: f, .. } if s == scheme && f == feature),
+                "{url}: {e:?}"
+            );
+            assert!(text.contains(&format!("enable the `{feature}` feature")), "{text}");
+            assert!(!text.contains("s3cret") && !format!("{e:?}").contains("s3cret"), "{text}");
+        }
+    }
+}
