@@ -6,6 +6,17 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+/// The first open job at or after an id: a seek in the index of open jobs (`INDEXED BY` makes
+/// the statement fail rather than fall back to a scan).
+const PICK_FROM: &str = "SELECT id FROM jobs INDEXED BY jobs_open
+                         WHERE completions = 0 AND id >= ?1 ORDER BY id LIMIT 1";
+
+/// One of the `?1` open jobs with the lowest ids, at random: `?1` entries of the index of open
+/// jobs.
+const PICK_CONTENDED: &str = "SELECT id FROM (SELECT id FROM jobs INDEXED BY jobs_open
+                                              WHERE completions = 0 ORDER BY id LIMIT ?1)
+                              ORDER BY random() LIMIT 1";
+
 /// The job table in its own SQLite database.
 pub struct Jobs {
     conn: Connection,
@@ -66,13 +77,17 @@ impl Jobs {
             .map_err(|e| anyhow::anyhow!("open job table {}: {e}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The partial index holds the open jobs only: a pick is one index seek, however many
+        // jobs there are and however many are done. `IF NOT EXISTS` also adds it to a table an
+        // older version created without it.
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS jobs (
                  id INTEGER PRIMARY KEY,
                  completions INTEGER NOT NULL DEFAULT 0,
                  fence INTEGER NOT NULL DEFAULT 0,
                  done_by INTEGER
-             );",
+             );
+             CREATE INDEX IF NOT EXISTS jobs_open ON jobs (id) WHERE completions = 0;",
         )?;
         Ok(Jobs { conn })
     }
@@ -94,20 +109,25 @@ impl Jobs {
         Ok(())
     }
 
-    /// A job nobody has completed yet, picked at random; `None` when all are done.
+    /// A job nobody has completed yet, `None` when all are done: the first open job at or after
+    /// a random id, wrapping to the first open job. Workers picking at once land on different
+    /// jobs, and each pick is a seek in an index of the open jobs, not a scan of the table.
     ///
     /// # Errors
     ///
     /// SQLite's.
     pub fn pick(&self) -> anyhow::Result<Option<u64>> {
-        Ok(self
+        let last: Option<u64> = self
             .conn
-            .query_row(
-                "SELECT id FROM jobs WHERE completions = 0 ORDER BY random() LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?)
+            .prepare_cached("SELECT max(id) FROM jobs")?
+            .query_row([], |r| r.get(0))?;
+        let Some(last) = last else { return Ok(None) };
+        let from = rand::random_range(0..=last);
+        let mut pick_from = self.conn.prepare_cached(PICK_FROM)?;
+        if let Some(id) = pick_from.query_row([from], |r| r.get(0)).optional()? {
+            return Ok(Some(id));
+        }
+        Ok(pick_from.query_row([0], |r| r.get(0)).optional()?)
     }
 
     /// Whether `job` has been completed (read under the job's lease, never before taking it).
@@ -133,12 +153,8 @@ impl Jobs {
     pub fn pick_contended(&self, n: u64) -> anyhow::Result<Option<u64>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT id FROM (SELECT id FROM jobs WHERE completions = 0 ORDER BY id LIMIT ?1)
-                 ORDER BY random() LIMIT 1",
-                [n],
-                |r| r.get(0),
-            )
+            .prepare_cached(PICK_CONTENDED)?
+            .query_row([n], |r| r.get(0))
             .optional()?)
     }
 
@@ -289,5 +305,77 @@ mod tests {
             }]
         );
         assert_eq!(jobs.pick_contended(5).unwrap(), Some(0));
+    }
+
+    /// The query plan of `sql` with `?1` bound to 1, one line per step.
+    fn plan(jobs: &Jobs, sql: &str) -> String {
+        let mut stmt = jobs
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let rows = stmt.query_map([1], |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn picks_are_index_seeks_not_scans() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jobs = Jobs::open(&dir.path().join("jobs.db")).unwrap();
+        jobs.seed(1000).unwrap();
+        // A seek to the random start in the index of open jobs, already in id order: no table
+        // scan, no sort.
+        let from = plan(&jobs, PICK_FROM);
+        assert!(from.contains("INDEX jobs_open (id>?)"), "{from}");
+        assert!(!from.contains("TEMP B-TREE"), "{from}");
+        // The lowest open ids: the first entries of that index (only those few are shuffled).
+        let contended = plan(&jobs, PICK_CONTENDED);
+        assert!(contended.contains("INDEX jobs_open"), "{contended}");
+        for plan in [from, contended] {
+            assert!(
+                !plan.lines().any(|l| l.trim_end().ends_with("SCAN jobs")),
+                "a full table scan:\n{plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn picks_find_open_jobs_spread_out_and_wrap_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jobs = Jobs::open(&dir.path().join("jobs.db")).unwrap();
+        assert_eq!(jobs.pick().unwrap(), None, "an empty table has no job");
+        jobs.seed(100).unwrap();
+        let picked: std::collections::BTreeSet<u64> =
+            (0..50).map(|_| jobs.pick().unwrap().unwrap()).collect();
+        assert!(picked.len() > 10, "picks do not spread: {picked:?}");
+        // Only job 3 is open: every pick finds it, from any start (wrapping when past it).
+        for id in (0..100).filter(|&id| id != 3) {
+            assert_eq!(jobs.complete(id, 1, 1).unwrap(), Write::Accepted);
+        }
+        for _ in 0..50 {
+            assert_eq!(jobs.pick().unwrap(), Some(3));
+        }
+        assert_eq!(jobs.pick_contended(8).unwrap(), Some(3));
+        assert_eq!(jobs.complete(3, 1, 1).unwrap(), Write::Accepted);
+        assert_eq!(jobs.pick().unwrap(), None);
+        assert_eq!(jobs.pick_contended(8).unwrap(), None);
+    }
+
+    #[test]
+    fn a_table_from_before_the_index_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE jobs (id INTEGER PRIMARY KEY,
+                                    completions INTEGER NOT NULL DEFAULT 0,
+                                    fence INTEGER NOT NULL DEFAULT 0, done_by INTEGER);
+                 INSERT INTO jobs (id, completions) VALUES (0, 1), (1, 0);",
+            )
+            .unwrap();
+        }
+        let jobs = Jobs::open(&path).unwrap();
+        assert_eq!(jobs.pick().unwrap(), Some(1));
+        assert!(plan(&jobs, PICK_FROM).contains("INDEX jobs_open"));
     }
 }

@@ -46,6 +46,7 @@ fn chaos(store: Option<&str>, faults: &str, duration: &str, lease: &str) -> Stri
         .unwrap_or_else(|| panic!("no checker line:\n{stdout}"))
         .to_owned();
     assert!(line.ends_with(": ok"), "{line}");
+    assert_summary_adds_up(&stdout, &line);
     // Checked again from the saved files alone: the same verdict.
     let again = Command::new(env!("CARGO_BIN_EXE_fleet"))
         .arg("check")
@@ -70,6 +71,43 @@ fn count(line: &str, what: &str) -> u64 {
         .find(|s| !s.is_empty())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no count before `{what}` in {line}"))
+}
+
+/// The number a line of the fleet's summary starts with, after its label; `None` if the summary has
+/// no such line.
+fn summary(stdout: &str, label: &str) -> Option<u64> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(label))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no count after `{label}`:\n{stdout}"))
+        })
+}
+
+/// The summary's counts cover the killed workers too: every grant has one outcome or was cut
+/// short by its worker's death, the table holds the completions the workers reported (plus at
+/// most one per lease cut short), and the checker saw every grant the workers reported.
+fn assert_summary_adds_up(stdout: &str, checker_line: &str) {
+    let get = |label| summary(stdout, label).unwrap_or_else(|| panic!("no `{label}`:\n{stdout}"));
+    let granted = get("leases granted");
+    let cut = summary(stdout, "  cut short").unwrap_or(0);
+    let outcomes: u64 = [
+        "  job completed",
+        "  found done",
+        "  stale, rejected",
+        "  gave up",
+    ]
+    .into_iter()
+    .map(get)
+    .sum();
+    assert_eq!(granted, outcomes + cut, "{stdout}");
+    let (done, reported) = (get("jobs done"), get("  job completed"));
+    assert!(reported <= done && done <= reported + cut, "{stdout}");
+    assert!(granted <= count(checker_line, " acquisitions"), "{stdout}");
+    assert!(stdout.contains(" jobs/s "), "{stdout}");
 }
 
 fn assert_enough(line: &str) {

@@ -32,6 +32,32 @@ fn fleet_on_sqlite_completes_jobs_without_violations() {
         .and_then(|n| n.parse().ok())
         .expect("a jobs done line");
     assert!(done > 10, "the fleet did almost nothing:\n{stdout}");
+    assert!(stdout.contains(" jobs/s "), "{stdout}");
+    // The counts agree: every granted lease has one outcome, and without kills the table holds
+    // exactly the completions the workers reported.
+    let count = |label: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{label}` line:\n{stdout}"))
+    };
+    let outcomes: u64 = [
+        "  job completed",
+        "  found done",
+        "  stale, rejected",
+        "  gave up",
+    ]
+    .into_iter()
+    .map(count)
+    .sum();
+    assert_eq!(count("leases granted"), outcomes, "{stdout}");
+    assert_eq!(count("  job completed"), done, "{stdout}");
+    assert!(
+        !stdout.contains("cut short"),
+        "nothing was killed:\n{stdout}"
+    );
     // Every worker completed something: none was starved.
     let per = stdout
         .lines()

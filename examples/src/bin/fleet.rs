@@ -12,7 +12,6 @@
 //! Exits non-zero if any job was completed twice, a worker failed, or (with `--chaos` or
 //! `--history`) the checker found a violation.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -27,10 +26,11 @@ use lease_examples::check::{self, Meta};
 use lease_examples::history::{Event, History, Kind, Op, RecordingStore, now_ns};
 use lease_examples::jobs::{Claim, Jobs, Write};
 use lease_examples::nemesis::{Action, Fault, parse_faults, plan};
+use lease_examples::redact;
 use lease_examples::run_dir;
 use lease_examples::stats::{WorkerReport, quantile};
-use lease_examples::redact;
 use rustix::process::{Pid, Signal, kill_process};
+use serde::{Deserialize, Serialize};
 
 /// The lock's default backoff cap: the I8 bound is lease + this + 1 s.
 const BACKOFF_CAP: Duration = Duration::from_millis(250);
@@ -233,6 +233,129 @@ fn start_etcd() -> anyhow::Result<(OwnedServer, String)> {
 
 fn scheme(url: &str) -> &str {
     url.split_once("://").map_or("sqlite", |(s, _)| s)
+}
+
+/// What a worker tells the fleet as it goes: one JSON line on its stdout per event, written at
+/// once (stdout is line-buffered), so the fleet keeps a killed worker's counts up to its last
+/// line. Each granted lease gets exactly one outcome ([`Tally::Completed`], [`Tally::FoundDone`],
+/// [`Tally::Stale`] or [`Tally::GaveUp`]) unless its worker dies first. A worker that ends
+/// normally also prints its [`WorkerReport`], which must agree with its tallies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Tally {
+    /// A lease was granted, `us` microseconds after the lock call.
+    Granted { us: u64 },
+    /// The job's key was held by another worker: no lease.
+    Busy,
+    /// The lock call failed with a retryable error: no lease.
+    Error,
+    /// Outcome: the job table accepted the fenced completion.
+    Completed,
+    /// Outcome: the claim found the job completed already.
+    FoundDone,
+    /// Outcome: the table rejected the claim or the completion, a newer fence had claimed the job.
+    Stale,
+    /// Outcome: the lease was lost, or no longer held right before the write: nothing written.
+    GaveUp,
+    /// The lease's loss signal fired (besides its outcome).
+    Lost,
+}
+
+/// Counts `t` in the worker's report and tells the fleet at once (see [`Tally`]).
+fn tally(report: &mut WorkerReport, t: Tally) {
+    match t {
+        Tally::Granted { us } => {
+            report.acquisitions += 1;
+            report.acquire_us.push(us);
+        }
+        Tally::Busy => report.busy += 1,
+        Tally::Completed => report.completed += 1,
+        Tally::FoundDone => report.already_done += 1,
+        Tally::Stale => report.stale_rejected += 1,
+        Tally::Lost => report.losses += 1,
+        Tally::Error | Tally::GaveUp => {}
+    }
+    if let Ok(line) = serde_json::to_string(&t) {
+        println!("{line}");
+    }
+}
+
+/// The tallies of one worker process, or summed over several.
+#[derive(Debug, Default)]
+struct Counts {
+    granted: u64,
+    busy: u64,
+    errors: u64,
+    completed: u64,
+    found_done: u64,
+    stale: u64,
+    gave_up: u64,
+    lost: u64,
+    acquire_us: Vec<u64>,
+}
+
+impl Counts {
+    /// The tallies in a worker's stdout, and its final report if it printed one.
+    fn parse(stdout: &[u8]) -> (Counts, Option<WorkerReport>) {
+        let mut counts = Counts::default();
+        let mut report = None;
+        for line in stdout.split(|&b| b == b'\n') {
+            if let Ok(t) = serde_json::from_slice::<Tally>(line) {
+                counts.add(t);
+            } else if let Ok(r) = serde_json::from_slice::<WorkerReport>(line) {
+                report = Some(r);
+            }
+        }
+        (counts, report)
+    }
+
+    fn add(&mut self, t: Tally) {
+        match t {
+            Tally::Granted { us } => {
+                self.granted += 1;
+                self.acquire_us.push(us);
+            }
+            Tally::Busy => self.busy += 1,
+            Tally::Error => self.errors += 1,
+            Tally::Completed => self.completed += 1,
+            Tally::FoundDone => self.found_done += 1,
+            Tally::Stale => self.stale += 1,
+            Tally::GaveUp => self.gave_up += 1,
+            Tally::Lost => self.lost += 1,
+        }
+    }
+
+    /// Granted leases that reached an outcome.
+    fn ended(&self) -> u64 {
+        self.completed + self.found_done + self.stale + self.gave_up
+    }
+
+    /// Granted leases without an outcome: their worker died holding them.
+    fn cut_short(&self) -> u64 {
+        self.granted.saturating_sub(self.ended())
+    }
+
+    fn merge(&mut self, other: Counts) {
+        self.granted += other.granted;
+        self.busy += other.busy;
+        self.errors += other.errors;
+        self.completed += other.completed;
+        self.found_done += other.found_done;
+        self.stale += other.stale;
+        self.gave_up += other.gave_up;
+        self.lost += other.lost;
+        self.acquire_us.extend(other.acquire_us);
+    }
+
+    /// Whether a cleanly exited worker's final report says what its tallies say, and each of
+    /// its leases had exactly one outcome.
+    fn agrees_with(&self, r: &WorkerReport) -> bool {
+        self.granted == self.ended()
+            && (r.acquisitions, r.busy, r.completed, r.already_done)
+                == (self.granted, self.busy, self.completed, self.found_done)
+            && (r.stale_rejected, r.losses) == (self.stale, self.lost)
+            && r.acquire_us == self.acquire_us
+    }
 }
 
 /// A stopped worker: its proc id and pid.
@@ -484,6 +607,7 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             n.log(&e);
         }
     };
+    let (mut done, mut next_count) = (0, Instant::now());
     while !slots.iter().all(|s| s.done.is_finished()) {
         if let Some((at, paused)) = &resume {
             if Instant::now() >= *at {
@@ -566,10 +690,15 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                 }
             }
         }
-        let done = jobs.completed().unwrap_or(0);
         bar.set_position(
             (started.elapsed().as_millis() as u64).min(args.duration.as_millis() as u64),
         );
+        // Counting the done jobs reads the whole table: only for a visible bar, 4 times a second,
+        // not every tick (the fleet shares the cores with its workers).
+        if !bar.is_hidden() && Instant::now() >= next_count {
+            next_count = Instant::now() + Duration::from_millis(250);
+            done = jobs.completed().unwrap_or(done);
+        }
         if chaos.is_some() {
             bar.set_message(format!(
                 "{done} jobs done; {n_kills} kills, {n_pauses} pauses, {n_restarts} restarts, \
@@ -580,6 +709,7 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let elapsed = started.elapsed();
     // Heal: nothing may stay stopped or slow.
     if let Some((_, slowed)) = heal_slow.take() {
         for (proc, pid) in slowed {
@@ -594,72 +724,147 @@ async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     }
     bar.finish_and_clear();
 
-    let mut reports = Vec::new();
-    let mut failed_workers = 0;
-    for slot in slots {
+    // Every process's tallies from its stdout, a killed worker's up to its last line: the counts
+    // cover the workers that were killed as well as those that exited.
+    let mut all = Counts::default();
+    let mut per = Vec::new();
+    let (mut procs, mut clean, mut n_killed, mut failed_workers, mut disagreeing) = (0, 0, 0, 0, 0);
+    let ended = slots
+        .into_iter()
+        .map(|s| (s, false))
+        .chain(killed.into_iter().map(|s| (s, true)));
+    for (slot, was_killed) in ended {
         let out = slot.done.await?.context("wait for a worker")?;
-        let report = BufReader::new(&out.stdout[..])
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| serde_json::from_str::<WorkerReport>(&l).ok());
+        let (counts, report) = Counts::parse(&out.stdout);
         match report {
-            Some(r) if out.status.success() => reports.push(r),
+            Some(r) if out.status.success() => {
+                clean += 1;
+                if !counts.agrees_with(&r) {
+                    disagreeing += 1;
+                    eprintln!(
+                        "worker {}: its final report disagrees with its tallies",
+                        slot.proc
+                    );
+                }
+            }
+            _ if was_killed => n_killed += 1,
             _ => {
                 failed_workers += 1;
                 eprintln!("worker {} failed: {}", slot.proc, out.status);
             }
         }
+        procs += 1;
+        per.push((slot.proc, counts.completed, was_killed));
+        all.merge(counts);
     }
-    for slot in killed {
-        let _ = slot.done.await;
-    }
+    per.sort_unstable();
 
     let totals = jobs.totals()?;
-    let sum = |f: fn(&WorkerReport) -> u64| reports.iter().map(f).sum::<u64>();
-    let mut lat: Vec<u64> = reports
-        .iter()
-        .flat_map(|r| r.acquire_us.iter().copied())
-        .collect();
+    let mut lat = std::mem::take(&mut all.acquire_us);
     let (p50, p99) = (quantile(&mut lat, 0.5), quantile(&mut lat, 0.99));
     let fmt_us = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} µs"));
+    let secs = elapsed.as_secs_f64();
     println!(
-        "jobs done              {} of {}",
-        totals.completed, totals.jobs
-    );
-    println!("duplicate completions  {}", totals.duplicates);
-    println!("stale writes rejected  {}", sum(|r| r.stale_rejected));
-    println!("lease losses           {}", sum(|r| r.losses));
-    println!(
-        "acquisitions           {} (busy {}, found done {})",
-        sum(|r| r.acquisitions),
-        sum(|r| r.busy),
-        sum(|r| r.already_done)
+        "jobs done              {} of {} in {secs:.1} s: {:.0} jobs/s (job table: jobs with an \
+         accepted completion)",
+        totals.completed,
+        totals.jobs,
+        totals.completed as f64 / secs.max(1e-3)
     );
     println!(
-        "acquire latency        p50 {}, p99 {}",
+        "duplicate completions  {} (job table: accepted completions beyond a job's first)",
+        totals.duplicates
+    );
+    let mut ended = vec![format!("{clean} exited cleanly")];
+    if n_killed > 0 {
+        ended.push(format!("{n_killed} killed"));
+    }
+    if failed_workers > 0 {
+        ended.push(format!("{failed_workers} failed"));
+    }
+    println!(
+        "leases granted         {} (reported by the {procs} worker processes as they went: {}), \
+         of which",
+        all.granted,
+        ended.join(", ")
+    );
+    println!(
+        "  job completed        {} (the table accepted the fenced completion)",
+        all.completed
+    );
+    println!(
+        "  found done           {} (the claim found the job completed already)",
+        all.found_done
+    );
+    println!(
+        "  stale, rejected      {} (the table refused the claim or the completion: a newer fence \
+         had claimed the job)",
+        all.stale
+    );
+    println!(
+        "  gave up              {} (the lease was lost before the write: nothing written)",
+        all.gave_up
+    );
+    // The table's accepted completions: those the workers reported, plus at most one per lease
+    // cut short (its worker was killed after the write, before it could say so).
+    let accepted = totals.completed + totals.duplicates;
+    let cut = all.cut_short();
+    let unreported = accepted.checked_sub(all.completed);
+    if cut > 0 || n_killed > 0 {
+        let note = match unreported {
+            Some(n) if n > 0 => format!("; {n} of them after the table accepted its completion"),
+            _ => String::new(),
+        };
+        println!(
+            "  cut short            {cut} (its worker died holding the lease, before it reported \
+             an outcome{note})"
+        );
+    }
+    println!(
+        "busy                   {} (attempts that found the job's key held by another worker)",
+        all.busy
+    );
+    if all.errors > 0 {
+        println!(
+            "errors                 {} (attempts that failed with a retryable error)",
+            all.errors
+        );
+    }
+    println!(
+        "lease losses           {} (granted leases whose loss signal fired)",
+        all.lost
+    );
+    println!(
+        "acquire latency        p50 {}, p99 {} (lock call to guard, over the {} grants)",
         fmt_us(p50),
-        fmt_us(p99)
+        fmt_us(p99),
+        all.granted
     );
-    let per: Vec<String> = reports
+    let per: Vec<String> = per
         .iter()
-        .map(|r| format!("w{}={}", r.worker, r.completed))
+        .map(|(proc, n, killed)| format!("w{proc}={n}{}", if *killed { "*" } else { "" }))
         .collect();
-    println!("per worker             {}", per.join(" "));
+    let per_note = if n_killed > 0 {
+        "jobs completed by each process; * killed"
+    } else {
+        "jobs completed by each process"
+    };
+    println!("per worker             {} ({per_note})", per.join(" "));
     if chaos.is_some() {
         println!(
             "nemesis                {n_kills} kills, {n_pauses} pauses, {n_restarts} store \
              restarts, {n_slow} slowed workers (seed {seed})"
         );
     }
-    let accepted = sum(|r| r.completed);
-    // Killed workers take their counts with them: the checker compares their histories instead.
-    let miscount = n_kills == 0 && accepted != totals.completed;
+    let miscount = unreported.is_none_or(|n| n > cut);
     let mut ok = true;
-    if totals.duplicates > 0 || miscount || failed_workers > 0 {
+    if totals.duplicates > 0 || miscount || failed_workers > 0 || disagreeing > 0 {
         println!(
-            "result                 FAILED: {} duplicate completions, {} accepted writes for {} \
-             completed jobs, {failed_workers} failed workers",
-            totals.duplicates, accepted, totals.completed
+            "result                 FAILED: {} duplicate completions, {accepted} completions in \
+             the table for {} reported by the workers ({cut} leases cut short), \
+             {failed_workers} failed workers, {disagreeing} workers whose report disagrees with \
+             their tallies",
+            totals.duplicates, all.completed
         );
         ok = false;
     } else {
@@ -776,18 +981,19 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         let guard = match lock.try_lock_once().await {
             Ok(g) => g,
             Err(Error::Busy { .. }) => {
-                report.busy += 1;
+                tally(&mut report, Tally::Busy);
                 continue;
             }
             Err(e) if e.is_retryable() => {
+                tally(&mut report, Tally::Error);
                 eprintln!("worker {proc}: {e}; retrying");
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
             Err(e) => return Err(e.into()),
         };
-        report.acquisitions += 1;
-        report.acquire_us.push(started.elapsed().as_micros() as u64);
+        let us = started.elapsed().as_micros() as u64;
+        tally(&mut report, Tally::Granted { us });
         let granted = guard.fence();
         let fence = granted.get();
         let loss = guard.loss_token();
@@ -816,11 +1022,11 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         let mut proceed = match claim {
             Claim::Open => true,
             Claim::Done => {
-                report.already_done += 1;
+                tally(&mut report, Tally::FoundDone);
                 false
             }
             Claim::Stale => {
-                report.stale_rejected += 1;
+                tally(&mut report, Tally::Stale);
                 false
             }
         };
@@ -848,8 +1054,9 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         // A cooperating worker checks its lease right before the fenced write. In chaos mode it
         // does not, like a process paused between that check and the write: the job table's
         // fence check must reject the write if another holder has claimed the job since.
-        if !chaos && (lost || !guard.is_held()) {
+        if proceed && !chaos && (lost || !guard.is_held()) {
             proceed = false;
+            tally(&mut report, Tally::GaveUp);
         }
         if proceed {
             let mut e = Event::now(proc, &key, Op::Write, Kind::Invoke).fence(fence);
@@ -864,10 +1071,13 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
             };
             e.accepted = Some(w == Write::Accepted);
             log(e);
-            match w {
-                Write::Accepted => report.completed += 1,
-                Write::Stale => report.stale_rejected += 1,
-            }
+            tally(
+                &mut report,
+                match w {
+                    Write::Accepted => Tally::Completed,
+                    Write::Stale => Tally::Stale,
+                },
+            );
         }
         if let Err(Error::Lost { .. }) = guard.release().await {
             if chaos {
@@ -877,7 +1087,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
             }
         }
         if loss.is_cancelled() {
-            report.losses += 1;
+            tally(&mut report, Tally::Lost);
         }
         // The loss signal can fire just after a release that found the lease already lost
         // (lease-core marks the lease lost a moment before it signals): keep watching until
