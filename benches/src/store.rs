@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use lease_core::{
-    Capabilities, CrossProcessLock, DynStore, Fence, LeaseStore, LockGuard, StoreError,
+    BrokenLock, Capabilities, CrossProcessLock, DynStore, Fence, KeyState, LeaseStore, LockGuard,
+    StoreError,
 };
 
 use crate::proto::{Imp, OpCounts, StoreKind, StoreTarget};
@@ -68,6 +69,13 @@ impl LeaseStore for Counting {
         self.counts.wait.fetch_add(1, Ordering::Relaxed);
         self.inner.wait_for_change(key, max_wait).await
     }
+    /// Forwarded, not counted: the lock never makes these calls.
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.inner.inspect(key).await
+    }
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        self.inner.break_lock(key).await
+    }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -84,9 +92,13 @@ pub(crate) struct Opened {
 
 impl Opened {
     pub(crate) async fn open(target: &StoreTarget, with_floor: bool) -> anyhow::Result<Self> {
-        let store = leasehold::open(&target.location)
-            .await
-            .with_context(|| format!("opening {} {}", target.kind.name(), redact(&target.location)))?;
+        let store = leasehold::open(&target.location).await.with_context(|| {
+            format!(
+                "opening {} {}",
+                target.kind.name(),
+                redact(&target.location)
+            )
+        })?;
         let keepalives = keepalive_counter(&store);
         let floor = if with_floor {
             Floor::open(target).await?

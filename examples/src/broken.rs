@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use lease_core::{
-    BootClock, Capabilities, Clock, DynStore, Fence, LeaseStore, SharedClock, StoreError,
+    BootClock, BrokenLock, Capabilities, Clock, DynStore, Fence, KeyState, LeaseStore, SharedClock,
+    StoreError,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -266,6 +267,15 @@ impl LeaseStore for BrokenStore {
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         self.inner.wait_for_change(key, max_wait).await
+    }
+
+    /// Forwarded as they are (with the store's real fences): the mistakes are the lock's calls.
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.inner.inspect(key).await
+    }
+
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        self.inner.break_lock(key).await
     }
 
     fn capabilities(&self) -> Capabilities {

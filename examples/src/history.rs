@@ -16,7 +16,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lease_core::{BootClock, Capabilities, Clock, DynStore, Fence, LeaseStore, StoreError};
+use lease_core::{
+    BootClock, BrokenLock, Capabilities, Clock, DynStore, Fence, KeyState, LeaseStore, StoreError,
+};
 use serde::{Deserialize, Serialize};
 
 /// What happened.
@@ -268,6 +270,16 @@ impl LeaseStore for RecordingStore {
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         self.inner.wait_for_change(key, max_wait).await
+    }
+
+    /// Forwarded, not recorded: the history is of the lock's own calls, and the lock never
+    /// makes these.
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.inner.inspect(key).await
+    }
+
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        self.inner.break_lock(key).await
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lease_core::{Capabilities, DynStore, Fence, LeaseStore, StoreError};
+use lease_core::{BrokenLock, Capabilities, DynStore, Fence, KeyState, LeaseStore, StoreError};
 
 /// The control file of worker `proc` in run directory `dir`.
 pub fn control_file(dir: &Path, proc: u64) -> PathBuf {
@@ -102,6 +102,15 @@ impl LeaseStore for SlowStore {
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         self.inner.wait_for_change(key, max_wait).await
+    }
+
+    /// Forwarded without delay: the lock never makes these calls.
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.inner.inspect(key).await
+    }
+
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        self.inner.break_lock(key).await
     }
 
     fn capabilities(&self) -> Capabilities {

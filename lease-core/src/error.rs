@@ -72,6 +72,13 @@ pub enum StoreErrorKind {
     /// Redis restarted without persistence). Fencing is no longer sound; a holder that sees this
     /// treats its lease as lost.
     FenceRegressed,
+    /// The store does not implement this operation (for example an optional operator operation
+    /// such as [`LeaseStore::inspect`](crate::LeaseStore::inspect) or
+    /// [`LeaseStore::break_lock`](crate::LeaseStore::break_lock) on a store that predates them).
+    /// Nothing was read or written; retrying cannot help. Stores declare their locking
+    /// behaviour in [`Capabilities`](crate::Capabilities); this kind is only for the optional
+    /// operations, which a caller tries and falls back from.
+    Unsupported,
 }
 
 /// An error from a store, classified so the lock knows whether to retry.
@@ -109,6 +116,12 @@ impl StoreError {
     /// A [`StoreErrorKind::InvalidInput`] error.
     pub fn invalid_input(store: &'static str, message: impl Into<String>) -> Self {
         Self::new(StoreErrorKind::InvalidInput, store, message)
+    }
+
+    /// A [`StoreErrorKind::Unsupported`] error: the store named `store` does not implement the
+    /// operation `message` describes (e.g. `"inspect is not supported"`).
+    pub fn unsupported(store: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Unsupported, store, message)
     }
 
     /// Attaches the underlying cause.
@@ -156,6 +169,7 @@ impl fmt::Display for StoreError {
             StoreErrorKind::Permanent => "error",
             StoreErrorKind::InvalidInput => "invalid input",
             StoreErrorKind::FenceRegressed => "fence regression",
+            StoreErrorKind::Unsupported => "unsupported operation",
         };
         write!(f, "{} store {class}: {}", self.store, self.message)?;
         if let Some(source) = &self.source {

@@ -107,6 +107,13 @@
 //! tasks of one process. The backend crates provide SQLite (embedded, one host), Redis and etcd.
 //! [`DynStore`] wraps any store for a choice at run time.
 //!
+//! Two optional operations are for operators and tools, never called by the lock:
+//! [`LeaseStore::inspect`] reads a key's holder, fence and time left from the store's record
+//! ([`KeyState`]), and [`LeaseStore::break_lock`] takes a key from a stuck holder by freeing it
+//! and raising its fence past every fence handed out ([`BrokenLock`]), so the old holder's
+//! fenced writes, renewals and releases all fail. Stores that lack them answer
+//! [`StoreErrorKind::Unsupported`].
+//!
 //! # Fenced writes in a database
 //!
 //! The fence check must be part of the write itself. In SQL:
@@ -160,4 +167,7 @@ pub use guard::LockGuard;
 pub use lock::{CrossProcessLock, DEFAULT_LEASE, LockBuilder};
 pub use memory::MemoryStore;
 pub use redact::redact_url;
-pub use store::{Capabilities, DynLeaseStore, DynStore, LeaseStore, MAX_KEY_LEN, validate};
+pub use store::{
+    BrokenLock, Capabilities, DynLeaseStore, DynStore, KeyState, LeaseStore, MAX_KEY_LEN, validate,
+    validate_key,
+};

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::clock::{SharedClock, TokioClock};
-use crate::store::validate;
-use crate::{Capabilities, Fence, LeaseStore, StoreError};
+use crate::store::{validate, validate_key};
+use crate::{BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError};
 
 const NAME: &str = "memory";
 
@@ -19,7 +19,8 @@ const NAME: &str = "memory";
 /// (fences, loss signals). It is not shared between processes. Clones share one map.
 ///
 /// Expiry follows the store's [`Clock`](crate::Clock), tokio's clock by default, so tests with
-/// tokio's paused time are deterministic. A release wakes every
+/// tokio's paused time are deterministic. A release (or a
+/// [`break_lock`](LeaseStore::break_lock)) wakes every
 /// [`wait_for_change`](LeaseStore::wait_for_change) caller at once.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
@@ -196,6 +197,43 @@ impl LeaseStore for MemoryStore {
 
     async fn wait_for_change(&self, _key: &str, max_wait: Duration) {
         let _ = tokio::time::timeout(max_wait, self.inner.changed.notified()).await;
+    }
+
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        validate_key(NAME, key)?;
+        let now = self.inner.clock.now();
+        let keys = self.keys();
+        Ok(match keys.get(key) {
+            None => KeyState::free(None),
+            Some(Entry {
+                holder: Some(holder),
+                fence,
+                expires,
+            }) if *expires > now => KeyState::held(holder.clone(), *fence, *expires - now),
+            Some(e) => KeyState::free(Some(e.fence)),
+        })
+    }
+
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        validate_key(NAME, key)?;
+        let now = self.inner.clock.now();
+        let mut keys = self.keys();
+        let Some(e) = keys.get_mut(key) else {
+            return Ok(None);
+        };
+        let fence = e
+            .fence
+            .next()
+            .ok_or_else(|| StoreError::permanent(NAME, format!("fence of `{key}` overflowed")))?;
+        let was_live = e.holder.is_some() && e.expires > now;
+        // The fence raised and the holder gone in one step under the map's lock: the old
+        // holder's renew and release no longer match, and the next grant is fence + 1.
+        let previous_holder = e.holder.take();
+        e.fence = fence;
+        e.expires = now;
+        drop(keys);
+        self.inner.changed.notify_waiters();
+        Ok(Some(BrokenLock::new(fence, previous_holder, was_live)))
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -1,5 +1,6 @@
-//! The store contract ([`LeaseStore`]), its declared [`Capabilities`], input validation shared by
-//! every backend, and the run-time-chosen store ([`DynStore`]).
+//! The store contract ([`LeaseStore`]), its declared [`Capabilities`], what the optional operator
+//! operations report ([`KeyState`], [`BrokenLock`]), input validation shared by every backend, and
+//! the run-time-chosen store ([`DynStore`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -94,8 +95,218 @@ pub trait LeaseStore: Send + Sync + 'static {
         tokio::time::sleep(max_wait)
     }
 
+    /// What the store's own record says about `key` now: the live holder, its fence and the
+    /// time left on its lease, or that the key is free.
+    ///
+    /// Read-only: it writes nothing, takes no lease, wakes nobody, and the lock never calls it.
+    /// The answer may be stale the moment it returns (the lease may be released, expire or be
+    /// taken right after the store answered), so it is for operators, dashboards and tests; it
+    /// never entitles anyone to write. Only a grant does that, with its fence checked by the
+    /// resource.
+    ///
+    /// The key is *held* ([`KeyState::held`]) while a holder's lease is live by the store's
+    /// own clock (the server's, or for an embedded store the host's boot clock); `remaining` is
+    /// measured on that clock, in the store's own resolution (etcd reports whole seconds). It is
+    /// *free* ([`KeyState::free`]) otherwise: never granted (fence `None`), released, expired,
+    /// or broken (fence = the last fence the store handed out, by a grant or by
+    /// [`break_lock`](Self::break_lock)). The conformance suite checks both.
+    ///
+    /// The key is validated first, as by every operation ([`validate_key`]). The default then
+    /// answers [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported) naming the
+    /// store; every store of this workspace implements it.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](crate::StoreErrorKind::InvalidInput) for an empty or over-long key,
+    /// [`Unsupported`](crate::StoreErrorKind::Unsupported) from a store without it, otherwise
+    /// classified as for the other calls.
+    fn inspect(&self, key: &str) -> impl Future<Output = Result<KeyState, StoreError>> + Send {
+        std::future::ready(unsupported(self.capabilities().name, key, "inspect"))
+    }
+
+    /// Takes `key` away from whoever holds it, **for operators**: frees the key and raises its
+    /// fence past every fence the store has handed out, in one atomic step of the store, and
+    /// wakes waiters as a release does. Returns what was broken ([`BrokenLock`]), or `None` if the
+    /// key was never granted (there is nothing to break, and nothing is written).
+    ///
+    /// After a break:
+    ///
+    /// - the old holder's [`renew`](Self::renew) returns `false` (a break is never undone, so its
+    ///   lock reports the loss at its next heartbeat), and its [`release`](Self::release) returns
+    ///   `false` and changes nothing;
+    /// - the next grant of the key, to anyone (the old holder too), has a fence larger than
+    ///   [`BrokenLock::fence`];
+    /// - [`BrokenLock::fence`] itself is handed to no holder. Give it to the protected resource
+    ///   as its new minimum (for a [`FenceGate`](crate::FenceGate), [`check`](crate::FenceGate::check)
+    ///   it once) and the old holder's writes are refused at once, even those it sends before it
+    ///   notices the loss.
+    ///
+    /// Breaking a free key (released or expired) raises its fence too, and every repeated break
+    /// raises it again. A holder that is only slow, not stuck, loses its lease this way while it
+    /// may still be working: that is what its fenced writes are for.
+    ///
+    /// The lock never calls this; it is for operator tools and tests. The key is validated first
+    /// ([`validate_key`]); the default then answers
+    /// [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported) naming the store. Every
+    /// store of this workspace implements it.
+    ///
+    /// # Errors
+    ///
+    /// As [`inspect`](Self::inspect). A call that failed with a transient error may still have
+    /// been applied (check with [`inspect`](Self::inspect)); breaking again only raises the fence
+    /// once more.
+    fn break_lock(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<BrokenLock>, StoreError>> + Send {
+        std::future::ready(unsupported(self.capabilities().name, key, "break_lock"))
+    }
+
     /// What this store can do, declared up front rather than discovered by failure.
     fn capabilities(&self) -> Capabilities;
+}
+
+/// The default body of the optional operations: the key is validated, then refused.
+fn unsupported<T>(store: &'static str, key: &str, op: &str) -> Result<T, StoreError> {
+    validate_key(store, key)?;
+    Err(StoreError::unsupported(
+        store,
+        format!("`{op}` is not implemented by this store"),
+    ))
+}
+
+/// What a store's record says about a key, from [`LeaseStore::inspect`].
+///
+/// `Debug` shows a holder by its readable part only ([`holder_label`](Self::holder_label)), so
+/// that the random part of a holder id, which works as the holder's capability, does not end up
+/// in logs; the field itself has the full string.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyState {
+    /// The full holder string of the live lease; `None` when the key is free (never granted,
+    /// released, expired or broken).
+    pub holder: Option<String>,
+    /// The live lease's fence. When the key is free: the last fence the store handed out (by a
+    /// grant or a [`break_lock`](LeaseStore::break_lock)), or `None` if the store has never
+    /// granted the key (or cannot tell; the conformance suite expects every store to tell).
+    pub fence: Option<Fence>,
+    /// The time left on the live lease, by the store's own clock; `None` when the key is free.
+    pub remaining: Option<Duration>,
+}
+
+impl KeyState {
+    /// A free key whose last fence handed out was `fence` (`None`: never granted).
+    pub fn free(fence: Option<Fence>) -> Self {
+        Self {
+            holder: None,
+            fence,
+            remaining: None,
+        }
+    }
+
+    /// A key held by `holder` with `fence`, its lease ending `remaining` from now.
+    pub fn held(holder: impl Into<String>, fence: Fence, remaining: Duration) -> Self {
+        Self {
+            holder: Some(holder.into()),
+            fence: Some(fence),
+            remaining: Some(remaining),
+        }
+    }
+
+    /// Whether a holder's lease is live.
+    pub fn is_held(&self) -> bool {
+        self.holder.is_some()
+    }
+
+    /// The readable part of the holder, safe to show in logs: for a holder id the lock made
+    /// (`host/pid/name#<32 hex digits>`, possibly followed by `~N`), `host/pid/name`; for any
+    /// other holder string with a `#`, the part before the first `#`; otherwise the whole
+    /// string (a stable holder chosen by the user, shown as the lock shows it). `None` when the
+    /// key is free.
+    pub fn holder_label(&self) -> Option<&str> {
+        self.holder.as_deref().map(holder_label)
+    }
+}
+
+impl std::fmt::Debug for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyState")
+            .field("holder", &self.holder.as_deref().map(ShownHolder))
+            .field("fence", &self.fence)
+            .field("remaining", &self.remaining)
+            .finish()
+    }
+}
+
+/// What [`LeaseStore::break_lock`] did.
+///
+/// `Debug` shows the previous holder by its readable part only, as for [`KeyState`].
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokenLock {
+    /// The key's fence after the break, given to no holder: every earlier grant had a lower
+    /// one, every later grant gets a higher one.
+    pub fence: Fence,
+    /// The holder named in the store's record before the break (for some stores also one whose
+    /// lease had expired but whom nobody had replaced yet); `None` if the key was free.
+    pub previous_holder: Option<String>,
+    /// Whether that holder's lease was live by the store's clock.
+    pub was_live: bool,
+}
+
+impl BrokenLock {
+    /// What a break reports: the raised `fence`, the `previous_holder`, and whether its lease
+    /// `was_live`.
+    pub fn new(fence: Fence, previous_holder: Option<String>, was_live: bool) -> Self {
+        Self {
+            fence,
+            previous_holder,
+            was_live,
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokenLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokenLock")
+            .field("fence", &self.fence)
+            .field(
+                "previous_holder",
+                &self.previous_holder.as_deref().map(ShownHolder),
+            )
+            .field("was_live", &self.was_live)
+            .finish()
+    }
+}
+
+/// A holder string in `Debug` output: its label, and `#…` where the rest was left out.
+struct ShownHolder<'a>(&'a str);
+
+impl std::fmt::Debug for ShownHolder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let label = holder_label(self.0);
+        if label.len() == self.0.len() {
+            write!(f, "{label:?}")
+        } else {
+            write!(f, "\"{}#…\"", label.escape_debug())
+        }
+    }
+}
+
+/// See [`KeyState::holder_label`].
+fn holder_label(holder: &str) -> &str {
+    fn is_random_part(s: &str) -> bool {
+        let (hex, nonce) = s.split_once('~').unwrap_or((s, "1"));
+        hex.len() == 32
+            && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            && !nonce.is_empty()
+            && nonce.bytes().all(|b| b.is_ascii_digit())
+    }
+    match holder.rsplit_once('#') {
+        Some((label, rest)) if is_random_part(rest) => label,
+        Some(_) => holder.split_once('#').map_or(holder, |(label, _)| label),
+        None => holder,
+    }
 }
 
 /// What a store declares about itself. Construct with [`Capabilities::new`] and the `with_*`
@@ -193,6 +404,16 @@ pub fn validate(store: &'static str, key: &str, holder: &str) -> Result<(), Stor
     validate_one(store, "holder", holder)
 }
 
+/// Checks a key alone against the contract's input rules (as [`validate`] does), for the
+/// operations that take no holder ([`LeaseStore::inspect`], [`LeaseStore::break_lock`]).
+///
+/// # Errors
+///
+/// [`StoreErrorKind::InvalidInput`](crate::StoreErrorKind::InvalidInput) naming what is wrong.
+pub fn validate_key(store: &'static str, key: &str) -> Result<(), StoreError> {
+    validate_one(store, "key", key)
+}
+
 fn validate_one(store: &'static str, what: &str, value: &str) -> Result<(), StoreError> {
     if value.is_empty() {
         return Err(StoreError::invalid_input(store, format!("{what} is empty")));
@@ -232,6 +453,10 @@ pub trait DynLeaseStore: Send + Sync + 'static {
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError>;
     /// See [`LeaseStore::wait_for_change`].
     async fn wait_for_change(&self, key: &str, max_wait: Duration);
+    /// See [`LeaseStore::inspect`].
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError>;
+    /// See [`LeaseStore::break_lock`].
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError>;
     /// See [`LeaseStore::capabilities`].
     fn capabilities(&self) -> Capabilities;
     /// The concrete store, for [`DynStore::downcast_ref`].
@@ -263,6 +488,12 @@ impl<S: LeaseStore> DynLeaseStore for S {
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         LeaseStore::wait_for_change(self, key, max_wait).await
     }
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        LeaseStore::inspect(self, key).await
+    }
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        LeaseStore::break_lock(self, key).await
+    }
     fn capabilities(&self) -> Capabilities {
         LeaseStore::capabilities(self)
     }
@@ -290,7 +521,7 @@ impl DynStore {
     }
 
     /// The concrete store behind this one, if it is an `S`: for the store's own methods (its
-    /// statistics, an operator's `break_lock`) on a store opened from a URL. Looks through
+    /// statistics, its client for fenced writes) on a store opened from a URL. Looks through
     /// [`DynStore`]s wrapped in one another.
     pub fn downcast_ref<S: LeaseStore>(&self) -> Option<&S> {
         let any = self.0.as_any();
@@ -333,6 +564,12 @@ impl LeaseStore for DynStore {
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         self.0.wait_for_change(key, max_wait).await
     }
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.0.inspect(key).await
+    }
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        self.0.break_lock(key).await
+    }
     fn capabilities(&self) -> Capabilities {
         self.0.capabilities()
     }
@@ -361,6 +598,12 @@ impl<S: LeaseStore> LeaseStore for Arc<S> {
     }
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         S::wait_for_change(self, key, max_wait).await
+    }
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        S::inspect(self, key).await
+    }
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        S::break_lock(self, key).await
     }
     fn capabilities(&self) -> Capabilities {
         S::capabilities(self)
@@ -392,6 +635,115 @@ mod tests {
             fine.effective_lease(Duration::from_micros(1500)),
             Duration::from_millis(2)
         );
+    }
+
+    #[test]
+    fn holder_labels_hide_the_random_part() {
+        let hex = "0123456789abcdef0123456789ABCDEF";
+        let label = |h: &str| holder_label(h).to_owned();
+        assert_eq!(label(&format!("host/7/job#{hex}")), "host/7/job");
+        assert_eq!(label(&format!("host/7/job#{hex}~12")), "host/7/job");
+        // A name with a `#` in it: the random part is the last one.
+        assert_eq!(label(&format!("host/7/a#b#{hex}~1")), "host/7/a#b");
+        // Anything else after a `#` is left out too; a holder without one is shown whole.
+        assert_eq!(label("worker#secret"), "worker");
+        assert_eq!(label("a#b#c"), "a");
+        assert_eq!(label(&format!("x#{hex}~")), "x");
+        assert_eq!(label("stable-worker~3"), "stable-worker~3");
+        assert_eq!(label(""), "");
+        let state = KeyState::held(format!("host/7/job#{hex}"), Fence::FIRST, Duration::ZERO);
+        assert_eq!(state.holder_label(), Some("host/7/job"));
+        assert_eq!(KeyState::free(None).holder_label(), None);
+    }
+
+    #[test]
+    fn debug_output_shows_holders_by_their_label_only() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let state = KeyState::held(format!("h/1/j#{secret}"), Fence::FIRST, Duration::ZERO);
+        let shown = format!("{state:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains(r#""h/1/j#…""#), "{shown}");
+        let broken = BrokenLock::new(Fence::FIRST, Some(format!("h/1/j#{secret}~2")), true);
+        let shown = format!("{broken:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("was_live: true"), "{shown}");
+        let plain = format!(
+            "{:?}",
+            KeyState::held("alice", Fence::FIRST, Duration::ZERO)
+        );
+        assert!(plain.contains(r#"Some("alice")"#), "{plain}");
+    }
+
+    /// A store with only the required methods.
+    struct Minimal;
+
+    impl LeaseStore for Minimal {
+        async fn try_lock(
+            &self,
+            _: Duration,
+            _: &str,
+            _: &str,
+        ) -> Result<Option<Fence>, StoreError> {
+            Ok(None)
+        }
+        async fn release(&self, _: &str, _: &str, _: Fence) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::new("minimal")
+        }
+    }
+
+    #[tokio::test]
+    async fn optional_operations_default_to_unsupported_after_validating_the_key() {
+        use crate::StoreErrorKind;
+        for store in [DynStore::new(Minimal), DynStore::new(Arc::new(Minimal))] {
+            let e = LeaseStore::inspect(&store, "k").await.unwrap_err();
+            assert_eq!(e.kind(), StoreErrorKind::Unsupported);
+            assert!(!e.is_transient());
+            assert_eq!(e.store(), "minimal");
+            assert!(e.to_string().contains("`inspect`"), "{e}");
+            assert!(e.to_string().contains("unsupported"), "{e}");
+            let e = LeaseStore::break_lock(&store, "k").await.unwrap_err();
+            assert_eq!(e.kind(), StoreErrorKind::Unsupported);
+            assert!(e.to_string().contains("`break_lock`"), "{e}");
+            let e = LeaseStore::inspect(&store, "").await.unwrap_err();
+            assert_eq!(e.kind(), StoreErrorKind::InvalidInput, "{e}");
+            let e = LeaseStore::break_lock(&store, &"k".repeat(MAX_KEY_LEN + 1))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), StoreErrorKind::InvalidInput, "{e}");
+        }
+    }
+
+    /// Every wrapper of this crate forwards the optional operations to the store it wraps
+    /// instead of answering "unsupported".
+    #[tokio::test]
+    async fn wrappers_forward_inspect_and_break() {
+        let memory = crate::MemoryStore::new();
+        let lease = Duration::from_secs(30);
+        let f = LeaseStore::try_lock(&memory, lease, "k", "alice")
+            .await
+            .unwrap()
+            .unwrap();
+        let mut wrapped = vec![
+            DynStore::new(memory.clone()),
+            DynStore::new(Arc::new(memory.clone())),
+            DynStore::new(DynStore::new(memory.clone())),
+        ];
+        #[cfg(feature = "testing")]
+        wrapped.push(DynStore::new(crate::testing::FaultStore::new(
+            memory.clone(),
+        )));
+        let mut last = f;
+        for store in wrapped {
+            let state = LeaseStore::inspect(&store, "k").await.unwrap();
+            assert_eq!(state.fence, Some(last));
+            let broken = LeaseStore::break_lock(&store, "k").await.unwrap().unwrap();
+            assert!(broken.fence > last);
+            assert_eq!(memory.fence("k"), Some(broken.fence));
+            last = broken.fence;
+        }
     }
 
     #[test]

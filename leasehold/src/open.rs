@@ -183,7 +183,10 @@ fn classify(url: &str) -> Result<(Scheme, String), OpenError> {
     let (kind, tls_feature) = match lower.as_str() {
         "sqlite" => (Scheme::Sqlite, None),
         "redis" | "redis+unix" | "unix" | "valkey" => (Scheme::Redis, None),
-        "rediss" | "valkeys" => (Scheme::Redis, Some(("redis-tls", cfg!(feature = "redis-tls")))),
+        "rediss" | "valkeys" => (
+            Scheme::Redis,
+            Some(("redis-tls", cfg!(feature = "redis-tls"))),
+        ),
         "etcd" => (Scheme::Etcd, None),
         "etcds" => (Scheme::Etcd, Some(("etcd-tls", cfg!(feature = "etcd-tls")))),
         _ => {
@@ -233,7 +236,10 @@ mod tests {
         ] {
             assert_eq!(classify(url).unwrap().0, scheme, "{url}");
         }
-        assert_eq!(classify("SQLite://rel/a.db").unwrap().1, "sqlite://rel/a.db");
+        assert_eq!(
+            classify("SQLite://rel/a.db").unwrap().1,
+            "sqlite://rel/a.db"
+        );
     }
 
     #[test]
@@ -250,7 +256,10 @@ mod tests {
             let text = e.to_string();
             assert!(matches!(e, OpenError::BadUrl { .. }), "{url}: {e:?}");
             assert!(text.contains(expect), "{url}: {text}");
-            assert!(!text.contains("s3cret") && !format!("{e:?}").contains("s3cret"), "{text}");
+            assert!(
+                !text.contains("s3cret") && !format!("{e:?}").contains("s3cret"),
+                "{text}"
+            );
         }
     }
 
@@ -259,8 +268,14 @@ mod tests {
         let e = classify("postgres://app:s3cret@db/locks?password=s3cret").unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, OpenError::UnknownScheme { ref scheme, .. } if scheme == "postgres"));
-        assert!(text.contains("`postgres://`") && text.contains("redis://HOST"), "{text}");
-        assert!(!text.contains("s3cret") && !format!("{e:?}").contains("s3cret"), "{text}");
+        assert!(
+            text.contains("`postgres://`") && text.contains("redis://HOST"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("s3cret") && !format!("{e:?}").contains("s3cret"),
+            "{text}"
+        );
     }
 
     /// Run with every feature (the workspace's tests) and with none (`scripts/test.sh` also runs
@@ -275,8 +290,16 @@ mod tests {
             ("redis://u:s3cret@h", None, false),
             ("etcd://u:s3cret@h:2379", None, false),
             ("sqlite:///nonexistent-dir/x.db", None, false),
-            ("rediss://u:s3cret@h", Some("redis-tls"), cfg!(feature = "redis-tls")),
-            ("etcds://u:s3cret@h:1", Some("etcd-tls"), cfg!(feature = "etcd-tls")),
+            (
+                "rediss://u:s3cret@h",
+                Some("redis-tls"),
+                cfg!(feature = "redis-tls"),
+            ),
+            (
+                "etcds://u:s3cret@h:1",
+                Some("etcd-tls"),
+                cfg!(feature = "etcd-tls"),
+            ),
         ] {
             let scheme = Scheme::of(url).unwrap();
             // The missing piece: the store, else its TLS form.
@@ -300,8 +323,14 @@ mod tests {
                 matches!(e, OpenError::NotBuilt { scheme: s, feature: f, .. } if s == scheme && f == feature),
                 "{url}: {e:?}"
             );
-            assert!(text.contains(&format!("enable the `{feature}` feature")), "{text}");
-            assert!(!text.contains("s3cret") && !format!("{e:?}").contains("s3cret"), "{text}");
+            assert!(
+                text.contains(&format!("enable the `{feature}` feature")),
+                "{text}"
+            );
+            assert!(
+                !text.contains("s3cret") && !format!("{e:?}").contains("s3cret"),
+                "{text}"
+            );
         }
     }
 }

@@ -52,7 +52,10 @@ async fn sqlite_by_url_and_by_plain_path_open_the_same_database() {
 #[tokio::test]
 async fn sqlite_url_errors_come_from_the_store() {
     let e = leasehold::open("sqlite://").await.unwrap_err();
-    assert!(matches!(&e, OpenError::Store(s) if s.kind() == StoreErrorKind::InvalidInput), "{e:?}");
+    assert!(
+        matches!(&e, OpenError::Store(s) if s.kind() == StoreErrorKind::InvalidInput),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("names no file"), "{e}");
 }
 
@@ -74,7 +77,11 @@ mod redis {
             .await
             .expect("open redis");
         assert_eq!(store.capabilities().name, "redis");
-        assert!(store.downcast_ref::<leasehold::redis::RedisStore>().is_some());
+        assert!(
+            store
+                .downcast_ref::<leasehold::redis::RedisStore>()
+                .is_some()
+        );
         lock_works(store, "redis-lock").await;
 
         let e = leasehold::open(&format!("redis://:wrong-s3cret@127.0.0.1:{port}/"))
@@ -111,7 +118,11 @@ mod etcd {
         let e = leasehold::open(&format!("etcd://u:s3cret@127.0.0.1:{port}"))
             .await
             .unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
         let text = format!("{e} {e:?}");
         assert!(matches!(&e, OpenError::Store(_)), "{e:?}");
         assert!(!text.contains("s3cret"), "{text}");

@@ -37,6 +37,22 @@
 //! counter's version (the fence), then read or delete the lock key: they act on exactly one
 //! grant. A zero-lease `try_lock` deletes the key if its value is the holder.
 //!
+//! *Break* ([`break_lock`](lease_core::LeaseStore::break_lock), for operators) is one
+//! transaction: `If Version(counter) > 0 Then Delete(lock), Put(counter)`. It frees the key
+//! (the delete wakes watchers, as a release does) and raises the counter's version by one; that
+//! version is the break's fence, which no grant has, and the next grant's put raises it again.
+//! The old holder's renew and release compare holder and fence, so both fail (a renew answers
+//! `false` and forgets the grant; no keepalive of its session can recreate a deleted key). A
+//! key without a counter was never granted: nothing is written.
+//!
+//! *Inspect* ([`inspect`](lease_core::LeaseStore::inspect)) reads the lock key and the counter
+//! in one read-only transaction, then the time left on the lock key's lease
+//! (`LeaseTimeToLive`): the key is held while the lock key exists on a live lease, with the
+//! counter's version as its fence. etcd reports that time in whole seconds rounded down; the
+//! store reports the next whole second (at most the lease's granted TTL), so it is never zero for
+//! a held key and at most one second above the truth. It is the session lease's time, which the
+//! holder's store renews for all its keys.
+//!
 //! *Leases.* etcd leases, not keys, expire. Each store holds **one etcd lease per TTL in use**
 //! (a *session*; normally one per process), and every key it grants with that TTL is attached to
 //! it. One keepalive stream keeps a session alive, and **one task of the session owns it**: only

@@ -8,10 +8,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
+    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
-use lease_core::{BootClock, Capabilities, Clock, Fence, LeaseStore, StoreError, validate};
+use lease_core::{
+    BootClock, BrokenLock, Capabilities, Clock, Fence, KeyState, LeaseStore, StoreError, validate,
+    validate_key,
+};
 use tracing::debug;
 
 use crate::NAME;
@@ -685,6 +688,37 @@ impl Inner {
     }
 }
 
+/// The time left on a lock key's lease from etcd's `LeaseTimeToLive` answer: etcd reports whole
+/// seconds rounded down (the lease expires in under TTL + 1 s), so this is TTL + 1 s, at most the
+/// granted TTL: never below the truth, and at most one second above it. `None` when the lease has
+/// expired (TTL < 0: etcd is deleting its keys).
+fn time_left(ttl: i64, granted_ttl: i64) -> Option<Duration> {
+    let ttl = u64::try_from(ttl).ok()?;
+    let granted = u64::try_from(granted_ttl).unwrap_or(0).max(1);
+    Some(Duration::from_secs((ttl + 1).min(granted)))
+}
+
+/// The counter's fence, or `None` when there is no counter: then the key must not exist either
+/// (the counter is put before the first grant and never deleted).
+fn counter_fence(
+    key: &str,
+    lock: Option<&KeyValue>,
+    counter: Option<&KeyValue>,
+) -> Result<Option<Fence>, StoreError> {
+    match (lock, counter) {
+        (_, Some(c)) => to_fence(key, c.version()).map(Some),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(StoreError::new(
+            lease_core::StoreErrorKind::FenceRegressed,
+            NAME,
+            format!(
+                "the fence counter of `{}` is gone while the key is held (deleted by hand?)",
+                key.escape_debug()
+            ),
+        )),
+    }
+}
+
 fn counter_of(prefix: &[u8], lock: &[u8]) -> Option<Vec<u8>> {
     let rest = lock.strip_prefix(prefix)?.strip_prefix(b"l/")?;
     let mut k = prefix.to_vec();
@@ -978,6 +1012,113 @@ impl LeaseStore for EtcdStore {
         let _ = tokio::time::timeout(max_wait, watch).await;
     }
 
+    /// Reads the lock key and the fence counter in one read-only transaction (one revision),
+    /// then the time left on the lock key's etcd lease (`LeaseTimeToLive`, in etcd's whole
+    /// seconds; see below). The key is held while the lock key exists and its lease has not
+    /// expired: exactly when an acquisition would be refused. The fence is the counter's
+    /// version, also while the key is free.
+    ///
+    /// The time left is that of the session lease the key is attached to, which etcd renews for
+    /// all the keys of the holder's store: how long etcd keeps the key if no keepalive comes.
+    /// etcd reports it rounded down to whole seconds; this reports the next whole second (capped
+    /// at the lease's granted TTL), so it is at most one second above the truth and never zero
+    /// for a held key. The second request may see the lease a little later than the first saw
+    /// the key; a lease that expired in between shows the key free.
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        validate_key(NAME, key)?;
+        let what = format!("inspect of `{}`", key.escape_debug());
+        let (lock, counter) = (self.lock_key(key), self.fence_key(key));
+        let txn = Txn::new().and_then([TxnOp::get(lock, None), TxnOp::get(counter, None)]);
+        let r = self.inner.txn(txn).await.map_err(|f| f.into_store(&what))?;
+        let got = |i: usize| match r.op_responses().get(i) {
+            Some(TxnOpResponse::Get(g)) => Ok(g.kvs().first().cloned()),
+            _ => Err(StoreError::permanent(
+                NAME,
+                format!("{what}: unexpected reply"),
+            )),
+        };
+        let (lock, counter) = (got(0)?, got(1)?);
+        let Some(fence) = counter_fence(key, lock.as_ref(), counter.as_ref())? else {
+            return Ok(KeyState::free(None));
+        };
+        let Some(lock) = lock else {
+            return Ok(KeyState::free(Some(fence)));
+        };
+        let holder = String::from_utf8_lossy(lock.value()).into_owned();
+        let lease = lock.lease();
+        if lease == 0 {
+            // Not written by this store (its grants are always on a session lease): a key
+            // without a lease never expires.
+            return Ok(KeyState::held(holder, fence, Duration::MAX));
+        }
+        let ttl = self
+            .inner
+            .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
+            .await;
+        match ttl {
+            Ok(t) => Ok(match time_left(t.ttl(), t.granted_ttl()) {
+                Some(left) => KeyState::held(holder, fence, left),
+                None => KeyState::free(Some(fence)),
+            }),
+            Err(f) if f.is_lease_not_found() => Ok(KeyState::free(Some(fence))),
+            Err(f) => Err(f.into_store(&what)),
+        }
+    }
+
+    /// One transaction: `If Version(counter) > 0 Then Delete(lock) (returning it), Put(counter)
+    /// (returning its previous version)`. Deleting the lock key frees the key (and wakes its
+    /// watchers, as a release does); the put raises the counter's version, which is the fence,
+    /// by one: that version is the break's fence, handed to nobody, and the next grant's put
+    /// makes it one higher again. A key whose counter does not exist was never granted: nothing
+    /// is written and the answer is `None`.
+    ///
+    /// The old holder's renew and release compare the lock key's value (the holder) and the
+    /// counter's version (the fence), so both fail, whichever store and session they run on: a
+    /// renew answers `false` and forgets the grant, and no keepalive of its session can bring
+    /// a deleted key back. A store whose grant was broken also stops tracking it for its sweep
+    /// as soon as the holder's renew or release fails (or its lease passes, when the sweep's
+    /// compared delete finds nothing to delete).
+    ///
+    /// `was_live` says whether etcd still had the lock key, i.e. its session lease had not been
+    /// revoked yet (etcd deletes the keys of an expired lease up to about half a second late).
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        validate_key(NAME, key)?;
+        let what = format!("break of `{}`", key.escape_debug());
+        let (lock, counter) = (self.lock_key(key), self.fence_key(key));
+        let txn = Txn::new()
+            .when([Compare::version(counter.clone(), CompareOp::Greater, 0)])
+            .and_then([
+                TxnOp::delete(lock, Some(DeleteOptions::new().with_prev_key())),
+                TxnOp::put(counter, "", Some(PutOptions::new().with_prev_key())),
+            ]);
+        let r = self.inner.txn(txn).await.map_err(|f| f.into_store(&what))?;
+        if !r.succeeded() {
+            return Ok(None);
+        }
+        let unexpected = || StoreError::permanent(NAME, format!("{what}: unexpected reply"));
+        let (previous, prev_version) = match r.op_responses().as_slice() {
+            [TxnOpResponse::Delete(d), TxnOpResponse::Put(p)] => (
+                d.prev_kvs().first().cloned(),
+                p.prev_key().map(KeyValue::version).ok_or_else(unexpected)?,
+            ),
+            _ => return Err(unexpected()),
+        };
+        let fence = to_fence(key, prev_version.saturating_add(1))?;
+        debug!(
+            key,
+            fence = fence.get(),
+            was_live = previous.is_some(),
+            "lock broken"
+        );
+        Ok(Some(BrokenLock::new(
+            fence,
+            previous
+                .as_ref()
+                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+            previous.is_some(),
+        )))
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(NAME)
             .with_leases(Duration::from_secs(1), Duration::from_secs(2))
@@ -985,5 +1126,24 @@ impl LeaseStore for EtcdStore {
             .with_durable_fences(true)
             .with_stable_retake(false)
             .with_batched_renewals(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_rounds_etcds_whole_seconds_up_within_the_granted_ttl() {
+        let s = Duration::from_secs;
+        // Just kept alive: etcd says 1 (1.99 s left) of 2.
+        assert_eq!(time_left(1, 2), Some(s(2)));
+        assert_eq!(time_left(2, 2), Some(s(2)));
+        // The last second: never zero for a held key.
+        assert_eq!(time_left(0, 2), Some(s(1)));
+        assert_eq!(time_left(29, 30), Some(s(30)));
+        // Expired: etcd is deleting the keys.
+        assert_eq!(time_left(-1, 2), None);
+        assert_eq!(time_left(0, 0), Some(s(1)));
     }
 }

@@ -161,9 +161,9 @@ impl RedisStoreBuilder {
     #[cfg(feature = "tls")]
     pub(crate) fn uses_tls(&self) -> bool {
         match &self.source {
-            Source::Url(url) => url
-                .split_once("://")
-                .is_some_and(|(s, _)| matches!(s.to_ascii_lowercase().as_str(), "rediss" | "valkeys")),
+            Source::Url(url) => url.split_once("://").is_some_and(|(s, _)| {
+                matches!(s.to_ascii_lowercase().as_str(), "rediss" | "valkeys")
+            }),
             Source::Client(client) => matches!(
                 client.get_connection_info().addr(),
                 redis::ConnectionAddr::TcpTls { .. }

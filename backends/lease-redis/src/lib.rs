@@ -57,8 +57,11 @@
 //! - *Release* checks holder and fence the same way, empties `h` (so the next grant, even to
 //!   the same holder, gets a larger fence), and publishes the key on the channel `p` +
 //!   `released`.
-//! - *Break* ([`RedisStore::break_lock`], for operators): raises `f` by one and empties `h`,
-//!   whoever holds the key, and publishes. See [Breaking a lock](#breaking-a-lock).
+//! - *Break* ([`break_lock`](lease_core::LeaseStore::break_lock), for operators): raises `f` by
+//!   one and empties `h`, whoever holds the key, and publishes. See
+//!   [Inspecting and breaking a lock](#inspecting-and-breaking-a-lock).
+//! - *Inspect* ([`inspect`](lease_core::LeaseStore::inspect)): reads `h`, `f` and `e` with
+//!   `TIME`, writes nothing.
 //!
 //! *Waiting.* Each store holds one pub/sub subscription to its release channel, on a dedicated
 //! connection, however many tasks wait. [`wait_for_change`](lease_core::LeaseStore::wait_for_change)
@@ -117,14 +120,32 @@
 //!   was paused past its lease. For correctness, pass the fence with every write and have the
 //!   resource reject fences lower than the highest it accepted.
 //!
-//! # Breaking a lock
+//! # Inspecting and breaking a lock
+//!
+//! [`inspect`](lease_core::LeaseStore::inspect) runs one read-only script: the record's holder
+//! and fence, and the time left (`e` minus `TIME`, in milliseconds of the server's clock). A key
+//! is shown held exactly when an acquisition would be refused: the record names a holder whose
+//! `e` is in the future (or, for a key without a record yet, a layout-1 `:lock` key exists, with
+//! its `PTTL` as the time left). Free keys show `f`, the last fence handed out; a key that was
+//! never granted shows no fence. Like the other calls, a counter below a fence this store saw
+//! is a [`FenceRegressed`](lease_core::StoreErrorKind::FenceRegressed) error.
 //!
 //! To take a key from a holder that is stuck (alive but not working), call
-//! [`RedisStore::break_lock`]: it raises the key's fence by one, frees the key and wakes its
-//! waiters, in one script. The raised fence belongs to nobody: hand it to the protected resource
-//! as its new minimum and the old holder's writes are refused at once; the old holder's next
-//! renewal fails and its lock reports the loss; the next grant gets a higher fence. The
-//! `redis-cli` equivalent is in [`break_lock`](RedisStore::break_lock)'s docs.
+//! [`break_lock`](lease_core::LeaseStore::break_lock): it raises the key's fence by one, frees the
+//! key and wakes its waiters, in one script, and returns a [`BrokenLock`] (the raised fence, the
+//! holder the record named, and whether its lease was live). The raised fence belongs to nobody:
+//! hand it to the protected resource as its new minimum and the old holder's writes are refused
+//! at once; the old holder's next renewal fails (it compares holder and fence) and its lock
+//! reports the loss; the next grant gets a higher fence. The `redis-cli` equivalent:
+//!
+//! ```text
+//! redis-cli EVAL "if redis.call('HEXISTS', KEYS[1], 'f') == 0 then return nil end
+//!   redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
+//!   return redis.call('HINCRBY', KEYS[1], 'f', 1)" 1 'lease:{jobs/nightly}:v2'
+//! ```
+//!
+//! (with the record's key from [`RedisStore::lock_key`]; unlike the store's script it neither
+//! seeds a record from a layout-1 counter nor wakes waiters).
 //!
 //! Never `DEL` a record: the fence counter is in it, so the key's fences would start again at 1
 //! (stores that saw the old fences report a
@@ -166,7 +187,8 @@
 //! `redis+unix:///path.sock?db=0&user=u&pass=p`. ACL users work through the URL; the user
 //! needs the keys `~<prefix>*`, the channel `&<prefix>*`, and the commands `EVAL`, `EVALSHA`,
 //! `SCRIPT LOAD`, `SUBSCRIBE`, `PUBLISH`, `PING` plus those the scripts run (`HMGET`, `HGET`,
-//! `HSET`, `HINCRBY`, `EXISTS`, `TIME`). To let the store check the eviction policy, also
+//! `HSET`, `HINCRBY`, `EXISTS`, `TIME`; `PTTL` too, to inspect keys still under layout 1).
+//! To let the store check the eviction policy, also
 //! allow `CONFIG GET` (`+config|get`) or `INFO`; without them it warns (see above). Refused
 //! credentials and permissions are permanent errors that say so. Passwords never appear in `Debug` or `Display` output, errors
 //! or logs ([`redact_url`]).
@@ -194,8 +216,11 @@ mod scripts;
 mod store;
 
 pub use config::{DEFAULT_PREFIX, MAX_PREFIX_LEN, RedisStoreBuilder, redact_url};
+/// What [`break_lock`](lease_core::LeaseStore::break_lock) reports; the shared type of
+/// lease-core, re-exported under its old name here.
+pub use lease_core::BrokenLock;
 pub use redis;
-pub use store::{BrokenLock, MAX_LEASE_MS, MAX_TRACKED_KEYS, RedisStore};
+pub use store::{MAX_LEASE_MS, MAX_TRACKED_KEYS, RedisStore};
 
 /// The store's name in errors and capabilities.
 const NAME: &str = "redis";

@@ -125,26 +125,75 @@ return {0, r[2]}
 /// Raises the counter by one and empties the record, whoever held it, and announces the key.
 /// Returns `{1, fence, previous holder, 1 if its lease was live}`, or `{0}` when the key was
 /// never granted (no record, no layout-1 counter). The raised fence is handed to nobody: every
-/// earlier grant has a lower fence, every later one a higher.
+/// earlier grant has a lower fence, every later one a higher. A key without a record yet is
+/// seeded from its layout-1 counter first; a live layout-1 lease on it (its `:lock` key exists)
+/// is reported as the previous holder, and broken too, since the record now exists and
+/// acquisitions no longer look at layout 1.
 pub(crate) static BREAK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
+local previous = r[1] or ''
+local live = 0
 if not r[2] then
   local old = redis.call('HGET', KEYS[3], 'f')
   if not old then
     return {0}
   end
   redis.call('HSET', KEYS[1], 'f', old)
-end
-local live = 0
-if r[1] and r[1] ~= '' and (tonumber(r[3]) or 0) > now_ms() then
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    previous = redis.call('HGET', KEYS[2], 'h') or ''
+    live = 1
+  end
+elseif previous ~= '' and (tonumber(r[3]) or 0) > now_ms() then
   live = 1
 end
 redis.call('HINCRBY', KEYS[1], 'f', 1)
 redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
 redis.call('PUBLISH', ARGV[1], ARGV[2])
-return {1, redis.call('HGET', KEYS[1], 'f'), r[1] or '', live}
+return {1, redis.call('HGET', KEYS[1], 'f'), previous, live}
+"#,
+    )
+});
+
+/// `inspect`: `KEYS = record, layout-1 lock, layout-1 counter`; `ARGV = the longest lease in
+/// milliseconds` (reported as the time left of a layout-1 lock without a TTL). Read-only.
+///
+/// Returns `{1, fence, holder, ms left}` for a key granted before: `holder` is empty and `ms
+/// left` 0 when the key is free (released, broken, or its lease expired by the server's clock),
+/// exactly when an acquisition would find it vacant. `{0}` when the key was never granted (no
+/// record, no layout-1 keys). A key without a record yet is judged as the acquire script judges
+/// it: a live layout-1 lease (its `:lock` key exists) holds it, with the layout-1 counter as its
+/// fence and its `PTTL` as the time left.
+pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
+if r[2] then
+  if r[1] and r[1] ~= '' then
+    local left = (tonumber(r[3]) or 0) - now_ms()
+    if left > 0 then
+      return {1, r[2], r[1], left}
+    end
+  end
+  return {1, r[2], '', 0}
+end
+local old = redis.call('HGET', KEYS[3], 'f')
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local l = redis.call('HMGET', KEYS[2], 'h', 'f')
+  local f = old or l[2]
+  local left = redis.call('PTTL', KEYS[2])
+  if left == -1 then
+    left = tonumber(ARGV[1])
+  end
+  if f and l[1] and left > 0 then
+    return {1, f, l[1], left}
+  end
+end
+if old then
+  return {1, old, '', 0}
+end
+return {0}
 "#,
     )
 });

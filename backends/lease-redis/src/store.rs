@@ -6,7 +6,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lease_core::{Capabilities, Fence, LeaseStore, StoreError, StoreErrorKind, validate};
+use lease_core::{
+    BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError, StoreErrorKind, validate,
+    validate_key,
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::{debug, warn};
 
@@ -16,7 +19,7 @@ use crate::error::{bad_reply, classify};
 use crate::eviction::{EvictionPolicy, check_eviction_policy};
 use crate::keys::{Keys, keys, release_channel};
 use crate::notify::Notifier;
-use crate::scripts::{ACQUIRE, BREAK, RELEASE, RENEW};
+use crate::scripts::{ACQUIRE, BREAK, INSPECT, RELEASE, RENEW};
 
 /// The longest lease the store grants, in milliseconds (about 34 years); longer ones are capped.
 pub const MAX_LEASE_MS: u64 = 1 << 40;
@@ -59,20 +62,6 @@ struct Inner {
 struct Seen {
     fence: u64,
     holder: u64,
-}
-
-/// What [`RedisStore::break_lock`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BrokenLock {
-    /// The key's fence after the break, given to no holder: every earlier grant had a lower
-    /// one, every later grant gets a higher one.
-    pub fence: Fence,
-    /// The holder named in the record before the break (also one whose lease had expired but
-    /// whom nobody had replaced yet); `None` if the key was free.
-    pub previous_holder: Option<String>,
-    /// Whether that holder's lease was live by the server's clock.
-    pub was_live: bool,
 }
 
 impl RedisStore {
@@ -151,7 +140,7 @@ impl RedisStore {
         let eviction_policy =
             check_eviction_policy(&mut conn, &what, b.allow_allkeys_eviction).await?;
         // Loading the scripts checks the server answers and the user may run them.
-        for script in [&*ACQUIRE, &*RENEW, &*RELEASE, &*BREAK] {
+        for script in [&*ACQUIRE, &*RENEW, &*RELEASE, &*BREAK, &*INSPECT] {
             script
                 .prepare_invoke()
                 .load_async(&mut conn)
@@ -210,10 +199,11 @@ impl RedisStore {
     /// The Redis key of `key`'s lease record: a hash with no TTL, fields `h` = holder (empty
     /// while the key is free), `f` = the last fence handed out, `e` = the lease's expiry in
     /// milliseconds of the Redis server's clock (`TIME`). For fenced writes in Lua (see the
-    /// crate docs) and for inspection.
+    /// crate docs); to read it, use [`inspect`](LeaseStore::inspect).
     ///
     /// Never delete it: the fence counter is in it, so a deleted record starts the key's fences
-    /// again at 1. To take a key away from its holder, use [`break_lock`](Self::break_lock).
+    /// again at 1. To take a key away from its holder, use
+    /// [`break_lock`](LeaseStore::break_lock).
     pub fn lock_key(&self, key: &str) -> Vec<u8> {
         keys(&self.inner.prefix, key).record
     }
@@ -297,80 +287,6 @@ impl RedisStore {
                 self.renew_outcome(key, holder, *fence, status, counter, before)
             })
             .collect())
-    }
-
-    /// Takes `key` away from whoever holds it, for an operator: raises the key's fence by one,
-    /// marks the key free, and announces it to waiters, in one script. The holder's next renewal
-    /// or release fails (its lock reports the loss), and the next grant gets a fence above the
-    /// raised one.
-    ///
-    /// The raised fence is handed to no one. Give it to a fenced resource as its new minimum
-    /// (for a [`FenceGate`](lease_core::FenceGate): [`check`](lease_core::FenceGate::check) it
-    /// once) and the old holder's writes are
-    /// refused at once, even those it sends before it notices the loss. Deleting the record
-    /// instead (`DEL`) would start the key's fences again at 1: never do that.
-    ///
-    /// The same from `redis-cli`, with the record's key from [`lock_key`](Self::lock_key)
-    /// (e.g. `lease:{jobs/nightly}:v2`; the script also seeds a record from a layout-1 counter,
-    /// which this one-liner does not):
-    ///
-    /// ```text
-    /// redis-cli EVAL "if redis.call('HEXISTS', KEYS[1], 'f') == 0 then return nil end
-    ///   redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
-    ///   return redis.call('HINCRBY', KEYS[1], 'f', 1)" 1 'lease:{jobs/nightly}:v2'
-    /// ```
-    ///
-    /// Returns `None` if the key was never granted (there is nothing to break).
-    ///
-    /// # Errors
-    ///
-    /// Invalid input, connection failures (transient) and refusals by the server, as for
-    /// [`LeaseStore::try_lock`]. A failed call may still have been applied (check with
-    /// [`lock_key`](Self::lock_key)); a repeated break only raises the fence again.
-    pub async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
-        validate(NAME, key, "operator")?;
-        let Keys {
-            record,
-            legacy_lock,
-            legacy_fence,
-        } = keys(&self.inner.prefix, key);
-        let what = || format!("break of {key:?}");
-        let before = self.snapshot(key);
-        let reply: Vec<redis::Value> = BREAK
-            .key(record)
-            .key(legacy_lock)
-            .key(legacy_fence)
-            .arg(&self.inner.channel)
-            .arg(key)
-            .invoke_async(&mut self.inner.conn.clone())
-            .await
-            .map_err(|e| classify(&what(), e))?;
-        let field = |i: usize| -> Result<String, StoreError> {
-            match reply.get(i) {
-                Some(v) => redis::from_redis_value_ref::<String>(v)
-                    .map_err(|_| bad_reply(&what(), format!("field {i} is not a string"))),
-                None => Err(bad_reply(&what(), format!("field {i} is missing"))),
-            }
-        };
-        match reply.first().map(redis::from_redis_value_ref::<i64>) {
-            Some(Ok(0)) => Ok(None),
-            Some(Ok(1)) => {
-                let fence = parse_counter(&what(), Some(field(1)?))?
-                    .and_then(Fence::new)
-                    .ok_or_else(|| bad_reply(&what(), "no fence"))?;
-                // Nobody holds the raised fence; the empty holder is no valid holder string.
-                self.check_grant(key, "", fence.get(), before)?;
-                let previous = field(2)?;
-                let was_live = field(3)? == "1";
-                debug!(key, fence = fence.get(), was_live, "lock broken");
-                Ok(Some(BrokenLock {
-                    fence,
-                    previous_holder: (!previous.is_empty()).then_some(previous),
-                    was_live,
-                }))
-            }
-            _ => Err(bad_reply(&what(), "unknown status")),
-        }
     }
 
     fn renew_outcome(
@@ -518,6 +434,19 @@ fn parse_counter(what: &str, counter: Option<String>) -> Result<Option<u64>, Sto
         .transpose()
 }
 
+/// Field `i` of a script's reply, as a `T`.
+fn reply_field<T: redis::FromRedisValue>(
+    what: &str,
+    reply: &[redis::Value],
+    i: usize,
+) -> Result<T, StoreError> {
+    match reply.get(i) {
+        Some(v) => redis::from_redis_value_ref::<T>(v)
+            .map_err(|_| bad_reply(what, format!("field {i} has the wrong type"))),
+        None => Err(bad_reply(what, format!("field {i} is missing"))),
+    }
+}
+
 impl LeaseStore for RedisStore {
     async fn try_lock(
         &self,
@@ -624,6 +553,109 @@ impl LeaseStore for RedisStore {
         }
     }
 
+    /// Reads the lease record in one read-only script (with `TIME`, so the time left is by the
+    /// server's clock, in milliseconds). A key that has no record yet but a layout-1 lease or
+    /// counter is reported as the acquire script would judge it. A counter below a fence this
+    /// store saw is a [`FenceRegressed`](StoreErrorKind::FenceRegressed) error, as for the other
+    /// calls.
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        validate_key(NAME, key)?;
+        let Keys {
+            record,
+            legacy_lock,
+            legacy_fence,
+        } = keys(&self.inner.prefix, key);
+        let what = format!("inspect of {key:?}");
+        let before = self.snapshot(key);
+        let reply: Vec<redis::Value> = INSPECT
+            .key(record)
+            .key(legacy_lock)
+            .key(legacy_fence)
+            .arg(MAX_LEASE_MS)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&what, e))?;
+        match reply_field::<i64>(&what, &reply, 0)? {
+            0 => {
+                self.check_counter(key, None, before)?;
+                Ok(KeyState::free(None))
+            }
+            1 => {
+                let counter = parse_counter(&what, Some(reply_field(&what, &reply, 1)?))?;
+                self.check_counter(key, counter, before)?;
+                let fence = counter
+                    .and_then(Fence::new)
+                    .ok_or_else(|| bad_reply(&what, "no fence"))?;
+                let holder: String = reply_field(&what, &reply, 2)?;
+                let left: i64 = reply_field(&what, &reply, 3)?;
+                Ok(if holder.is_empty() {
+                    KeyState::free(Some(fence))
+                } else {
+                    let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                    KeyState::held(holder, fence, left)
+                })
+            }
+            s => Err(bad_reply(&what, format!("status {s}"))),
+        }
+    }
+
+    /// Raises the record's counter by one, empties its holder and publishes the key on the
+    /// release channel (waking waiters in every process), in one script. The old holder's
+    /// renew and release compare holder and fence, so both fail; the next grant increments the
+    /// counter again. Deleting the record instead (`DEL`) would start the key's fences again at
+    /// 1: never do that.
+    ///
+    /// The same from `redis-cli`, with the record's key from [`lock_key`](RedisStore::lock_key)
+    /// (e.g. `lease:{jobs/nightly}:v2`; the script also seeds a record from a layout-1 counter,
+    /// which this one-liner does not, and announces the key, which it does not either):
+    ///
+    /// ```text
+    /// redis-cli EVAL "if redis.call('HEXISTS', KEYS[1], 'f') == 0 then return nil end
+    ///   redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
+    ///   return redis.call('HINCRBY', KEYS[1], 'f', 1)" 1 'lease:{jobs/nightly}:v2'
+    /// ```
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        validate_key(NAME, key)?;
+        let Keys {
+            record,
+            legacy_lock,
+            legacy_fence,
+        } = keys(&self.inner.prefix, key);
+        let what = format!("break of {key:?}");
+        let before = self.snapshot(key);
+        let reply: Vec<redis::Value> = BREAK
+            .key(record)
+            .key(legacy_lock)
+            .key(legacy_fence)
+            .arg(&self.inner.channel)
+            .arg(key)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&what, e))?;
+        match reply_field::<i64>(&what, &reply, 0)? {
+            0 => {
+                self.check_counter(key, None, before)?;
+                Ok(None)
+            }
+            1 => {
+                let fence = parse_counter(&what, Some(reply_field(&what, &reply, 1)?))?
+                    .and_then(Fence::new)
+                    .ok_or_else(|| bad_reply(&what, "no fence"))?;
+                // Nobody holds the raised fence; the empty holder is no valid holder string.
+                self.check_grant(key, "", fence.get(), before)?;
+                let previous: String = reply_field(&what, &reply, 2)?;
+                let was_live = reply_field::<i64>(&what, &reply, 3)? == 1;
+                debug!(key, fence = fence.get(), was_live, "lock broken");
+                Ok(Some(BrokenLock::new(
+                    fence,
+                    (!previous.is_empty()).then_some(previous),
+                    was_live,
+                )))
+            }
+            s => Err(bad_reply(&what, format!("status {s}"))),
+        }
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.caps
     }
@@ -681,4 +713,3 @@ mod tests {
         assert_eq!(lease_ms(Duration::MAX), MAX_LEASE_MS);
     }
 }
-

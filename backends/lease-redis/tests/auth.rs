@@ -125,7 +125,18 @@ async fn acl_user_limited_to_the_lock_keys_works() {
     assert!(a.release("acl/k", "alice", f).await.unwrap());
     let woke = waiter.await.unwrap();
     assert!(woke < Duration::from_secs(5), "waiter woke after {woke:?}");
-    assert!(b.try_lock(LEASE, "acl/k", "bob").await.unwrap().unwrap() > f);
+    let g = b.try_lock(LEASE, "acl/k", "bob").await.unwrap().unwrap();
+    assert!(g > f);
+    // Inspect and break need nothing beyond the commands above (`PTTL` only for keys still
+    // under layout 1).
+    let state = a.inspect("acl/k").await.unwrap();
+    assert_eq!(
+        (state.holder.as_deref(), state.fence),
+        (Some("bob"), Some(g))
+    );
+    let broken = a.break_lock("acl/k").await.unwrap().expect("held");
+    assert!(broken.fence > g && broken.was_live);
+    assert!(!b.renew(LEASE, "acl/k", "bob", g).await.unwrap());
     assert_logs_hold_no_password();
 }
 

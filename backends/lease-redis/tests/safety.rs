@@ -317,3 +317,63 @@ async fn layout_one_leases_are_honoured_and_their_fences_continue() {
     let old: String = conn.hget(&old_fence, "f").await.unwrap();
     assert_eq!(old, "41", "the layout-1 counter is left as it was");
 }
+
+/// `inspect` and `break_lock` judge a key without a `:v2` record as the acquire script does: a
+/// live layout-1 lease holds it (and is what a break takes), a layout-1 counter is its fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_and_break_judge_layout_one_keys_as_acquire_does() {
+    use lease_core::KeyState;
+    let Some(url) = common::url() else { return };
+    let prefix = common::unique_prefix("layout1-inspect");
+    let store = RedisStore::builder(&url)
+        .prefix(&prefix)
+        .connect()
+        .await
+        .unwrap();
+    let mut conn = store.connection();
+    let (old_lock, old_fence) = (
+        format!("{prefix}{{k}}:lock"),
+        format!("{prefix}{{k}}:fence"),
+    );
+    let _: () = redis::pipe()
+        .hset_multiple(&old_fence, &[("f", "41"), ("h", "old")])
+        .hset_multiple(&old_lock, &[("f", "41"), ("h", "old")])
+        .pexpire(&old_lock, 60_000)
+        .hset(format!("{prefix}{{c}}:fence"), "f", "7")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let state = store.inspect("k").await.unwrap();
+    assert_eq!(state.holder.as_deref(), Some("old"), "{state:?}");
+    assert_eq!(state.fence.map(|f| f.get()), Some(41));
+    let left = state.remaining.unwrap();
+    assert!(
+        left <= LONG && left > Duration::from_secs(50),
+        "time left from PTTL: {left:?}"
+    );
+    assert_eq!(
+        store.inspect("c").await.unwrap().fence.map(|f| f.get()),
+        Some(7),
+        "a layout-1 counter alone: free, with its fence"
+    );
+    assert!(!store.inspect("c").await.unwrap().is_held());
+    // A break takes the layout-1 lease: the record is seeded above the old counter.
+    let broken = store
+        .break_lock("k")
+        .await
+        .unwrap()
+        .expect("granted before");
+    assert_eq!(broken.fence.get(), 42);
+    assert_eq!(broken.previous_holder.as_deref(), Some("old"));
+    assert!(broken.was_live);
+    assert_eq!(
+        store.inspect("k").await.unwrap(),
+        KeyState::free(Some(broken.fence))
+    );
+    let f = store.try_lock(LONG, "k", "bob").await.unwrap().unwrap();
+    assert_eq!(
+        f.get(),
+        43,
+        "the next grant is above the break, layout-1 lock or not"
+    );
+}

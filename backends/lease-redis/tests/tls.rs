@@ -41,7 +41,9 @@ async fn rediss_with_the_servers_ca_works_and_an_unknown_ca_is_refused() {
     {
         // The application chooses rustls's crypto provider: before it has, a TLS URL is refused
         // (rustls would panic), and the store installs none of its own.
-        let err = RedisStore::connect(&url).await.expect_err("no crypto provider yet");
+        let err = RedisStore::connect(&url)
+            .await
+            .expect_err("no crypto provider yet");
         assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
         assert!(err.to_string().contains("crypto provider"), "{err}");
         assert!(rustls::crypto::CryptoProvider::get_default().is_none());

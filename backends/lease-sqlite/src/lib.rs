@@ -28,6 +28,12 @@
 //!   → refuse. Otherwise (released, expired, or from a previous boot) → fence + 1, this holder.
 //! - *renew*: extend only if holder and fence match and the lease is from this boot.
 //! - *release*: clear the holder if holder and fence match.
+//! - *break* ([`break_lock`](lease_core::LeaseStore::break_lock), for operators): clear the
+//!   holder and raise the row's fence by one, whoever holds the key, in one `BEGIN IMMEDIATE`
+//!   transaction committed like a grant; the next grant increments that fence again.
+//! - *inspect* ([`inspect`](lease_core::LeaseStore::inspect)): one `SELECT` of the row, no write
+//!   lock; held while the row names a holder whose expiry, from this boot, is ahead of the boot
+//!   clock, with the time left on that clock.
 //!
 //! **Expiry** is measured on the host's `CLOCK_BOOTTIME` (nanoseconds since boot, counting
 //! suspend) and stored with the host's boot id: a wall-clock step changes nothing, and a lease
@@ -76,7 +82,10 @@
 //! shared `flock` of that file, and returns when the holder lets go, when the lease runs out, or
 //! after `max_wait`, whichever is first. So a waiter in another process takes a released key
 //! within about a millisecond instead of a poll interval. Wake-ups are hints; the lock always
-//! re-runs `try_lock`.
+//! re-runs `try_lock`. A break lets go of the key's flock if the breaking store holds it; a
+//! holder in another store lets go of it when its next renewal is refused (or its lease runs
+//! out, or its process dies), so waiters already blocked on it wake then, or at their bound,
+//! while waiters that read the row after the break find the key free at once.
 //!
 //! **Faults**: a database file deleted or replaced under a running store is detected before the
 //! next operation (its device and inode changed) and reported as a permanent error, so every

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lease_core::{Capabilities, Fence, LeaseStore, StoreError, validate};
+use lease_core::{
+    BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError, validate, validate_key,
+};
 use rand::Rng;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -33,6 +35,7 @@ pub struct SqliteStoreBuilder {
     path: PathBuf,
     durability: Durability,
     busy_budget: Duration,
+    create_dirs: bool,
 }
 
 impl SqliteStoreBuilder {
@@ -49,12 +52,22 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// Opens the database, creating the file, its parent directories and the schema when
-    /// missing, and upgrading a schema written by an older version.
+    /// Whether [`open`](Self::open) creates missing parent directories (default `false`: a
+    /// missing directory is an error, since a typo in the path would otherwise silently make a
+    /// different lock).
+    pub fn create_dirs(mut self, yes: bool) -> Self {
+        self.create_dirs = yes;
+        self
+    }
+
+    /// Opens the database, creating the file and the schema when missing (and its parent
+    /// directories with [`create_dirs`](Self::create_dirs)), and upgrading a schema written by an
+    /// older version.
     ///
     /// # Errors
     ///
-    /// A permanent [`StoreError`] naming the path and the problem: a directory in the way, no
+    /// An invalid-input error for a missing parent directory (without `create_dirs`); a
+    /// permanent [`StoreError`] naming the path and the problem: a directory in the way, no
     /// permission, a file that is not an SQLite database, a schema from a newer version, a
     /// network filesystem; a transient one if the database stayed locked past the busy budget.
     pub async fn open(self) -> Result<SqliteStore, StoreError> {
@@ -106,6 +119,7 @@ impl SqliteStore {
             path: path.into(),
             durability: Durability::Full,
             busy_budget: Duration::from_secs(2),
+            create_dirs: false,
         }
     }
 
@@ -243,6 +257,58 @@ impl Inner {
         })
     }
 
+    /// The key's row as [`LeaseStore::inspect`] reports it: one `SELECT` (no write lock, no
+    /// transaction of its own, so a consistent snapshot of the row), retried while the database
+    /// is busy, up to the busy budget.
+    fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.check_identity()?;
+        let started = Instant::now();
+        loop {
+            let attempt = {
+                let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+                guard
+                    .conn
+                    .prepare_cached(
+                        "SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1",
+                    )
+                    .and_then(|mut st| {
+                        st.query_row([key.as_bytes()], |r| {
+                            Ok(Row {
+                                holder: r.get(0)?,
+                                fence: r.get(1)?,
+                                boot_id: r.get(2)?,
+                                expires_ns: r.get(3)?,
+                            })
+                        })
+                        .optional()
+                    })
+            };
+            let row = match attempt {
+                Ok(row) => row,
+                Err(e) if is_busy(&e) && started.elapsed() < self.busy_budget => {
+                    std::thread::sleep(Duration::from_millis(rand::rng().random_range(1..=5)));
+                    continue;
+                }
+                Err(e) => return Err(classify(&self.path, e)),
+            };
+            let Some(row) = row else {
+                return Ok(KeyState::free(None));
+            };
+            let fence = to_fence(row.fence)?;
+            let now = self.now_ns();
+            return Ok(match row.holder {
+                Some(holder) if row.boot_id == self.boot_id && row.expires_ns > now => {
+                    KeyState::held(
+                        holder_string(holder),
+                        fence,
+                        Duration::from_nanos(row.expires_ns.abs_diff(now)),
+                    )
+                }
+                _ => KeyState::free(Some(fence)),
+            });
+        }
+    }
+
     /// Now on the host's boot clock, in nanoseconds: the clock of every expiry in the database.
     fn now_ns(&self) -> i64 {
         self.clock.now_ns()
@@ -311,11 +377,12 @@ fn lease_ns(lease: Duration) -> i64 {
 }
 
 fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
+    let shown = lease_core::redact_url(url);
     let Some(rest) = url.strip_prefix("sqlite://") else {
         return Err(StoreError::invalid_input(
             NAME,
             format!(
-                "`{url}` is not a sqlite:// URL (use sqlite:///abs/path.db, \
+                "`{shown}` is not a sqlite:// URL (use sqlite:///abs/path.db, \
                  sqlite://relative/path.db, or open a plain path)"
             ),
         ));
@@ -323,14 +390,24 @@ fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
     if rest.is_empty() || rest == "/" {
         return Err(StoreError::invalid_input(
             NAME,
-            format!("the URL `{url}` names no file"),
+            format!("the URL `{shown}` names no file"),
+        ));
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(StoreError::invalid_input(
+            NAME,
+            format!(
+                "the URL `{shown}` has a user or password; a sqlite:// URL takes none (open a \
+                 plain path for a directory whose name has an `@`)"
+            ),
         ));
     }
     if rest.contains(['?', '#']) {
         return Err(StoreError::invalid_input(
             NAME,
             format!(
-                "the URL `{url}` has a query or fragment; the sqlite store takes none (settings \
+                "the URL `{shown}` has a query or fragment; the sqlite store takes none (settings \
                  go through SqliteStore::builder)"
             ),
         ));
@@ -338,7 +415,7 @@ fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
     let decoded = percent_decode(rest).ok_or_else(|| {
         StoreError::invalid_input(
             NAME,
-            format!("the URL `{url}` has a bad percent escape (use %XX with two hex digits)"),
+            format!("the URL `{shown}` has a bad percent escape (use %XX with two hex digits)"),
         )
     })?;
     let path = PathBuf::from(std::ffi::OsString::from_vec(decoded));
@@ -411,10 +488,32 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| {
-        StoreError::permanent(NAME, format!("cannot create the directory of {shown}"))
-            .with_source(e)
-    })?;
+    if parent.exists() && !parent.is_dir() {
+        return Err(StoreError::permanent(
+            NAME,
+            format!(
+                "cannot create {shown}: {} is not a directory",
+                parent.display()
+            ),
+        ));
+    }
+    if !parent.is_dir() {
+        if !b.create_dirs {
+            return Err(StoreError::invalid_input(
+                NAME,
+                format!(
+                    "the directory {} of the database does not exist: create it first (a typo \
+                     would otherwise make a different lock), or open with \
+                     SqliteStore::builder(path).create_dirs(true)",
+                    parent.display()
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&parent).map_err(|e| {
+            StoreError::permanent(NAME, format!("cannot create the directory of {shown}"))
+                .with_source(e)
+        })?;
+    }
     crate::fscheck::refuse_network_fs(&path)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -532,6 +631,11 @@ fn read_row(tx: &rusqlite::Transaction<'_>, key: &str) -> rusqlite::Result<Optio
         },
     )
     .optional()
+}
+
+/// A holder as stored (the bytes of a `&str`), back as a string.
+fn holder_string(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn to_fence(n: i64) -> Result<Fence, StoreError> {
@@ -725,6 +829,74 @@ impl LeaseStore for SqliteStore {
             tokio::time::sleep_until(until.min(now + poll)).await;
             poll = (poll * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// Reads the key's row (one `SELECT`, no write lock): held while it names a holder whose
+    /// expiry, on the host's boot clock and from this boot, is in the future; the time left is
+    /// that expiry minus now, in nanoseconds of that clock. Otherwise free, with the row's fence.
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        validate_key(NAME, key)?;
+        let inner = self.inner.clone();
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || inner.inspect(&key))
+            .await
+            .map_err(|e| StoreError::permanent(NAME, format!("store task failed: {e}")))?
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction: reads the row, clears its holder and raises its fence
+    /// by one (the fence row is what the next grant increments, so that grant is higher still).
+    /// It commits like a grant (`synchronous=FULL` with [`Durability::Full`]), since it moves the
+    /// fence. The old holder's renew and release compare holder and fence, so both fail.
+    ///
+    /// Waiters that read the row after the break find the key free at once. A waiter already
+    /// blocked on the holder's wake-up flock wakes at once if the holder's store is this one (it
+    /// lets go of the flock); otherwise when that store lets go of it (the holder's next renewal
+    /// is refused, its lease runs out, or its process dies), or at the waiter's own bound.
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        validate_key(NAME, key)?;
+        let key = key.to_owned();
+        let wake_key = key.clone();
+        let broken = self
+            .run(
+                true,
+                move |tx, now, boot| {
+                    let Some(row) = read_row(tx, &key)? else {
+                        return Ok(None);
+                    };
+                    let fence = row.fence.checked_add(1).ok_or_else(|| {
+                        TxError::Store(StoreError::permanent(
+                            NAME,
+                            format!(
+                                "the fence of `{key}` is at its maximum ({}) and cannot increase; \
+                                 the key cannot be broken",
+                                row.fence
+                            ),
+                        ))
+                    })?;
+                    let was_live =
+                        row.holder.is_some() && row.boot_id == boot && row.expires_ns > now;
+                    tx.execute(
+                        "UPDATE leases SET holder = NULL, fence = ?2 WHERE key = ?1",
+                        params![key.as_bytes(), fence],
+                    )?;
+                    Ok(Some((fence, row.holder, was_live)))
+                },
+                move |wake, broken| {
+                    if let Some(Some(_)) = broken {
+                        wake.broken(&wake_key);
+                    }
+                },
+            )
+            .await?;
+        broken
+            .map(|(fence, previous, was_live)| {
+                Ok(BrokenLock::new(
+                    to_fence(fence)?,
+                    previous.map(holder_string),
+                    was_live,
+                ))
+            })
+            .transpose()
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -243,6 +243,14 @@ impl Wake {
         }
     }
 
+    /// `key` was broken through this store (whoever held it): let go of its flock if this
+    /// store holds it, so that waiters blocked on it wake as after a release. A holder in another
+    /// store keeps its own flock until its renewal is refused, its lease runs out or its process
+    /// dies; waiters that look at the row after the break see the key free at once.
+    pub(crate) fn broken(&self, key: &str) {
+        self.held.lock().keys.remove(key);
+    }
+
     /// If some store holds `key`'s flock, the signal that it let go of it; `None` if nobody
     /// holds the flock. Blocking (opens a file).
     pub(crate) fn watch_release(&self, key: &str) -> Option<Release> {

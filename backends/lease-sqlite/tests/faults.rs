@@ -22,7 +22,13 @@ async fn a_path_under_a_regular_file_cannot_be_created() {
     let msg = err.to_string();
     assert_eq!(err.kind(), StoreErrorKind::Permanent, "{msg}");
     assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(msg.contains("cannot create the directory"), "{msg}");
+    assert!(msg.contains("is not a directory"), "{msg}");
+    let err = SqliteStore::builder(&path)
+        .create_dirs(true)
+        .open()
+        .await
+        .expect_err("cannot create");
+    assert_eq!(err.kind(), StoreErrorKind::Permanent, "{err}");
 }
 
 #[tokio::test]

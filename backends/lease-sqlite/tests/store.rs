@@ -16,12 +16,35 @@ fn fence(n: u64) -> Option<Fence> {
 }
 
 #[tokio::test]
-async fn opens_by_url_creating_parent_directories() {
+async fn opens_by_url_and_refuses_a_missing_directory_or_credentials() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("a/b/c/locks.db");
     let url = format!("sqlite://{}", path.display());
     assert!(url.starts_with("sqlite:///"), "an absolute path: {url}");
-    let store = SqliteStore::from_url(&url).await.expect("open by URL");
+    // A typo in a directory name must not silently make a different lock.
+    let err = SqliteStore::from_url(&url)
+        .await
+        .expect_err("no such directory");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!dir.path().join("a").exists(), "nothing was created");
+    // User info in a sqlite URL (it once became a directory named after the password).
+    let err = SqliteStore::from_url("sqlite://user:s3cret@/tmp/x.db")
+        .await
+        .expect_err("credentials");
+    assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("user or password"), "{err}");
+    assert!(!format!("{err} {err:?}").contains("s3cret"), "{err}");
+    let err = SqliteStore::from_url("sqlite:///tmp/x.db?key=s3cret")
+        .await
+        .expect_err("query");
+    assert!(!format!("{err} {err:?}").contains("s3cret"), "{err}");
+    // Asked for, the directories are created.
+    let store = SqliteStore::builder(&path)
+        .create_dirs(true)
+        .open()
+        .await
+        .expect("open with create_dirs");
     assert_eq!(store.path(), path);
     assert!(path.is_file(), "the database file was created");
     assert_eq!(store.try_lock(LEASE, "k", "a").await.unwrap(), fence(1));
@@ -264,6 +287,7 @@ async fn a_relative_url_is_resolved_once_at_open() {
     let elsewhere = tempfile::tempdir().expect("temp dir");
     // The only test here that uses the working directory; every other one uses absolute paths.
     std::env::set_current_dir(dir.path()).expect("cd");
+    std::fs::create_dir(dir.path().join("rel")).expect("mkdir");
     let store = SqliteStore::from_url("sqlite://rel/locks.db")
         .await
         .expect("open a relative URL");
@@ -433,4 +457,116 @@ async fn a_lease_lost_without_release_gives_up_its_wake_flock() {
         "the median handoff is a poll, not a wake-up: {handoffs:?}"
     );
     drop(lost);
+}
+
+/// A break through another store (as another process would do it): the holder's store loses
+/// the key at its next renewal, lets go of the wake-up flock then, and a waiter of a third
+/// store wakes; the row keeps the raised fence, so the next grant is above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_through_another_store_frees_the_key_and_raises_the_row_fence() {
+    use lease_core::KeyState;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let holder = SqliteStore::open(&path).await.unwrap();
+    let operator = SqliteStore::open(&path).await.unwrap();
+    let waiter = SqliteStore::open(&path).await.unwrap();
+    let f = holder.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert!(wake_flock_held(&path));
+    let state = operator.inspect("k").await.unwrap();
+    assert_eq!((state.holder.as_deref(), state.fence), (Some("a"), Some(f)));
+    assert!(state.remaining.unwrap() <= LEASE);
+
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            waiter.wait_for_change("k", Duration::from_secs(60)).await;
+            Instant::now()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let broken = operator.break_lock("k").await.unwrap().expect("held");
+    assert!(broken.fence > f && broken.was_live);
+    assert_eq!(broken.previous_holder.as_deref(), Some("a"));
+    let n: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row(
+            "SELECT fence FROM leases WHERE key = ?1 AND holder IS NULL",
+            [b"k".as_slice()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(Fence::new(u64::try_from(n).unwrap()), Some(broken.fence));
+    // Another store's waiter that looks now finds the key free at once.
+    let started = Instant::now();
+    operator.wait_for_change("k", Duration::from_secs(60)).await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The holder's renewal is refused, which lets go of its flock and wakes the blocked waiter.
+    let renewed_at = Instant::now();
+    assert!(!holder.renew(LEASE, "k", "a", f).await.unwrap());
+    let woke = waiting.await.unwrap();
+    assert!(
+        woke.saturating_duration_since(renewed_at) < Duration::from_secs(2),
+        "the waiter woke {:?} after the refused renewal",
+        woke.saturating_duration_since(renewed_at)
+    );
+    assert!(!wake_flock_held(&path));
+    assert!(!holder.release("k", "a", f).await.unwrap());
+    assert_eq!(
+        waiter.inspect("k").await.unwrap(),
+        KeyState::free(Some(broken.fence))
+    );
+    let g = waiter.try_lock(LEASE, "k", "b").await.unwrap().unwrap();
+    assert!(g > broken.fence);
+}
+
+/// `inspect` judges a row as a grant does: a lease from a previous boot is free, whatever its
+/// expiry says.
+#[tokio::test]
+async fn inspect_shows_a_lease_from_a_previous_boot_as_free() {
+    use lease_core::KeyState;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    let f = store
+        .try_lock(Duration::from_secs(3600), "k", "a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.inspect("k").await.unwrap().is_held());
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE leases SET boot_id = 'a-previous-boot', expires_ns = ?1",
+            [i64::MAX],
+        )
+        .unwrap();
+    assert_eq!(store.inspect("k").await.unwrap(), KeyState::free(Some(f)));
+    // A break still names the holder the row had, whose lease was not live.
+    let broken = store.break_lock("k").await.unwrap().unwrap();
+    assert_eq!(broken.previous_holder.as_deref(), Some("a"));
+    assert!(!broken.was_live);
+}
+
+/// A break of a key whose fence is at its maximum fails and changes nothing: a fence is never
+/// repeated.
+#[tokio::test]
+async fn a_break_at_the_maximum_fence_is_an_error_not_a_repeat() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE leases SET fence = ?1 WHERE key = ?2",
+            (i64::MAX, b"k".as_slice()),
+        )
+        .unwrap();
+    let err = store
+        .break_lock("k")
+        .await
+        .expect_err("no fence after i64::MAX");
+    assert_eq!(err.kind(), StoreErrorKind::Permanent, "{err}");
+    let state = store.inspect("k").await.unwrap();
+    assert_eq!(state.holder.as_deref(), Some("a"), "the row is unchanged");
 }

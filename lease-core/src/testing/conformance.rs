@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{Fence, LeaseStore, MAX_KEY_LEN, StoreErrorKind};
+use crate::{BrokenLock, Fence, KeyState, LeaseStore, MAX_KEY_LEN, StoreErrorKind};
 
 /// A prefix no other test run uses, so cases can share a server.
 pub fn unique_prefix(case: &str) -> String {
@@ -494,4 +494,332 @@ pub async fn wait_for_change_is_bounded_and_wakes_on_release<S: LeaseStore>(stor
         woke < Duration::from_secs(15),
         "waiter woke only after {woke:?}"
     );
+}
+
+async fn inspect<S: LeaseStore>(store: &S, key: &str) -> KeyState {
+    match store.inspect(key).await {
+        Ok(state) => state,
+        Err(e) => panic!("inspect of `{key}` failed: {e}"),
+    }
+}
+
+async fn break_lock<S: LeaseStore>(store: &S, key: &str) -> Option<BrokenLock> {
+    match store.break_lock(key).await {
+        Ok(broken) => broken,
+        Err(e) => panic!("break_lock of `{key}` failed: {e}"),
+    }
+}
+
+/// A holder string shaped like the ids the lock makes (`host/pid/name#<32 hex>~N`).
+fn lock_like_holder(name: &str) -> String {
+    format!(
+        "conformance/{}/{name}#{:032x}~2",
+        std::process::id(),
+        rand::random::<u128>()
+    )
+}
+
+/// `inspect` of a key that was never granted: free, and no fence (the store has handed none
+/// out), even while other keys are held.
+pub async fn inspect_of_a_never_granted_key_is_free_without_fence<S: LeaseStore>(store: S) {
+    let prefix = unique_prefix("inspect-never");
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
+    grant(&store, lease, &format!("{prefix}other"), "alice").await;
+    let state = inspect(&store, &format!("{prefix}k")).await;
+    assert_eq!(
+        state,
+        KeyState::free(None),
+        "a never-granted key must be free with no fence"
+    );
+    assert!(!state.is_held());
+    assert_eq!(state.holder_label(), None);
+}
+
+/// `inspect` of a granted key names its holder (the full string), its fence and the time left,
+/// which is positive and at most the lease; it changes nothing. After a release the key is free
+/// and shows the last fence.
+pub async fn inspect_shows_the_grant_and_after_release_the_last_fence<S: LeaseStore>(store: S) {
+    let key = unique_prefix("inspect") + "k";
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
+    let alice = lock_like_holder("inspect");
+    let f = grant(&store, lease, &key, &alice).await;
+    let state = inspect(&store, &key).await;
+    assert!(state.is_held(), "a granted key must be held: {state:?}");
+    assert_eq!(
+        state.holder.as_deref(),
+        Some(alice.as_str()),
+        "inspect must return the full holder string"
+    );
+    assert_eq!(
+        state.holder_label(),
+        Some(format!("conformance/{}/inspect", std::process::id()).as_str())
+    );
+    assert_eq!(state.fence, Some(f), "inspect must show the grant's fence");
+    let left = state.remaining.expect("a held key has time left");
+    assert!(
+        left > Duration::ZERO && left <= lease,
+        "time left must be in (0, {lease:?}], got {left:?}"
+    );
+    assert!(
+        left >= lease / 2,
+        "time left {left:?} of a {lease:?} lease just granted (a unit mistake?)"
+    );
+    // Read-only: the grant is untouched.
+    refused(&store, lease, &key, "bob").await;
+    assert_eq!(grant(&store, lease, &key, &alice).await, f);
+    assert!(store.release(&key, &alice, f).await.expect("release"));
+    assert_eq!(
+        inspect(&store, &key).await,
+        KeyState::free(Some(f)),
+        "a released key is free and shows the last fence handed out"
+    );
+    let f2 = grant(&store, lease, &key, "bob").await;
+    let state = inspect(&store, &key).await;
+    assert_eq!(
+        (state.holder.as_deref(), state.fence),
+        (Some("bob"), Some(f2))
+    );
+}
+
+/// Once the lease has expired (its holder stopped renewing), `inspect` shows the key free, with
+/// the fence of that last grant.
+pub async fn inspect_after_expiry_is_free<S: LeaseStore>(store: S) {
+    let key = unique_prefix("inspect-expiry") + "k";
+    let lease = test_lease(&store);
+    let f = grant(&store, lease, &key, "alice").await;
+    let give_up = Instant::now() + expiry_budget(&store);
+    loop {
+        let state = inspect(&store, &key).await;
+        if !state.is_held() {
+            assert_eq!(
+                state,
+                KeyState::free(Some(f)),
+                "an expired key is free and shows the last fence"
+            );
+            break;
+        }
+        assert_eq!(state.fence, Some(f));
+        assert!(
+            Instant::now() < give_up,
+            "`{key}` still shows held {:?} after its lease should have expired: {state:?}",
+            expiry_budget(&store)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The store agrees: another holder gets it.
+    let f2 = grant(&store, lease, &key, "bob").await;
+    assert!(f2 > f);
+}
+
+/// `break_lock` of a key that was never granted breaks nothing and writes nothing.
+pub async fn break_of_a_never_granted_key_is_none<S: LeaseStore>(store: S) {
+    let key = unique_prefix("break-never") + "k";
+    assert_eq!(
+        break_lock(&store, &key).await,
+        None,
+        "a never-granted key has nothing to break"
+    );
+    assert_eq!(inspect(&store, &key).await, KeyState::free(None));
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
+    assert_eq!(
+        grant(&store, lease, &key, "alice").await,
+        Fence::FIRST,
+        "a break of a never-granted key must not move its fence"
+    );
+}
+
+/// `break_lock` of a held key frees it and raises the fence past the holder's: the old holder
+/// can neither renew nor release, and the next grant, to anyone (the old holder too), gets a
+/// fence above the break's.
+pub async fn break_takes_a_held_key_and_raises_the_fence<S: LeaseStore>(store: S) {
+    let key = unique_prefix("break") + "k";
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
+    let alice = lock_like_holder("break");
+    let f = grant(&store, lease, &key, &alice).await;
+    let broken = break_lock(&store, &key)
+        .await
+        .expect("a held key is broken");
+    assert!(
+        broken.fence > f,
+        "the break must raise the fence past the holder's ({} vs {f})",
+        broken.fence
+    );
+    assert_eq!(
+        broken.previous_holder.as_deref(),
+        Some(alice.as_str()),
+        "the break names the full previous holder"
+    );
+    assert!(broken.was_live, "the holder's lease was live");
+    assert_eq!(
+        inspect(&store, &key).await,
+        KeyState::free(Some(broken.fence)),
+        "a broken key is free and shows the break's fence"
+    );
+    assert!(
+        !store.renew(lease, &key, &alice, f).await.expect("renew"),
+        "the old holder's renew after a break must fail (a break is never undone)"
+    );
+    assert!(
+        !store.release(&key, &alice, f).await.expect("release"),
+        "the old holder's release after a break must report that nothing was released"
+    );
+    assert_eq!(
+        inspect(&store, &key).await,
+        KeyState::free(Some(broken.fence)),
+        "the old holder's renew and release changed nothing"
+    );
+    // Even the old holder, retaking the key, gets a new tenure above the break.
+    let f2 = grant(&store, lease, &key, &alice).await;
+    assert!(
+        f2 > broken.fence,
+        "the next grant (to the old holder) must be above the break's fence ({f2} vs {})",
+        broken.fence
+    );
+    assert!(store.release(&key, &alice, f2).await.expect("release"));
+    let f3 = grant(&store, lease, &key, "bob").await;
+    assert!(
+        f3 > f2,
+        "fences keep increasing after a break ({f3} vs {f2})"
+    );
+    // The new tenure is unaffected by anything the first one sends.
+    assert!(!store.release(&key, &alice, f).await.expect("release"));
+    assert!(!store.renew(lease, &key, &alice, f).await.expect("renew"));
+    refused(&store, lease, &key, &alice).await;
+    assert!(store.renew(lease, &key, "bob", f3).await.expect("renew"));
+
+    // A second key: a break, then the next grant goes to somebody else.
+    let other = unique_prefix("break") + "other";
+    let g = grant(&store, lease, &other, "carol").await;
+    let broken = break_lock(&store, &other).await.expect("held");
+    assert!(broken.fence > g);
+    let g2 = grant(&store, lease, &other, "dave").await;
+    assert!(
+        g2 > broken.fence,
+        "the next grant must be above the break's fence ({g2} vs {})",
+        broken.fence
+    );
+    assert!(!store.renew(lease, &other, "carol", g).await.expect("renew"));
+}
+
+/// `break_lock` of a released key raises the fence too, names no previous holder, and says no
+/// lease was live; every repeated break raises it again.
+pub async fn break_of_a_released_key_raises_the_fence<S: LeaseStore>(store: S) {
+    let key = unique_prefix("break-released") + "k";
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
+    let f = grant(&store, lease, &key, "alice").await;
+    assert!(store.release(&key, "alice", f).await.expect("release"));
+    let first = break_lock(&store, &key)
+        .await
+        .expect("a released key was granted before");
+    assert!(
+        first.fence > f,
+        "the break raises the fence ({} vs {f})",
+        first.fence
+    );
+    assert_eq!(
+        first.previous_holder, None,
+        "a released key has no previous holder"
+    );
+    assert!(!first.was_live, "no lease was live on a released key");
+    let second = break_lock(&store, &key).await.expect("granted before");
+    assert!(
+        second.fence > first.fence && second.previous_holder.is_none() && !second.was_live,
+        "a repeated break raises the fence again: {first:?} then {second:?}"
+    );
+    assert_eq!(
+        inspect(&store, &key).await,
+        KeyState::free(Some(second.fence))
+    );
+    let f2 = grant(&store, lease, &key, "alice").await;
+    assert!(f2 > second.fence, "{f2} vs {}", second.fence);
+}
+
+/// A store that declares notifications wakes waiters on a break as on a release.
+pub async fn break_wakes_waiters<S: LeaseStore>(store: S) {
+    if !store.capabilities().notifications {
+        return;
+    }
+    let key = unique_prefix("break-wait") + "k";
+    let store = Arc::new(store);
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
+    let started = Instant::now();
+    let mut fence = grant(&store, lease, &key, "alice").await;
+    let waiter = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            store.wait_for_change(&key, Duration::from_secs(20)).await;
+            started.elapsed()
+        })
+    };
+    // As for releases: a notification is a hint, so break repeatedly (each time from a fresh
+    // grant) until the waiter wakes.
+    let woke = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let broken = break_lock(&store, &key).await.expect("held");
+        assert!(broken.fence > fence);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if waiter.is_finished() {
+            break waiter.await.expect("waiter");
+        }
+        fence = grant(&store, lease, &key, "alice").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a store that declares notifications did not wake a waiter on a break"
+        );
+    };
+    assert!(
+        woke < Duration::from_secs(15),
+        "waiter woke only after {woke:?}"
+    );
+}
+
+/// `inspect` and `break_lock` validate the key as every operation does: an empty or over-long
+/// key is refused with a clear error, and nothing is written.
+pub async fn inspect_and_break_validate_the_key<S: LeaseStore>(store: S) {
+    let prefix = unique_prefix("inspect-input");
+    let long_key = format!("{prefix}{}", "k".repeat(MAX_KEY_LEN - prefix.len()));
+    assert_eq!(
+        inspect(&store, &long_key).await,
+        KeyState::free(None),
+        "a 1 KiB key is valid"
+    );
+    assert_eq!(break_lock(&store, &long_key).await, None);
+    let too_long = format!("{long_key}k");
+    for bad in ["", too_long.as_str()] {
+        let err = store
+            .inspect(bad)
+            .await
+            .expect_err("inspect of an invalid key must be an error");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+        assert!(
+            err.to_string().contains("key"),
+            "error must name the key: {err}"
+        );
+        let err = store
+            .break_lock(bad)
+            .await
+            .expect_err("break_lock of an invalid key must be an error");
+        assert_eq!(err.kind(), StoreErrorKind::InvalidInput, "{err}");
+        assert!(
+            err.to_string().contains("key"),
+            "error must name the key: {err}"
+        );
+    }
+    let lease = store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30));
+    assert_eq!(grant(&store, lease, &long_key, "h").await, Fence::FIRST);
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::{Capabilities, Fence, LeaseStore, StoreError};
+use crate::{BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError};
 
 /// A kind of store call, to aim a [`Fault`] at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +262,16 @@ impl<S: LeaseStore + Clone> LeaseStore for FaultStore<S> {
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         self.inner.wait_for_change(key, max_wait).await
+    }
+
+    /// Forwarded as it is: no fault applies to it, and [`FaultStore::calls`] does not count it.
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.inner.inspect(key).await
+    }
+
+    /// Forwarded as it is: no fault applies to it, and [`FaultStore::calls`] does not count it.
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        self.inner.break_lock(key).await
     }
 
     fn capabilities(&self) -> Capabilities {

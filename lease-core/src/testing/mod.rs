@@ -44,6 +44,14 @@ macro_rules! conformance_tests {
             concurrent_contenders_have_exactly_one_winner,
             fences_strictly_increase_over_alternating_grants,
             wait_for_change_is_bounded_and_wakes_on_release,
+            inspect_of_a_never_granted_key_is_free_without_fence,
+            inspect_shows_the_grant_and_after_release_the_last_fence,
+            inspect_after_expiry_is_free,
+            break_of_a_never_granted_key_is_none,
+            break_takes_a_held_key_and_raises_the_fence,
+            break_of_a_released_key_raises_the_fence,
+            break_wakes_waiters,
+            inspect_and_break_validate_the_key,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
