@@ -164,11 +164,15 @@ impl Wake {
         }
     }
 
-    fn file_of(&self, hash: u64) -> std::io::Result<File> {
+    /// The key file; created only when `create` (a waiter), since creating a file costs about
+    /// a millisecond on some disks and a grant must not pay it: a holder that finds no file takes
+    /// no flock, so waiters of that one tenure poll, and the first waiter creates the file for
+    /// the grants after it.
+    fn file_of(&self, hash: u64, create: bool) -> std::io::Result<File> {
         std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
+            .create(create)
             .truncate(false)
             .open(self.dir.join(format!("{hash:016x}")))
     }
@@ -188,8 +192,12 @@ impl Wake {
             entry.until = until;
             return;
         }
-        let file = match self.file_of(fnv1a64(key.as_bytes())) {
+        let file = match self.file_of(fnv1a64(key.as_bytes()), false) {
             Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No waiter has waited on this key yet: see `file_of`.
+                return;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot open the wake file; waiters will poll");
                 return;
@@ -264,7 +272,7 @@ impl Wake {
         if let Some(rx) = waits.get(&hash) {
             return Some(rx.clone());
         }
-        let file = self.file_of(hash).ok()?;
+        let file = self.file_of(hash, true).ok()?;
         match flock(&file, FlockOperation::NonBlockingLockShared) {
             Ok(()) => return None, // Nobody holds it; closing the file unlocks.
             Err(Errno::WOULDBLOCK) => {}

@@ -194,7 +194,12 @@ async fn a_release_through_another_store_wakes_a_waiter() {
     let path = dir.path().join("locks.db");
     let holder = SqliteStore::open(&path).await.unwrap();
     let waiter = SqliteStore::open(&path).await.unwrap();
+    make_wake_file(&path, "k");
     let f = holder.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert!(
+        wake_flock_held(&path),
+        "a grant takes an existing wake file's flock"
+    );
     assert_eq!(waiter.try_lock(LEASE, "k", "b").await.unwrap(), None);
 
     let release = {
@@ -340,6 +345,16 @@ async fn a_fence_at_its_maximum_is_an_error_not_a_repeat() {
     assert_eq!(store.try_lock(LEASE, "other", "b").await.unwrap(), fence(1));
 }
 
+/// Creates `key`'s wake file, as a key's first waiter does (a grant does not create it, and takes
+/// no flock while it is missing): the store names it by the FNV-1a hash of the key.
+fn make_wake_file(db: &std::path::Path, key: &str) {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let dir = std::path::PathBuf::from(format!("{}.wake", db.display()));
+    std::fs::write(dir.join(format!("{hash:016x}")), b"").expect("create the wake file");
+}
+
 /// The one file of `<db>.wake/` (one key was used), opened afresh: a `flock` on it competes with
 /// every store's.
 fn the_wake_file(db: &std::path::Path) -> std::fs::File {
@@ -375,6 +390,7 @@ async fn a_lease_lost_without_release_gives_up_its_wake_flock() {
     let path = dir.path().join("locks.db");
     let short = Duration::from_millis(300);
     let faulty = FaultStore::new(SqliteStore::open(&path).await.unwrap());
+    make_wake_file(&path, "k");
     let lost_lock = CrossProcessLock::builder(faulty.clone(), "k")
         .lease(short)
         .build()
@@ -470,6 +486,7 @@ async fn a_break_through_another_store_frees_the_key_and_raises_the_row_fence() 
     let holder = SqliteStore::open(&path).await.unwrap();
     let operator = SqliteStore::open(&path).await.unwrap();
     let waiter = SqliteStore::open(&path).await.unwrap();
+    make_wake_file(&path, "k");
     let f = holder.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
     assert!(wake_flock_held(&path));
     let state = operator.inspect("k").await.unwrap();
@@ -569,4 +586,25 @@ async fn a_break_at_the_maximum_fence_is_an_error_not_a_repeat() {
     assert_eq!(err.kind(), StoreErrorKind::Permanent, "{err}");
     let state = store.inspect("k").await.unwrap();
     assert_eq!(state.holder.as_deref(), Some("a"), "the row is unchanged");
+}
+
+/// A grant does not create the key's wake file (creating a file costs about a millisecond on some
+/// disks, more than the grant itself); the first waiter does, and later grants flock it.
+#[tokio::test]
+async fn a_grant_creates_no_wake_file_and_the_first_waiter_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let holder = SqliteStore::open(&path).await.unwrap();
+    let waiter = SqliteStore::open(&path).await.unwrap();
+    let wake_dir = std::path::PathBuf::from(format!("{}.wake", path.display()));
+    let files = || std::fs::read_dir(&wake_dir).unwrap().count();
+    let f = holder.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert_eq!(files(), 0, "the grant created a wake file");
+    // The first waiter creates it (and, finding no flock on it, polls).
+    waiter.wait_for_change("k", Duration::from_millis(20)).await;
+    assert_eq!(files(), 1);
+    assert!(holder.release("k", "a", f).await.unwrap());
+    // The next grant flocks the file that now exists.
+    holder.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert!(wake_flock_held(&path));
 }
