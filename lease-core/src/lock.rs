@@ -797,6 +797,10 @@ async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload:
                     }
                     retry = new_retry();
                     next_renew = next_renewal(&inner, renew_every, aligned_renewals);
+                    debug!(
+                        left = ?new_deadline.saturating_sub(inner.clock.now()),
+                        "lease renewed"
+                    );
                 }
                 Ok(false) => return lose("store names another holder"),
                 Err(e) if e.is_transient() => {

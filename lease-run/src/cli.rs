@@ -161,7 +161,8 @@ pub(crate) struct RunArgs {
     /// Say nothing when the key is busy or the wait timed out.
     #[arg(short, long)]
     pub(crate) quiet: bool,
-    /// Log acquire, renewals, loss and release on stderr (-vv for more; RUST_LOG overrides).
+    /// Log the acquire, a loss and the release on stderr; -vv also every renewal, -vvv all
+    /// (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
     /// Run this shell command (with sh -c) instead of PROGRAM ARGS.

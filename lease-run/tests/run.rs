@@ -450,6 +450,33 @@ fn the_cron_line_and_the_systemd_unit_run_as_written(store: Store) {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
+/// `--wait` rides out a store that does not answer (paused), also for the first connection.
+#[cfg(feature = "redis")]
+#[test]
+fn wait_retries_through_a_store_outage() {
+    let Some(store) = redis() else {
+        return;
+    };
+    let set_running = store.server.as_ref().unwrap();
+    set_running(false);
+    let run = lease_run(&store)
+        .args(["--key", "k", "--wait", "--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Longer than the store's own connect timeout and retry (2 s each), so lease-run's retries
+    // are what rides it out.
+    std::thread::sleep(Duration::from_secs(8));
+    set_running(true);
+    let out = run.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("retrying"),
+        "the outage was retried, and said so: {err}"
+    );
+}
+
 macro_rules! store_tests {
     ($store:ident) => {
         mod $store {
