@@ -34,6 +34,28 @@ impl Fence {
         self.0.get()
     }
 
+    /// The fence as the `i64` SQL databases and etcd store; `None` above `i64::MAX`. A store
+    /// never hands out such a fence, so a renew or release carrying one matches nothing (answer
+    /// `false`); saturating it to `i64::MAX` instead could match a real fence.
+    pub const fn to_i64(self) -> Option<i64> {
+        let v = self.0.get();
+        if v > i64::MAX as u64 {
+            None
+        } else {
+            Some(v as i64)
+        }
+    }
+
+    /// A fence read back from an `i64` column or field; `None` for zero or a negative value
+    /// (which a store reports as a corrupt record).
+    pub const fn from_i64(value: i64) -> Option<Fence> {
+        if value <= 0 {
+            None
+        } else {
+            Fence::new(value as u64)
+        }
+    }
+
     /// The fence after this one; `None` on overflow (which a store reports as an error).
     pub const fn next(self) -> Option<Fence> {
         match self.0.checked_add(1) {
@@ -115,6 +137,18 @@ impl FenceGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn i64_conversions_refuse_what_does_not_fit() {
+        let max = Fence::new(i64::MAX as u64).unwrap();
+        assert_eq!(max.to_i64(), Some(i64::MAX));
+        assert_eq!(max.next().unwrap().to_i64(), None);
+        assert_eq!(Fence::new(u64::MAX).unwrap().to_i64(), None);
+        assert_eq!(Fence::from_i64(i64::MAX), Some(max));
+        assert_eq!(Fence::from_i64(1), Some(Fence::FIRST));
+        assert_eq!(Fence::from_i64(0), None);
+        assert_eq!(Fence::from_i64(-5), None);
+    }
 
     #[test]
     fn gate_rejects_lower_accepts_equal_and_higher() {

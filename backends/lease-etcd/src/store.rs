@@ -134,7 +134,7 @@ fn ttl_secs(lease: Duration) -> i64 {
 }
 
 fn to_fence(key: &str, v: i64) -> Result<Fence, StoreError> {
-    u64::try_from(v).ok().and_then(Fence::new).ok_or_else(|| {
+    Fence::from_i64(v).ok_or_else(|| {
         StoreError::new(
             lease_core::StoreErrorKind::FenceRegressed,
             NAME,
@@ -144,10 +144,6 @@ fn to_fence(key: &str, v: i64) -> Result<Fence, StoreError> {
             ),
         )
     })
-}
-
-fn fence_i64(f: Fence) -> i64 {
-    i64::try_from(f.get()).unwrap_or(i64::MAX)
 }
 
 impl EtcdStore {
@@ -849,7 +845,10 @@ impl LeaseStore for EtcdStore {
         validate(NAME, key, holder)?;
         let what = format!("renewal of `{}`", key.escape_debug());
         let (lock, counter) = (self.lock_key(key), self.fence_key(key));
-        let f = fence_i64(fence);
+        // Above i64::MAX: never handed out, so it matches no lease.
+        let Some(f) = fence.to_i64() else {
+            return Ok(false);
+        };
         let call = BootClock.now();
         // A renew extends a live lease only. Once the grant's lease has passed, the key belongs
         // to the sweep (which deletes it before the next keepalive), even if etcd still has it:
@@ -970,7 +969,10 @@ impl LeaseStore for EtcdStore {
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
         let (lock, counter) = (self.lock_key(key), self.fence_key(key));
-        let f = fence_i64(fence);
+        // Above i64::MAX: never handed out, so it matches no lease.
+        let Some(f) = fence.to_i64() else {
+            return Ok(false);
+        };
         let txn = Txn::new()
             .when([
                 Compare::value(lock.clone(), CompareOp::Equal, holder),

@@ -639,7 +639,7 @@ fn holder_string(bytes: Vec<u8>) -> String {
 }
 
 fn to_fence(n: i64) -> Result<Fence, StoreError> {
-    u64::try_from(n).ok().and_then(Fence::new).ok_or_else(|| {
+    Fence::from_i64(n).ok_or_else(|| {
         StoreError::new(
             lease_core::StoreErrorKind::FenceRegressed,
             NAME,
@@ -731,7 +731,10 @@ impl LeaseStore for SqliteStore {
         let (key, holder) = (key.to_owned(), holder.to_owned());
         let wake_lease = lease;
         let lease = lease_ns(lease);
-        let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
+        // Above i64::MAX: never handed out, so it matches no lease.
+        let Some(fence) = fence.to_i64() else {
+            return Ok(false);
+        };
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(
             false,
@@ -767,7 +770,10 @@ impl LeaseStore for SqliteStore {
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
-        let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
+        // Above i64::MAX: never handed out, so it matches no lease.
+        let Some(fence) = fence.to_i64() else {
+            return Ok(false);
+        };
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(
             false,

@@ -608,3 +608,28 @@ async fn a_grant_creates_no_wake_file_and_the_first_waiter_does() {
     holder.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
     assert!(wake_flock_held(&path));
 }
+
+/// A fence above `i64::MAX` was never handed out, so a renew or release carrying it matches
+/// nothing, not even a lease at fence `i64::MAX` (it was once saturated to that).
+#[tokio::test]
+async fn a_fence_above_i64_max_matches_no_lease() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    Connection::open(&path)
+        .unwrap()
+        .execute(
+            "UPDATE leases SET fence = ?1 WHERE key = ?2",
+            (i64::MAX, b"k".as_slice()),
+        )
+        .unwrap();
+    let bogus = Fence::new(u64::MAX).unwrap();
+    assert!(!store.renew(LEASE, "k", "a", bogus).await.unwrap());
+    assert!(!store.release("k", "a", bogus).await.unwrap());
+    let real = Fence::new(i64::MAX as u64).unwrap();
+    assert!(
+        store.renew(LEASE, "k", "a", real).await.unwrap(),
+        "the real fence still works"
+    );
+}
