@@ -21,7 +21,7 @@
 //! | I4 | no renew or release succeeds when sent after the key was granted with a larger fence |
 //! | I5 | no renewal is sent after the deadline (+ half a lease of slack); the loss signal fires by the deadline (with a tolerance of max(lease/2, 1 s) for the logging task; excused when the process was stopped over its deadline); no protected work starts after the deadline or the loss signal |
 //! | I6 | tenures of different processes, each up to its deadline, do not overlap (skipped for a tenure whose process was paused longer than half the lease) |
-//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart in that time) when another asked for it after the lease ran out |
+//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart in that time, and on SQLite from the end of another process's pause: a stopped process can hold the database's write lock) when another asked for it after the lease ran out |
 //! | I9 | a process that exits normally holds no key |
 
 use std::collections::{BTreeMap, HashMap};
@@ -885,12 +885,21 @@ pub fn check(run: &Run) -> Report {
 
     // I8: takeover after a kill.
     let bound = lease + run.meta.backoff_cap_ns + 1_000_000_000;
+    // On the embedded SQLite store a process stopped inside a transaction holds the database's
+    // write lock, and every other process waits until it resumes: the end of a pause of another
+    // process counts like the end of a store restart.
+    let embedded = run.meta.name.starts_with("sqlite");
     for &(proc, died) in &kills {
         // A store restart within the bound starts the clock again: etcd, for one, gives every
         // lease its full TTL again when it comes back.
+        let stalls = pauses
+            .iter()
+            .filter(|&&(p, from, _)| embedded && p != proc && from <= died + bound)
+            .map(|&(_, _, to)| to);
         let killed = restarts
             .iter()
             .copied()
+            .chain(stalls)
             .filter(|&t| t > died && t <= died + bound)
             .max()
             .unwrap_or(died);
@@ -1000,9 +1009,13 @@ mod tests {
     }
 
     fn run(events: Vec<Event>) -> Report {
+        run_named("t", events)
+    }
+
+    fn run_named(name: &str, events: Vec<Event>) -> Report {
         check(&Run {
             meta: Meta {
-                name: "t".into(),
+                name: name.into(),
                 lease_ns: LEASE,
                 backoff_cap_ns: 250 * MS,
                 seed: 0,
@@ -1184,6 +1197,29 @@ mod tests {
             h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
         }
         assert_eq!(invariants(h), ["I8"]);
+    }
+
+    /// On SQLite a process stopped inside a transaction holds the write lock and stalls every
+    /// other process: the takeover clock starts again when such a pause ends (only there).
+    #[test]
+    fn i8_on_sqlite_counts_from_the_end_of_another_process_pause() {
+        let mut h = tenure(1, 1, 0, None);
+        h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+        let mut p = ev(200, 3, Op::Pause, Kind::Info, None);
+        p.dur_ns = Some(1500 * MS);
+        h.push(p);
+        h.push(ev(1700, 3, Op::Resume, Kind::Info, None));
+        for t in [1200, 1500, 2000] {
+            h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+            h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+        }
+        h.extend(tenure(2, 2, 2600, Some(2700)));
+        assert_eq!(
+            run_named("redis/kill+pause", h.clone()).invariants(),
+            ["I8"]
+        );
+        let r = run_named("sqlite/kill+pause", h);
+        assert!(r.ok(), "{:?}", r.violations);
     }
 
     #[test]
