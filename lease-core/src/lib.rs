@@ -102,8 +102,8 @@
 //!
 //! # Stores
 //!
-//! [`LeaseStore`] is the contract; one conformance suite ([`testing`], feature `testing`) checks
-//! every store against it. [`MemoryStore`] is the reference implementation, for tests and for
+//! [`LeaseStore`] is the contract ([`writing_a_store`] walks a store author through it); one
+//! conformance suite ([`testing`], feature `testing`) checks every store against it. [`MemoryStore`] is the reference implementation, for tests and for
 //! tasks of one process. The backend crates provide SQLite (embedded, one host), Redis and etcd.
 //! [`DynStore`] wraps any store for a choice at run time.
 //!
@@ -159,6 +159,10 @@ mod store;
 mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// Writing a store: the contract from a store author's side, the suites, and a minimal store.
+#[doc = include_str!("writing_a_store.md")]
+pub mod writing_a_store {}
 
 pub use clock::{BootClock, Clock, SharedClock, Sleep, TokioClock};
 pub use error::{Error, StoreError, StoreErrorKind};

@@ -41,6 +41,8 @@ pub const MAX_KEY_LEN: usize = 1024;
 ///
 /// Every method returns a classified [`StoreError`]: transient errors are retried by the lock's
 /// renewal loop until the lease's local deadline, anything else ends the lease at once.
+///
+/// [`writing_a_store`](crate::writing_a_store) takes a store author through all of it.
 pub trait LeaseStore: Send + Sync + 'static {
     /// Grants, extends, or refuses `key` for `holder`; see the trait docs for the exact contract.
     fn try_lock(
