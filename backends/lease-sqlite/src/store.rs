@@ -271,17 +271,7 @@ impl Inner {
                     .prepare_cached(
                         "SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1",
                     )
-                    .and_then(|mut st| {
-                        st.query_row([key.as_bytes()], |r| {
-                            Ok(Row {
-                                holder: r.get(0)?,
-                                fence: r.get(1)?,
-                                boot_id: r.get(2)?,
-                                expires_ns: r.get(3)?,
-                            })
-                        })
-                        .optional()
-                    })
+                    .and_then(|mut st| st.query_row([key.as_bytes()], row_of).optional())
             };
             let row = match attempt {
                 Ok(row) => row,
@@ -621,16 +611,19 @@ fn read_row(tx: &rusqlite::Transaction<'_>, key: &str) -> rusqlite::Result<Optio
     tx.query_row(
         "SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1",
         [key.as_bytes()],
-        |r| {
-            Ok(Row {
-                holder: r.get(0)?,
-                fence: r.get(1)?,
-                boot_id: r.get(2)?,
-                expires_ns: r.get(3)?,
-            })
-        },
+        row_of,
     )
     .optional()
+}
+
+/// A `leases` row selected as `holder, fence, boot_id, expires_ns`.
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        holder: r.get(0)?,
+        fence: r.get(1)?,
+        boot_id: r.get(2)?,
+        expires_ns: r.get(3)?,
+    })
 }
 
 /// A holder as stored (the bytes of a `&str`), back as a string.

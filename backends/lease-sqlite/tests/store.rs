@@ -308,6 +308,18 @@ async fn a_relative_url_is_resolved_once_at_open() {
     );
 }
 
+/// Sets `key`'s fence to `i64::MAX`, the largest an SQLite `INTEGER` holds, behind the store's
+/// back.
+fn set_fence_to_the_maximum(db: &std::path::Path, key: &str) {
+    Connection::open(db)
+        .unwrap()
+        .execute(
+            "UPDATE leases SET fence = ?1 WHERE key = ?2",
+            (i64::MAX, key.as_bytes()),
+        )
+        .unwrap();
+}
+
 /// The fence counter is an SQLite `INTEGER` (i64): once a key's fence is `i64::MAX`, the next
 /// grant has no fence left to hand out. It must fail with a permanent error and leave the row
 /// alone, never grant the same fence again.
@@ -318,13 +330,7 @@ async fn a_fence_at_its_maximum_is_an_error_not_a_repeat() {
     let store = SqliteStore::open(&path).await.unwrap();
     let f = store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
     assert!(store.release("k", "a", f).await.unwrap());
-    Connection::open(&path)
-        .unwrap()
-        .execute(
-            "UPDATE leases SET fence = ?1 WHERE key = ?2",
-            (i64::MAX, b"k".as_slice()),
-        )
-        .unwrap();
+    set_fence_to_the_maximum(&path, "k");
     let err = store
         .try_lock(LEASE, "k", "b")
         .await
@@ -572,13 +578,7 @@ async fn a_break_at_the_maximum_fence_is_an_error_not_a_repeat() {
     let path = dir.path().join("locks.db");
     let store = SqliteStore::open(&path).await.unwrap();
     store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
-    Connection::open(&path)
-        .unwrap()
-        .execute(
-            "UPDATE leases SET fence = ?1 WHERE key = ?2",
-            (i64::MAX, b"k".as_slice()),
-        )
-        .unwrap();
+    set_fence_to_the_maximum(&path, "k");
     let err = store
         .break_lock("k")
         .await
@@ -617,13 +617,7 @@ async fn a_fence_above_i64_max_matches_no_lease() {
     let path = dir.path().join("locks.db");
     let store = SqliteStore::open(&path).await.unwrap();
     store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
-    Connection::open(&path)
-        .unwrap()
-        .execute(
-            "UPDATE leases SET fence = ?1 WHERE key = ?2",
-            (i64::MAX, b"k".as_slice()),
-        )
-        .unwrap();
+    set_fence_to_the_maximum(&path, "k");
     let bogus = Fence::new(u64::MAX).unwrap();
     assert!(!store.renew(LEASE, "k", "a", bogus).await.unwrap());
     assert!(!store.release("k", "a", bogus).await.unwrap());

@@ -465,35 +465,11 @@ pub async fn wait_for_change_is_bounded_and_wakes_on_release<S: LeaseStore>(stor
     let lease = store
         .capabilities()
         .effective_lease(Duration::from_secs(30));
-    let f = grant(&store, lease, &key, "alice").await;
-    let waiter = {
+    waiter_wakes_on(&store, &key, lease, "release", |fence| {
         let (store, key) = (store.clone(), key.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            store.wait_for_change(&key, Duration::from_secs(20)).await;
-            started.elapsed()
-        })
-    };
-    // Give the waiter time to subscribe; a notification is a hint, so release repeatedly until
-    // the waiter wakes, each time from a fresh grant.
-    let mut fence = f;
-    let woke = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(store.release(&key, "alice", fence).await.expect("release"));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if waiter.is_finished() {
-            break waiter.await.expect("waiter");
-        }
-        fence = grant(&store, lease, &key, "alice").await;
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "a store that declares notifications did not wake a waiter on release"
-        );
-    };
-    assert!(
-        woke < Duration::from_secs(15),
-        "waiter woke only after {woke:?}"
-    );
+        async move { assert!(store.release(&key, "alice", fence).await.expect("release")) }
+    })
+    .await;
 }
 
 async fn inspect<S: LeaseStore>(store: &S, key: &str) -> KeyState {
@@ -744,6 +720,50 @@ pub async fn break_of_a_released_key_raises_the_fence<S: LeaseStore>(store: S) {
     assert!(f2 > second.fence, "{f2} vs {}", second.fence);
 }
 
+/// Grants `key` to alice, starts a waiter, then ends alice's tenure with `end` (a release or a
+/// break) every half second, each time from a fresh grant, until the waiter wakes: a
+/// notification is a hint, so one may be missed, but a store that declares notifications must
+/// wake the waiter within a few tries.
+async fn waiter_wakes_on<S, F, Fut>(
+    store: &Arc<S>,
+    key: &str,
+    lease: Duration,
+    what: &str,
+    mut end: F,
+) where
+    S: LeaseStore,
+    F: FnMut(Fence) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let started = Instant::now();
+    let mut fence = grant(&**store, lease, key, "alice").await;
+    let waiter = {
+        let (store, key) = (store.clone(), key.to_owned());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            store.wait_for_change(&key, Duration::from_secs(20)).await;
+            started.elapsed()
+        })
+    };
+    let woke = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        end(fence).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if waiter.is_finished() {
+            break waiter.await.expect("waiter");
+        }
+        fence = grant(&**store, lease, key, "alice").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a store that declares notifications did not wake a waiter on a {what}"
+        );
+    };
+    assert!(
+        woke < Duration::from_secs(15),
+        "waiter woke only after {woke:?}"
+    );
+}
+
 /// A store that declares notifications wakes waiters on a break as on a release.
 pub async fn break_wakes_waiters<S: LeaseStore>(store: S) {
     if !store.capabilities().notifications {
@@ -754,36 +774,11 @@ pub async fn break_wakes_waiters<S: LeaseStore>(store: S) {
     let lease = store
         .capabilities()
         .effective_lease(Duration::from_secs(30));
-    let started = Instant::now();
-    let mut fence = grant(&store, lease, &key, "alice").await;
-    let waiter = {
+    waiter_wakes_on(&store, &key, lease, "break", |fence| {
         let (store, key) = (store.clone(), key.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            store.wait_for_change(&key, Duration::from_secs(20)).await;
-            started.elapsed()
-        })
-    };
-    // As for releases: a notification is a hint, so break repeatedly (each time from a fresh
-    // grant) until the waiter wakes.
-    let woke = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let broken = break_lock(&store, &key).await.expect("held");
-        assert!(broken.fence > fence);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if waiter.is_finished() {
-            break waiter.await.expect("waiter");
-        }
-        fence = grant(&store, lease, &key, "alice").await;
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "a store that declares notifications did not wake a waiter on a break"
-        );
-    };
-    assert!(
-        woke < Duration::from_secs(15),
-        "waiter woke only after {woke:?}"
-    );
+        async move { assert!(break_lock(&*store, &key).await.expect("held").fence > fence) }
+    })
+    .await;
 }
 
 /// `inspect` and `break_lock` validate the key as every operation does: an empty or over-long
