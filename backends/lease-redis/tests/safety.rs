@@ -282,6 +282,27 @@ async fn forward_step_of_the_redis_hosts_wall_clock_expires_every_lease() {
     assert_eq!(store.try_lock(LONG, "a", "carol").await.unwrap(), None);
 }
 
+/// Writes a live layout-1 lease of holder `old` on `key` (a `:lock` hash with a 60 s TTL) and its
+/// `:fence` counter at 41; returns the two keys.
+async fn layout_one_lease(
+    conn: &mut redis::aio::ConnectionManager,
+    prefix: &str,
+    key: &str,
+) -> (String, String) {
+    let (old_lock, old_fence) = (
+        format!("{prefix}{{{key}}}:lock"),
+        format!("{prefix}{{{key}}}:fence"),
+    );
+    let _: () = redis::pipe()
+        .hset_multiple(&old_fence, &[("f", "41"), ("h", "old")])
+        .hset_multiple(&old_lock, &[("f", "41"), ("h", "old")])
+        .pexpire(&old_lock, 60_000)
+        .query_async(conn)
+        .await
+        .unwrap();
+    (old_lock, old_fence)
+}
+
 /// Keys of layout 1 (a TTL'd `:lock` hash and a `:fence` counter): a live lease there is
 /// honoured, and fences continue from the old counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,17 +315,7 @@ async fn layout_one_leases_are_honoured_and_their_fences_continue() {
         .await
         .unwrap();
     let mut conn = store.connection();
-    let (old_lock, old_fence) = (
-        format!("{prefix}{{k}}:lock"),
-        format!("{prefix}{{k}}:fence"),
-    );
-    let _: () = redis::pipe()
-        .hset_multiple(&old_fence, &[("f", "41"), ("h", "old")])
-        .hset_multiple(&old_lock, &[("f", "41"), ("h", "old")])
-        .pexpire(&old_lock, 60_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let (old_lock, old_fence) = layout_one_lease(&mut conn, &prefix, "k").await;
     assert_eq!(
         store.try_lock(LONG, "k", "bob").await.unwrap(),
         None,
@@ -331,16 +342,9 @@ async fn inspect_and_break_judge_layout_one_keys_as_acquire_does() {
         .await
         .unwrap();
     let mut conn = store.connection();
-    let (old_lock, old_fence) = (
-        format!("{prefix}{{k}}:lock"),
-        format!("{prefix}{{k}}:fence"),
-    );
-    let _: () = redis::pipe()
-        .hset_multiple(&old_fence, &[("f", "41"), ("h", "old")])
-        .hset_multiple(&old_lock, &[("f", "41"), ("h", "old")])
-        .pexpire(&old_lock, 60_000)
+    layout_one_lease(&mut conn, &prefix, "k").await;
+    let _: () = conn
         .hset(format!("{prefix}{{c}}:fence"), "f", "7")
-        .query_async(&mut conn)
         .await
         .unwrap();
     let state = store.inspect("k").await.unwrap();
