@@ -254,7 +254,7 @@ pub(crate) fn etcd_endpoints(url: &str) -> anyhow::Result<(Vec<String>, String)>
     Ok((endpoints, prefix.to_owned()))
 }
 
-pub(crate) use lease_core::redact_url as redact;
+pub(crate) use lease_core::redact::redact_url as redact;
 
 /// The raw store operation of the same shape as an acquire.
 #[allow(clippy::large_enum_variant)] // one per worker

@@ -17,7 +17,7 @@ pub mod nemesis;
 pub mod slow;
 pub mod stats;
 
-pub use lease_core::redact_url as redact;
+pub use lease_core::redact::redact_url as redact;
 
 /// The directory a run writes to: `dir`, created when missing, or else a new temporary
 /// directory, removed when the returned guard is dropped.

@@ -1,13 +1,11 @@
 //! [`LockGuard`]: proof that this process holds a lease, while it does.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::detach::detachable;
-use crate::lock::Inner;
+use crate::lease::{Inner, release_call, signal_loss};
 use crate::state::Ticket;
 use crate::{Error, Fence, LeaseStore, StoreError};
 
@@ -91,7 +89,7 @@ impl<S: LeaseStore> LockGuard<S> {
                 // Past the deadline but the heartbeat has not run yet (a paused process that
                 // just resumed): end the lease here, so the loss signal fires now.
                 if let Some(p) = self.inner.state.lose(self.ticket.generation) {
-                    crate::lock::signal_loss(&self.inner, &p, "local deadline passed");
+                    signal_loss(&self.inner, &p, "local deadline passed");
                 }
                 false
             }
@@ -189,60 +187,5 @@ impl<S: LeaseStore> Drop for LockGuard<S> {
             let call = release_call(self.inner.clone(), fence, nonce, &payload.holder);
             drop(payload.runtime.spawn(call));
         }
-    }
-}
-
-/// The release of a lease taken under holder nonce `nonce` as `holder`, which must run to its
-/// end (spawned, or [`detachable`]); the caller has stopped the heartbeat and counted the release
-/// as pending (`drop_guard`, `begin_release`). The pending release is accounted for when the call
-/// ends in any way: answered, failed, panicked, or dropped unfinished (see [`ReleaseDone`]).
-pub(crate) fn release_call<S: LeaseStore>(
-    inner: Arc<Inner<S>>,
-    fence: Fence,
-    nonce: u64,
-    holder: &Arc<str>,
-) -> impl Future<Output = Result<bool, StoreError>> + Send + use<S> {
-    let holder = holder.clone();
-    let span = debug_span!("lease.release", key = %inner.key, fence = fence.get());
-    // Made before the future, so that a future dropped before its first poll accounts too.
-    let mut done = ReleaseDone {
-        inner: inner.clone(),
-        nonce,
-        certain: false,
-    };
-    async move {
-        if !inner.config.release_delay.is_zero() {
-            tokio::time::sleep(inner.config.release_delay).await;
-        }
-        let result = inner.store.release(&inner.key, &holder, fence).await;
-        match &result {
-            Ok(true) => debug!("lease released"),
-            Ok(false) => debug!("lease was no longer held at release"),
-            Err(e) => warn!(error = %e, "release failed; the lease lapses at its end"),
-        }
-        done.certain = result.is_ok();
-        drop(done);
-        result
-    }
-    .instrument(span)
-}
-
-/// Accounts for a release when its call ends, however it ends. Only an answer from the store is
-/// certain; an error, a panic in the store, or the call dropped unfinished (its runtime shut
-/// down) leaves the release possibly still in flight, to be applied late, so the holder nonce is
-/// retired and later leases use a holder string it cannot match.
-struct ReleaseDone<S> {
-    inner: Arc<Inner<S>>,
-    nonce: u64,
-    certain: bool,
-}
-
-impl<S> Drop for ReleaseDone<S> {
-    fn drop(&mut self) {
-        if !self.certain {
-            crate::metrics::uncertain_release(self.inner.store_name);
-        }
-        self.inner.state.release_done(self.nonce, self.certain);
-        self.inner.changed.notify_waiters();
     }
 }

@@ -150,10 +150,12 @@ mod error;
 mod fence;
 mod guard;
 mod holder;
+pub mod input;
+mod lease;
 mod lock;
 mod memory;
 pub mod metrics;
-mod redact;
+pub mod redact;
 mod state;
 mod store;
 mod sync;
@@ -170,8 +172,6 @@ pub use fence::{Fence, FenceGate, StaleFence};
 pub use guard::LockGuard;
 pub use lock::{CrossProcessLock, DEFAULT_LEASE, LockBuilder};
 pub use memory::MemoryStore;
-pub use redact::redact_url;
 pub use store::{
-    BrokenLock, Capabilities, DynLeaseStore, DynStore, KeyState, LeaseStore, MAX_KEY_LEN, validate,
-    validate_key,
+    BrokenLock, Capabilities, DynLeaseStore, DynStore, KeyState, LeaseStore, MAX_KEY_LEN,
 };

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::backoff::Backoff;
@@ -14,58 +13,10 @@ use crate::clock::{BootClock, SharedClock};
 use crate::detach::detachable;
 use crate::guard::LockGuard;
 use crate::holder::{self, HolderId};
-use crate::state::{Enter, HolderState, Ticket};
-use crate::{Error, Fence, LeaseStore, StoreError, metrics, validate};
-
-/// What a lease carries besides its fence: the holder string it was granted to, the loss signal
-/// and the heartbeat's stop signal.
-#[derive(Debug, Clone)]
-pub(crate) struct Payload {
-    /// The holder string of this lease (see [`HolderId::for_nonce`]).
-    pub(crate) holder: Arc<str>,
-    pub(crate) lost: CancellationToken,
-    pub(crate) stop: CancellationToken,
-    pub(crate) runtime: tokio::runtime::Handle,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Config {
-    pub(crate) lease: Duration,
-    pub(crate) renew_every: Duration,
-    pub(crate) margin: Duration,
-    pub(crate) backoff_min: Duration,
-    pub(crate) backoff_max: Duration,
-    pub(crate) jitter: bool,
-    pub(crate) notifications: bool,
-    pub(crate) release_delay: Duration,
-    /// Renewals on a grid shared by every lock with this renew interval (see
-    /// [`Capabilities::batched_renewals`](crate::Capabilities::batched_renewals)).
-    pub(crate) aligned_renewals: bool,
-}
-
-pub(crate) struct Inner<S> {
-    pub(crate) store: S,
-    pub(crate) key: String,
-    pub(crate) holder: HolderId,
-    registered: bool,
-    pub(crate) config: Config,
-    pub(crate) clock: SharedClock,
-    pub(crate) state: HolderState<Payload>,
-    /// Woken whenever this process's lease on the key is acquired, released or lost, so that
-    /// waiters in this process retry at once instead of each polling the store.
-    pub(crate) changed: Notify,
-    /// Single flight: at most one store acquisition of this key per process at a time.
-    acquiring: Arc<tokio::sync::Mutex<()>>,
-    pub(crate) store_name: &'static str,
-}
-
-impl<S> Drop for Inner<S> {
-    fn drop(&mut self) {
-        if self.registered {
-            holder::unregister(&self.key, &self.holder.full);
-        }
-    }
-}
+use crate::input::validate;
+use crate::lease::{self, Config, Inner, signal_loss};
+use crate::state::{Enter, HolderState};
+use crate::{Error, LeaseStore, StoreError, metrics};
 
 /// A lease lock on one key, shared by every process that uses the same store and key.
 ///
@@ -161,7 +112,10 @@ impl<S: LeaseStore> LockBuilder<S> {
 
     /// Whether waiting calls and the heartbeat's retries jitter their backoff (default `true`).
     /// Turning it off makes waiters that started together poll together; it exists to reproduce
-    /// older designs in benchmarks, and to make simulated runs repeat exactly.
+    /// older designs in benchmarks, and to make simulated runs repeat exactly (feature
+    /// `comparison`).
+    #[cfg(feature = "comparison")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "comparison")))]
     pub fn jitter(mut self, yes: bool) -> Self {
         self.jitter = yes;
         self
@@ -169,7 +123,9 @@ impl<S: LeaseStore> LockBuilder<S> {
 
     /// Whether waiting calls wake early on store notifications and on releases and grants
     /// within this process (default `true`). Without, they only poll on their backoff schedule;
-    /// this exists to reproduce older designs in benchmarks.
+    /// this exists to reproduce older designs in benchmarks (feature `comparison`).
+    #[cfg(feature = "comparison")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "comparison")))]
     pub fn wake_on_notifications(mut self, yes: bool) -> Self {
         self.notifications = yes;
         self
@@ -177,7 +133,9 @@ impl<S: LeaseStore> LockBuilder<S> {
 
     /// Holds every release back by this long before sending it (default zero: at once). A
     /// non-zero delay only reproduces older designs that released on the next heartbeat tick,
-    /// for benchmarks; it slows every handoff by that much.
+    /// for benchmarks (feature `comparison`); it slows every handoff by that much.
+    #[cfg(feature = "comparison")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "comparison")))]
     pub fn release_delay(mut self, delay: Duration) -> Self {
         self.release_delay = delay;
         self
@@ -630,12 +588,7 @@ async fn acquire_from_store<S: LeaseStore>(
                 // In its own task, like every release: one that hangs must not hold the
                 // single-flight permit (found by the simulation).
                 inner.state.begin_release(nonce);
-                tokio::spawn(crate::guard::release_call(
-                    inner.clone(),
-                    fence,
-                    nonce,
-                    &holder,
-                ));
+                tokio::spawn(lease::release_call(inner.clone(), fence, nonce, &holder));
                 return Err(Error::Store(StoreError::transient(
                     inner.store_name,
                     format!(
@@ -649,19 +602,7 @@ async fn acquire_from_store<S: LeaseStore>(
                 )));
             }
             metrics::acquired(inner.store_name, started.elapsed());
-            let payload = Payload {
-                holder,
-                lost: CancellationToken::new(),
-                stop: CancellationToken::new(),
-                runtime: tokio::runtime::Handle::current(),
-            };
-            let (ticket, previous) = inner.state.install(fence, deadline, nonce, payload.clone());
-            if let Some(previous) = previous {
-                signal_loss(&inner, &previous, "superseded by a new grant");
-            }
-            debug!(key = %inner.key, fence = fence.get(), dirty = ticket.dirty, "lease acquired");
-            tokio::spawn(heartbeat(inner.clone(), ticket, payload));
-            inner.changed.notify_waiters();
+            let ticket = lease::start(&inner, fence, deadline, nonce, holder);
             Ok(Some(LockGuard::new(inner, ticket)))
         }
         Ok(None) => {
@@ -684,153 +625,6 @@ async fn acquire_from_store<S: LeaseStore>(
                 inner.state.retire(nonce);
             }
             Err(Error::Store(e))
-        }
-    }
-}
-
-/// Ends a lease as lost: fires every guard's loss signal (once) and stops the heartbeat.
-pub(crate) fn signal_loss<S>(inner: &Inner<S>, payload: &Payload, reason: &'static str) {
-    warn!(key = %inner.key, holder = %inner.holder.label, reason, "lease lost");
-    metrics::lost(inner.store_name, reason);
-    payload.stop.cancel();
-    payload.lost.cancel();
-    inner.changed.notify_waiters();
-}
-
-/// When the next renewal is due: `renew_every` from now, or, with `aligned`, the last multiple
-/// of `renew_every` on the lock's clock before that. Every lock of the process with the same
-/// interval shares those instants (the clock counts from boot), so the renewals of many keys
-/// leave together and the store can batch them. Only the first renewal after a grant comes
-/// early (anywhere in the first interval, never later); the next ones are one interval apart.
-fn next_renewal<S>(inner: &Inner<S>, renew_every: Duration, aligned: bool) -> Instant {
-    let due = Instant::now() + renew_every;
-    if !aligned {
-        return due;
-    }
-    let grid = renew_every.as_nanos().max(1);
-    let at = (inner.clock.now() + renew_every).as_nanos();
-    let early = u64::try_from(at % grid).unwrap_or(0);
-    due - Duration::from_nanos(early)
-}
-
-/// Renews lease `ticket` every `renew_every` until it is released or lost.
-///
-/// The local deadline is *send time of the last successful renewal + lease − margin* on the
-/// lock's clock, and it is waited for on that clock ([`Clock::sleep_until`](crate::Clock)), not
-/// on tokio's timer, which stops during a suspend. Transient store errors are retried with a
-/// short jittered backoff until that deadline; a permanent error, a refusal, an answer arriving
-/// after the deadline, or the deadline itself ends the lease as lost.
-async fn heartbeat<S: LeaseStore>(inner: Arc<Inner<S>>, ticket: Ticket, payload: Payload) {
-    let Config {
-        lease,
-        renew_every,
-        margin,
-        aligned_renewals,
-        ..
-    } = inner.config;
-    let fence: Fence = ticket.fence;
-    let mut next_renew = next_renewal(&inner, renew_every, aligned_renewals);
-    let new_retry = || {
-        let b = Backoff::new(
-            (renew_every / 16).max(Duration::from_millis(1)),
-            (renew_every / 2).max(Duration::from_millis(1)),
-        );
-        if inner.config.jitter {
-            b
-        } else {
-            b.without_jitter()
-        }
-    };
-    let mut retry = new_retry();
-    let span = debug_span!("lease.heartbeat", key = %inner.key, fence = fence.get());
-    let lose = |reason| {
-        if let Some(p) = inner.state.lose(ticket.generation) {
-            signal_loss(&inner, &p, reason);
-        }
-    };
-    // If this task ends any other way than by release or loss (the store panicked in `renew`,
-    // the runtime shut down), nobody renews the lease any more: it is lost.
-    let _lose_on_exit = LoseOnDrop {
-        inner: &inner,
-        generation: ticket.generation,
-    };
-    async {
-        loop {
-            let Some(deadline) = inner.state.deadline(ticket.generation) else {
-                return; // released or lost
-            };
-            if inner.clock.now() >= deadline {
-                return lose("local deadline passed");
-            }
-            // Biased, in this order: a stop wins over a due deadline, which wins over a due
-            // renewal (and the order is the same on every run, which the simulation relies on).
-            tokio::select! {
-                biased;
-                () = payload.stop.cancelled() => return,
-                () = inner.clock.sleep_until(deadline) => continue, // lost at the loop's top
-                () = tokio::time::sleep_until(next_renew) => {}
-            }
-            let sent = inner.clock.now();
-            if sent >= deadline {
-                return lose("local deadline passed");
-            }
-            let renew = inner.store.renew(lease, &inner.key, &payload.holder, fence);
-            let result = tokio::select! {
-                biased;
-                () = payload.stop.cancelled() => return,
-                () = inner.clock.sleep_until(deadline) => {
-                    return lose("renewal did not answer before the local deadline");
-                }
-                r = renew => r,
-            };
-            match result {
-                // An answer that comes at or after the deadline extends nothing: the lease may
-                // have lapsed in the store before the renewal reached it.
-                Ok(true) if inner.clock.now() >= deadline => {
-                    return lose("renewal answered after the local deadline");
-                }
-                Ok(true) => {
-                    let new_deadline = sent + lease - margin;
-                    metrics::renewed(inner.store_name, deadline.saturating_sub(inner.clock.now()));
-                    if !inner.state.renewed(ticket.generation, new_deadline) {
-                        return;
-                    }
-                    retry = new_retry();
-                    next_renew = next_renewal(&inner, renew_every, aligned_renewals);
-                    debug!(
-                        left = ?new_deadline.saturating_sub(inner.clock.now()),
-                        "lease renewed"
-                    );
-                }
-                Ok(false) => return lose("store names another holder"),
-                Err(e) if e.is_transient() => {
-                    metrics::renew_failed(inner.store_name);
-                    debug!(error = %e, "renewal failed, retrying before the deadline");
-                    next_renew = Instant::now() + retry.next_delay();
-                }
-                Err(e) => {
-                    metrics::renew_failed(inner.store_name);
-                    warn!(error = %e, "renewal failed permanently");
-                    return lose("renewal failed permanently");
-                }
-            }
-        }
-    }
-    .instrument(span)
-    .await
-}
-
-/// Ends a lease as lost when the heartbeat task ends without having ended it (a panic, a runtime
-/// shut down); a no-op after a release or a loss, since each lease ends once.
-struct LoseOnDrop<'a, S> {
-    inner: &'a Inner<S>,
-    generation: u64,
-}
-
-impl<S> Drop for LoseOnDrop<'_, S> {
-    fn drop(&mut self) {
-        if let Some(p) = self.inner.state.lose(self.generation) {
-            signal_loss(self.inner, &p, "heartbeat ended unexpectedly");
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::clock::{SharedClock, TokioClock};
-use crate::store::{validate, validate_key};
+use crate::input::{validate, validate_key};
 use crate::{BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError};
 
 const NAME: &str = "memory";
@@ -91,13 +91,6 @@ impl MemoryStore {
         if let Some(e) = self.keys().get_mut(key) {
             e.expires = now;
         }
-        self.inner.changed.notify_waiters();
-    }
-
-    /// Forgets every key and fence, as a store restarted without persistence would. For tests of
-    /// fence-regression detection.
-    pub fn forget_everything(&self) {
-        self.keys().clear();
         self.inner.changed.notify_waiters();
     }
 }

@@ -450,7 +450,10 @@ mod loom_tests {
             let (t, _) = st.install(fence(), LATER, 0, ());
             let enter = {
                 let st = st.clone();
-                thread::spawn(move || matches!(st.enter(Duration::ZERO), Enter::Entered(_)))
+                thread::spawn(move || match st.enter(Duration::ZERO) {
+                    Enter::Entered(ticket) => Some(ticket),
+                    _ => None,
+                })
             };
             let lost = st.lose(t.generation).is_some();
             let entered = enter.join().unwrap();
@@ -458,8 +461,15 @@ mod loom_tests {
                 lost,
                 "the loss must end the lease whatever the interleaving"
             );
+            if let Some(ticket) = entered {
+                // A guard taken before the loss belongs to the lost lease: it has no deadline
+                // any more (so it reports the lease as not held) and counts no guard.
+                assert_eq!(ticket.generation, t.generation);
+                assert_eq!(st.deadline(ticket.generation), None);
+                assert!(!st.clone_guard(ticket.generation));
+            }
+            assert_eq!(st.guards(), 0);
             assert!(matches!(st.enter(Duration::ZERO), Enter::Vacant));
-            let _ = entered;
         });
     }
 

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::input::validate_key;
 use crate::{Fence, StoreError};
 
 /// The longest key or holder, in bytes, that every store accepts.
@@ -34,7 +35,7 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// Every check-and-set is atomic in the store (one script, one transaction), never a read followed
 /// by a blind write. Expiry is decided by one clock (the store server's, or for an embedded store
 /// the host's suspend-aware monotonic clock), never by comparing the clocks of two processes.
-/// Keys and holders are arbitrary strings of 1 to [`MAX_KEY_LEN`] bytes (see [`validate`]); they
+/// Keys and holders are arbitrary strings of 1 to [`MAX_KEY_LEN`] bytes (see [`input::validate`](crate::input::validate)); they
 /// are passed as bound parameters, never spliced into a query, and no key collides with another.
 ///
 /// # Errors
@@ -113,7 +114,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// or broken (fence = the last fence the store handed out, by a grant or by
     /// [`break_lock`](Self::break_lock)). The conformance suite checks both.
     ///
-    /// The key is validated first, as by every operation ([`validate_key`]). The default then
+    /// The key is validated first, as by every operation ([`input::validate_key`](crate::input::validate_key)). The default then
     /// answers [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported) naming the
     /// store; every store of this workspace implements it.
     ///
@@ -148,7 +149,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// may still be working: that is what its fenced writes are for.
     ///
     /// The lock never calls this; it is for operator tools and tests. The key is validated first
-    /// ([`validate_key`]); the default then answers
+    /// ([`input::validate_key`](crate::input::validate_key)); the default then answers
     /// [`StoreErrorKind::Unsupported`](crate::StoreErrorKind::Unsupported) naming the store. Every
     /// store of this workspace implements it.
     ///
@@ -394,44 +395,6 @@ impl Capabilities {
     }
 }
 
-/// Checks a key and a holder against the contract's input rules: each is 1 to [`MAX_KEY_LEN`]
-/// bytes. Any byte is allowed otherwise, including `/`, `{`, `}`, `:`, `%`, quotes, NUL and
-/// non-ASCII characters.
-///
-/// # Errors
-///
-/// [`StoreErrorKind::InvalidInput`](crate::StoreErrorKind::InvalidInput) naming what is wrong.
-pub fn validate(store: &'static str, key: &str, holder: &str) -> Result<(), StoreError> {
-    validate_one(store, "key", key)?;
-    validate_one(store, "holder", holder)
-}
-
-/// Checks a key alone against the contract's input rules (as [`validate`] does), for the
-/// operations that take no holder ([`LeaseStore::inspect`], [`LeaseStore::break_lock`]).
-///
-/// # Errors
-///
-/// [`StoreErrorKind::InvalidInput`](crate::StoreErrorKind::InvalidInput) naming what is wrong.
-pub fn validate_key(store: &'static str, key: &str) -> Result<(), StoreError> {
-    validate_one(store, "key", key)
-}
-
-fn validate_one(store: &'static str, what: &str, value: &str) -> Result<(), StoreError> {
-    if value.is_empty() {
-        return Err(StoreError::invalid_input(store, format!("{what} is empty")));
-    }
-    if value.len() > MAX_KEY_LEN {
-        return Err(StoreError::invalid_input(
-            store,
-            format!(
-                "{what} is {} bytes long, the limit is {MAX_KEY_LEN}",
-                value.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// The dyn-compatible form of [`LeaseStore`], implemented for every store, so that a store can be
 /// chosen at run time (for example from a URL). Wrap it in [`DynStore`] to use it with a lock.
 #[async_trait::async_trait]
@@ -515,11 +478,6 @@ impl DynStore {
     /// Wraps a concrete store.
     pub fn new(store: impl LeaseStore) -> Self {
         Self(Arc::new(store))
-    }
-
-    /// Wraps a store that is already shared.
-    pub fn from_arc(store: Arc<dyn DynLeaseStore>) -> Self {
-        Self(store)
     }
 
     /// The concrete store behind this one, if it is an `S`: for the store's own methods (its
@@ -746,15 +704,5 @@ mod tests {
             assert_eq!(memory.fence("k"), Some(broken.fence));
             last = broken.fence;
         }
-    }
-
-    #[test]
-    fn validate_names_what_is_wrong() {
-        let e = validate("t", "", "h").unwrap_err();
-        assert!(e.to_string().contains("key is empty"), "{e}");
-        let long = "k".repeat(MAX_KEY_LEN + 1);
-        let e = validate("t", "k", &long).unwrap_err();
-        assert!(e.to_string().contains("holder is 1025 bytes"), "{e}");
-        validate("t", &"k".repeat(MAX_KEY_LEN), "\0{}:%\"' é").unwrap();
     }
 }

@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use cli::{Action, Cli, RunArgs, StoreArgs, exit};
 use group::Group;
-use leasehold::{
-    CrossProcessLock, DynStore, Error, LeaseStore, LockGuard, StoreErrorKind, redact_url,
-};
+use leasehold::redact::redact_url;
+use leasehold::{CrossProcessLock, DynStore, Error, LeaseStore, LockGuard, StoreErrorKind};
 use rustix::process::Signal;
 use tokio::signal::unix::signal;
 use tracing::{info, warn};

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use leasehold::{DynStore, KeyState, LeaseStore, redact_url};
+use leasehold::redact::redact_url;
+use leasehold::{DynStore, KeyState, LeaseStore};
 
 use crate::cli::{BreakArgs, StatusArgs, exit};
 use crate::{Failure, store_url};

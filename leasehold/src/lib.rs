@@ -45,7 +45,7 @@
 //!
 //! A URL whose store is not built gives [`OpenError::NotBuilt`], naming the feature to enable.
 //! Every URL in an error message, a `Debug` string or a log line has its credentials hidden
-//! ([`redact_url`]).
+//! ([`redact::redact_url`]).
 //!
 //! Each store documents what it guarantees (one host for SQLite; the Redis server's clock and
 //! durability; etcd's Raft-durable fences): read its module before choosing it.

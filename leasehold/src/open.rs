@@ -1,7 +1,8 @@
 //! Opening the store a URL names, in the manner of object_store's `parse_url`: the scheme picks
 //! the store, the store parses the rest.
 
-use lease_core::{DynStore, StoreError, redact_url};
+use lease_core::redact::redact_url;
+use lease_core::{DynStore, StoreError};
 
 /// The stores a URL can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -127,7 +127,7 @@ impl EtcdStoreBuilder {
                     NAME,
                     format!(
                         "endpoint `{}` is not of the form host:port",
-                        lease_core::redact_url(e)
+                        lease_core::redact::redact_url(e)
                     ),
                 ));
             }

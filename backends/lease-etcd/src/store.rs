@@ -11,9 +11,9 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
     Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
+use lease_core::input::{validate, validate_key};
 use lease_core::{
-    BootClock, BrokenLock, Capabilities, Clock, Fence, KeyState, LeaseStore, StoreError, validate,
-    validate_key,
+    BootClock, BrokenLock, Capabilities, Clock, Fence, KeyState, LeaseStore, StoreError,
 };
 use tracing::debug;
 

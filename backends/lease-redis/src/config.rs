@@ -223,7 +223,7 @@ impl fmt::Debug for RedisStoreBuilder {
     }
 }
 
-pub use lease_core::redact_url;
+use lease_core::redact::redact_url;
 
 #[cfg(test)]
 mod tests {

@@ -215,7 +215,7 @@ mod notify;
 mod scripts;
 mod store;
 
-pub use config::{DEFAULT_PREFIX, MAX_PREFIX_LEN, RedisStoreBuilder, redact_url};
+pub use config::{DEFAULT_PREFIX, MAX_PREFIX_LEN, RedisStoreBuilder};
 /// What [`break_lock`](lease_core::LeaseStore::break_lock) reports; the shared type of
 /// lease-core, re-exported under its old name here.
 pub use lease_core::BrokenLock;

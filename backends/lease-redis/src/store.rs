@@ -6,9 +6,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use lease_core::input::{validate, validate_key};
 use lease_core::{
-    BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError, StoreErrorKind, validate,
-    validate_key,
+    BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError, StoreErrorKind,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::{debug, warn};

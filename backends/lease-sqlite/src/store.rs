@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lease_core::{
-    BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError, validate, validate_key,
-};
+use lease_core::input::{validate, validate_key};
+use lease_core::{BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError};
 use rand::Rng;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -367,7 +366,7 @@ fn lease_ns(lease: Duration) -> i64 {
 }
 
 fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
-    let shown = lease_core::redact_url(url);
+    let shown = lease_core::redact::redact_url(url);
     let Some(rest) = url.strip_prefix("sqlite://") else {
         return Err(StoreError::invalid_input(
             NAME,

@@ -17,7 +17,7 @@ pub mod conformance;
 mod fault;
 mod jump;
 
-pub use fault::{Call, Fault, FaultStore};
+pub use fault::{Call, Calls, Fault, FaultStore};
 pub use jump::JumpClock;
 
 /// Stamps out one `#[tokio::test]` per conformance case for a store factory.
