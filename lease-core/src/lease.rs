@@ -45,6 +45,18 @@ pub(crate) struct Config {
     /// Renewals on a grid shared by every lock with this renew interval (see
     /// [`Capabilities::batched_renewals`](crate::Capabilities::batched_renewals)).
     pub(crate) aligned_renewals: bool,
+    /// Waiting calls queue in the store ([`LeaseStore::enqueue`]) rather than poll `try_lock`.
+    pub(crate) queued: bool,
+    /// How long a queue entry stays live without a refresh (see [`LeaseStore::enqueue`]).
+    pub(crate) patience: Duration,
+}
+
+/// This process's place in the store's queue for the key: how many waiting calls share it, and
+/// the holder nonce it was made under (`None`: not queued, as far as this process knows).
+#[derive(Debug, Default)]
+pub(crate) struct QueueState {
+    waiting: usize,
+    queued: Option<u64>,
 }
 
 pub(crate) struct Inner<S> {
@@ -60,6 +72,8 @@ pub(crate) struct Inner<S> {
     pub(crate) changed: Notify,
     /// Single flight: at most one store acquisition of this key per process at a time.
     pub(crate) acquiring: Arc<tokio::sync::Mutex<()>>,
+    /// This process's entry in the store's queue (queued stores only).
+    pub(crate) queue: std::sync::Mutex<QueueState>,
     pub(crate) store_name: &'static str,
 }
 
@@ -69,6 +83,87 @@ impl<S> Drop for Inner<S> {
             holder::unregister(&self.key, &self.holder.full);
         }
     }
+}
+
+impl<S> Inner<S> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // Plain counters, each update one assignment: a poisoned lock is still consistent.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes that an `enqueue` under holder nonce `nonce` is being sent, so this process may
+    /// have an entry in the store's queue.
+    pub(crate) fn queued_under(&self, nonce: u64) {
+        self.queue().queued = Some(nonce);
+    }
+}
+
+/// One waiting call of this process on a queued key, for as long as it waits. When the last
+/// one stops waiting without the lease (it timed out, failed, or was dropped), the process's
+/// entry is taken out of the store's queue, and a grant that raced in is released to the next
+/// waiter ([`LeaseStore::leave_queue`]), in a task of its own.
+pub(crate) struct Waiting<S: LeaseStore> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: LeaseStore> Waiting<S> {
+    pub(crate) fn new(inner: &Arc<Inner<S>>) -> Self {
+        inner.queue().waiting += 1;
+        Self {
+            inner: inner.clone(),
+        }
+    }
+}
+
+impl<S: LeaseStore> Drop for Waiting<S> {
+    fn drop(&mut self) {
+        let last_queued = {
+            let mut q = self.inner.queue();
+            q.waiting -= 1;
+            q.waiting == 0 && q.queued.is_some()
+        };
+        if last_queued && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // Without a runtime the entry lapses by its patience, a grant to it by its lease.
+            drop(runtime.spawn(leave_queue(self.inner.clone())));
+        }
+    }
+}
+
+/// Takes this process's entry out of the store's queue, unless a waiting call or a lease of
+/// this process needs it by the time the single-flight permit is had. Counted as a pending
+/// release under the entry's nonce, as it may release a grant: a later acquisition under that
+/// holder waits for it to land first.
+async fn leave_queue<S: LeaseStore>(inner: Arc<Inner<S>>) {
+    let permit = inner.acquiring.clone().lock_owned().await;
+    let nonce = {
+        let mut q = inner.queue();
+        if q.waiting > 0 {
+            return; // a new waiting call queued meanwhile: it keeps the entry
+        }
+        match q.queued.take() {
+            Some(nonce) => nonce,
+            None => return, // a grant took the entry meanwhile
+        }
+    };
+    inner.state.begin_release(nonce);
+    drop(permit);
+    let holder = inner.holder.for_nonce(nonce);
+    let mut done = ReleaseDone {
+        inner: inner.clone(),
+        nonce,
+        certain: false,
+    };
+    let result = inner
+        .store
+        .leave_queue(&inner.key, &holder)
+        .instrument(debug_span!("lease.leave_queue", key = %inner.key))
+        .await;
+    match &result {
+        Ok(true) => debug!("left the queue; a grant that raced in was passed on"),
+        Ok(false) => debug!("left the queue"),
+        Err(e) => warn!(error = %e, "leaving the queue failed; the entry lapses by itself"),
+    }
+    done.certain = result.is_ok();
 }
 
 /// Starts the lease granted as `fence` under holder nonce `nonce`: installs it with its local
@@ -87,6 +182,8 @@ pub(crate) fn start<S: LeaseStore>(
         stop: CancellationToken::new(),
         runtime: tokio::runtime::Handle::current(),
     };
+    // A grant by `enqueue` took this process's entry out of the store's queue.
+    inner.queue().queued = None;
     let (ticket, previous) = inner.state.install(fence, deadline, nonce, payload.clone());
     if let Some(previous) = previous {
         signal_loss(inner, &previous, "superseded by a new grant");

@@ -60,6 +60,16 @@
 //! deadline, and by lease − margin in any case; a store that never answers makes
 //! [`CrossProcessLock::try_lock_once`] fail with a transient error after that long.
 //!
+//! *Queued waiting*: with a store that keeps a queue of waiters per key
+//! ([`Capabilities::queued_grants`]), a waiting call queues instead ([`LeaseStore::enqueue`],
+//! one entry per lock object, shared by its tasks), and a release hands the key to the oldest
+//! live waiter in the same atomic step of the store. A newcomer, including the process that just
+//! released, does not take the key while a live waiter is queued. Waiters refresh their entry
+//! at every poll; an entry not refreshed within its patience is skipped. A waiter that gives
+//! up leaves the queue, and passes on a grant that raced in. The store's record stays the
+//! truth: a waiter always confirms its grant with a store call, which starts its local
+//! deadline. [`LockBuilder::barging`] keeps the polling behaviour for comparison.
+//!
 //! *A late grant is no grant*: the local deadline of a grant counts from the moment the request
 //! was sent, and is checked again when the reply arrives. A reply at or past it (a slow link, a
 //! store election, a suspend while the reply was on the way) is released, not handed out, and the
@@ -173,5 +183,5 @@ pub use guard::LockGuard;
 pub use lock::{CrossProcessLock, DEFAULT_LEASE, LockBuilder};
 pub use memory::MemoryStore;
 pub use store::{
-    BrokenLock, Capabilities, DynLeaseStore, DynStore, KeyState, LeaseStore, MAX_KEY_LEN,
+    BrokenLock, Capabilities, DynLeaseStore, DynStore, Enqueued, KeyState, LeaseStore, MAX_KEY_LEN,
 };

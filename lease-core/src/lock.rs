@@ -16,7 +16,7 @@ use crate::holder::{self, HolderId};
 use crate::input::validate;
 use crate::lease::{self, Config, Inner, signal_loss};
 use crate::state::{Enter, HolderState};
-use crate::{Error, LeaseStore, StoreError, metrics};
+use crate::{Enqueued, Error, LeaseStore, StoreError, metrics};
 
 /// A lease lock on one key, shared by every process that uses the same store and key.
 ///
@@ -72,6 +72,7 @@ pub struct LockBuilder<S> {
     jitter: bool,
     notifications: bool,
     release_delay: Duration,
+    barging: bool,
     clock: Option<SharedClock>,
 }
 
@@ -138,6 +139,22 @@ impl<S: LeaseStore> LockBuilder<S> {
     #[cfg_attr(docsrs, doc(cfg(feature = "comparison")))]
     pub fn release_delay(mut self, delay: Duration) -> Self {
         self.release_delay = delay;
+        self
+    }
+
+    /// Whether waiting calls poll the key instead of queueing for it (default `false`).
+    ///
+    /// With a store that keeps waiter queues ([`Capabilities::queued_grants`]), a waiting call
+    /// queues once and a release hands the key to the oldest live waiter, so waiters are served
+    /// in order and a handoff costs the release's store write. In barging mode the lock instead
+    /// retries [`try_lock`](LeaseStore::try_lock) on its backoff schedule, woken by
+    /// notifications, and whoever asks first after a release wins (a store with queues still
+    /// lets no newcomer overtake a live queued waiter). A store without queues always works this
+    /// way.
+    ///
+    /// [`Capabilities::queued_grants`]: crate::Capabilities::queued_grants
+    pub fn barging(mut self, yes: bool) -> Self {
+        self.barging = yes;
         self
     }
 
@@ -237,11 +254,15 @@ impl<S: LeaseStore> LockBuilder<S> {
                     notifications: self.notifications,
                     release_delay: self.release_delay,
                     aligned_renewals: caps.batched_renewals,
+                    queued: caps.queued_grants && !self.barging,
+                    // Waiters refresh their entry at every poll, at most `backoff_max` apart.
+                    patience: (backoff_max * 4).max(Duration::from_secs(1)),
                 },
                 clock: self.clock.unwrap_or_else(|| Arc::new(BootClock)),
                 state: HolderState::new(),
                 changed: Notify::new(),
                 acquiring: Arc::new(tokio::sync::Mutex::new(())),
+                queue: std::sync::Mutex::new(lease::QueueState::default()),
                 store_name: caps.name,
             }),
         })
@@ -264,6 +285,7 @@ impl<S: LeaseStore> CrossProcessLock<S> {
             jitter: true,
             notifications: true,
             release_delay: Duration::ZERO,
+            barging: false,
             clock: None,
         }
     }
@@ -308,9 +330,9 @@ impl<S: LeaseStore> CrossProcessLock<S> {
     /// Cancel-safe: if the future is dropped while the store call is in flight, the call
     /// completes in the background and a lease it granted is released at once.
     pub async fn try_lock_once(&self) -> Result<LockGuard<S>, Error> {
-        match self.acquire_once(None).await? {
+        match self.acquire_once(None, false).await? {
             Attempt::Granted(g) => Ok(g),
-            Attempt::Busy => Err(Error::Busy {
+            Attempt::Busy | Attempt::Queued(_) => Err(Error::Busy {
                 key: self.inner.key.clone(),
             }),
             // Only an attempt with a call deadline times out; none was given.
@@ -395,6 +417,10 @@ impl<S: LeaseStore> CrossProcessLock<S> {
         }
         let span =
             debug_span!("lease.wait", key = %self.inner.key, holder = %self.inner.holder.label);
+        // While this call waits in a queued store, it counts as one of this process's waiters on
+        // the key; the last one to give up without the lease takes the process's entry out of
+        // the store's queue.
+        let _waiting = config.queued.then(|| lease::Waiting::new(&self.inner));
         async {
             let mut failing_since: Option<Instant> = None;
             loop {
@@ -404,12 +430,17 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                 tokio::pin!(changed);
                 changed.as_mut().enable();
                 let mut store_failed = false;
-                match self.acquire_once(deadline).await {
+                let mut queued_as = None;
+                match self.acquire_once(deadline, config.queued).await {
                     Ok(Attempt::Granted(guard)) => {
                         metrics::wait(self.inner.store_name, started.elapsed());
                         return Ok(guard);
                     }
                     Ok(Attempt::Busy) => failing_since = None,
+                    Ok(Attempt::Queued(holder)) => {
+                        failing_since = None;
+                        queued_as = Some(holder);
+                    }
                     Ok(Attempt::TimedOut) => {
                         return Err(Error::TimedOut {
                             key: self.inner.key.clone(),
@@ -445,7 +476,16 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                     }
                     pause = pause.min(deadline - now);
                 }
-                if config.notifications && !store_failed {
+                if let Some(holder) = queued_as.filter(|_| config.notifications) {
+                    // Queued: the store hands the key over on release; this waits for that (the
+                    // next attempt confirms it and starts the local deadline) and refreshes the
+                    // entry at least every `backoff_max`.
+                    tokio::select! {
+                        biased;
+                        _ = self.inner.store.wait_for_grant(&self.inner.key, &holder, pause) => {}
+                        () = &mut changed => {}
+                    }
+                } else if config.notifications && !store_failed {
                     tokio::select! {
                         biased;
                         () = self.inner.store.wait_for_change(&self.inner.key, pause) => {}
@@ -466,7 +506,14 @@ impl<S: LeaseStore> CrossProcessLock<S> {
     /// answer) ends by `call_deadline` ([`Attempt::TimedOut`]) and by the attempt's own limit of
     /// lease − margin (a transient error): a grant answered later than that would be past its
     /// local deadline on arrival anyway.
-    async fn acquire_once(&self, call_deadline: Option<Instant>) -> Result<Attempt<S>, Error> {
+    ///
+    /// With `queue`, the store call is [`LeaseStore::enqueue`] (a waiting call of a queued
+    /// store), otherwise [`LeaseStore::try_lock`].
+    async fn acquire_once(
+        &self,
+        call_deadline: Option<Instant>,
+        queue: bool,
+    ) -> Result<Attempt<S>, Error> {
         if let Some(guard) = self.enter() {
             return Ok(Attempt::Granted(guard));
         }
@@ -523,11 +570,10 @@ impl<S: LeaseStore> CrossProcessLock<S> {
         let inner = self.inner.clone();
         let call = detachable(async move {
             let _permit = permit;
-            acquire_from_store(inner).await
+            acquire_from_store(inner, queue).await
         });
         match tokio::time::timeout_at(limit, call).await {
-            Ok(Ok(Ok(Some(guard)))) => Ok(Attempt::Granted(guard)),
-            Ok(Ok(Ok(None))) => Ok(Attempt::Busy),
+            Ok(Ok(Ok(attempt))) => Ok(attempt),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(e)) => Err(Error::Store(StoreError::permanent(
                 self.inner.store_name,
@@ -558,13 +604,16 @@ enum Attempt<S: LeaseStore> {
     Granted(LockGuard<S>),
     /// Another holder has the key.
     Busy,
+    /// Another holder has the key, and this process is queued for it under this holder string.
+    Queued(Arc<str>),
     /// The call's deadline passed first.
     TimedOut,
 }
 
 async fn acquire_from_store<S: LeaseStore>(
     inner: Arc<Inner<S>>,
-) -> Result<Option<LockGuard<S>>, Error> {
+    queue: bool,
+) -> Result<Attempt<S>, Error> {
     let Config { lease, margin, .. } = inner.config;
     let nonce = inner.state.nonce();
     let holder = inner.holder.for_nonce(nonce);
@@ -572,11 +621,32 @@ async fn acquire_from_store<S: LeaseStore>(
     // The deadline counts from the send time: the store started the lease no earlier.
     let deadline = sent + lease - margin;
     let started = Instant::now();
-    let result = inner
-        .store
-        .try_lock(lease, &inner.key, &holder)
-        .instrument(debug_span!("lease.acquire", key = %inner.key, holder = %inner.holder.label))
-        .await;
+    let span = debug_span!("lease.acquire", key = %inner.key, holder = %inner.holder.label);
+    let result = if queue {
+        // Counted as queued before the call: should its answer be lost, the entry it may have
+        // made is still taken out when this process stops waiting.
+        inner.queued_under(nonce);
+        let patience = inner.config.patience;
+        match inner
+            .store
+            .enqueue(lease, &inner.key, &holder, patience)
+            .instrument(span)
+            .await
+        {
+            Ok(Enqueued::Granted(fence)) => Ok(Some(fence)),
+            Ok(Enqueued::Waiting { .. }) => {
+                metrics::contended(inner.store_name);
+                return Ok(Attempt::Queued(holder));
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        inner
+            .store
+            .try_lock(lease, &inner.key, &holder)
+            .instrument(span)
+            .await
+    };
     match result {
         Ok(Some(fence)) => {
             let now = inner.clock.now();
@@ -603,11 +673,11 @@ async fn acquire_from_store<S: LeaseStore>(
             }
             metrics::acquired(inner.store_name, started.elapsed());
             let ticket = lease::start(&inner, fence, deadline, nonce, holder);
-            Ok(Some(LockGuard::new(inner, ticket)))
+            Ok(Attempt::Granted(LockGuard::new(inner, ticket)))
         }
         Ok(None) => {
             metrics::contended(inner.store_name);
-            Ok(None)
+            Ok(Attempt::Busy)
         }
         Err(e) => {
             // The store may have granted the key before the reply was lost. Nothing in this

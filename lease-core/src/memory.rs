@@ -1,6 +1,6 @@
 //! [`MemoryStore`], the reference store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 
 use crate::clock::{SharedClock, TokioClock};
 use crate::input::{validate, validate_key};
-use crate::{BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError};
+use crate::{BrokenLock, Capabilities, Enqueued, Fence, KeyState, LeaseStore, StoreError};
 
 const NAME: &str = "memory";
 
@@ -22,6 +22,9 @@ const NAME: &str = "memory";
 /// tokio's paused time are deterministic. A release (or a
 /// [`break_lock`](LeaseStore::break_lock)) wakes every
 /// [`wait_for_change`](LeaseStore::wait_for_change) caller at once.
+///
+/// [`MemoryStore::queued`] builds one with a queue of waiters per key
+/// ([`Capabilities::queued_grants`]): the reference implementation of [`Enqueued`]'s rules.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -30,6 +33,8 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Inner {
     clock: SharedClock,
+    /// Whether this store keeps waiter queues ([`Capabilities::queued_grants`]).
+    queued: bool,
     keys: Mutex<HashMap<String, Entry>>,
     changed: Notify,
 }
@@ -40,6 +45,57 @@ struct Entry {
     holder: Option<String>,
     fence: Fence,
     expires: Duration,
+    /// Waiters in the order they first queued (queued stores only).
+    queue: VecDeque<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    holder: String,
+    /// The lease it asked for, granted when its turn comes.
+    lease: Duration,
+    /// Skipped once the store's clock reaches this.
+    live_until: Duration,
+}
+
+impl Entry {
+    fn new(holder: &str, fence: Fence, expires: Duration) -> Self {
+        Self {
+            holder: Some(holder.to_owned()),
+            fence,
+            expires,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Whether a holder's lease is live.
+    fn held(&self, now: Duration) -> bool {
+        self.holder.is_some() && self.expires > now
+    }
+
+    /// If the key is free (released or expired), grants it to the oldest live waiter, dropping
+    /// dead ones on the way. Returns the holder it granted to.
+    fn grant_next(&mut self, key: &str, now: Duration) -> Result<Option<String>, StoreError> {
+        if self.held(now) {
+            return Ok(None);
+        }
+        while let Some(w) = self.queue.pop_front() {
+            if w.live_until <= now {
+                continue;
+            }
+            self.fence = next_fence(self.fence, key)?;
+            self.holder = Some(w.holder.clone());
+            self.expires = now.saturating_add(w.lease);
+            return Ok(Some(w.holder));
+        }
+        Ok(None)
+    }
+}
+
+fn next_fence(fence: Fence, key: &str) -> Result<Fence, StoreError> {
+    fence
+        .next()
+        .ok_or_else(|| StoreError::permanent(NAME, format!("fence of `{key}` overflowed")))
 }
 
 impl Default for MemoryStore {
@@ -56,9 +112,20 @@ impl MemoryStore {
 
     /// An empty store whose expiry follows `clock`.
     pub fn with_clock(clock: SharedClock) -> Self {
+        Self::build(clock, false)
+    }
+
+    /// An empty store with a queue of waiters per key, on `clock` (tokio's if `None`): a release
+    /// hands the key to the oldest live waiter ([`Enqueued`]).
+    pub fn queued(clock: Option<SharedClock>) -> Self {
+        Self::build(clock.unwrap_or_else(|| Arc::new(TokioClock::new())), true)
+    }
+
+    fn build(clock: SharedClock, queued: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 clock,
+                queued,
                 keys: Mutex::new(HashMap::new()),
                 changed: Notify::new(),
             }),
@@ -93,6 +160,59 @@ impl MemoryStore {
         }
         self.inner.changed.notify_waiters();
     }
+
+    /// The live waiters queued on `key`, oldest first. For tests and diagnostics.
+    pub fn waiters(&self, key: &str) -> Vec<String> {
+        let now = self.inner.clock.now();
+        self.keys().get(key).map_or_else(Vec::new, |e| {
+            e.queue
+                .iter()
+                .filter(|w| w.live_until > now)
+                .map(|w| w.holder.clone())
+                .collect()
+        })
+    }
+
+    /// `try_lock`'s decision, under the map's lock: the fence granted or extended, or `None`;
+    /// and whether a waiter was granted the key on the way (an expiry noticed here).
+    fn acquire(
+        &self,
+        keys: &mut HashMap<String, Entry>,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        now: Duration,
+    ) -> Result<(Option<Fence>, bool), StoreError> {
+        let expires = now.saturating_add(lease);
+        let Some(e) = keys.get_mut(key) else {
+            keys.insert(key.to_owned(), Entry::new(holder, Fence::FIRST, expires));
+            return Ok((Some(Fence::FIRST), false));
+        };
+        // An expired key with live waiters goes to the oldest of them, not to this caller
+        // (unless this caller is that waiter).
+        let woke = self.settle(e, key, now)?;
+        let got = if e.holder.as_deref() == Some(holder) {
+            // Same holder, expired or not, and nobody took it in between: extend, same fence.
+            e.expires = expires;
+            e.queue.retain(|w| w.holder != holder);
+            Some(e.fence)
+        } else if e.held(now) {
+            None
+        } else {
+            // Free, and (in a queued store, after `settle`) no live waiter is queued.
+            e.fence = next_fence(e.fence, key)?;
+            e.holder = Some(holder.to_owned());
+            e.expires = expires;
+            Some(e.fence)
+        };
+        Ok((got, woke))
+    }
+
+    /// In a queued store, hands a free key to its oldest live waiter (see [`Entry::grant_next`]);
+    /// returns whether it did. A no-op in a store without queues.
+    fn settle(&self, e: &mut Entry, key: &str, now: Duration) -> Result<bool, StoreError> {
+        Ok(self.inner.queued && e.grant_next(key, now)?.is_some())
+    }
 }
 
 impl LeaseStore for MemoryStore {
@@ -111,42 +231,18 @@ impl LeaseStore for MemoryStore {
                 .filter(|e| e.holder.as_deref() == Some(holder))
             {
                 e.holder = None;
+                self.settle(e, key, now)?;
                 drop(keys);
                 self.inner.changed.notify_waiters();
             }
             return Ok(None);
         }
-        let expires = now.saturating_add(lease);
-        match keys.get_mut(key) {
-            None => {
-                keys.insert(
-                    key.to_owned(),
-                    Entry {
-                        holder: Some(holder.to_owned()),
-                        fence: Fence::FIRST,
-                        expires,
-                    },
-                );
-                Ok(Some(Fence::FIRST))
-            }
-            Some(e) if e.holder.as_deref() == Some(holder) => {
-                // Same holder, expired or not, and nobody took it in between: extend, same fence.
-                e.expires = expires;
-                Ok(Some(e.fence))
-            }
-            Some(e) if e.holder.is_some() && e.expires > now => Ok(None),
-            Some(e) => {
-                let fence = e.fence.next().ok_or_else(|| {
-                    StoreError::permanent(NAME, format!("fence of `{key}` overflowed"))
-                })?;
-                *e = Entry {
-                    holder: Some(holder.to_owned()),
-                    fence,
-                    expires,
-                };
-                Ok(Some(fence))
-            }
+        let (got, woke) = self.acquire(&mut keys, lease, key, holder, now)?;
+        drop(keys);
+        if woke {
+            self.inner.changed.notify_waiters();
         }
+        Ok(got)
     }
 
     async fn renew(
@@ -173,10 +269,12 @@ impl LeaseStore for MemoryStore {
 
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
+        let now = self.inner.clock.now();
         let mut keys = self.keys();
         let released = match keys.get_mut(key) {
             Some(e) if e.holder.as_deref() == Some(holder) && e.fence == fence => {
                 e.holder = None;
+                self.settle(e, key, now)?;
                 true
             }
             _ => false,
@@ -192,6 +290,90 @@ impl LeaseStore for MemoryStore {
         let _ = tokio::time::timeout(max_wait, self.inner.changed.notified()).await;
     }
 
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.inner.queued || lease.is_zero() {
+            return Ok(match self.try_lock(lease, key, holder).await? {
+                Some(fence) => Enqueued::Granted(fence),
+                None => Enqueued::Waiting { fence: None },
+            });
+        }
+        let now = self.inner.clock.now();
+        let mut keys = self.keys();
+        let (got, woke) = self.acquire(&mut keys, lease, key, holder, now)?;
+        let answer = match got {
+            Some(fence) => Enqueued::Granted(fence),
+            None => {
+                let e = keys.get_mut(key).expect("a refused key has an entry");
+                let live_until = now.saturating_add(patience);
+                match e.queue.iter_mut().find(|w| w.holder == holder) {
+                    Some(w) => {
+                        w.lease = lease;
+                        w.live_until = live_until;
+                    }
+                    None => e.queue.push_back(Waiter {
+                        holder: holder.to_owned(),
+                        lease,
+                        live_until,
+                    }),
+                }
+                Enqueued::Waiting {
+                    fence: Some(e.fence),
+                }
+            }
+        };
+        drop(keys);
+        if woke {
+            self.inner.changed.notify_waiters();
+        }
+        Ok(answer)
+    }
+
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        let wait = async {
+            loop {
+                let changed = self.inner.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let now = self.inner.clock.now();
+                if let Some(e) = self.keys().get(key)
+                    && e.held(now)
+                    && e.holder.as_deref() == Some(holder)
+                {
+                    return Some(e.fence);
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(max_wait, wait).await.ok().flatten()
+    }
+
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        let now = self.inner.clock.now();
+        let mut keys = self.keys();
+        let Some(e) = keys.get_mut(key) else {
+            return Ok(false);
+        };
+        e.queue.retain(|w| w.holder != holder);
+        let gave_back = e.holder.as_deref() == Some(holder);
+        if gave_back {
+            e.holder = None;
+            self.settle(e, key, now)?;
+        }
+        drop(keys);
+        if gave_back {
+            self.inner.changed.notify_waiters();
+        }
+        Ok(gave_back)
+    }
+
     async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
         validate_key(NAME, key)?;
         let now = self.inner.clock.now();
@@ -202,6 +384,7 @@ impl LeaseStore for MemoryStore {
                 holder: Some(holder),
                 fence,
                 expires,
+                ..
             }) if *expires > now => KeyState::held(holder.clone(), *fence, *expires - now),
             Some(e) => KeyState::free(Some(e.fence)),
         })
@@ -230,6 +413,8 @@ impl LeaseStore for MemoryStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(NAME).with_notifications(true)
+        Capabilities::new(NAME)
+            .with_notifications(true)
+            .with_queued_grants(self.inner.queued)
     }
 }

@@ -165,6 +165,70 @@ pub trait LeaseStore: Send + Sync + 'static {
         std::future::ready(unsupported(self.capabilities().name, key, "break_lock"))
     }
 
+    /// Acquires `key` for `holder` in order: grants it as [`try_lock`](Self::try_lock) would
+    /// when no live waiter is queued ahead of `holder`, otherwise queues `holder` behind them
+    /// and answers [`Enqueued::Waiting`]. For stores with
+    /// [`Capabilities::queued_grants`]; see [`Enqueued`] for the queue's rules.
+    ///
+    /// The entry stays live until *now + `patience`* by the store's clock; calling `enqueue`
+    /// again refreshes it (and is how a waiter polls). A `holder` already queued keeps its
+    /// place. Once a release (or an expiry noticed by any call) grants the key to `holder`,
+    /// the next `enqueue` by `holder` answers [`Enqueued::Granted`] with that fence and extends
+    /// the lease to *now + lease*, like a retake of its own grant.
+    ///
+    /// The default, for stores without a queue, is [`try_lock`](Self::try_lock): granted, or
+    /// waiting with the fence unknown.
+    fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send {
+        let _ = patience;
+        async move {
+            Ok(match self.try_lock(lease, key, holder).await? {
+                Some(fence) => Enqueued::Granted(fence),
+                None => Enqueued::Waiting { fence: None },
+            })
+        }
+    }
+
+    /// Waits until `holder`, queued on `key` by [`enqueue`](Self::enqueue), may have been granted
+    /// the key, or at most `max_wait`. `Some(fence)`: the store says it granted `holder` the key
+    /// with `fence` (a store that cannot tell answers `None` and returns early on any change).
+    ///
+    /// Only a hint, like [`wait_for_change`](Self::wait_for_change): the caller confirms with
+    /// [`enqueue`](Self::enqueue), which also starts its local deadline. May be dropped at any
+    /// await. The default is [`wait_for_change`](Self::wait_for_change), then `None`.
+    fn wait_for_grant(
+        &self,
+        key: &str,
+        holder: &str,
+        max_wait: Duration,
+    ) -> impl Future<Output = Option<Fence>> + Send {
+        let _ = holder;
+        async move {
+            self.wait_for_change(key, max_wait).await;
+            None
+        }
+    }
+
+    /// Takes `holder` out of `key`'s queue, in one atomic step of the store: its entry is
+    /// removed, and if the key was granted to `holder` in the meantime (by a release or an
+    /// expiry), that grant is released to the next waiter. Returns `true` when it gave a grant
+    /// back. For a waiter that gives up; like [`release`](Self::release) it is driven to its end.
+    ///
+    /// The default (no queue) answers `false`: a store without a queue never grants a waiter.
+    fn leave_queue(
+        &self,
+        key: &str,
+        holder: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = holder;
+        std::future::ready(validate_key(self.capabilities().name, key).map(|()| false))
+    }
+
     /// What this store can do, declared up front rather than discovered by failure.
     fn capabilities(&self) -> Capabilities;
 }
@@ -176,6 +240,39 @@ fn unsupported<T>(store: &'static str, key: &str, op: &str) -> Result<T, StoreEr
         store,
         format!("`{op}` is not implemented by this store"),
     ))
+}
+
+/// What [`LeaseStore::enqueue`] did.
+///
+/// # The queue (stores with [`Capabilities::queued_grants`])
+///
+/// - One entry per holder and key, in the order of their first `enqueue`; a holder already
+///   queued keeps its place when it calls again (which refreshes its entry).
+/// - An entry whose patience ran out (not refreshed in time, by the store's clock) is skipped
+///   and dropped: a dead waiter costs nothing.
+/// - A release (by [`release`](LeaseStore::release), a zero-lease
+///   [`try_lock`](LeaseStore::try_lock) or [`leave_queue`](LeaseStore::leave_queue)) grants the
+///   key, in the same atomic step, to the oldest live entry: fence + 1, a fresh lease of the
+///   length that waiter asked for, its entry removed. A key whose lease expired is granted the
+///   same way by the next call that finds it so. A grant to a waiter that died meanwhile lapses
+///   with its lease and goes to the next one.
+/// - No barging: while a live entry is queued, [`try_lock`](LeaseStore::try_lock) and
+///   [`enqueue`](LeaseStore::enqueue) grant the key to nobody else (a newcomer is refused or
+///   queued behind it), including to the holder that just released it.
+/// - Fences strictly increase in grant order, across grants by a caller, by release and by
+///   expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Enqueued {
+    /// `holder` has the key with this fence (granted now, granted by a release while it was
+    /// queued, or already its own); its lease now runs to *now + lease*.
+    Granted(Fence),
+    /// Another holder has the key, or live waiters are ahead: `holder` is queued.
+    Waiting {
+        /// The key's fence when the store answered (`None`: never granted, or the store does
+        /// not say). A grant to this waiter, later, has a larger one.
+        fence: Option<Fence>,
+    },
 }
 
 /// What a store's record says about a key, from [`LeaseStore::inspect`].
@@ -338,6 +435,11 @@ pub struct Capabilities {
     /// instants, so they go out together (the first renewal after a grant comes early, anywhere
     /// in the first interval; the later ones keep the interval).
     pub batched_renewals: bool,
+    /// Whether the store keeps a queue of waiters per key and a release hands the key to the
+    /// oldest live one ([`LeaseStore::enqueue`], [`Enqueued`]). The lock's waiting calls then
+    /// queue instead of polling [`try_lock`](LeaseStore::try_lock), unless built in barging
+    /// mode.
+    pub queued_grants: bool,
 }
 
 impl Capabilities {
@@ -351,6 +453,7 @@ impl Capabilities {
             durable_fences: false,
             stable_retake: true,
             batched_renewals: false,
+            queued_grants: false,
         }
     }
 
@@ -382,6 +485,12 @@ impl Capabilities {
     /// Sets [`Capabilities::batched_renewals`].
     pub const fn with_batched_renewals(mut self, yes: bool) -> Self {
         self.batched_renewals = yes;
+        self
+    }
+
+    /// Sets [`Capabilities::queued_grants`].
+    pub const fn with_queued_grants(mut self, yes: bool) -> Self {
+        self.queued_grants = yes;
         self
     }
 
@@ -418,6 +527,18 @@ pub trait DynLeaseStore: Send + Sync + 'static {
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError>;
     /// See [`LeaseStore::wait_for_change`].
     async fn wait_for_change(&self, key: &str, max_wait: Duration);
+    /// See [`LeaseStore::enqueue`].
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError>;
+    /// See [`LeaseStore::wait_for_grant`].
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence>;
+    /// See [`LeaseStore::leave_queue`].
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError>;
     /// See [`LeaseStore::inspect`].
     async fn inspect(&self, key: &str) -> Result<KeyState, StoreError>;
     /// See [`LeaseStore::break_lock`].
@@ -452,6 +573,21 @@ impl<S: LeaseStore> DynLeaseStore for S {
     }
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         LeaseStore::wait_for_change(self, key, max_wait).await
+    }
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        LeaseStore::enqueue(self, lease, key, holder, patience).await
+    }
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        LeaseStore::wait_for_grant(self, key, holder, max_wait).await
+    }
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        LeaseStore::leave_queue(self, key, holder).await
     }
     async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
         LeaseStore::inspect(self, key).await
@@ -530,6 +666,21 @@ impl LeaseStore for DynStore {
     async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
         self.0.break_lock(key).await
     }
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        self.0.enqueue(lease, key, holder, patience).await
+    }
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        self.0.wait_for_grant(key, holder, max_wait).await
+    }
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        self.0.leave_queue(key, holder).await
+    }
     fn capabilities(&self) -> Capabilities {
         self.0.capabilities()
     }
@@ -564,6 +715,21 @@ impl<S: LeaseStore> LeaseStore for Arc<S> {
     }
     async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
         S::break_lock(self, key).await
+    }
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        S::enqueue(self, lease, key, holder, patience).await
+    }
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        S::wait_for_grant(self, key, holder, max_wait).await
+    }
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        S::leave_queue(self, key, holder).await
     }
     fn capabilities(&self) -> Capabilities {
         S::capabilities(self)

@@ -1,7 +1,8 @@
 //! A seeded, deterministic simulation of the lock: several lock objects standing for processes
 //! (each behind its own fault-injecting link) over one reference store, on tokio's paused clock
 //! plus a clock that jumps (suspends), driven by random schedules of acquisitions (once, with a
-//! timeout), releases, drops, clones, cancellations, clock jumps and store faults.
+//! timeout), releases, drops, clones, cancellations, clock jumps and store faults; odd seeds run
+//! on a store with waiter queues, so their waiting calls queue (`enqueue`, `leave_queue`).
 //!
 //! After every step it checks:
 //! - **one holder**: at most one process believes it holds the key (`is_held`), and that process
@@ -59,10 +60,16 @@ struct World {
 }
 
 impl World {
-    fn new() -> Self {
+    /// A world whose store keeps waiter queues (`queued`: the lock's waiting calls queue) or
+    /// not (they poll).
+    fn new(queued: bool) -> Self {
         let clock = Arc::new(JumpClock::new());
         let shared: SharedClock = clock.clone();
-        let store = MemoryStore::with_clock(shared.clone());
+        let store = if queued {
+            MemoryStore::queued(Some(shared.clone()))
+        } else {
+            MemoryStore::with_clock(shared.clone())
+        };
         let procs = (0..PROCESSES)
             .map(|i| {
                 let label = format!("p{i}");
@@ -159,6 +166,8 @@ impl World {
             Some(Call::TryLock),
             Some(Call::Renew),
             Some(Call::Release),
+            Some(Call::Enqueue),
+            Some(Call::LeaveQueue),
         ];
         f.only = ops[rng.random_range(0..ops.len())];
         let ms = |rng: &mut StdRng, max: u64| Duration::from_millis(rng.random_range(1..=max));
@@ -362,7 +371,8 @@ fn run(seed: u64) -> (Vec<String>, Vec<String>, u64) {
         .expect("runtime");
     rt.block_on(async {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut world = World::new();
+        // Odd schedules run on a store with waiter queues.
+        let mut world = World::new(seed % 2 == 1);
         for _ in 0..STEPS {
             world.step(&mut rng).await;
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{BrokenLock, Fence, KeyState, LeaseStore, MAX_KEY_LEN, StoreErrorKind};
+use crate::{BrokenLock, Enqueued, Fence, KeyState, LeaseStore, MAX_KEY_LEN, StoreErrorKind};
 
 /// A prefix no other test run uses, so cases can share a server.
 pub fn unique_prefix(case: &str) -> String {
@@ -817,4 +817,296 @@ pub async fn inspect_and_break_validate_the_key<S: LeaseStore>(store: S) {
         .capabilities()
         .effective_lease(Duration::from_secs(30));
     assert_eq!(grant(&store, lease, &long_key, "h").await, Fence::FIRST);
+}
+
+// ---- Queued grants ([`Capabilities::queued_grants`](crate::Capabilities::queued_grants)) ----
+//
+// Each case checks the queue's rules ([`Enqueued`]) on a store that declares a queue, and on a
+// store without one that `enqueue` is `try_lock` (granted, or waiting with no fence) and
+// `leave_queue` gives nothing back.
+
+/// A lease long enough that no grant of a queue case lapses by itself.
+fn long_lease<S: LeaseStore>(store: &S) -> Duration {
+    store
+        .capabilities()
+        .effective_lease(Duration::from_secs(30))
+}
+
+async fn enqueue<S: LeaseStore>(
+    store: &S,
+    lease: Duration,
+    key: &str,
+    holder: &str,
+    patience: Duration,
+) -> Enqueued {
+    store
+        .enqueue(lease, key, holder, patience)
+        .await
+        .unwrap_or_else(|e| panic!("enqueue of `{key}` by `{holder}`: {e}"))
+}
+
+async fn granted<S: LeaseStore>(store: &S, lease: Duration, key: &str, holder: &str) -> Fence {
+    match enqueue(store, lease, key, holder, lease).await {
+        Enqueued::Granted(f) => f,
+        other => panic!("expected `{holder}` to hold `{key}`, got {other:?}"),
+    }
+}
+
+async fn waiting<S: LeaseStore>(
+    store: &S,
+    lease: Duration,
+    key: &str,
+    holder: &str,
+    patience: Duration,
+) {
+    match enqueue(store, lease, key, holder, patience).await {
+        Enqueued::Waiting { .. } => {}
+        other => panic!("expected `{holder}` to be queued for `{key}`, got {other:?}"),
+    }
+}
+
+async fn holder_of<S: LeaseStore>(store: &S, key: &str) -> Option<String> {
+    inspect(store, key).await.holder
+}
+
+/// A store without a queue: `enqueue` is `try_lock`, `leave_queue` gives nothing back.
+async fn without_queue_enqueue_is_try_lock<S: LeaseStore>(store: &S, case: &str) {
+    let key = unique_prefix(case) + "k";
+    let lease = long_lease(store);
+    let f = granted(store, lease, &key, "alice").await;
+    assert_eq!(granted(store, lease, &key, "alice").await, f);
+    match enqueue(store, lease, &key, "bob", lease).await {
+        Enqueued::Waiting { .. } => {}
+        other => panic!("a held key must make `enqueue` wait, got {other:?}"),
+    }
+    assert!(!store.leave_queue(&key, "bob").await.expect("leave_queue"));
+    assert!(store.release(&key, "alice", f).await.expect("release"));
+    let g = granted(store, lease, &key, "carol").await;
+    assert!(g > f, "fences strictly increase: {g:?} after {f:?}");
+}
+
+/// Waiters are granted the key in the order they queued, one release each, with fences that
+/// strictly increase; each learns its grant from its next `enqueue`.
+pub async fn queue_grants_in_fifo_order<S: LeaseStore>(store: S) {
+    if !store.capabilities().queued_grants {
+        return without_queue_enqueue_is_try_lock(&store, "fifo").await;
+    }
+    let key = unique_prefix("fifo") + "k";
+    let lease = long_lease(&store);
+    let mut last = granted(&store, lease, &key, "alice").await;
+    let waiters = ["bob", "carol", "dave", "erin"];
+    for w in waiters {
+        waiting(&store, lease, &key, w, lease).await;
+    }
+    let mut holder = "alice";
+    for w in waiters {
+        assert!(store.release(&key, holder, last).await.expect("release"));
+        assert_eq!(
+            holder_of(&store, &key).await.as_deref(),
+            Some(w),
+            "a release hands the key to the oldest waiter"
+        );
+        let f = granted(&store, lease, &key, w).await;
+        assert!(f > last, "fences strictly increase: {f:?} after {last:?}");
+        last = f;
+        holder = w;
+    }
+    assert!(store.release(&key, holder, last).await.expect("release"));
+    assert_eq!(
+        holder_of(&store, &key).await,
+        None,
+        "an empty queue leaves the key free"
+    );
+}
+
+/// While a live waiter is queued, nobody else is granted the key: not a newcomer's `try_lock`
+/// or `enqueue`, not the holder that just released it, not after the holder's lease expired.
+pub async fn newcomers_do_not_overtake_a_live_queue<S: LeaseStore>(store: S) {
+    if !store.capabilities().queued_grants {
+        return without_queue_enqueue_is_try_lock(&store, "no-barging").await;
+    }
+    let key = unique_prefix("no-barging") + "k";
+    let lease = long_lease(&store);
+    let short = test_lease(&store);
+    let f = grant(&store, short, &key, "alice").await;
+    waiting(&store, lease, &key, "bob", lease).await;
+    // Alice's lease expires with Bob queued: the key is Bob's, whoever asks first.
+    tokio::time::sleep(short + store.capabilities().lease_granularity).await;
+    let give_up = Instant::now() + expiry_budget(&store);
+    loop {
+        refused(&store, lease, &key, "eve").await;
+        if holder_of(&store, &key).await.as_deref() != Some("alice") {
+            break;
+        }
+        assert!(Instant::now() < give_up, "alice's lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let g = granted(&store, lease, &key, "bob").await;
+    assert!(g > f, "fences strictly increase: {g:?} after {f:?}");
+    // Bob releases with Carol queued; Alice (back again) and Eve wait behind her.
+    waiting(&store, lease, &key, "carol", lease).await;
+    assert!(store.release(&key, "bob", g).await.expect("release"));
+    refused(&store, lease, &key, "eve").await;
+    waiting(&store, lease, &key, "bob", lease).await;
+    let h = granted(&store, lease, &key, "carol").await;
+    assert!(h > g, "fences strictly increase: {h:?} after {g:?}");
+}
+
+/// A waiter that stops refreshing its entry is skipped once its patience has run out.
+pub async fn dead_waiters_are_skipped<S: LeaseStore>(store: S) {
+    if !store.capabilities().queued_grants {
+        return without_queue_enqueue_is_try_lock(&store, "dead-waiter").await;
+    }
+    let key = unique_prefix("dead-waiter") + "k";
+    let lease = long_lease(&store);
+    let short = test_lease(&store);
+    let f = granted(&store, lease, &key, "alice").await;
+    waiting(&store, lease, &key, "bob", short).await;
+    waiting(&store, lease, &key, "carol", lease).await;
+    tokio::time::sleep(short * 2 + store.capabilities().lease_granularity).await;
+    waiting(&store, lease, &key, "carol", lease).await; // Carol refreshes; Bob does not
+    assert!(store.release(&key, "alice", f).await.expect("release"));
+    assert_eq!(
+        holder_of(&store, &key).await.as_deref(),
+        Some("carol"),
+        "the release must skip Bob, whose patience ran out"
+    );
+    let g = granted(&store, lease, &key, "carol").await;
+    assert!(g > f, "fences strictly increase: {g:?} after {f:?}");
+}
+
+/// A waiter that leaves the queue is not granted the key; one that leaves after a release
+/// granted it passes the grant on to the next waiter.
+pub async fn leaving_the_queue_passes_the_key_on<S: LeaseStore>(store: S) {
+    if !store.capabilities().queued_grants {
+        return without_queue_enqueue_is_try_lock(&store, "leave").await;
+    }
+    let key = unique_prefix("leave") + "k";
+    let lease = long_lease(&store);
+    let f = granted(&store, lease, &key, "alice").await;
+    for w in ["bob", "carol", "dave"] {
+        waiting(&store, lease, &key, w, lease).await;
+    }
+    assert!(
+        !store.leave_queue(&key, "bob").await.expect("leave_queue"),
+        "a waiter that was not granted gives nothing back"
+    );
+    assert!(store.release(&key, "alice", f).await.expect("release"));
+    assert_eq!(holder_of(&store, &key).await.as_deref(), Some("carol"));
+    let carol = inspect(&store, &key)
+        .await
+        .fence
+        .expect("a held key has a fence");
+    assert!(carol > f);
+    assert!(
+        store.leave_queue(&key, "carol").await.expect("leave_queue"),
+        "a waiter granted the key gives it back when it leaves"
+    );
+    assert_eq!(holder_of(&store, &key).await.as_deref(), Some("dave"));
+    let d = granted(&store, lease, &key, "dave").await;
+    assert!(d > carol, "fences strictly increase: {d:?} after {carol:?}");
+    // Carol's old grant is gone: its renew and release fail.
+    assert!(
+        !store
+            .renew(lease, &key, "carol", carol)
+            .await
+            .expect("renew")
+    );
+    assert!(!store.release(&key, "carol", carol).await.expect("release"));
+}
+
+/// A waiter granted the key by a release that never comes for it (it died) holds it only for
+/// its lease; then the key goes to the next waiter, with a larger fence.
+pub async fn a_grant_to_a_dead_waiter_lapses_to_the_next<S: LeaseStore>(store: S) {
+    if !store.capabilities().queued_grants {
+        return without_queue_enqueue_is_try_lock(&store, "dead-grant").await;
+    }
+    let key = unique_prefix("dead-grant") + "k";
+    let lease = long_lease(&store);
+    let short = test_lease(&store);
+    let f = granted(&store, lease, &key, "alice").await;
+    waiting(&store, short, &key, "bob", lease).await; // Bob asks for a short lease, then dies
+    waiting(&store, lease, &key, "carol", lease).await;
+    assert!(store.release(&key, "alice", f).await.expect("release"));
+    assert_eq!(holder_of(&store, &key).await.as_deref(), Some("bob"));
+    let bob = inspect(&store, &key)
+        .await
+        .fence
+        .expect("a held key has a fence");
+    let give_up = Instant::now() + expiry_budget(&store);
+    let c = loop {
+        match enqueue(&store, lease, &key, "carol", lease).await {
+            Enqueued::Granted(c) => break c,
+            _ => {
+                assert!(
+                    Instant::now() < give_up,
+                    "Bob's grant did not lapse to Carol within {:?}",
+                    expiry_budget(&store)
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert!(
+        c > bob && bob > f,
+        "fences strictly increase: {f:?}, {bob:?}, {c:?}"
+    );
+}
+
+/// `enqueue` by the holder extends its lease with the same fence (re-entry through the queue);
+/// a waiter that enqueues again keeps its place.
+pub async fn enqueue_again_keeps_the_grant_or_the_place<S: LeaseStore>(store: S) {
+    if !store.capabilities().queued_grants {
+        return without_queue_enqueue_is_try_lock(&store, "again").await;
+    }
+    let key = unique_prefix("again") + "k";
+    let lease = long_lease(&store);
+    let f = granted(&store, lease, &key, "alice").await;
+    assert_eq!(granted(&store, lease, &key, "alice").await, f);
+    waiting(&store, lease, &key, "bob", lease).await;
+    waiting(&store, lease, &key, "carol", lease).await;
+    waiting(&store, lease, &key, "bob", lease).await;
+    assert!(store.release(&key, "alice", f).await.expect("release"));
+    assert_eq!(
+        holder_of(&store, &key).await.as_deref(),
+        Some("bob"),
+        "a waiter that enqueued again keeps its place"
+    );
+}
+
+/// `wait_for_grant` returns early for the waiter a release granted, with the fence of that
+/// grant, and is bounded by `max_wait` otherwise.
+pub async fn wait_for_grant_wakes_the_granted_waiter<S: LeaseStore>(store: S) {
+    if !store.capabilities().queued_grants {
+        return without_queue_enqueue_is_try_lock(&store, "wait-grant").await;
+    }
+    let store = Arc::new(store);
+    let key = unique_prefix("wait-grant") + "k";
+    let lease = long_lease(&*store);
+    let f = granted(&*store, lease, &key, "alice").await;
+    waiting(&*store, lease, &key, "bob", lease).await;
+    let bounded = Instant::now();
+    let max_wait = Duration::from_millis(200);
+    assert_eq!(store.wait_for_grant(&key, "bob", max_wait).await, None);
+    assert!(bounded.elapsed() >= max_wait - Duration::from_millis(20));
+    let waiter = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = store
+                .wait_for_grant(&key, "bob", Duration::from_secs(20))
+                .await;
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(store.release(&key, "alice", f).await.expect("release"));
+    let (got, waited) = waiter.await.expect("waiter task");
+    let g = granted(&*store, lease, &key, "bob").await;
+    assert_eq!(got, Some(g), "the waiter learns its grant and its fence");
+    assert!(g > f);
+    assert!(
+        waited < Duration::from_secs(20),
+        "wait_for_grant must return when the grant is made"
+    );
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::{BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError};
+use crate::{BrokenLock, Capabilities, Enqueued, Fence, KeyState, LeaseStore, StoreError};
 
 /// A kind of store call, to aim a [`Fault`] at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,10 @@ pub enum Call {
     Renew,
     /// `release`.
     Release,
+    /// `enqueue`.
+    Enqueue,
+    /// `leave_queue`.
+    LeaveQueue,
 }
 
 /// The faults a [`FaultStore`] injects; set with [`FaultStore::set`].
@@ -72,6 +76,10 @@ pub struct Calls {
     pub renew: usize,
     /// `release` calls.
     pub release: usize,
+    /// `enqueue` calls.
+    pub enqueue: usize,
+    /// `leave_queue` calls.
+    pub leave_queue: usize,
 }
 
 /// Wraps a store and injects the faults in [`Fault`]; counts calls.
@@ -143,6 +151,8 @@ impl<S: LeaseStore + Clone> FaultStore<S> {
                 Call::TryLock => calls.try_lock += 1,
                 Call::Renew => calls.renew += 1,
                 Call::Release => calls.release += 1,
+                Call::Enqueue => calls.enqueue += 1,
+                Call::LeaveQueue => calls.leave_queue += 1,
             }
             let only = fault.only;
             let plan = if take(&mut fault.panic_next, only, op) {
@@ -262,6 +272,32 @@ impl<S: LeaseStore + Clone> LeaseStore for FaultStore<S> {
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         self.inner.wait_for_change(key, max_wait).await
+    }
+
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.run(Call::Enqueue, move |s| async move {
+            s.enqueue(lease, &key, &holder, patience).await
+        })
+        .await
+    }
+
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        self.inner.wait_for_grant(key, holder, max_wait).await
+    }
+
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.run(Call::LeaveQueue, move |s| async move {
+            s.leave_queue(&key, &holder).await
+        })
+        .await
     }
 
     /// Forwarded as it is: no fault applies to it, and [`FaultStore::calls`] does not count it.

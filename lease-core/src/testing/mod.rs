@@ -52,6 +52,13 @@ macro_rules! conformance_tests {
             break_of_a_released_key_raises_the_fence,
             break_wakes_waiters,
             inspect_and_break_validate_the_key,
+            queue_grants_in_fifo_order,
+            newcomers_do_not_overtake_a_live_queue,
+            dead_waiters_are_skipped,
+            leaving_the_queue_passes_the_key_on,
+            a_grant_to_a_dead_waiter_lapses_to_the_next,
+            enqueue_again_keeps_the_grant_or_the_place,
+            wait_for_grant_wakes_the_granted_waiter,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
