@@ -336,7 +336,7 @@ impl From<rusqlite::Error> for TxError {
     }
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
         e.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
@@ -556,21 +556,17 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
     loop {
         match schema::migrate(&mut conn) {
             Ok(()) => break,
-            Err(e) if e.contains("locked") && started.elapsed() < b.busy_budget => {
+            Err(schema::MigrateError::Busy(_)) if started.elapsed() < b.busy_budget => {
                 std::thread::sleep(Duration::from_millis(rand::rng().random_range(1..=5)));
             }
-            Err(e) if e.contains("locked") => {
+            Err(schema::MigrateError::Busy(e)) => {
                 return Err(StoreError::transient(
                     NAME,
-                    format!(
-                        "database {shown} stayed locked for {:?}: {e}",
-                        b.busy_budget
-                    ),
-                ));
+                    format!("database {shown} stayed locked for {:?}", b.busy_budget),
+                )
+                .with_source(e));
             }
-            Err(e) => {
-                return Err(StoreError::permanent(NAME, format!("{shown}: {e}")));
-            }
+            Err(e) => return Err(e.for_db(&shown)),
         }
     }
     let meta = std::fs::metadata(&path)
