@@ -6,7 +6,7 @@ use lease_core::StoreError;
 use rusqlite::Connection;
 
 use crate::NAME;
-use crate::store::is_busy;
+use crate::busy::{self, Busy};
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &["CREATE TABLE leases (
@@ -39,7 +39,11 @@ pub(crate) enum MigrateError {
 impl MigrateError {
     /// Busy errors are told apart by SQLite's code, whatever the statement.
     fn sqlite(e: rusqlite::Error, or: impl FnOnce(rusqlite::Error) -> Self) -> Self {
-        if is_busy(&e) { Self::Busy(e) } else { or(e) }
+        if busy::is_busy(&e) {
+            Self::Busy(e)
+        } else {
+            or(e)
+        }
     }
 
     /// The permanent error of opening the database `db` (as shown to the user), with SQLite's
@@ -56,6 +60,15 @@ impl MigrateError {
 impl From<rusqlite::Error> for MigrateError {
     fn from(e: rusqlite::Error) -> Self {
         Self::sqlite(e, Self::Sqlite)
+    }
+}
+
+impl Busy for MigrateError {
+    fn into_busy(self) -> Result<rusqlite::Error, Self> {
+        match self {
+            Self::Busy(e) => Ok(e),
+            other => Err(other),
+        }
     }
 }
 
@@ -175,6 +188,7 @@ mod tests {
             .expect("a table in the way");
         let err = migrate(&mut conn).expect_err("table exists");
         assert!(matches!(err, MigrateError::Step { to: 1, .. }), "{err:?}");
+        assert!(err.into_busy().is_err(), "not busy");
         let err = migrate(&mut conn)
             .expect_err("table exists")
             .for_db("locks.db");
@@ -201,10 +215,9 @@ mod tests {
             .execute_batch("BEGIN IMMEDIATE")
             .expect("take the write lock");
         let err = migrate(&mut conn).expect_err("locked");
-        let MigrateError::Busy(busy) = err else {
-            panic!("not busy: {err:?}");
-        };
-        assert!(is_busy(&busy), "{busy}");
+        assert!(matches!(err, MigrateError::Busy(_)), "{err:?}");
+        let busy = err.into_busy().expect("busy");
+        assert!(busy::is_busy(&busy), "{busy}");
 
         blocker.execute_batch("ROLLBACK").expect("unlock");
         migrate(&mut conn).expect("migrate once the lock is gone");
