@@ -105,6 +105,7 @@
 //! outside these bounds; it cannot detect two hosts on a filesystem it does not recognise as
 //! a network one.
 
+mod busy;
 mod fscheck;
 mod hostclock;
 mod schema;

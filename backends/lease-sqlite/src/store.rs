@@ -4,13 +4,13 @@ use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lease_core::input::{validate, validate_key};
 use lease_core::{BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError};
-use rand::Rng;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+use crate::busy::{self, Busy};
 use crate::hostclock::{self, HostClock};
 use crate::wake::{self, Wake};
 use crate::{NAME, schema};
@@ -191,51 +191,35 @@ impl Inner {
         op: impl Fn(&rusqlite::Transaction<'_>, i64, &str) -> Result<T, TxError>,
     ) -> Result<T, StoreError> {
         self.check_identity()?;
-        let started = Instant::now();
         let full = grants && self.durability == Durability::Full;
-        loop {
-            let attempt = {
-                let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-                if guard.full != full {
-                    let level = if full { "FULL" } else { "NORMAL" };
-                    guard
-                        .conn
-                        .pragma_update(None, "synchronous", level)
-                        .map_err(|e| classify(&self.path, e))?;
-                    guard.full = full;
-                }
-                let conn = &mut guard.conn;
-                (|| {
-                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let now = self.now_ns();
-                    let out = op(&tx, now, &self.boot_id)?;
-                    tx.commit()?;
-                    Ok(out)
-                })()
-            };
-            match attempt {
-                Ok(out) => return Ok(out),
-                Err(TxError::Sql(e)) if is_busy(&e) && started.elapsed() < self.busy_budget => {
-                    // Jittered, so that contending processes do not retry in lock-step and one
-                    // of them cannot starve the others; without the connection's mutex.
-                    let ms = rand::rng().random_range(1..=5);
-                    std::thread::sleep(Duration::from_millis(ms));
-                }
-                Err(TxError::Sql(e)) if is_busy(&e) => {
-                    return Err(StoreError::transient(
-                        NAME,
-                        format!(
-                            "database {} stayed locked for {:?}",
-                            self.path.display(),
-                            self.busy_budget
-                        ),
-                    )
-                    .with_source(e));
-                }
-                Err(TxError::Sql(e)) => return Err(classify(&self.path, e)),
-                Err(TxError::Store(e)) => return Err(e),
+        let attempt = || -> Result<T, TxError> {
+            let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.full != full {
+                let level = if full { "FULL" } else { "NORMAL" };
+                // A per-connection setting, which takes no lock: its failure is final.
+                guard
+                    .conn
+                    .pragma_update(None, "synchronous", level)
+                    .map_err(|e| TxError::Store(classify(&self.path, e)))?;
+                guard.full = full;
             }
-        }
+            let tx = guard
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = self.now_ns();
+            let out = op(&tx, now, &self.boot_id)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        busy::retry_busy(
+            &self.path,
+            busy::Budget::start(self.busy_budget),
+            attempt,
+            |e| match e {
+                TxError::Sql(e) => classify(&self.path, e),
+                TxError::Store(e) => e,
+            },
+        )
     }
 
     /// How much longer another holder keeps `key`, per the database: `None` if nobody holds
@@ -258,12 +242,13 @@ impl Inner {
 
     /// The key's row as [`LeaseStore::inspect`] reports it: one `SELECT` (no write lock, no
     /// transaction of its own, so a consistent snapshot of the row), retried while the database
-    /// is busy, up to the busy budget.
+    /// is busy; past the busy budget a transient error, as for every other call.
     fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
         self.check_identity()?;
-        let started = Instant::now();
-        loop {
-            let attempt = {
+        let row = busy::retry_busy(
+            &self.path,
+            busy::Budget::start(self.busy_budget),
+            || {
                 let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
                 guard
                     .conn
@@ -271,31 +256,22 @@ impl Inner {
                         "SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1",
                     )
                     .and_then(|mut st| st.query_row([key.as_bytes()], row_of).optional())
-            };
-            let row = match attempt {
-                Ok(row) => row,
-                Err(e) if is_busy(&e) && started.elapsed() < self.busy_budget => {
-                    std::thread::sleep(Duration::from_millis(rand::rng().random_range(1..=5)));
-                    continue;
-                }
-                Err(e) => return Err(classify(&self.path, e)),
-            };
-            let Some(row) = row else {
-                return Ok(KeyState::free(None));
-            };
-            let fence = to_fence(row.fence)?;
-            let now = self.now_ns();
-            return Ok(match row.holder {
-                Some(holder) if row.boot_id == self.boot_id && row.expires_ns > now => {
-                    KeyState::held(
-                        holder_string(holder),
-                        fence,
-                        Duration::from_nanos(row.expires_ns.abs_diff(now)),
-                    )
-                }
-                _ => KeyState::free(Some(fence)),
-            });
-        }
+            },
+            |e| classify(&self.path, e),
+        )?;
+        let Some(row) = row else {
+            return Ok(KeyState::free(None));
+        };
+        let fence = to_fence(row.fence)?;
+        let now = self.now_ns();
+        Ok(match row.holder {
+            Some(holder) if row.boot_id == self.boot_id && row.expires_ns > now => KeyState::held(
+                holder_string(holder),
+                fence,
+                Duration::from_nanos(row.expires_ns.abs_diff(now)),
+            ),
+            _ => KeyState::free(Some(fence)),
+        })
     }
 
     /// Now on the host's boot clock, in nanoseconds: the clock of every expiry in the database.
@@ -335,11 +311,13 @@ impl From<rusqlite::Error> for TxError {
     }
 }
 
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
+impl Busy for TxError {
+    fn into_busy(self) -> Result<rusqlite::Error, Self> {
+        match self {
+            Self::Sql(e) => e.into_busy().map_err(Self::Sql),
+            Self::Store(e) => Err(Self::Store(e)),
+        }
+    }
 }
 
 fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -524,54 +502,31 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(())
     };
-    // The first statements fail here for a file that is not a database, or is locked.
-    let started = Instant::now();
-    loop {
-        match setup(&mut conn) {
-            Ok(()) => break,
-            Err(e) if is_busy(&e) && started.elapsed() < b.busy_budget => {
-                std::thread::sleep(Duration::from_millis(rand::rng().random_range(1..=5)));
-            }
-            Err(e) if is_busy(&e) => {
-                return Err(StoreError::transient(
-                    NAME,
-                    format!("database {shown} stayed locked for {:?}", b.busy_budget),
-                )
-                .with_source(e));
-            }
-            Err(e) => {
-                let what = match e.sqlite_error_code() {
-                    Some(ErrorCode::NotADatabase) => "is not an SQLite database (or is corrupted)",
-                    Some(ErrorCode::DatabaseCorrupt) => "is corrupted",
-                    Some(
-                        ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied,
-                    ) => "cannot be written",
-                    _ => "cannot be set up",
-                };
-                return Err(StoreError::permanent(NAME, format!("{shown} {what}")).with_source(e));
-            }
-        }
-    }
-    loop {
-        match schema::migrate(&mut conn) {
-            Ok(()) => break,
-            Err(e) if e.contains("locked") && started.elapsed() < b.busy_budget => {
-                std::thread::sleep(Duration::from_millis(rand::rng().random_range(1..=5)));
-            }
-            Err(e) if e.contains("locked") => {
-                return Err(StoreError::transient(
-                    NAME,
-                    format!(
-                        "database {shown} stayed locked for {:?}: {e}",
-                        b.busy_budget
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(StoreError::permanent(NAME, format!("{shown}: {e}")));
-            }
-        }
-    }
+    // The first statements fail here for a file that is not a database, or is locked. One
+    // budget for both steps: opening is one operation, however its busy waits fall.
+    let budget = busy::Budget::start(b.busy_budget);
+    busy::retry_busy(
+        &path,
+        budget,
+        || setup(&mut conn),
+        |e| {
+            let what = match e.sqlite_error_code() {
+                Some(ErrorCode::NotADatabase) => "is not an SQLite database (or is corrupted)",
+                Some(ErrorCode::DatabaseCorrupt) => "is corrupted",
+                Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+                    "cannot be written"
+                }
+                _ => "cannot be set up",
+            };
+            StoreError::permanent(NAME, format!("{shown} {what}")).with_source(e)
+        },
+    )?;
+    busy::retry_busy(
+        &path,
+        budget,
+        || schema::migrate(&mut conn),
+        |e| e.for_db(&shown),
+    )?;
     let meta = std::fs::metadata(&path)
         .map_err(|e| StoreError::permanent(NAME, format!("cannot stat {shown}")).with_source(e))?;
     let wake_dir = wake::dir_of(&path);
