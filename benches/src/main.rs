@@ -12,6 +12,7 @@ mod output;
 mod proto;
 mod stats;
 mod store;
+mod svg;
 mod worker;
 
 use std::io::IsTerminal as _;

@@ -1,0 +1,225 @@
+//! The checker behind `fleet check`: reads the histories of a run and checks the invariants of
+//! the design (section 6) against them.
+//!
+//! A run is a directory holding `run.json` (its [`Meta`]), one `proc-N.jsonl` per worker process,
+//! `nemesis.jsonl`, and `jobs.jsonl` (the job table's final state). The checker derives from the
+//! events:
+//!
+//! - **grants**: `acquire` ok events, with the time the request was sent;
+//! - **tenures**: one per (process, key, fence), from its first grant to the first of its
+//!   release, its loss signal, the process's death, or its last event; its *deadline* at any
+//!   moment is the send time of its last successful acquire or renew answered by then, plus the
+//!   lease. The lock's own deadline is earlier by its safety margin, and the store's expiry is no
+//!   earlier (the store started the lease after the request was sent), so the checker's deadline
+//!   never blames a correct lock and never excuses an overlap in the store.
+//!
+//! | invariant | check |
+//! |---|---|
+//! | I1 | accepted writes of a key, one sent after another was answered, have increasing fences; two processes never write with one fence; a write whose fence is below one the table already accepted is rejected |
+//! | I2 | no job completed twice (history and table); every accepted completion is in the final table |
+//! | I3 | no two processes granted one fence of a key; a grant asked for after another was answered has a fence at least as large |
+//! | I4 | no renew or release succeeds when sent after the key was granted with a larger fence |
+//! | I5 | no renewal is sent after the deadline (+ half a lease of slack); the loss signal fires by the deadline (with a tolerance of max(lease/2, 1 s) for the logging task; excused when the process was stopped over its deadline); no protected work starts after the deadline or the loss signal |
+//! | I6 | tenures of different processes, each up to its deadline, do not overlap (skipped for a tenure whose process was paused longer than half the lease) |
+//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart in that time, and on SQLite from the end of another process's pause: a stopped process can hold the database's write lock) when another asked for it after the lease ran out |
+//! | I9 | a process that exits normally holds no key |
+//!
+//! [`load`] reads the runs; [`check`] indexes a run's events once (`index.rs`: the grants,
+//! tenures, writes and nemesis events, with the tenure and pause look-ups) and then checks each
+//! invariant in a function of its own (`invariants.rs`).
+
+mod index;
+mod invariants;
+mod load;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::Event;
+use crate::jobs::JobRow;
+use crate::stats::quantile;
+use index::RunIndex;
+pub use load::load;
+
+/// What the checker needs to know about a run, saved as `run.json` next to its histories.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// The run's name on the result line, e.g. `sqlite/kill+pause`.
+    pub name: String,
+    /// The lease the store grants (after its granularity), in nanoseconds.
+    pub lease_ns: u64,
+    /// The longest backoff between a waiter's attempts, in nanoseconds.
+    pub backoff_cap_ns: u64,
+    /// The seed of the nemesis schedule.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// One run's histories.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Its metadata.
+    pub meta: Meta,
+    /// Every event of every process, in any order.
+    pub events: Vec<Event>,
+    /// The job table's final state, if it was saved.
+    pub table: Option<Vec<JobRow>>,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// `I1` … `I9`.
+    pub invariant: &'static str,
+    /// What happened, with keys, processes, fences and times (seconds into the run).
+    pub detail: String,
+}
+
+/// The counts of a checked run and its violations.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The run's name.
+    pub name: String,
+    /// Grants (acquire ok events).
+    pub acquisitions: u64,
+    /// Pairs of tenures of a key, of different processes, that overlap as the workers saw them
+    /// (up to release or loss signal): the cases fencing is for.
+    pub overlaps: u64,
+    /// Writes whose fence was below one the table had already accepted.
+    pub stale_writes: u64,
+    /// Of those, rejected.
+    pub stale_rejected: u64,
+    /// Accepted writes out of fence order (I1 violations).
+    pub out_of_order: u64,
+    /// Accepted completions missing from the final table.
+    pub lost_updates: u64,
+    /// Jobs completed more than once.
+    pub duplicates: u64,
+    /// Loss signals.
+    pub losses: u64,
+    /// Renewals and releases sent after a larger fence was granted.
+    pub stale_ownership: u64,
+    /// Of those, refused.
+    pub stale_ownership_refused: u64,
+    /// Workers killed.
+    pub kills: u64,
+    /// Takeover times after kills, in nanoseconds.
+    pub takeovers_ns: Vec<u64>,
+    /// Workers paused.
+    pub pauses: u64,
+    /// Of those, longer than the lease.
+    pub long_pauses: u64,
+    /// Store restarts.
+    pub restarts: u64,
+    /// Tenure pairs checked for I6, and skipped because of a pause.
+    pub i6_checked: u64,
+    /// Tenure pairs skipped for I6.
+    pub i6_skipped: u64,
+    /// What went wrong.
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    /// `true` when no invariant was violated.
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The Jepsen-style result line.
+    pub fn line(&self) -> String {
+        let mut t = self.takeovers_ns.clone();
+        let takeover = quantile(&mut t, 0.99).map_or("-".to_owned(), secs);
+        format!(
+            "{}: {} acquisitions, {} overlaps, {}/{} stale writes rejected, {} accepted out of \
+             order, {} lost updates, {} duplicate completions, {} leases lost, {}/{} stale \
+             renews/releases refused, {} kills (takeover p99 {}), {} pauses ({} longer than the \
+             lease), {} store restarts: {}",
+            self.name,
+            self.acquisitions,
+            self.overlaps,
+            self.stale_rejected,
+            self.stale_writes,
+            self.out_of_order,
+            self.lost_updates,
+            self.duplicates,
+            self.losses,
+            self.stale_ownership_refused,
+            self.stale_ownership,
+            self.kills,
+            takeover,
+            self.pauses,
+            self.long_pauses,
+            self.restarts,
+            if self.ok() {
+                "ok".to_owned()
+            } else {
+                format!("{} VIOLATIONS", self.violations.len())
+            }
+        )
+    }
+
+    /// The `VIOLATION Ix: …` lines, at most `per_invariant` of each invariant plus a count of
+    /// the rest.
+    pub fn violation_lines(&self, per_invariant: usize) -> Vec<String> {
+        let mut by: BTreeMap<&str, Vec<&Violation>> = BTreeMap::new();
+        for v in &self.violations {
+            by.entry(v.invariant).or_default().push(v);
+        }
+        let mut out = Vec::new();
+        for (inv, vs) in by {
+            for v in vs.iter().take(per_invariant) {
+                out.push(format!("VIOLATION {inv}: {}", v.detail));
+            }
+            if vs.len() > per_invariant {
+                out.push(format!(
+                    "VIOLATION {inv}: … and {} more",
+                    vs.len() - per_invariant
+                ));
+            }
+        }
+        out
+    }
+
+    /// The invariants violated, each once.
+    pub fn invariants(&self) -> Vec<&'static str> {
+        let set: std::collections::BTreeSet<_> =
+            self.violations.iter().map(|v| v.invariant).collect();
+        set.into_iter().collect()
+    }
+
+    fn violate(&mut self, invariant: &'static str, detail: String) {
+        self.violations.push(Violation { invariant, detail });
+    }
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.2} s", ns as f64 / 1e9)
+}
+
+/// Checks one run: indexes its events once, then checks each invariant in turn.
+pub fn check(run: &Run) -> Report {
+    let ix = RunIndex::new(run);
+    let mut r = Report {
+        name: run.meta.name.clone(),
+        acquisitions: ix.acquisitions(),
+        losses: ix.losts.len() as u64,
+        kills: ix.kills.len() as u64,
+        pauses: ix.pauses.len() as u64,
+        long_pauses: ix.long_pauses(),
+        restarts: ix.restarts.len() as u64,
+        ..Report::default()
+    };
+    invariants::i3_grants(&ix, &mut r);
+    invariants::i1_fenced_writes(&ix, &mut r);
+    invariants::i2_completions(&ix, &mut r);
+    invariants::i4_ownership(&ix, &mut r);
+    invariants::i5_self_fencing(&ix, &mut r);
+    invariants::i6_exclusion(&ix, &mut r);
+    invariants::i8_takeover(&ix, &mut r);
+    invariants::i9_nothing_held_at_exit(&ix, &mut r);
+    r
+}
+
+#[cfg(test)]
+mod tests;

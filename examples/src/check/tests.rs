@@ -1,0 +1,276 @@
+//! The checker's invariants, each shown to pass a clean history and to fail a broken one.
+
+use super::*;
+use crate::history::{Kind, Op};
+
+const MS: u64 = 1_000_000;
+const LEASE: u64 = 1000 * MS;
+
+fn ev(t_ms: u64, proc: u64, op: Op, kind: Kind, fence: Option<u64>) -> Event {
+    let mut e = Event::at(t_ms * MS, proc, "job/1", op, kind);
+    e.fence = fence;
+    e
+}
+
+/// A tenure: acquire invoke/ok at `t`, then release at `until`.
+fn tenure(proc: u64, fence: u64, t: u64, until: Option<u64>) -> Vec<Event> {
+    let mut v = vec![
+        ev(t, proc, Op::Acquire, Kind::Invoke, None),
+        ev(t + 1, proc, Op::Acquire, Kind::Ok, Some(fence)),
+    ];
+    if let Some(u) = until {
+        v.push(ev(u, proc, Op::Release, Kind::Invoke, Some(fence)));
+        v.push(ev(u + 1, proc, Op::Release, Kind::Ok, Some(fence)));
+    }
+    v
+}
+
+fn write(t: u64, proc: u64, fence: u64, value: &str, accepted: bool) -> Vec<Event> {
+    let mut i = ev(t, proc, Op::Write, Kind::Invoke, Some(fence));
+    i.value = Some(value.into());
+    let mut o = ev(
+        t + 1,
+        proc,
+        Op::Write,
+        if accepted { Kind::Ok } else { Kind::Fail },
+        Some(fence),
+    );
+    o.value = Some(value.into());
+    o.accepted = Some(accepted);
+    vec![i, o]
+}
+
+fn run(events: Vec<Event>) -> Report {
+    run_named("t", events)
+}
+
+fn run_named(name: &str, events: Vec<Event>) -> Report {
+    check(&Run {
+        meta: Meta {
+            name: name.into(),
+            lease_ns: LEASE,
+            backoff_cap_ns: 250 * MS,
+            seed: 0,
+        },
+        events,
+        table: None,
+    })
+}
+
+fn invariants(events: Vec<Event>) -> Vec<&'static str> {
+    run(events).invariants()
+}
+
+#[test]
+fn a_clean_handoff_passes() {
+    let mut h = tenure(1, 1, 0, Some(100));
+    h.extend(write(50, 1, 1, "done", true));
+    h.extend(tenure(2, 2, 200, Some(300)));
+    h.extend(write(250, 2, 2, "claim", true));
+    let r = run(h);
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!(r.acquisitions, 2);
+    assert_eq!(r.overlaps, 0);
+}
+
+#[test]
+fn i1_flags_a_stale_write_accepted_and_counts_rejected_ones() {
+    let mut ok = tenure(1, 1, 0, Some(100));
+    ok.extend(tenure(2, 2, 200, Some(300)));
+    ok.extend(write(210, 2, 2, "claim", true));
+    ok.extend(write(250, 1, 1, "done", false));
+    let r = run(ok.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!((r.stale_rejected, r.stale_writes), (1, 1));
+
+    let mut bad = tenure(1, 1, 0, Some(100));
+    bad.extend(tenure(2, 2, 200, Some(300)));
+    bad.extend(write(210, 2, 2, "claim", true));
+    bad.extend(write(250, 1, 1, "done", true));
+    assert_eq!(invariants(bad), ["I1"]);
+}
+
+#[test]
+fn i2_flags_a_job_completed_twice_and_a_lost_completion() {
+    let mut h = tenure(1, 1, 0, Some(100));
+    h.extend(write(50, 1, 1, "done", true));
+    h.extend(tenure(2, 2, 200, Some(300)));
+    h.extend(write(250, 2, 2, "done", true));
+    assert_eq!(invariants(h), ["I2"]);
+
+    let mut h = tenure(1, 1, 0, Some(100));
+    h.extend(write(50, 1, 1, "done", true));
+    let table = Some(vec![JobRow {
+        id: 1,
+        completions: 0,
+        fence: 1,
+        done_by: None,
+    }]);
+    let mut run_ = Run {
+        meta: Meta {
+            name: "t".into(),
+            lease_ns: LEASE,
+            backoff_cap_ns: 0,
+            seed: 0,
+        },
+        events: h,
+        table,
+    };
+    let r = check(&run_);
+    assert_eq!((r.invariants(), r.lost_updates), (vec!["I2"], 1));
+    run_.table.as_mut().unwrap()[0].completions = 1;
+    assert!(check(&run_).ok());
+}
+
+#[test]
+fn i3_flags_a_shared_fence_and_a_smaller_later_fence_but_not_a_retake() {
+    let mut h = tenure(1, 1, 0, Some(100));
+    h.extend(tenure(2, 1, 200, Some(300)));
+    assert_eq!(invariants(h), ["I3"]);
+
+    let mut h = tenure(1, 5, 0, Some(100));
+    h.extend(tenure(2, 4, 200, None));
+    assert_eq!(invariants(h), ["I3"]);
+
+    // The same holder retaking its key keeps its fence: allowed.
+    let mut h = tenure(1, 5, 0, None);
+    h.extend(tenure(1, 5, 500, Some(600)));
+    assert!(run(h).ok());
+}
+
+#[test]
+fn i4_flags_a_release_that_succeeds_after_a_newer_grant() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(950, 1, Op::Lost, Kind::Info, Some(1)));
+    h.extend(tenure(2, 2, 1100, Some(1200)));
+    h.push(ev(1150, 1, Op::Release, Kind::Invoke, Some(1)));
+    h.push(ev(1151, 1, Op::Release, Kind::Fail, Some(1)));
+    let r = run(h.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!((r.stale_ownership_refused, r.stale_ownership), (1, 1));
+    h.pop();
+    h.push(ev(1151, 1, Op::Release, Kind::Ok, Some(1)));
+    assert_eq!(invariants(h), ["I4"]);
+}
+
+#[test]
+fn i5_flags_work_after_the_deadline_or_the_loss_and_a_late_loss_signal() {
+    // Renewed at 600: the deadline moves to 1600.
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(600, 1, Op::Renew, Kind::Invoke, Some(1)));
+    h.push(ev(601, 1, Op::Renew, Kind::Ok, Some(1)));
+    h.push(ev(1500, 1, Op::CsEnter, Kind::Info, Some(1)));
+    h.push(ev(1550, 1, Op::Lost, Kind::Info, Some(1)));
+    assert!(run(h.clone()).ok());
+
+    let mut late = h.clone();
+    late[4].t_ns = 1700 * MS;
+    late.sort_by_key(|e| e.t_ns);
+    assert_eq!(invariants(late), ["I5"]);
+
+    // A renewal sent after the deadline: the lock did not enforce it.
+    let mut late_renew = h[..4].to_vec();
+    late_renew.push(ev(2200, 1, Op::Renew, Kind::Invoke, Some(1)));
+    late_renew.push(ev(2201, 1, Op::Renew, Kind::Ok, Some(1)));
+    assert_eq!(invariants(late_renew), ["I5"]);
+
+    let mut after_loss = h.clone();
+    after_loss.push(ev(1560, 1, Op::CsEnter, Kind::Info, Some(1)));
+    assert_eq!(invariants(after_loss), ["I5"]);
+
+    let mut late_signal = h[..4].to_vec();
+    late_signal.push(ev(3000, 1, Op::Lost, Kind::Info, Some(1)));
+    assert_eq!(invariants(late_signal.clone()), ["I5"]);
+
+    // ... unless the process was stopped over its deadline and signalled right after.
+    let mut paused = late_signal;
+    let mut p = ev(1400, 1, Op::Pause, Kind::Info, None);
+    p.dur_ns = Some(1500 * MS);
+    paused.push(p);
+    paused.push(ev(2900, 1, Op::Resume, Kind::Info, None));
+    assert!(run(paused).ok());
+}
+
+#[test]
+fn i6_flags_overlapping_tenures_unless_a_long_pause_explains_them() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(500, 1, Op::Lost, Kind::Info, Some(1)));
+    h.extend(tenure(2, 2, 200, Some(300)));
+    let r = run(h);
+    assert_eq!(r.invariants(), ["I6"]);
+    assert_eq!(r.overlaps, 1);
+
+    // Proc 1 paused 3 s holding the key: it believes it holds until it sees the loss, but
+    // its deadline ended at 1000 ms; proc 2 takes over at 1200 ms.
+    let mut h = tenure(1, 1, 0, None);
+    let mut p = ev(100, 1, Op::Pause, Kind::Info, None);
+    p.dur_ns = Some(3000 * MS);
+    h.push(p);
+    h.push(ev(3100, 1, Op::Resume, Kind::Info, None));
+    h.push(ev(3105, 1, Op::Lost, Kind::Info, Some(1)));
+    h.extend(tenure(2, 2, 1200, Some(1300)));
+    let r = run(h);
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!(r.overlaps, 1);
+}
+
+#[test]
+fn i8_flags_a_key_nobody_gets_after_its_holder_is_killed() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    h.extend(tenure(2, 2, 1300, Some(1400)));
+    let r = run(h.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!(r.takeovers_ns, [1201 * MS]);
+
+    let mut h = h[..3].to_vec();
+    for t in [1200, 1500, 2000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    assert_eq!(invariants(h), ["I8"]);
+}
+
+/// On SQLite a process stopped inside a transaction holds the write lock and stalls every
+/// other process: the takeover clock starts again when such a pause ends (only there).
+#[test]
+fn i8_on_sqlite_counts_from_the_end_of_another_process_pause() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    let mut p = ev(200, 3, Op::Pause, Kind::Info, None);
+    p.dur_ns = Some(1500 * MS);
+    h.push(p);
+    h.push(ev(1700, 3, Op::Resume, Kind::Info, None));
+    for t in [1200, 1500, 2000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    h.extend(tenure(2, 2, 2600, Some(2700)));
+    assert_eq!(
+        run_named("redis/kill+pause", h.clone()).invariants(),
+        ["I8"]
+    );
+    let r = run_named("sqlite/kill+pause", h);
+    assert!(r.ok(), "{:?}", r.violations);
+}
+
+#[test]
+fn i9_flags_a_process_that_exits_holding_a_key() {
+    let mut h = tenure(1, 1, 0, Some(100));
+    h.push(ev(200, 1, Op::Exit, Kind::Info, None));
+    assert!(run(h).ok());
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(200, 1, Op::Exit, Kind::Info, None));
+    assert_eq!(invariants(h), ["I9"]);
+}
+
+trait TapProc {
+    fn tap_proc(self, proc: u64) -> Self;
+}
+impl TapProc for Event {
+    fn tap_proc(mut self, proc: u64) -> Self {
+        self.proc = proc;
+        self.key.clear();
+        self
+    }
+}
