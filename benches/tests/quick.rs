@@ -153,6 +153,14 @@ fn quick_etcd() {
 
 #[test]
 fn bad_input_names_what_is_wrong() {
+    // Refused runs write nothing, but run from a temp dir so that a regression cannot leave a
+    // `target/lease-bench` behind in the source tree.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bench = || {
+        let mut c = bench();
+        c.current_dir(dir.path());
+        c
+    };
     let run = bench().args(["--store", "mongodb"]).output().unwrap();
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
