@@ -67,8 +67,11 @@
 //! released, does not take the key while a live waiter is queued. Waiters refresh their entry
 //! at every poll; an entry not refreshed within its patience is skipped. A waiter that gives
 //! up leaves the queue, and passes on a grant that raced in. The store's record stays the
-//! truth: a waiter always confirms its grant with a store call, which starts its local
-//! deadline. [`LockBuilder::barging`] keeps the polling behaviour for comparison.
+//! truth: a waiter takes a grant the store reports to it ([`LeaseStore::wait_for_grant`])
+//! without another call only when its fence is newer than the key's fence at the waiter's last
+//! enqueue, which then bounds the grant's start (its local deadline counts from that enqueue's
+//! send time), and only with a renewal interval to spare; otherwise it confirms with the store.
+//! [`LockBuilder::barging`] keeps the polling behaviour for comparison.
 //!
 //! *A late grant is no grant*: the local deadline of a grant counts from the moment the request
 //! was sent, and is checked again when the reply arrives. A reply at or past it (a slow link, a

@@ -16,7 +16,7 @@ use crate::holder::{self, HolderId};
 use crate::input::validate;
 use crate::lease::{self, Config, Inner, signal_loss};
 use crate::state::{Enter, HolderState};
-use crate::{Enqueued, Error, LeaseStore, StoreError, metrics};
+use crate::{Enqueued, Error, Fence, LeaseStore, StoreError, metrics};
 
 /// A lease lock on one key, shared by every process that uses the same store and key.
 ///
@@ -332,7 +332,7 @@ impl<S: LeaseStore> CrossProcessLock<S> {
     pub async fn try_lock_once(&self) -> Result<LockGuard<S>, Error> {
         match self.acquire_once(None, false).await? {
             Attempt::Granted(g) => Ok(g),
-            Attempt::Busy | Attempt::Queued(_) => Err(Error::Busy {
+            Attempt::Busy | Attempt::Queued(..) => Err(Error::Busy {
                 key: self.inner.key.clone(),
             }),
             // Only an attempt with a call deadline times out; none was given.
@@ -437,9 +437,9 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                         return Ok(guard);
                     }
                     Ok(Attempt::Busy) => failing_since = None,
-                    Ok(Attempt::Queued(holder)) => {
+                    Ok(Attempt::Queued(place)) => {
                         failing_since = None;
-                        queued_as = Some(holder);
+                        queued_as = Some(place);
                     }
                     Ok(Attempt::TimedOut) => {
                         return Err(Error::TimedOut {
@@ -476,14 +476,21 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                     }
                     pause = pause.min(deadline - now);
                 }
-                if let Some(holder) = queued_as.filter(|_| config.notifications) {
-                    // Queued: the store hands the key over on release; this waits for that (the
-                    // next attempt confirms it and starts the local deadline) and refreshes the
-                    // entry at least every `backoff_max`.
-                    tokio::select! {
+                if let Some(place) = queued_as.filter(|_| config.notifications) {
+                    // Queued: the store hands the key over on release. This waits for that,
+                    // takes the grant the store reports if it can vouch for its deadline
+                    // (otherwise the next attempt confirms it with the store), and refreshes
+                    // the entry at least every `backoff_max`.
+                    let granted = tokio::select! {
                         biased;
-                        _ = self.inner.store.wait_for_grant(&self.inner.key, &holder, pause) => {}
-                        () = &mut changed => {}
+                        f = self.inner.store.wait_for_grant(&self.inner.key, &place.holder, pause) => f,
+                        () = &mut changed => None,
+                    };
+                    if let Some(fence) = granted
+                        && let Some(guard) = self.adopt(&place, fence, deadline).await
+                    {
+                        metrics::wait(self.inner.store_name, started.elapsed());
+                        return Ok(guard);
                     }
                 } else if config.notifications && !store_failed {
                     tokio::select! {
@@ -583,6 +590,55 @@ impl<S: LeaseStore> CrossProcessLock<S> {
         }
     }
 
+    /// Takes a grant the store reported to this waiter ([`LeaseStore::wait_for_grant`]) without
+    /// another store call, when its local deadline is known: the store answered `Waiting` to
+    /// the enqueue sent at `place.sent`, with the key at `place.fence`, so a grant with a larger
+    /// fence was made after that, with this waiter's lease, and lasts at least until
+    /// `place.sent + lease`. Returns `None` (the caller confirms with the store) when that
+    /// leaves less than a renewal interval, or the grant cannot be matched to this wait: no
+    /// fence was reported, the holder nonce changed, or a release without a fence (which could
+    /// end this grant) is still in flight.
+    async fn adopt(
+        &self,
+        place: &Place,
+        fence: Fence,
+        call_deadline: Option<Instant>,
+    ) -> Option<LockGuard<S>> {
+        let config = self.inner.config;
+        if place.fence.is_none_or(|seen| fence <= seen) {
+            return None;
+        }
+        let deadline = place.sent + config.lease - config.margin;
+        let fresh = || self.inner.clock.now() + config.renew_every < deadline;
+        if !fresh() {
+            return None;
+        }
+        let limit = Instant::now() + config.renew_every;
+        let limit = call_deadline.map_or(limit, |d| d.min(limit));
+        let permit = tokio::time::timeout_at(limit, self.inner.acquiring.clone().lock_owned())
+            .await
+            .ok()?;
+        if let Some(guard) = self.enter() {
+            return Some(guard);
+        }
+        if self.inner.state.nonce() != place.nonce
+            || self.inner.state.pending_releases() > 0
+            || !fresh()
+        {
+            return None;
+        }
+        metrics::acquired(self.inner.store_name, Duration::ZERO);
+        let ticket = lease::start(
+            &self.inner,
+            fence,
+            deadline,
+            place.nonce,
+            place.holder.clone(),
+        );
+        drop(permit);
+        Some(LockGuard::new(self.inner.clone(), ticket))
+    }
+
     /// The re-entrant fast path.
     fn enter(&self) -> Option<LockGuard<S>> {
         match self.inner.state.enter(self.inner.clock.now()) {
@@ -604,10 +660,21 @@ enum Attempt<S: LeaseStore> {
     Granted(LockGuard<S>),
     /// Another holder has the key.
     Busy,
-    /// Another holder has the key, and this process is queued for it under this holder string.
-    Queued(Arc<str>),
+    /// Another holder has the key, and this process is queued for it.
+    Queued(Place),
     /// The call's deadline passed first.
     TimedOut,
+}
+
+/// This process's place in a key's queue, from the store's last `Waiting` answer.
+struct Place {
+    /// The holder string it is queued under, and the holder nonce of that string.
+    holder: Arc<str>,
+    nonce: u64,
+    /// The key's fence in that answer.
+    fence: Option<Fence>,
+    /// When the enqueue was sent, on the lock's clock.
+    sent: Duration,
 }
 
 async fn acquire_from_store<S: LeaseStore>(
@@ -634,9 +701,14 @@ async fn acquire_from_store<S: LeaseStore>(
             .await
         {
             Ok(Enqueued::Granted(fence)) => Ok(Some(fence)),
-            Ok(Enqueued::Waiting { .. }) => {
+            Ok(Enqueued::Waiting { fence }) => {
                 metrics::contended(inner.store_name);
-                return Ok(Attempt::Queued(holder));
+                return Ok(Attempt::Queued(Place {
+                    holder,
+                    nonce,
+                    fence,
+                    sent,
+                }));
             }
             Err(e) => Err(e),
         }

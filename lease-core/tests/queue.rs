@@ -213,3 +213,130 @@ async fn barging_mode_polls_instead_of_queueing() {
     drop(held);
     assert!(waiter.await.unwrap().unwrap() > f);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handoff_takes_the_reported_grant_without_another_store_call() {
+    let s = store();
+    let a = lock(&s, "a");
+    let b = lock(&s, "b");
+    let held = a.try_lock_once().await.unwrap();
+    let mut granted = queue_up(&[("b", b.clone())]).await;
+    let before = s.calls();
+    held.release().await.unwrap();
+    let (_, g) = granted.recv().await.unwrap();
+    assert!(g.is_held());
+    assert_eq!(
+        s.calls().enqueue,
+        before.enqueue,
+        "the waiter took the grant the store reported, without confirming it: {:?}",
+        s.calls()
+    );
+    // Its deadline counts from its last enqueue: the heartbeat keeps the lease.
+    sleep(LEASE * 3).await;
+    assert!(g.is_held());
+    assert_eq!(s.inner().holder("k").map(|h| h.contains("/b#")), Some(true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reported_grant_too_close_to_its_deadline_is_confirmed_with_the_store() {
+    // Long polls (backoff up to the whole lease): by the time the grant is reported, the last
+    // enqueue may be too long ago to vouch for the lease; the waiter asks the store again.
+    let s = store();
+    let a = lock(&s, "a");
+    let b = CrossProcessLock::builder(s.clone(), "k")
+        .lease(LEASE)
+        .holder_label("b")
+        .backoff(LEASE, LEASE)
+        .clock(Arc::new(TokioClock::new()))
+        .build()
+        .unwrap();
+    let held = a.try_lock_once().await.unwrap();
+    let mut granted = queue_up(&[("b", b.clone())]).await;
+    sleep(LEASE - LEASE / 10).await;
+    let before = s.calls();
+    held.release().await.unwrap();
+    let (_, g) = granted.recv().await.unwrap();
+    assert!(g.is_held());
+    assert!(
+        s.calls().enqueue > before.enqueue,
+        "the grant was confirmed by an enqueue: {:?}",
+        s.calls()
+    );
+}
+
+/// A store whose `wait_for_grant` reports the key's current fence as a grant to every waiter:
+/// a stale or misdirected notification.
+#[derive(Clone)]
+struct StaleGrants(Store);
+
+impl lease_core::LeaseStore for StaleGrants {
+    async fn try_lock(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<lease_core::Fence>, lease_core::StoreError> {
+        self.0.try_lock(lease, key, holder).await
+    }
+    async fn renew(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        fence: lease_core::Fence,
+    ) -> Result<bool, lease_core::StoreError> {
+        self.0.renew(lease, key, holder, fence).await
+    }
+    async fn release(
+        &self,
+        key: &str,
+        holder: &str,
+        fence: lease_core::Fence,
+    ) -> Result<bool, lease_core::StoreError> {
+        self.0.release(key, holder, fence).await
+    }
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<lease_core::Enqueued, lease_core::StoreError> {
+        self.0.enqueue(lease, key, holder, patience).await
+    }
+    async fn wait_for_grant(
+        &self,
+        key: &str,
+        _holder: &str,
+        max_wait: Duration,
+    ) -> Option<lease_core::Fence> {
+        sleep(max_wait / 4).await;
+        self.0.inner().fence(key)
+    }
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, lease_core::StoreError> {
+        self.0.leave_queue(key, holder).await
+    }
+    fn capabilities(&self) -> lease_core::Capabilities {
+        self.0.capabilities()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reported_grant_no_newer_than_the_key_is_not_taken() {
+    let s = store();
+    let stale = StaleGrants(s.clone());
+    let a = lock(&s, "a");
+    let b = CrossProcessLock::builder(stale, "k")
+        .lease(LEASE)
+        .holder_label("b")
+        .clock(Arc::new(TokioClock::new()))
+        .build()
+        .unwrap();
+    let held = a.try_lock_once().await.unwrap();
+    let waited = b.lock_timeout(LEASE * 2).await;
+    assert!(
+        matches!(waited, Err(Error::TimedOut { .. })),
+        "a notification carrying the holder's own fence is no grant: {waited:?}"
+    );
+    assert!(held.is_held());
+}
