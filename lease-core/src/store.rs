@@ -195,12 +195,15 @@ pub trait LeaseStore: Send + Sync + 'static {
     }
 
     /// Waits until `holder`, queued on `key` by [`enqueue`](Self::enqueue), may have been granted
-    /// the key, or at most `max_wait`. `Some(fence)`: the store says it granted `holder` the key
-    /// with `fence` (a store that cannot tell answers `None` and returns early on any change).
+    /// the key, or at most `max_wait`. `Some(fence)`: the store granted `holder` the key with
+    /// `fence` (read from its record, or carried by a message the granting call sent); a store
+    /// that cannot tell answers `None` and returns early on any change.
     ///
-    /// Only a hint, like [`wait_for_change`](Self::wait_for_change): the caller confirms with
-    /// [`enqueue`](Self::enqueue), which also starts its local deadline. May be dropped at any
-    /// await. The default is [`wait_for_change`](Self::wait_for_change), then `None`.
+    /// The lock takes a `Some(fence)` as its grant only when `fence` is larger than the one
+    /// [`Enqueued::Waiting`] last reported (see there); otherwise, and after `None`, it confirms
+    /// with [`enqueue`](Self::enqueue). So a `Some` must never name a fence the store did not
+    /// grant to `holder`. May be dropped at any await. The default is
+    /// [`wait_for_change`](Self::wait_for_change), then `None`.
     fn wait_for_grant(
         &self,
         key: &str,
@@ -271,6 +274,11 @@ pub enum Enqueued {
     Waiting {
         /// The key's fence when the store answered (`None`: never granted, or the store does
         /// not say). A grant to this waiter, later, has a larger one.
+        ///
+        /// It must be the key's latest fence at that moment, never a lower one: the lock takes
+        /// a grant reported by [`wait_for_grant`](LeaseStore::wait_for_grant) without asking
+        /// the store again only when its fence is larger than this, which proves the grant
+        /// was made after this answer. A store that cannot tell answers `None`.
         fence: Option<Fence>,
     },
 }
