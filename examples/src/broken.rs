@@ -278,8 +278,10 @@ impl LeaseStore for BrokenStore {
         self.inner.break_lock(key).await
     }
 
+    /// The inner store's, without its waiter queue: the mistakes reproduced here are those of
+    /// a polling store, and this wrapper forwards no queue operation.
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.inner.capabilities().with_queued_grants(false)
     }
 }
 

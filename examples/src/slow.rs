@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use lease_core::{BrokenLock, Capabilities, DynStore, Fence, KeyState, LeaseStore, StoreError};
+use lease_core::{
+    BrokenLock, Capabilities, DynStore, Enqueued, Fence, KeyState, LeaseStore, StoreError,
+};
 
 /// The control file of worker `proc` in run directory `dir`.
 pub fn control_file(dir: &Path, proc: u64) -> PathBuf {
@@ -102,6 +104,28 @@ impl LeaseStore for SlowStore {
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         self.inner.wait_for_change(key, max_wait).await
+    }
+
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        let r = self.inner.enqueue(lease, key, holder, patience).await;
+        self.late(r).await
+    }
+
+    /// A grant's message comes late too, as over the same slow link.
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        let r = self.inner.wait_for_grant(key, holder, max_wait).await;
+        if r.is_some() { self.late(r).await } else { r }
+    }
+
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        let r = self.inner.leave_queue(key, holder).await;
+        self.late(r).await
     }
 
     /// Forwarded without delay: the lock never makes these calls.
