@@ -1,19 +1,23 @@
 //! Connection settings: [`EtcdStoreBuilder`], the `etcd://` URL form, and credential redaction.
+//!
+//! The settings know nothing of the store they build: [`EtcdStoreBuilder::connect`] is
+//! implemented beside [`EtcdStore`](crate::EtcdStore), which it returns.
 
 use std::fmt;
 use std::time::Duration;
 
 use lease_core::StoreError;
 
-use crate::NAME;
-use crate::store::EtcdStore;
+use crate::error::NAME;
 
 /// The key prefix used when none is given: every key this store writes starts with it.
 pub const DEFAULT_PREFIX: &str = "lease/";
 
-/// Builds an [`EtcdStore`]: endpoints, key prefix, credentials, TLS and timeouts.
+/// Builds an [`EtcdStore`](crate::EtcdStore): endpoints, key prefix, credentials, TLS and
+/// timeouts.
 ///
-/// Start from [`EtcdStore::builder`] (endpoints) or [`EtcdStoreBuilder::from_url`]. The builder's
+/// Start from [`EtcdStore::builder`](crate::EtcdStore::builder) (endpoints) or
+/// [`EtcdStoreBuilder::from_url`]. The builder's
 /// `Debug` output never shows the password.
 #[derive(Clone)]
 pub struct EtcdStoreBuilder {
@@ -99,18 +103,6 @@ impl EtcdStoreBuilder {
         self.tls = true;
         self.tls_options = Some(options);
         self
-    }
-
-    /// Connects and checks that the cluster answers.
-    ///
-    /// # Errors
-    ///
-    /// Invalid settings (no endpoints, a bad endpoint, a zero timeout) are
-    /// [`InvalidInput`](lease_core::StoreErrorKind::InvalidInput); refused credentials are
-    /// permanent; an unreachable cluster is a transient error naming the endpoints, returned
-    /// within about `connect_timeout + request_timeout`.
-    pub async fn connect(self) -> Result<EtcdStore, StoreError> {
-        EtcdStore::connect_with(self).await
     }
 
     pub(crate) fn validate(&self) -> Result<(), StoreError> {

@@ -1,9 +1,10 @@
-//! Mapping etcd-client's errors into classified [`StoreError`]s.
+//! The store's name, and the mapping of etcd-client's errors into classified [`StoreError`]s.
 
 use grpc::Code;
 use lease_core::StoreError;
 
-use crate::NAME;
+/// The store's name in errors and capabilities.
+pub(crate) const NAME: &str = "etcd";
 
 /// The gRPC status codes this crate tells apart, read from etcd-client's errors without a direct
 /// dependency on tonic.

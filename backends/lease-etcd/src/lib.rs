@@ -149,14 +149,13 @@
 //!   certificates through `etcd_client::TlsOptions`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod client;
 mod config;
 mod error;
+mod grants;
 mod session;
 mod store;
 
 pub use config::{DEFAULT_PREFIX, EtcdStoreBuilder};
 pub use etcd_client;
 pub use store::EtcdStore;
-
-/// The store's name in errors and capabilities.
-const NAME: &str = "etcd";

@@ -22,13 +22,13 @@
 //!   after what they need, otherwise by the next one, sent as soon as the answer is in: the
 //!   keepalive rate grows with round trips, not with held keys.
 //! - Before each keepalive the task has the store delete the grants of this session whose
-//!   holders stopped renewing ([`Inner::sweep`]); if a delete cannot be confirmed, no keepalive
+//!   holders stopped renewing ([`Grants::sweep`]); if a delete cannot be confirmed, no keepalive
 //!   is sent, so a keepalive never stretches a key its holder gave up on.
 //! - A keepalive answer with TTL ≤ 0 (or "lease not found") marks the session lost for good:
 //!   its keys are gone or going, every later renew of them returns `false`, and the store
 //!   grants new keys on a new session.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -38,16 +38,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::NAME;
-use crate::error::{is_lease_not_found, map, timed_out};
-use crate::store::Inner;
+use crate::error::{NAME, is_lease_not_found, map, timed_out};
+use crate::grants::Grants;
 
 pub(crate) struct Session {
     pub(crate) id: i64,
     /// The TTL etcd granted.
     pub(crate) ttl: Duration,
     state: Arc<Mutex<State>>,
-    inner: Weak<Inner>,
+    /// The store's grants (swept before each keepalive); the store owns them.
+    grants: Weak<Grants>,
+    /// The store's count of keepalives sent.
+    keepalives: Arc<AtomicU64>,
     /// The way to the keepalive task; a new task is started when there is none or it ended (its
     /// runtime shut down).
     task: Mutex<Option<mpsc::UnboundedSender<Request>>>,
@@ -73,7 +75,13 @@ struct Request {
 }
 
 impl Session {
-    pub(crate) fn new(id: i64, ttl: Duration, granted_at: Duration, inner: Weak<Inner>) -> Self {
+    pub(crate) fn new(
+        id: i64,
+        ttl: Duration,
+        granted_at: Duration,
+        grants: Weak<Grants>,
+        keepalives: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             id,
             ttl,
@@ -81,7 +89,8 @@ impl Session {
                 fresh_from: granted_at,
                 lost: false,
             })),
-            inner,
+            grants,
+            keepalives,
             task: Mutex::new(None),
         }
     }
@@ -91,7 +100,7 @@ impl Session {
     }
 
     pub(crate) fn mark_lost(&self) {
-        mark_lost(self.id, &self.state, &self.inner);
+        mark_lost(self.id, &self.state, &self.grants);
     }
 
     /// See [`EtcdStore::session_cover`](crate::EtcdStore::session_cover).
@@ -108,7 +117,7 @@ impl Session {
         settled(&self.state, need)
     }
 
-    fn sender(&self, inner: &Inner) -> mpsc::UnboundedSender<Request> {
+    fn sender(&self, grants: &Grants) -> mpsc::UnboundedSender<Request> {
         let mut task = self.task.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = task.as_ref().filter(|tx| !tx.is_closed()) {
             return tx.clone();
@@ -117,9 +126,10 @@ impl Session {
         let keeper = Keeper {
             id: self.id,
             state: self.state.clone(),
-            inner: self.inner.clone(),
-            client: inner.client.clone(),
-            request_timeout: inner.request_timeout,
+            grants: self.grants.clone(),
+            keepalives: self.keepalives.clone(),
+            client: grants.etcd().client().clone(),
+            request_timeout: grants.etcd().request_timeout(),
             stream: None,
             waiting: Vec::new(),
             in_flight: None,
@@ -143,10 +153,10 @@ impl Session {
         if let Some(alive) = self.settled(need) {
             return Ok(alive);
         }
-        let Some(inner) = self.inner.upgrade() else {
+        let Some(grants) = self.grants.upgrade() else {
             return Err(StoreError::transient(NAME, "the etcd store was dropped"));
         };
-        let timeout = inner.request_timeout;
+        let timeout = grants.etcd().request_timeout();
         let give_up = Instant::now() + timeout;
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -154,13 +164,13 @@ impl Session {
             give_up,
             reply,
         };
-        if self.sender(&inner).send(request).is_err() {
+        if self.sender(&grants).send(request).is_err() {
             return Err(StoreError::transient(
                 NAME,
                 "the keepalive task of the session lease ended",
             ));
         }
-        drop(inner);
+        drop(grants);
         match tokio::time::timeout_at(give_up, answer).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(StoreError::transient(
@@ -183,7 +193,7 @@ fn settled(state: &Mutex<State>, need: Duration) -> Option<bool> {
     }
 }
 
-fn mark_lost(id: i64, state: &Mutex<State>, inner: &Weak<Inner>) {
+fn mark_lost(id: i64, state: &Mutex<State>, grants: &Weak<Grants>) {
     {
         let mut s = lock_state(state);
         if !s.lost {
@@ -192,8 +202,8 @@ fn mark_lost(id: i64, state: &Mutex<State>, inner: &Weak<Inner>) {
         s.lost = true;
     }
     // etcd deletes every key of the lease with it, and a grant sent on it can no longer apply.
-    if let Some(inner) = inner.upgrade() {
-        inner.held().retain(|_, h| h.session != id);
+    if let Some(grants) = grants.upgrade() {
+        grants.drop_session(id);
     }
 }
 
@@ -218,7 +228,8 @@ struct Keeper {
     id: i64,
     state: Arc<Mutex<State>>,
     /// Weak: the task must not keep the store alive; it ends when the session is dropped.
-    inner: Weak<Inner>,
+    grants: Weak<Grants>,
+    keepalives: Arc<AtomicU64>,
     client: Client,
     request_timeout: Duration,
     stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
@@ -290,7 +301,7 @@ impl Keeper {
 
     fn lost(&mut self, waiters: Vec<Request>) {
         self.stream = None;
-        mark_lost(self.id, &self.state, &self.inner);
+        mark_lost(self.id, &self.state, &self.grants);
         for w in waiters {
             let _ = w.reply.send(Ok(false));
         }
@@ -304,21 +315,21 @@ impl Keeper {
 
     /// Sweeps, then sends one keepalive for every waiting request.
     async fn send(&mut self) {
-        let Some(inner) = self.inner.upgrade() else {
+        let Some(grants) = self.grants.upgrade() else {
             let e = StoreError::transient(NAME, "the etcd store was dropped");
             let waiters = std::mem::take(&mut self.waiting);
             self.fail(waiters, &e);
             return;
         };
-        if let Err(e) = inner.sweep(self.id).await {
+        if let Err(e) = grants.sweep(self.id).await {
             // No keepalive while a key whose lease passed may still be on the session lease.
             debug!(lease_id = self.id, error = %e, "keepalive held back: abandoned grant not deleted");
             let waiters = std::mem::take(&mut self.waiting);
             self.fail(waiters, &e);
             return;
         }
-        inner.keepalives.fetch_add(1, Ordering::Relaxed);
-        drop(inner);
+        self.keepalives.fetch_add(1, Ordering::Relaxed);
+        drop(grants);
         let sent = BootClock.now();
         let waiters = std::mem::take(&mut self.waiting);
         if let Some((keeper, _)) = self.stream.as_mut() {

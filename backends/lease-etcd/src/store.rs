@@ -2,14 +2,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KeyValue, PutOptions,
-    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    TxnResponse,
 };
 use lease_core::input::{validate, validate_key};
 use lease_core::{
@@ -17,9 +16,10 @@ use lease_core::{
 };
 use tracing::debug;
 
-use crate::NAME;
+use crate::client::{Etcd, Failure};
 use crate::config::EtcdStoreBuilder;
-use crate::error::{is_lease_not_found, map, not_sent, timed_out};
+use crate::error::NAME;
+use crate::grants::{Grants, Held, slot};
 use crate::session::Session;
 
 /// A [`LeaseStore`] in etcd; see the [crate docs](crate) for the protocol.
@@ -30,73 +30,18 @@ pub struct EtcdStore {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub(crate) client: Client,
+struct Inner {
+    etcd: Etcd,
     prefix: Vec<u8>,
-    pub(crate) request_timeout: Duration,
     endpoints: Vec<String>,
     user: Option<String>,
     /// The live session lease per requested TTL in whole seconds.
     sessions: tokio::sync::Mutex<HashMap<i64, Arc<Session>>>,
-    /// The grants this store made (or may have made) and still covers with a session lease, by
-    /// etcd lock key and holder: several holders may try one key through one store at once, and
-    /// each attempt must be tracked until its outcome is known.
-    held: Mutex<HashMap<Slot, Held>>,
-    /// Keepalive requests sent, for [`EtcdStore::keepalives_sent`].
-    pub(crate) keepalives: AtomicU64,
-    /// The last [`Held::generation`] handed out.
-    generations: AtomicU64,
-}
-
-/// `(lock key, holder)`: the key of [`Inner::held`].
-pub(crate) type Slot = (Vec<u8>, Vec<u8>);
-
-fn slot(lock: &[u8], holder: &[u8]) -> Slot {
-    (lock.to_vec(), holder.to_vec())
-}
-
-/// A grant covered by one of this store's session leases, or an acquire that may have made one.
-///
-/// An entry is made *before* the acquire is sent and removed only once it is certain that the
-/// key is not (or no longer) this grant on the session lease: a release or renew that etcd
-/// answered, or a delete by the sweep that etcd confirmed. So no key this store put on a session
-/// lease is ever forgotten while the lease lives, whatever happened to the calls.
-#[derive(Debug, Clone)]
-pub(crate) struct Held {
-    pub(crate) holder: Vec<u8>,
-    /// `None` while the acquire has no answer (in flight, or timed out: etcd may still have
-    /// applied it); the sweep then reads the key to learn it.
-    pub(crate) fence: Option<i64>,
-    /// `BootClock` time until which the holder asked for the key (send time of its last
-    /// acquire or renew + its lease). A keepalive after this would stretch the key past what
-    /// its holder asked for, so the key is deleted instead (see [`Inner::sweep`]).
-    pub(crate) valid_until: Duration,
-    pub(crate) session: i64,
-    /// Set when the sweep starts deleting the grant. From then on it is never extended: a renew
-    /// reports the loss, and an acquire by the same holder waits for the delete to be confirmed,
-    /// so a delete that lands late can never remove a grant reported after it.
-    pub(crate) doomed: bool,
-    /// Tells this entry from later ones of the same key.
-    pub(crate) generation: u64,
-}
-
-/// Why a request failed before it could be classified.
-pub(crate) enum Failure {
-    Etcd(etcd_client::Error),
-    Timeout(Duration),
-}
-
-impl Failure {
-    pub(crate) fn into_store(self, what: &str) -> StoreError {
-        match self {
-            Failure::Etcd(e) => map(what, e),
-            Failure::Timeout(d) => timed_out(what, d),
-        }
-    }
-
-    fn is_lease_not_found(&self) -> bool {
-        matches!(self, Failure::Etcd(e) if is_lease_not_found(e))
-    }
+    /// The grants this store made (or may have made), and their sweep. Shared with the sessions'
+    /// keepalive tasks, which sweep before each keepalive.
+    grants: Arc<Grants>,
+    /// Keepalive requests sent, for [`EtcdStore::keepalives_sent`]; counted by the sessions.
+    keepalives: Arc<AtomicU64>,
 }
 
 /// What the acquire transaction found.
@@ -146,6 +91,20 @@ fn to_fence(key: &str, v: i64) -> Result<Fence, StoreError> {
     })
 }
 
+impl EtcdStoreBuilder {
+    /// Connects and checks that the cluster answers.
+    ///
+    /// # Errors
+    ///
+    /// Invalid settings (no endpoints, a bad endpoint, a zero timeout) are
+    /// [`InvalidInput`](lease_core::StoreErrorKind::InvalidInput); refused credentials are
+    /// permanent; an unreachable cluster is a transient error naming the endpoints, returned
+    /// within about `connect_timeout + request_timeout`.
+    pub async fn connect(self) -> Result<EtcdStore, StoreError> {
+        EtcdStore::connect_with(self).await
+    }
+}
+
 impl EtcdStore {
     /// A builder for a store on these endpoints (`host:port`, or `http(s)://host:port`).
     pub fn builder<I, S>(endpoints: I) -> EtcdStoreBuilder
@@ -165,79 +124,25 @@ impl EtcdStore {
         EtcdStoreBuilder::from_url(url)?.connect().await
     }
 
-    pub(crate) async fn connect_with(b: EtcdStoreBuilder) -> Result<Self, StoreError> {
+    async fn connect_with(b: EtcdStoreBuilder) -> Result<Self, StoreError> {
         b.validate()?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(b.connect_timeout)
-            .with_timeout(b.request_timeout)
-            // HTTP/2 pings notice a dead member (or a silent network) without waiting for TCP.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            // A member cut off from the leader refuses at once instead of hanging, so requests
-            // and watches move to a member that has one.
-            .with_require_leader(true)
-            // Simple auth tokens expire when idle (300 s by default): re-authenticate and retry.
-            .with_auto_token_refresh(true);
-        if let Some((user, password)) = &b.user {
-            options = options.with_user(user.clone(), password.clone());
-        }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &b.tls_options {
-            options = options.with_tls(tls.clone());
-        } else if b.tls {
-            options = options.with_tls(etcd_client::TlsOptions::new().with_native_roots());
-        }
-        let endpoints = b.client_endpoints();
-        let shown = b.endpoints.join(",");
-        let budget = b.connect_timeout + b.request_timeout;
-        let client =
-            match tokio::time::timeout(budget, Client::connect(&endpoints, Some(options))).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(map(&format!("connecting to etcd at {shown}"), e)),
-                Err(_) => {
-                    return Err(StoreError::transient(
-                        NAME,
-                        format!("could not reach etcd at {shown} within {budget:?}"),
-                    ));
-                }
-            };
-        let store = EtcdStore {
+        let etcd = Etcd::connect(&b).await?;
+        Ok(EtcdStore {
             inner: Arc::new(Inner {
-                client,
+                grants: Arc::new(Grants::new(etcd.clone(), b.prefix.clone())),
+                etcd,
                 prefix: b.prefix,
-                request_timeout: b.request_timeout,
                 endpoints: b.endpoints,
                 user: b.user.map(|(u, _)| u),
                 sessions: tokio::sync::Mutex::new(HashMap::new()),
-                held: Mutex::new(HashMap::new()),
-                keepalives: AtomicU64::new(0),
-                generations: AtomicU64::new(0),
+                keepalives: Arc::new(AtomicU64::new(0)),
             }),
-        };
-        // Connecting is lazy: one read proves the cluster answers (and that the user may read
-        // the prefix) before the store is handed out.
-        let probe = store.inner.prefix.clone();
-        let probed = tokio::time::timeout(budget, async {
-            let mut c = store.inner.client.clone();
-            c.get(
-                probe,
-                Some(GetOptions::new().with_keys_only().with_limit(1)),
-            )
-            .await
         })
-        .await;
-        match probed {
-            Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(map(&format!("first request to etcd at {shown}"), e)),
-            Err(_) => Err(StoreError::transient(
-                NAME,
-                format!("could not reach etcd at {shown} within {budget:?}"),
-            )),
-        }
     }
 
     /// The underlying etcd client, for requests of your own (for example fenced writes).
     pub fn client(&self) -> &Client {
-        &self.inner.client
+        self.etcd().client()
     }
 
     /// The etcd key that holds the lock `key`: its value is the holder, its lease is the
@@ -288,7 +193,7 @@ impl EtcdStore {
             s.mark_lost();
             let id = s.id;
             let r = self
-                .inner
+                .etcd()
                 .call(|mut c| async move { c.lease_revoke(id).await })
                 .await;
             if let Err(f) = r {
@@ -297,7 +202,7 @@ impl EtcdStore {
                 }
             }
         }
-        self.inner.held().clear();
+        self.grants().held().clear();
         first
     }
 
@@ -312,14 +217,14 @@ impl EtcdStore {
         let sent = BootClock.now();
         let what = format!("granting a {secs} s etcd lease");
         let resp = self
-            .inner
+            .etcd()
             .call(|mut c| async move { c.lease_grant(secs, None).await })
             .await
             .map_err(|f| f.into_store(&what))?;
         if resp.ttl() < secs {
             let id = resp.id();
             let _ = self
-                .inner
+                .etcd()
                 .call(|mut c| async move { c.lease_revoke(id).await })
                 .await;
             return Err(StoreError::permanent(
@@ -337,7 +242,8 @@ impl EtcdStore {
             resp.id(),
             Duration::from_secs(resp.ttl().unsigned_abs()),
             sent,
-            Arc::downgrade(&self.inner),
+            Arc::downgrade(&self.inner.grants),
+            self.inner.keepalives.clone(),
         ));
         debug!(
             lease_id = session.id,
@@ -364,12 +270,12 @@ impl EtcdStore {
             .when([Compare::value(lock.clone(), CompareOp::Equal, holder)])
             .and_then([TxnOp::delete(lock.clone(), None)]);
         let r = self
-            .inner
+            .etcd()
             .txn(txn)
             .await
             .map_err(|f| f.into_store(&format!("release of `{}`", key.escape_debug())))?;
         if r.succeeded() {
-            self.inner.held().remove(&slot(&lock, holder.as_bytes()));
+            self.grants().held().remove(&slot(&lock, holder.as_bytes()));
         }
         Ok(r.succeeded())
     }
@@ -429,26 +335,15 @@ impl EtcdStore {
                 holder,
                 Some(PutOptions::new().with_lease(lease_id)),
             )]);
-        Ok(self.inner.txn(txn).await?.succeeded())
+        Ok(self.etcd().txn(txn).await?.succeeded())
     }
 
-    async fn watch_for_change(&self, lock: Vec<u8>) -> Result<(), etcd_client::Error> {
-        let mut c = self.inner.client.clone();
-        let got = c.get(lock.clone(), None).await?;
-        if got.kvs().is_empty() {
-            // Vacant now: the caller's next try_lock can take it.
-            return Ok(());
-        }
-        let rev = got.header().map_or(0, |h| h.revision());
-        let mut stream = c
-            .watch(lock, Some(WatchOptions::new().with_start_revision(rev + 1)))
-            .await?;
-        while let Some(msg) = stream.message().await? {
-            if msg.canceled() || !msg.events().is_empty() {
-                return Ok(());
-            }
-        }
-        Err(etcd_client::Error::WatchError("watch stream ended".into()))
+    fn etcd(&self) -> &Etcd {
+        &self.inner.etcd
+    }
+
+    fn grants(&self) -> &Grants {
+        &self.inner.grants
     }
 }
 
@@ -459,228 +354,6 @@ impl Inner {
         k.extend_from_slice(kind);
         k.extend_from_slice(key.as_bytes());
         k
-    }
-
-    pub(crate) fn held(&self) -> MutexGuard<'_, HashMap<Slot, Held>> {
-        // Every update is one insert or remove, so a poisoned map is still consistent.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs one request against a clone of the client, bounded by the request timeout.
-    ///
-    /// A request that never reached a member (the connection to a dead member was refused, or
-    /// the member has no leader and refused before proposing) is sent again at once, until the
-    /// timeout: the client balances over every endpoint, and the next try likely picks a live
-    /// member. Anything that may have been applied is returned as it is.
-    pub(crate) async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Failure>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let attempts = async {
-            loop {
-                match f(self.client.clone()).await {
-                    Err(e) if not_sent(&e) => {
-                        debug!(error = %e, "request not sent; trying another member");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    other => return other,
-                }
-            }
-        };
-        match tokio::time::timeout(self.request_timeout, attempts).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Failure::Etcd(e)),
-            Err(_) => Err(Failure::Timeout(self.request_timeout)),
-        }
-    }
-
-    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, Failure> {
-        self.call(|mut c| {
-            let txn = txn.clone();
-            async move { c.txn(txn).await }
-        })
-        .await
-    }
-
-    /// Deletes the grants of `session` whose holders stopped renewing them (their
-    /// `valid_until` passed), so that a keepalive sent for other keys does not keep them alive.
-    /// Each delete compares holder, fence and lease, so a newer grant is never touched. A grant
-    /// is forgotten only once its delete is confirmed; until then every sweep tries again.
-    ///
-    /// # Errors
-    ///
-    /// The first delete that etcd did not confirm: the caller must not send a keepalive then.
-    pub(crate) async fn sweep(&self, session: i64) -> Result<(), StoreError> {
-        let now = BootClock.now();
-        let stale: Vec<(Vec<u8>, Held)> = {
-            let mut held = self.held();
-            held.iter_mut()
-                .filter(|(_, h)| h.session == session && (h.doomed || h.valid_until <= now))
-                .map(|((lock, _), h)| {
-                    h.doomed = true;
-                    (lock.clone(), h.clone())
-                })
-                .collect()
-        };
-        let mut first = None;
-        for (lock, h) in stale {
-            if let Err(e) = self.delete_abandoned(&lock, &h).await {
-                debug!(error = %e, "could not delete a grant whose lease passed; will retry");
-                first.get_or_insert(e);
-            }
-        }
-        first.map_or(Ok(()), Err)
-    }
-
-    /// Deletes the grant `h` of `lock` if it is still on its session lease, and forgets it once
-    /// that is certain.
-    async fn delete_abandoned(&self, lock: &[u8], h: &Held) -> Result<(), StoreError> {
-        let what = "deleting a grant whose lease passed";
-        // The counter key sits beside the lock key: same prefix, `f/` for `l/`.
-        let Some(counter) = counter_of(&self.prefix, lock) else {
-            self.forget(lock, &h.holder, h.generation);
-            return Ok(());
-        };
-        let fence = match h.fence {
-            Some(f) => f,
-            None => {
-                // An acquire without an answer: read what it left. A read that lands late
-                // changes nothing, and the delete below names the grant exactly.
-                let txn = Txn::new().and_then([
-                    TxnOp::get(lock.to_vec(), None),
-                    TxnOp::get(counter.clone(), None),
-                ]);
-                let r = self.txn(txn).await.map_err(|f| f.into_store(what))?;
-                let first = |i: usize| match r.op_responses().get(i) {
-                    Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
-                    _ => None,
-                };
-                match (first(0), first(1)) {
-                    (Some(l), Some(c)) if l.value() == h.holder && l.lease() == h.session => {
-                        c.version()
-                    }
-                    _ => {
-                        self.forget(lock, &h.holder, h.generation);
-                        return Ok(());
-                    }
-                }
-            }
-        };
-        let current = self
-            .held()
-            .get(&slot(lock, &h.holder))
-            .map(|e| e.generation);
-        if current != Some(h.generation) {
-            // Settled meanwhile (by an acquire of the same holder that deleted it first).
-            return Ok(());
-        }
-        let txn = Txn::new()
-            .when([
-                Compare::value(lock.to_vec(), CompareOp::Equal, h.holder.clone()),
-                Compare::version(counter, CompareOp::Equal, fence),
-                Compare::lease(lock.to_vec(), CompareOp::Equal, h.session),
-            ])
-            .and_then([TxnOp::delete(lock.to_vec(), None)]);
-        self.txn(txn).await.map_err(|f| f.into_store(what))?;
-        self.forget(lock, &h.holder, h.generation);
-        Ok(())
-    }
-
-    /// Removes the entry of `holder` on `lock` if it is still the one of `generation`.
-    pub(crate) fn forget(&self, lock: &[u8], holder: &[u8], generation: u64) {
-        let mut held = self.held();
-        let slot = slot(lock, holder);
-        if held.get(&slot).is_some_and(|e| e.generation == generation) {
-            held.remove(&slot);
-        }
-    }
-
-    pub(crate) fn next_generation(&self) -> u64 {
-        self.generations.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Records, before the acquire is sent, that `holder` may get `lock` on `session` until
-    /// `valid_until`. If the sweep is deleting an earlier grant of the key, that delete is
-    /// finished first (it could otherwise land after, and remove, the grant this acquire is
-    /// about to report).
-    async fn track_acquire(
-        &self,
-        lock: &[u8],
-        holder: &str,
-        valid_until: Duration,
-        session: i64,
-    ) -> Result<u64, StoreError> {
-        for _ in 0..3 {
-            let doomed = {
-                let mut held = self.held();
-                let slot = slot(lock, holder.as_bytes());
-                match held.get(&slot) {
-                    Some(h) if h.doomed => h.clone(),
-                    _ => {
-                        let generation = self.next_generation();
-                        held.insert(
-                            slot,
-                            Held {
-                                holder: holder.as_bytes().to_vec(),
-                                fence: None,
-                                valid_until,
-                                session,
-                                doomed: false,
-                                generation,
-                            },
-                        );
-                        return Ok(generation);
-                    }
-                }
-            };
-            self.delete_abandoned(lock, &doomed).await?;
-            self.forget(lock, &doomed.holder, doomed.generation);
-        }
-        Err(StoreError::transient(
-            NAME,
-            "a grant whose lease passed is still being deleted",
-        ))
-    }
-
-    /// Records the fence an acquire learnt. `false` when the sweep took the entry: the call
-    /// took so long that its lease passed first. The grant then stays tracked as doomed, so the
-    /// sweep deletes it whatever it found before.
-    fn confirm_acquire(
-        &self,
-        lock: &[u8],
-        holder: &str,
-        session: i64,
-        valid_until: Duration,
-        fence: i64,
-    ) -> bool {
-        let mut held = self.held();
-        let at = slot(lock, holder.as_bytes());
-        match held.get_mut(&at) {
-            Some(h) if !h.doomed => {
-                // Ours, or a concurrent acquire's of the same holder: the same grant either way.
-                h.fence = Some(fence);
-                h.session = session;
-                h.valid_until = h.valid_until.max(valid_until);
-                true
-            }
-            Some(_) => false,
-            None => {
-                let generation = self.next_generation();
-                held.insert(
-                    at,
-                    Held {
-                        holder: holder.as_bytes().to_vec(),
-                        fence: Some(fence),
-                        valid_until,
-                        session,
-                        doomed: true,
-                        generation,
-                    },
-                );
-                false
-            }
-        }
     }
 }
 
@@ -713,14 +386,6 @@ fn counter_fence(
             ),
         )),
     }
-}
-
-fn counter_of(prefix: &[u8], lock: &[u8]) -> Option<Vec<u8>> {
-    let rest = lock.strip_prefix(prefix)?.strip_prefix(b"l/")?;
-    let mut k = prefix.to_vec();
-    k.extend_from_slice(b"f/");
-    k.extend_from_slice(rest);
-    Some(k)
 }
 
 impl LeaseStore for EtcdStore {
@@ -760,12 +425,12 @@ impl LeaseStore for EtcdStore {
             // Tracked before it is sent: if the answer is lost, etcd may still apply it, and
             // the sweep must then find the key (and delete it once its lease has passed).
             let generation = self
-                .inner
+                .grants()
                 .track_acquire(&lock, holder, call + lease, session.id)
                 .await
                 .map_err(|e| StoreError::new(e.kind(), NAME, format!("{what}: {}", e.message())))?;
             // The keepalive runs beside the transaction, so an acquire costs one round trip.
-            let (res, fresh) = tokio::join!(self.inner.txn(txn), session.ensure_fresh(need));
+            let (res, fresh) = tokio::join!(self.etcd().txn(txn), session.ensure_fresh(need));
             let res = match res {
                 Err(f) if f.is_lease_not_found() => {
                     session.mark_lost();
@@ -791,7 +456,7 @@ impl LeaseStore for EtcdStore {
                         {
                             Ok(true) => {}
                             Ok(false) => {
-                                self.inner.forget(&lock, holder.as_bytes(), generation);
+                                self.grants().forget(&lock, holder.as_bytes(), generation);
                                 continue;
                             }
                             Err(f) if f.is_lease_not_found() => {
@@ -804,14 +469,14 @@ impl LeaseStore for EtcdStore {
                     fence
                 }
                 Found::Held { .. } => {
-                    self.inner.forget(&lock, holder.as_bytes(), generation);
+                    self.grants().forget(&lock, holder.as_bytes(), generation);
                     return Ok(None);
                 }
             };
             // The grant stays tracked even if the keepalive failed: should the caller never come
             // back for it, the sweep deletes it once its lease has passed.
             if !self
-                .inner
+                .grants()
                 .confirm_acquire(&lock, holder, session.id, call + lease, fence)
             {
                 return Err(StoreError::transient(
@@ -854,7 +519,7 @@ impl LeaseStore for EtcdStore {
         // to the sweep (which deletes it before the next keepalive), even if etcd still has it:
         // the holder must acquire again.
         let tracked = {
-            let held = self.inner.held();
+            let held = self.grants().held();
             match held.get(&slot(&lock, holder.as_bytes())) {
                 Some(h) if h.fence == Some(f) => {
                     if h.doomed || h.valid_until <= call {
@@ -874,9 +539,9 @@ impl LeaseStore for EtcdStore {
                 Compare::version(counter.clone(), CompareOp::Equal, f),
             ])
             .and_then([TxnOp::get(lock.clone(), None)]);
-        let (res, fresh) = tokio::join!(self.inner.txn(txn), session.ensure_fresh(need));
+        let (res, fresh) = tokio::join!(self.etcd().txn(txn), session.ensure_fresh(need));
         let untrack = || {
-            let mut held = self.inner.held();
+            let mut held = self.grants().held();
             let slot = slot(&lock, holder.as_bytes());
             if held.get(&slot).is_some_and(|h| h.fence == Some(f)) {
                 held.remove(&slot);
@@ -919,7 +584,7 @@ impl LeaseStore for EtcdStore {
             Ok(true) => {
                 // Extend the tracked grant, unless the sweep took it meanwhile (its lease passed
                 // while this renew was in flight, and its delete may land after our read).
-                let mut held = self.inner.held();
+                let mut held = self.grants().held();
                 let at = slot(&lock, holder.as_bytes());
                 let current = held.get_mut(&at);
                 match (current, tracked) {
@@ -937,7 +602,7 @@ impl LeaseStore for EtcdStore {
                     (None, None) => {
                         // Not tracked (the entry was cleared while the key stayed ours): track
                         // it, so the sweep covers it.
-                        let generation = self.inner.next_generation();
+                        let generation = self.grants().next_generation();
                         held.insert(
                             at,
                             Held {
@@ -980,11 +645,11 @@ impl LeaseStore for EtcdStore {
             ])
             .and_then([TxnOp::delete(lock.clone(), None)]);
         let r = self
-            .inner
+            .etcd()
             .txn(txn)
             .await
             .map_err(|e| e.into_store(&format!("release of `{}`", key.escape_debug())))?;
-        let mut held = self.inner.held();
+        let mut held = self.grants().held();
         let slot = slot(&lock, holder.as_bytes());
         if held.get(&slot).is_some_and(|h| h.fence == Some(f)) {
             held.remove(&slot);
@@ -999,7 +664,7 @@ impl LeaseStore for EtcdStore {
         let lock = self.lock_key(key);
         let watch = async {
             loop {
-                match self.watch_for_change(lock.clone()).await {
+                match self.etcd().watch_for_change(lock.clone()).await {
                     Ok(()) => return,
                     Err(e) => {
                         // A dead member, a lost leader, an expired token: watch again (likely
@@ -1031,7 +696,11 @@ impl LeaseStore for EtcdStore {
         let what = format!("inspect of `{}`", key.escape_debug());
         let (lock, counter) = (self.lock_key(key), self.fence_key(key));
         let txn = Txn::new().and_then([TxnOp::get(lock, None), TxnOp::get(counter, None)]);
-        let r = self.inner.txn(txn).await.map_err(|f| f.into_store(&what))?;
+        let r = self
+            .etcd()
+            .txn(txn)
+            .await
+            .map_err(|f| f.into_store(&what))?;
         let got = |i: usize| match r.op_responses().get(i) {
             Some(TxnOpResponse::Get(g)) => Ok(g.kvs().first().cloned()),
             _ => Err(StoreError::permanent(
@@ -1054,7 +723,7 @@ impl LeaseStore for EtcdStore {
             return Ok(KeyState::held(holder, fence, Duration::MAX));
         }
         let ttl = self
-            .inner
+            .etcd()
             .call(|mut c| async move { c.lease_time_to_live(lease, None).await })
             .await;
         match ttl {
@@ -1093,7 +762,11 @@ impl LeaseStore for EtcdStore {
                 TxnOp::delete(lock, Some(DeleteOptions::new().with_prev_key())),
                 TxnOp::put(counter, "", Some(PutOptions::new().with_prev_key())),
             ]);
-        let r = self.inner.txn(txn).await.map_err(|f| f.into_store(&what))?;
+        let r = self
+            .etcd()
+            .txn(txn)
+            .await
+            .map_err(|f| f.into_store(&what))?;
         if !r.succeeded() {
             return Ok(None);
         }
