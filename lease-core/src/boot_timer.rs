@@ -61,7 +61,7 @@ fn timer() -> Option<&'static Timer> {
 }
 
 fn now() -> Duration {
-    crate::clock::boot_now()
+    crate::clock_base::boot_now()
 }
 
 impl Timer {
@@ -125,7 +125,7 @@ pub(crate) fn sleep_until(deadline: Duration) -> Pin<Box<dyn Future<Output = ()>
             deadline,
             id: None,
         }),
-        None => crate::clock::poll_until(crate::clock::boot_now, deadline),
+        None => crate::clock_base::poll_until(crate::clock_base::boot_now, deadline),
     }
 }
 

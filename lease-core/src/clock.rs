@@ -8,13 +8,11 @@
 //! paused time.
 
 use std::fmt::Debug;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A future that a [`Clock`] returns from [`Clock::sleep_until`].
-pub type Sleep<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+pub use crate::clock_base::Sleep;
+use crate::clock_base::{boot_now, poll_until};
 
 /// A monotonic clock: `now` never goes back. Only differences between readings mean anything.
 pub trait Clock: Send + Sync + Debug + 'static {
@@ -30,33 +28,6 @@ pub trait Clock: Send + Sync + Debug + 'static {
     fn sleep_until(&self, deadline: Duration) -> Sleep<'_> {
         poll_until(move || self.now(), deadline)
     }
-}
-
-/// Sleeps on tokio's timer in steps of at most 10 ms until `now()` reaches `deadline`.
-pub(crate) fn poll_until<'a>(
-    now: impl Fn() -> Duration + Send + 'a,
-    deadline: Duration,
-) -> Sleep<'a> {
-    Box::pin(async move {
-        loop {
-            let t = now();
-            if t >= deadline {
-                return;
-            }
-            tokio::time::sleep((deadline - t).min(Duration::from_millis(10))).await;
-        }
-    })
-}
-
-/// `CLOCK_BOOTTIME` (Linux, Android) or `CLOCK_MONOTONIC` (elsewhere).
-pub(crate) fn boot_now() -> Duration {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let id = rustix::time::ClockId::Boottime;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let id = rustix::time::ClockId::Monotonic;
-    let ts = rustix::time::clock_gettime(id);
-    // Both fields are non-negative for these clocks.
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A shared clock.

@@ -3,7 +3,10 @@
 //! A store calls [`validate`] (or [`validate_key`] for operations without a holder) before
 //! anything else, so every store refuses the same input with the same message.
 
-use crate::{MAX_KEY_LEN, StoreError};
+use crate::StoreError;
+
+/// The longest key or holder, in bytes, that every store accepts.
+pub const MAX_KEY_LEN: usize = 1024;
 
 /// Checks a key and a holder against the contract's input rules: each is 1 to [`MAX_KEY_LEN`]
 /// bytes. Any byte is allowed otherwise, including `/`, `{`, `}`, `:`, `%`, quotes, NUL and

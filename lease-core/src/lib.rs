@@ -158,6 +158,7 @@ mod backoff;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 mod boot_timer;
 mod clock;
+mod clock_base;
 mod detach;
 mod error;
 mod fence;
@@ -183,8 +184,9 @@ pub use clock::{BootClock, Clock, SharedClock, Sleep, TokioClock};
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use fence::{Fence, FenceGate, StaleFence};
 pub use guard::LockGuard;
+pub use input::MAX_KEY_LEN;
 pub use lock::{CrossProcessLock, DEFAULT_LEASE, LockBuilder};
 pub use memory::MemoryStore;
 pub use store::{
-    BrokenLock, Capabilities, DynLeaseStore, DynStore, Enqueued, KeyState, LeaseStore, MAX_KEY_LEN,
+    BrokenLock, Capabilities, DynLeaseStore, DynStore, Enqueued, KeyState, LeaseStore,
 };

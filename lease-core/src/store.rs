@@ -9,9 +9,6 @@ use std::time::Duration;
 use crate::input::validate_key;
 use crate::{Fence, StoreError};
 
-/// The longest key or holder, in bytes, that every store accepts.
-pub const MAX_KEY_LEN: usize = 1024;
-
 /// The contract every store implements; one conformance suite
 /// ([`testing`](crate::testing), feature `testing`) checks it for each backend.
 ///
@@ -35,8 +32,9 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// Every check-and-set is atomic in the store (one script, one transaction), never a read followed
 /// by a blind write. Expiry is decided by one clock (the store server's, or for an embedded store
 /// the host's suspend-aware monotonic clock), never by comparing the clocks of two processes.
-/// Keys and holders are arbitrary strings of 1 to [`MAX_KEY_LEN`] bytes (see [`input::validate`](crate::input::validate)); they
-/// are passed as bound parameters, never spliced into a query, and no key collides with another.
+/// Keys and holders are arbitrary strings of 1 to [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) bytes
+/// (see [`input::validate`](crate::input::validate)); they are passed as bound parameters, never
+/// spliced into a query, and no key collides with another.
 ///
 /// # Errors
 ///
@@ -747,6 +745,7 @@ impl<S: LeaseStore> LeaseStore for Arc<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAX_KEY_LEN;
 
     #[test]
     fn effective_lease_rounds_up_to_granularity_and_minimum() {
