@@ -155,20 +155,10 @@ fn try_start(
             args.push(format!("--auth-token-ttl={}", ttl.as_secs().max(1)));
         }
         args.extend(options.extra_args.iter().cloned());
-        // Run etcd under a tiny shell watchdog (the shell `exec`s etcd, so the pid is etcd's):
-        // a server kept in a `static` is never dropped, and must not outlive the test process.
-        let mut wrapped = vec![
-            "-c".to_owned(),
-            WATCHDOG.to_owned(),
-            "etcd-watchdog".to_owned(),
-            std::process::id().to_string(),
-            program.display().to_string(),
-        ];
-        wrapped.extend(args);
         let server = Server::spawn(
             &name,
-            std::path::Path::new("/bin/sh"),
-            wrapped,
+            program,
+            args,
             dir.path(),
             Duration::from_secs(20),
             &|| listening(client),
@@ -194,14 +184,6 @@ fn try_start(
     }
     Ok(cluster)
 }
-
-/// `sh -c WATCHDOG name PARENT_PID PROGRAM ARGS…`: starts a background loop that SIGKILLs the
-/// server once the parent (the test process) is gone, then becomes the server. The loop also
-/// ends, without killing anything, when the server exits first.
-const WATCHDOG: &str = r#"parent=$1; shift
-( while kill -0 "$parent" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 0.2; done
-  kill -0 "$parent" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
-exec "$@""#;
 
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(
