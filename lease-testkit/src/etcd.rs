@@ -1,5 +1,6 @@
 //! Throwaway `etcd` servers: one node, or a cluster of several on loopback.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -76,6 +77,21 @@ impl EtcdCluster {
     /// When the server cannot be started (or, under `CI`, is not installed), with its log.
     pub fn start(options: EtcdOptions) -> Option<EtcdServer> {
         Self::start_cluster(1, options)
+    }
+
+    /// One single-node etcd with default options for every test of this test binary (each test
+    /// under its own key prefix, e.g. from [`unique_prefix`](crate::unique_prefix)), started on
+    /// first use. `None` if `etcd` is not installed and `CI` is unset.
+    ///
+    /// It is never dropped; the watchdog stops it when the test process exits.
+    ///
+    /// # Panics
+    ///
+    /// As [`EtcdCluster::start`].
+    pub fn shared() -> Option<&'static EtcdServer> {
+        static SHARED: LazyLock<Option<EtcdServer>> =
+            LazyLock::new(|| EtcdServer::start(EtcdOptions::default()));
+        SHARED.as_ref()
     }
 
     /// Starts an `n`-node cluster and waits until every member is healthy.

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -130,6 +131,21 @@ impl RedisServer {
             }
         }
         panic!("could not start redis-server: {last_err}");
+    }
+
+    /// One server with default options for every test of this test binary (each test under its
+    /// own key prefix, e.g. from [`unique_prefix`](crate::unique_prefix)), started on first use.
+    /// `None` if `redis-server` is not installed and `CI` is unset.
+    ///
+    /// It is never dropped; the watchdog stops it when the test process exits.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn shared() -> Option<&'static RedisServer> {
+        static SHARED: LazyLock<Option<RedisServer>> =
+            LazyLock::new(|| RedisServer::start(RedisOptions::default()));
+        SHARED.as_ref()
     }
 
     /// The port on 127.0.0.1.
