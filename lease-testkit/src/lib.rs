@@ -12,12 +12,14 @@
 //! Every server runs under a watchdog that kills it once the test process is gone, so one kept in
 //! a `static` ([`RedisServer::shared`], [`EtcdServer::shared`]) does not outlive its tests.
 //!
-//! Beside the servers: [`unique_prefix`] to keep tests apart on a shared server, and
-//! [`HoldingProxy`] to hold a server's answers back.
+//! Beside the servers: the process-fault suite every backend runs
+//! ([`process_conformance_tests!`], [`process_suite`]), [`unique_prefix`] to keep tests apart on
+//! a shared server, and [`HoldingProxy`] to hold a server's answers back.
 
 mod etcd;
 mod prefix;
 mod process;
+pub mod process_suite;
 mod proxy;
 mod redis;
 mod tls;
