@@ -1,5 +1,6 @@
 //! Throwaway `etcd` servers: one node, or a cluster of several on loopback.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -76,6 +77,21 @@ impl EtcdCluster {
     /// When the server cannot be started (or, under `CI`, is not installed), with its log.
     pub fn start(options: EtcdOptions) -> Option<EtcdServer> {
         Self::start_cluster(1, options)
+    }
+
+    /// One single-node etcd with default options for every test of this test binary (each test
+    /// under its own key prefix, e.g. from [`unique_prefix`](crate::unique_prefix)), started on
+    /// first use. `None` if `etcd` is not installed and `CI` is unset.
+    ///
+    /// It is never dropped; the watchdog stops it when the test process exits.
+    ///
+    /// # Panics
+    ///
+    /// As [`EtcdCluster::start`].
+    pub fn shared() -> Option<&'static EtcdServer> {
+        static SHARED: LazyLock<Option<EtcdServer>> =
+            LazyLock::new(|| EtcdServer::start(EtcdOptions::default()));
+        SHARED.as_ref()
     }
 
     /// Starts an `n`-node cluster and waits until every member is healthy.
@@ -155,20 +171,10 @@ fn try_start(
             args.push(format!("--auth-token-ttl={}", ttl.as_secs().max(1)));
         }
         args.extend(options.extra_args.iter().cloned());
-        // Run etcd under a tiny shell watchdog (the shell `exec`s etcd, so the pid is etcd's):
-        // a server kept in a `static` is never dropped, and must not outlive the test process.
-        let mut wrapped = vec![
-            "-c".to_owned(),
-            WATCHDOG.to_owned(),
-            "etcd-watchdog".to_owned(),
-            std::process::id().to_string(),
-            program.display().to_string(),
-        ];
-        wrapped.extend(args);
         let server = Server::spawn(
             &name,
-            std::path::Path::new("/bin/sh"),
-            wrapped,
+            program,
+            args,
             dir.path(),
             Duration::from_secs(20),
             &|| listening(client),
@@ -194,14 +200,6 @@ fn try_start(
     }
     Ok(cluster)
 }
-
-/// `sh -c WATCHDOG name PARENT_PID PROGRAM ARGS…`: starts a background loop that SIGKILLs the
-/// server once the parent (the test process) is gone, then becomes the server. The loop also
-/// ends, without killing anything, when the server exits first.
-const WATCHDOG: &str = r#"parent=$1; shift
-( while kill -0 "$parent" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 0.2; done
-  kill -0 "$parent" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
-exec "$@""#;
 
 fn listening(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(

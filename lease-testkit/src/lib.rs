@@ -8,13 +8,25 @@
 //! let Some(redis) = lease_testkit::RedisServer::start(Default::default()) else { return };
 //! let url = redis.url();
 //! ```
+//!
+//! Every server runs under a watchdog that kills it once the test process is gone, so one kept in
+//! a `static` ([`RedisServer::shared`], [`EtcdServer::shared`]) does not outlive its tests.
+//!
+//! Beside the servers: the process-fault suite every backend runs
+//! ([`process_conformance_tests!`], [`process_suite`]), [`unique_prefix`] to keep tests apart on
+//! a shared server, and [`HoldingProxy`] to hold a server's answers back.
 
 mod etcd;
+mod prefix;
 mod process;
+pub mod process_suite;
+mod proxy;
 mod redis;
 mod tls;
 
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdServer};
+pub use prefix::unique_prefix;
 pub use process::{Server, free_port, require_binary};
+pub use proxy::HoldingProxy;
 pub use redis::{RedisOptions, RedisServer};
 pub use tls::make_test_certs;

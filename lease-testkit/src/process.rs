@@ -44,6 +44,9 @@ pub fn free_port() -> u16 {
 }
 
 /// One running server process, killed on drop. Its output goes to `<dir>/<name>.log`.
+///
+/// The process runs under a watchdog that kills it once the test process is gone: a server kept
+/// in a `static` (one per test binary) is never dropped, and must not outlive the tests.
 #[derive(Debug)]
 pub struct Server {
     name: String,
@@ -54,9 +57,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Spawns `program args` with output to `dir/name.log` and waits until `ready` returns true
-    /// (polled every 20 ms, at most `timeout`). Returns an error with the log's tail if the process
-    /// exits or does not become ready.
+    /// Spawns `program args` under the watchdog, with output to `dir/name.log`, and waits until
+    /// `ready` returns true (polled every 20 ms, at most `timeout`). Returns an error with the
+    /// log's tail if the process exits or does not become ready.
+    ///
+    /// `program` may be a command that executes the rest of its arguments in turn (`env VAR=…
+    /// server …`): the process id stays the server's.
     pub fn spawn(
         name: &str,
         program: &Path,
@@ -65,10 +71,19 @@ impl Server {
         timeout: Duration,
         ready: &dyn Fn() -> bool,
     ) -> Result<Server, String> {
+        // The shell `exec`s the program, so the pid is the server's.
+        let mut watched = vec![
+            "-c".to_owned(),
+            WATCHDOG.to_owned(),
+            format!("{name}-watchdog"),
+            std::process::id().to_string(),
+            program.display().to_string(),
+        ];
+        watched.extend(args);
         let mut server = Server {
             name: name.to_owned(),
-            program: program.to_owned(),
-            args,
+            program: PathBuf::from("/bin/sh"),
+            args: watched,
             log: dir.join(format!("{name}.log")),
             child: None,
         };
@@ -177,6 +192,14 @@ impl Drop for Server {
         self.kill();
     }
 }
+
+/// `sh -c WATCHDOG name PARENT_PID PROGRAM ARGS…`: starts a background loop that SIGKILLs the
+/// server once the parent (the test process) is gone, then becomes the server. The loop also
+/// ends, without killing anything, when the server exits first.
+const WATCHDOG: &str = r#"parent=$1; shift
+( while kill -0 "$parent" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 0.2; done
+  kill -0 "$parent" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+exec "$@""#;
 
 /// `true` when a TCP connection to `127.0.0.1:port` succeeds, `request` is written, and the reply
 /// starts with `expect`.

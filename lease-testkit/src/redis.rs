@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use tempfile::TempDir;
@@ -93,32 +94,26 @@ impl RedisServer {
                 args.extend(["--appendonly".into(), "no".into()]);
             }
             args.extend(options.extra_args.iter().cloned());
-            // Run the server under a tiny shell watchdog (the shell `exec`s redis-server, so the
-            // pid is the server's): a server kept in a `static` is never dropped, and must not
-            // outlive the test process.
-            let mut wrapped = vec![
-                "-c".to_owned(),
-                WATCHDOG.to_owned(),
-                "redis-watchdog".to_owned(),
-                std::process::id().to_string(),
-            ];
-            if let (Some(file), Some(preload)) = (&clock_file, &preload) {
-                // `env` execs the server in turn, so the pid stays the server's.
-                wrapped.extend([
-                    "env".to_owned(),
-                    format!("LD_PRELOAD={preload}"),
-                    format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
-                    "FAKETIME_NO_CACHE=1".to_owned(),
-                    "DONT_FAKE_MONOTONIC=1".to_owned(),
-                ]);
-            }
-            wrapped.push(program.display().to_string());
-            wrapped.extend(args);
+            let (program, args) = match (&clock_file, &preload) {
+                (Some(file), Some(preload)) => {
+                    // `env` execs the server in turn, so the pid stays the server's.
+                    let mut env = vec![
+                        format!("LD_PRELOAD={preload}"),
+                        format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
+                        "FAKETIME_NO_CACHE=1".to_owned(),
+                        "DONT_FAKE_MONOTONIC=1".to_owned(),
+                        program.display().to_string(),
+                    ];
+                    env.extend(args);
+                    (Path::new("env"), env)
+                }
+                _ => (program.as_path(), args),
+            };
             let ready = ready_check(port, options.password.clone());
             match Server::spawn(
                 "redis-server",
-                std::path::Path::new("/bin/sh"),
-                wrapped,
+                program,
+                args,
                 dir.path(),
                 Duration::from_secs(10),
                 &ready,
@@ -136,6 +131,21 @@ impl RedisServer {
             }
         }
         panic!("could not start redis-server: {last_err}");
+    }
+
+    /// One server with default options for every test of this test binary (each test under its
+    /// own key prefix, e.g. from [`unique_prefix`](crate::unique_prefix)), started on first use.
+    /// `None` if `redis-server` is not installed and `CI` is unset.
+    ///
+    /// It is never dropped; the watchdog stops it when the test process exits.
+    ///
+    /// # Panics
+    ///
+    /// As [`RedisServer::start`].
+    pub fn shared() -> Option<&'static RedisServer> {
+        static SHARED: LazyLock<Option<RedisServer>> =
+            LazyLock::new(|| RedisServer::start(RedisOptions::default()));
+        SHARED.as_ref()
     }
 
     /// The port on 127.0.0.1.
@@ -183,14 +193,6 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
 }
-
-/// `sh -c WATCHDOG name PARENT_PID PROGRAM ARGS…`: starts a background loop that SIGKILLs the
-/// server once the parent (the test process) is gone, then becomes the server. The loop also
-/// ends, without killing anything, when the server exits first.
-const WATCHDOG: &str = r#"parent=$1; shift
-( while kill -0 "$parent" 2>/dev/null && kill -0 $$ 2>/dev/null; do sleep 0.2; done
-  kill -0 "$parent" 2>/dev/null || kill -9 $$ 2>/dev/null ) </dev/null >/dev/null 2>&1 &
-exec "$@""#;
 
 /// Where Debian and others install libfaketime's multi-threaded preload library.
 const FAKETIME_LIBRARIES: &[&str] = &[

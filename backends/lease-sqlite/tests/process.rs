@@ -6,25 +6,64 @@
 //! (`unshare --time --boottime`) on one clock, and a boot id hidden in a mount namespace
 //! failing the open.
 //!
-//! The children are this test binary run again (`std::env::current_exe`) with [`CHILD_ENV`] set
-//! to `role|database|counter database|argument`, which makes [`child`] play that role. Children
-//! report to the parent on stdout, one `@@`-prefixed line per event (libtest may print its own
-//! text before it on the same line).
+//! The kill and pause cases every backend shares are lease-testkit's process suite; the cases
+//! below are SQLite's own, on the same harness. The children are this test binary run again,
+//! each in a role of [`child_role`] (or the suite's `holder`) on a target, the lock database's
+//! path; the counter database lies beside it.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lease_core::{BootClock, Clock, CrossProcessLock, Error, Fence};
 use lease_sqlite::rusqlite::Connection;
 use lease_sqlite::{Durability, SqliteStore};
-use rustix::process::{Pid, Signal, kill_process};
-use tokio::sync::mpsc;
+use lease_testkit::process_suite::{
+    Holder, Signal, child_command, fence_of, hold, is_child, lock, number, replace_paused_holder,
+    report, run_all, wrapped_child_command,
+};
 
-const CHILD_ENV: &str = "LEASE_SQLITE_TEST_CHILD";
 const LEASE: Duration = Duration::from_secs(2);
-const KEY: &str = "job";
+
+lease_testkit::process_conformance_tests!(
+    lease: LEASE,
+    target: Some(TempDb::new()),
+    open: open,
+    roles: child_role,
+);
+
+/// One test's temp dir, holding the lock database (the processes' target) and the counter.
+struct TempDb {
+    _dir: tempfile::TempDir,
+    db: String,
+}
+
+impl TempDb {
+    fn new() -> TempDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("locks.db").display().to_string();
+        TempDb { _dir: dir, db }
+    }
+
+    fn db(&self) -> &Path {
+        Path::new(&self.db)
+    }
+
+    fn counter(&self) -> PathBuf {
+        counter_beside(self.db())
+    }
+}
+
+impl AsRef<str> for TempDb {
+    fn as_ref(&self) -> &str {
+        &self.db
+    }
+}
+
+/// Where the counter database of the lock database `db` is.
+fn counter_beside(db: &Path) -> PathBuf {
+    db.with_file_name("counter.db")
+}
 
 fn now_ns() -> u128 {
     BootClock.now().as_nanos()
@@ -59,53 +98,47 @@ fn counter_value(path: &Path) -> i64 {
         .expect("read the counter")
 }
 
-async fn lock_on(db: &Path, label: &str) -> CrossProcessLock<SqliteStore> {
-    let store = SqliteStore::open(db).await.expect("open the store");
-    CrossProcessLock::builder(store, KEY)
-        .lease(LEASE)
-        .holder_label(label)
-        .build()
-        .expect("lock")
+/// The store at a target, the lock database's path.
+async fn open(db: String) -> SqliteStore {
+    SqliteStore::open(db).await.expect("open the store")
 }
 
-/// The child roles; a no-op in a normal test run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let parts: Vec<&str> = spec.splitn(4, '|').collect();
-    let [role, db, counter, arg] = parts[..] else {
-        panic!("bad child spec {spec}");
-    };
-    let (db, counter) = (Path::new(db), Path::new(counter));
-    match role {
+async fn lock_on(db: &Path, label: &str) -> CrossProcessLock<SqliteStore> {
+    lock(open(db.display().to_string()).await, LEASE, label)
+}
+
+/// SQLite's own child roles, on the lock database `db` (and the counter beside it).
+async fn child_role(role: String, db: String, arg: String) {
+    let db = Path::new(&db);
+    let counter = counter_beside(db);
+    let counter = counter.as_path();
+    match role.as_str() {
         "counter" => child_counter(db, counter, arg.parse().expect("iterations")).await,
-        "holder" => child_holder(db, counter).await,
+        "fenced-holder" => child_holder(db, counter).await,
         "wall-holder" => {
             let wall = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("after 1970")
                 .as_secs();
-            println!("@@WALL {wall}");
+            report(format_args!("WALL {wall}"));
             child_holder(db, counter).await;
         }
         "handoff" => child_handoff(db, arg == "normal").await,
         "fair" => child_fair(db, arg.parse().expect("seconds")).await,
         "ns-holder" => {
-            println!("@@CLOCK {}", now_ns());
+            report(format_args!("CLOCK {}", now_ns()));
             child_holder(db, counter).await;
         }
         "try-once" => {
-            println!("@@CLOCK {}", now_ns());
+            report(format_args!("CLOCK {}", now_ns()));
             let lock = lock_on(db, "try-once").await;
             match lock.try_lock_once().await {
                 Ok(guard) => {
-                    println!("@@TRY fence {}", guard.fence().get());
+                    report(format_args!("TRY fence {}", guard.fence().get()));
                     guard.release().await.expect("release");
                 }
-                Err(Error::Busy { .. }) => println!("@@TRY busy"),
-                Err(e) => println!("@@TRY error {e}"),
+                Err(Error::Busy { .. }) => report("TRY busy"),
+                Err(e) => report(format_args!("TRY error {e}")),
             }
         }
         "open" => {
@@ -113,10 +146,10 @@ async fn child() {
                 |e| format!("unreadable ({e})"),
                 |s| format!("{:?}", s.trim()),
             );
-            println!("@@BOOTID {boot_id}");
+            report(format_args!("BOOTID {boot_id}"));
             match SqliteStore::open(db).await {
-                Ok(_) => println!("@@OPEN ok"),
-                Err(e) => println!("@@OPEN error {:?}: {e}", e.kind()),
+                Ok(_) => report("OPEN ok"),
+                Err(e) => report(format_args!("OPEN error {:?}: {e}", e.kind())),
             }
         }
         other => panic!("unknown child role {other}"),
@@ -133,30 +166,25 @@ async fn child_counter(db: &Path, counter: &Path, n: u32) {
             .lock_timeout(Duration::from_secs(30))
             .await
             .expect("acquire");
-        println!("@@ENTER {}", now_ns());
+        report(format_args!("ENTER {}", now_ns()));
         accepted += fenced_increment(&conn, guard.fence());
         // Stay inside a little, so that an overlap would show.
         std::thread::sleep(Duration::from_micros(500));
-        println!("@@EXIT {}", now_ns());
+        report(format_args!("EXIT {}", now_ns()));
         guard.release().await.expect("release");
     }
-    println!("@@DONE {accepted}");
+    report(format_args!("DONE {accepted}"));
 }
 
-/// Takes the key, prints `HELD <fence>`; when the loss signal fires, tries its fenced write and
-/// prints `LOST held=<is_held> rows=<rows written>`; then waits to be killed.
+/// Takes the key, reports `HELD <fence>`; when the loss signal fires, tries its fenced write and
+/// reports `LOST held=<is_held> rows=<rows written>`; then waits to be killed.
 async fn child_holder(db: &Path, counter: &Path) {
     let lock = lock_on(db, "holder").await;
     let conn = counter_db(counter);
-    let guard = lock
-        .lock_timeout(Duration::from_secs(20))
-        .await
-        .expect("child acquires");
-    println!("@@HELD {}", guard.fence().get());
-    guard.lost().await;
-    let rows = fenced_increment(&conn, guard.fence());
-    println!("@@LOST held={} rows={rows}", guard.is_held());
-    std::future::pending::<()>().await;
+    hold(lock, move |fence| {
+        format!(" rows={}", fenced_increment(&conn, fence))
+    })
+    .await;
 }
 
 /// [`HANDOFF_ROUNDS`] acquisitions, printing `ACQ <ns>` when granted and `REL <ns>` just before
@@ -172,26 +200,22 @@ async fn child_handoff(db: &Path, normal: bool) {
         .open()
         .await
         .expect("open the store");
-    let lock = CrossProcessLock::builder(store, KEY)
-        .lease(LEASE)
-        .holder_label("handoff")
-        .build()
-        .expect("lock");
+    let lock = lock(store, LEASE, "handoff");
     for _ in 0..HANDOFF_ROUNDS {
         let guard = lock
             .lock_timeout(Duration::from_secs(30))
             .await
             .expect("acquire");
-        println!("@@ACQ {}", now_ns());
+        report(format_args!("ACQ {}", now_ns()));
         // Long enough for the other process to be back and waiting for the key.
         std::thread::sleep(Duration::from_millis(5));
-        println!("@@REL {}", now_ns());
+        report(format_args!("REL {}", now_ns()));
         guard.release().await.expect("release");
         // Give the other process the turn (it is waiting, and takes it in well under 5 ms),
         // then wait for it in turn.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    println!("@@DONE");
+    report("DONE");
 }
 
 /// Contends for `secs` seconds: hold briefly, release, pause briefly; prints `DONE <count>`.
@@ -211,100 +235,20 @@ async fn child_fair(db: &Path, secs: f64) {
             Err(e) => panic!("lock: {e}"),
         }
     }
-    println!("@@DONE {count}");
-}
-
-fn child_command(role: &str, db: &Path, counter: &Path, arg: &str) -> Command {
-    wrapped_child_command(&[], role, db, counter, arg)
-}
-
-/// [`child_command`] run through `wrapper` (a program and its arguments, which must end by
-/// executing the rest of its command line), e.g. `unshare --time --boottime 3600`.
-fn wrapped_child_command(
-    wrapper: &[&str],
-    role: &str,
-    db: &Path,
-    counter: &Path,
-    arg: &str,
-) -> Command {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut cmd = Command::new(program);
-            cmd.args(args).arg(&exe);
-            cmd
-        }
-        None => Command::new(&exe),
-    };
-    cmd.args(["child", "--exact", "--nocapture", "--test-threads=1"])
-        .env(
-            CHILD_ENV,
-            format!("{role}|{}|{}|{arg}", db.display(), counter.display()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    cmd
-}
-
-/// The `@@` lines of a child's whole output, without the prefix.
-fn events(out: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter_map(|l| l.find("@@").map(|i| l[i + 2..].to_owned()))
-        .collect()
-}
-
-/// Runs the children to completion, all at once, and returns each one's events.
-async fn run_all(cmds: Vec<Command>) -> Vec<Vec<String>> {
-    tokio::task::spawn_blocking(move || {
-        let children: Vec<Child> = cmds
-            .into_iter()
-            .map(|mut c| c.spawn().expect("spawn a child"))
-            .collect();
-        children
-            .into_iter()
-            .map(|c| {
-                let out = c.wait_with_output().expect("child output");
-                assert!(out.status.success(), "a child failed: {:?}", out.status);
-                events(&out.stdout)
-            })
-            .collect()
-    })
-    .await
-    .expect("children")
-}
-
-fn temp_paths() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = dir.path().join("locks.db");
-    let counter = dir.path().join("counter.db");
-    (dir, db, counter)
-}
-
-fn number<T: std::str::FromStr>(event: &str) -> T
-where
-    T::Err: std::fmt::Debug,
-{
-    event
-        .rsplit(' ')
-        .next()
-        .expect("a number")
-        .trim()
-        .parse()
-        .expect("a number")
+    report(format_args!("DONE {count}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_never_overlap_and_every_fenced_increment_counts() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if is_child() {
         return;
     }
     const PROCESSES: usize = 4;
     const N: u32 = 25;
-    let (_dir, db, counter) = temp_paths();
-    counter_db(&counter);
+    let tmp = TempDb::new();
+    counter_db(&tmp.counter());
     let cmds = (0..PROCESSES)
-        .map(|_| child_command("counter", &db, &counter, &N.to_string()))
+        .map(|_| child_command("counter", tmp.as_ref(), &N.to_string()))
         .collect();
     let outputs = run_all(cmds).await;
     let mut intervals = Vec::new();
@@ -337,7 +281,7 @@ async fn four_processes_never_overlap_and_every_fenced_increment_counts() {
             w[0].1
         );
     }
-    let value = counter_value(&counter);
+    let value = counter_value(&tmp.counter());
     assert_eq!(
         value, accepted,
         "the counter equals the accepted increments"
@@ -349,123 +293,24 @@ async fn four_processes_never_overlap_and_every_fenced_increment_counts() {
     );
 }
 
-/// A long-running child whose stdout lines arrive on a channel.
-struct Holder {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl Holder {
-    fn spawn(db: &Path, counter: &Path) -> Holder {
-        Self::spawn_command(child_command("holder", db, counter, ""))
-    }
-
-    fn spawn_command(mut cmd: Command) -> Holder {
-        let mut child = cmd.spawn().expect("spawn the child holder");
-        let out = child.stdout.take().expect("child stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("@@") {
-                    if tx.send(line[i + 2..].to_owned()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        Holder { child, lines }
-    }
-
-    async fn expect_line(&mut self, prefix: &str, within: Duration) -> String {
-        match tokio::time::timeout(within, self.lines.recv()).await {
-            Ok(Some(line)) if line.starts_with(prefix) => line,
-            Ok(Some(line)) => panic!("expected `{prefix}` from the child, got `{line}`"),
-            Ok(None) => panic!("the child exited before printing `{prefix}`"),
-            Err(_) => panic!("the child did not print `{prefix}` within {within:?}"),
-        }
-    }
-
-    fn signal(&self, sig: Signal) {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid")).expect("child pid");
-        kill_process(pid, sig).expect("signal the child");
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fence_of(line: &str) -> Fence {
-    Fence::new(number(line)).expect("positive fence")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_holder_process_is_replaced_within_lease_plus_one_second() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
-    }
-    let (_dir, db, counter) = temp_paths();
-    let mut holder = Holder::spawn(&db, &counter);
-    let child_fence = fence_of(&holder.expect_line("HELD", Duration::from_secs(20)).await);
-    let lock = lock_on(&db, "parent").await;
-    assert!(matches!(
-        lock.try_lock_once().await,
-        Err(Error::Busy { .. })
-    ));
-    let waiter = {
-        let lock = lock.clone();
-        tokio::spawn(async move {
-            let g = lock.lock_timeout(Duration::from_secs(30)).await;
-            (g, Instant::now())
-        })
-    };
-    // Let the child's heartbeat renew a while, with us waiting for the key.
-    tokio::time::sleep(LEASE).await;
-    assert!(!waiter.is_finished(), "the child still renews its lease");
-    holder.signal(Signal::KILL);
-    let killed_at = Instant::now();
-    let (guard, at) = waiter.await.expect("waiter");
-    let guard = guard.expect("the waiter acquires after the kill");
-    let took = at.saturating_duration_since(killed_at);
-    println!("a SIGKILLed holder's key was taken {took:?} after the kill (lease {LEASE:?})");
-    assert!(
-        took <= LEASE + Duration::from_secs(1),
-        "another process must acquire within lease + 1 s of the kill, took {took:?}"
-    );
-    assert!(guard.fence() > child_fence);
-    guard.release().await.expect("release");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_holder_is_replaced_and_its_fenced_write_is_refused_on_resume() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if is_child() {
         return;
     }
-    let (_dir, db, counter) = temp_paths();
-    let mut holder = Holder::spawn(&db, &counter);
+    let tmp = TempDb::new();
+    let mut holder = Holder::spawn_command(child_command("fenced-holder", tmp.as_ref(), ""));
     let child_fence = fence_of(&holder.expect_line("HELD", Duration::from_secs(20)).await);
-    let lock = lock_on(&db, "parent").await;
-    holder.signal(Signal::STOP);
-    let stopped_at = Instant::now();
-    let guard = lock
-        .lock_timeout(Duration::from_secs(15))
-        .await
-        .expect("the key of a paused holder expires");
-    assert!(
-        guard.fence() > child_fence,
-        "the new grant has a larger fence"
-    );
-    assert_eq!(
-        fenced_increment(&counter_db(&counter), guard.fence()),
-        1,
-        "the new holder writes"
-    );
-    tokio::time::sleep((3 * LEASE).saturating_sub(stopped_at.elapsed())).await;
-    holder.signal(Signal::CONT);
-    let lost = holder.expect_line("LOST", Duration::from_secs(5)).await;
+    let lock = lock_on(tmp.db(), "parent").await;
+    let (guard, lost) =
+        replace_paused_holder(&mut holder, child_fence, &lock, 3 * LEASE, |guard| {
+            assert_eq!(
+                fenced_increment(&counter_db(&tmp.counter()), guard.fence()),
+                1,
+                "the new holder writes"
+            );
+        })
+        .await;
     assert_eq!(
         lost, "LOST held=false rows=0",
         "the resumed holder knows it lost the key, and its fenced write is refused"
@@ -474,7 +319,7 @@ async fn paused_holder_is_replaced_and_its_fenced_write_is_refused_on_resume() {
         guard.is_held(),
         "the resumed holder did not take the key back"
     );
-    assert_eq!(counter_value(&counter), 1);
+    assert_eq!(counter_value(&tmp.counter()), 1);
     guard.release().await.expect("release");
 }
 
@@ -482,7 +327,7 @@ const HANDOFF_ROUNDS: u32 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handoff_between_two_processes_full_durability() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if is_child() {
         return;
     }
     handoff("full").await;
@@ -490,7 +335,7 @@ async fn handoff_between_two_processes_full_durability() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handoff_between_two_processes_normal_durability() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if is_child() {
         return;
     }
     handoff("normal").await;
@@ -499,9 +344,9 @@ async fn handoff_between_two_processes_normal_durability() {
 /// Two processes take turns; prints the release → acquire times. Asserts only that the median
 /// is far below the lock's poll interval (250 ms), i.e. that waiters are woken.
 async fn handoff(durability: &str) {
-    let (_dir, db, counter) = temp_paths();
+    let tmp = TempDb::new();
     let cmds = (0..2)
-        .map(|_| child_command("handoff", &db, &counter, durability))
+        .map(|_| child_command("handoff", tmp.as_ref(), durability))
         .collect();
     let outputs = run_all(cmds).await;
     // Merge both processes' events by time; a handoff is a release by one process followed
@@ -549,7 +394,7 @@ async fn handoff(durability: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_contending_processes_all_acquire() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if is_child() {
         return;
     }
     const PROCESSES: usize = 8;
@@ -557,9 +402,9 @@ async fn eight_contending_processes_all_acquire() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
-    let (_dir, db, counter) = temp_paths();
+    let tmp = TempDb::new();
     let cmds = (0..PROCESSES)
-        .map(|_| child_command("fair", &db, &counter, &secs.to_string()))
+        .map(|_| child_command("fair", tmp.as_ref(), &secs.to_string()))
         .collect();
     let outputs = run_all(cmds).await;
     let counts: Vec<f64> = outputs
@@ -587,7 +432,7 @@ async fn eight_contending_processes_all_acquire() {
 /// clock ahead). Skipped without `faketime`, except under `CI`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_with_a_stepped_wall_clock_changes_nothing() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if is_child() {
         return;
     }
     // The library itself rather than the `faketime` wrapper, which forks: a SIGKILL must reach
@@ -608,10 +453,10 @@ async fn a_holder_with_a_stepped_wall_clock_changes_nothing() {
         println!("skipped: no libfaketime");
         return;
     };
-    let (_dir, db, counter) = temp_paths();
-    let lock = lock_on(&db, "parent").await;
+    let tmp = TempDb::new();
+    let lock = lock_on(tmp.db(), "parent").await;
     for offset in ["-1d", "+1d"] {
-        let mut cmd = child_command("wall-holder", &db, &counter, "");
+        let mut cmd = child_command("wall-holder", tmp.as_ref(), "");
         cmd.env("LD_PRELOAD", libfaketime)
             .env("FAKETIME", offset)
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
@@ -633,20 +478,33 @@ async fn a_holder_with_a_stepped_wall_clock_changes_nothing() {
             matches!(lock.try_lock_once().await, Err(Error::Busy { .. })),
             "the child's lease is valid here ({offset})"
         );
-        holder.signal(Signal::KILL);
-        let killed_at = Instant::now();
-        let guard = lock
-            .lock_timeout(Duration::from_secs(30))
-            .await
-            .expect("acquired after the kill");
-        let took = killed_at.elapsed();
-        assert!(
-            took <= LEASE + Duration::from_secs(1),
-            "acquired within lease + 1 s of the kill ({offset}), took {took:?}"
-        );
-        assert!(guard.fence() > child_fence);
-        guard.release().await.expect("release");
+        let why = format!("the holder's wall clock {offset}");
+        take_over_after_kill(&holder, child_fence, &lock, Duration::from_secs(30), &why).await;
     }
+}
+
+/// Kills `holder` and takes the key with `lock`, waiting at most `within`: granted within
+/// lease + 1 s of the kill, with a fence above `child_fence`. `why` names the case in messages.
+async fn take_over_after_kill(
+    holder: &Holder,
+    child_fence: Fence,
+    lock: &CrossProcessLock<SqliteStore>,
+    within: Duration,
+    why: &str,
+) {
+    holder.signal(Signal::KILL);
+    let killed_at = Instant::now();
+    let guard = lock
+        .lock_timeout(within)
+        .await
+        .unwrap_or_else(|e| panic!("acquired after the kill ({why}): {e}"));
+    let took = killed_at.elapsed();
+    assert!(
+        took <= LEASE + Duration::from_secs(1),
+        "acquired within lease + 1 s of the kill ({why}), took {took:?}"
+    );
+    assert!(guard.fence() > child_fence);
+    guard.release().await.expect("release");
 }
 
 /// Whether `cmd` runs and succeeds here (a namespace tool, say); under `CI` it must.
@@ -676,7 +534,7 @@ fn can_run(cmd: &[&str]) -> bool {
 /// past its death.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holders_in_different_time_namespaces_never_both_hold_a_key() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if is_child() {
         return;
     }
     const OFFSET_SECS: i64 = 3600;
@@ -685,7 +543,7 @@ async fn holders_in_different_time_namespaces_never_both_hold_a_key() {
     if !can_run(&[&unshare[..], &["true"]].concat()) {
         return;
     }
-    let (_dir, db, counter) = temp_paths();
+    let tmp = TempDb::new();
     let check_offset = |line: &str| {
         let child: i128 = number(line);
         let skew = child - i128::try_from(now_ns()).expect("ns");
@@ -697,13 +555,16 @@ async fn holders_in_different_time_namespaces_never_both_hold_a_key() {
     };
 
     // The root namespace holds; a process an hour ahead must find the key held.
-    let lock = lock_on(&db, "parent").await;
+    let lock = lock_on(tmp.db(), "parent").await;
     let guard = lock
         .lock_timeout(Duration::from_secs(10))
         .await
         .expect("parent acquires");
     let outputs = run_all(vec![wrapped_child_command(
-        &unshare, "try-once", &db, &counter, "",
+        &unshare,
+        "try-once",
+        tmp.as_ref(),
+        "",
     )])
     .await;
     let events = &outputs[0];
@@ -729,8 +590,7 @@ async fn holders_in_different_time_namespaces_never_both_hold_a_key() {
     let mut holder = Holder::spawn_command(wrapped_child_command(
         &unshare,
         "ns-holder",
-        &db,
-        &counter,
+        tmp.as_ref(),
         "",
     ));
     check_offset(&holder.expect_line("CLOCK", Duration::from_secs(20)).await);
@@ -740,19 +600,16 @@ async fn holders_in_different_time_namespaces_never_both_hold_a_key() {
         matches!(lock.try_lock_once().await, Err(Error::Busy { .. })),
         "the offset holder's lease is valid in the root namespace"
     );
-    holder.signal(Signal::KILL);
-    let killed_at = Instant::now();
-    let guard = lock
-        .lock_timeout(LEASE + Duration::from_secs(5))
-        .await
-        .expect("the dead offset holder's lease ends on the host's clock");
-    let took = killed_at.elapsed();
-    assert!(
-        took <= LEASE + Duration::from_secs(1),
-        "acquired within lease + 1 s of the kill, took {took:?}"
-    );
-    assert!(guard.fence() > child_fence);
-    guard.release().await.expect("release");
+    // Within lease + 5 s at most: the dead offset holder's lease ends on the host's clock.
+    let why = "a holder in the offset time namespace";
+    take_over_after_kill(
+        &holder,
+        child_fence,
+        &lock,
+        LEASE + Duration::from_secs(5),
+        why,
+    )
+    .await;
 }
 
 /// Without a readable boot id the store cannot tell a lease of this boot from one written
@@ -761,7 +618,7 @@ async fn holders_in_different_time_namespaces_never_both_hold_a_key() {
 /// an empty file bound over it and once by an empty tmpfs over its directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hidden_boot_id_fails_open_naming_the_file() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if is_child() {
         return;
     }
     // `--propagation unchanged`: unshare's default makes `/` private, which fails where `/` is
@@ -771,8 +628,8 @@ async fn a_hidden_boot_id_fails_open_naming_the_file() {
     if !can_run(&[&unshare[..], &["sh", "-c", "mount --make-rprivate /proc"]].concat()) {
         return;
     }
-    let (dir, db, counter) = temp_paths();
-    let empty = dir.path().join("empty");
+    let tmp = TempDb::new();
+    let empty = tmp.db().with_file_name("empty");
     std::fs::write(&empty, "").expect("an empty file");
     let empty = empty.display().to_string();
     let bind = format!("mount --bind '{empty}' /proc/sys/kernel/random/boot_id");
@@ -785,8 +642,7 @@ async fn a_hidden_boot_id_fails_open_naming_the_file() {
         wrapped_child_command(
             &[&unshare[..], &["--", "sh", "-c", &script, "sh"]].concat(),
             "open",
-            &db,
-            &counter,
+            tmp.as_ref(),
             "",
         )
     };

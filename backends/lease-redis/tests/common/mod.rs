@@ -1,39 +1,32 @@
-//! Shared by the test binaries: one redis-server per test binary, and stores on it.
+//! Shared by the test binaries: stores on the binary's one redis-server.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use lease_redis::RedisStore;
-use lease_testkit::{RedisOptions, RedisServer};
-
-/// One redis-server shared by every test of a binary (each test uses its own prefix).
-pub(crate) static REDIS: LazyLock<Option<RedisServer>> =
-    LazyLock::new(|| RedisServer::start(RedisOptions::default()));
+use lease_testkit::RedisServer;
 
 /// The shared server's URL; `None` (test skipped) when redis-server is not installed and `CI` is
 /// unset.
 pub(crate) fn url() -> Option<String> {
-    REDIS.as_ref().map(RedisServer::url)
+    RedisServer::shared().map(RedisServer::url)
 }
 
 /// A prefix no other test of this run uses.
 pub(crate) fn unique_prefix(name: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "test:{name}:{}-{}:",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    lease_testkit::unique_prefix(name, ':')
+}
+
+/// A store on `url` under `prefix`.
+pub(crate) async fn store_at(url: &str, prefix: &str) -> RedisStore {
+    RedisStore::builder(url)
+        .prefix(prefix)
+        .connect()
+        .await
+        .expect("connect to the test redis-server")
 }
 
 /// A fresh store on `url`, with its own prefix.
 pub(crate) async fn store_on(url: &str, name: &str) -> RedisStore {
-    RedisStore::builder(url)
-        .prefix(unique_prefix(name))
-        .connect()
-        .await
-        .expect("connect to the test redis-server")
+    store_at(url, &unique_prefix(name)).await
 }
 
 /// A fresh store for the conformance suite (which picks its own unique keys).
