@@ -107,10 +107,10 @@ async fn leader_kill_grants_no_key_twice_and_waiters_progress() {
             .await
             .expect("A acquires");
         let token = g.loss_token();
-        a_lost.push(tokio::spawn(async move {
+        a_lost.push(Some(tokio::spawn(async move {
             token.cancelled().await;
             Instant::now()
-        }));
+        })));
         a_guards.push(Some(g));
     }
     let a_fences: Vec<Fence> = a_guards.iter().flatten().map(|g| g.fence()).collect();
@@ -214,16 +214,14 @@ async fn leader_kill_grants_no_key_twice_and_waiters_progress() {
                 "k{i}: waiter slow: {after:?}"
             );
         } else if !kept.contains(&i) {
-            // A lost it: its loss signal fired before B was granted the key.
-            let lost_at = a_lost.remove(0).await.expect("loss signal");
+            // A lost it: its loss signal fired before B was granted the key. (Key i's own
+            // signal: the others', of keys A released, never fire.)
+            let lost = a_lost[i].take().expect("one loss watcher per key");
+            let lost_at = lost.await.expect("loss signal");
             assert!(
                 lost_at <= at,
                 "k{i}: B was granted the key before A's loss signal fired"
             );
-            continue;
-        }
-        if i >= 2 {
-            a_lost.remove(0);
         }
     }
 
