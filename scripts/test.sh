@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace against real servers.
 #
-# Installs what the tests need when it is missing (Debian packages, as root), then: rustfmt check,
+# Installs what the tests need when it is missing (Debian packages, as root), then: the use-cycle check, rustfmt check,
 # clippy with -D warnings, rustdoc with -D warnings, the whole test suite with every feature
 # (unit, integration and doc tests), and the loom model checks. Under CI=true a missing
 # server fails the tests instead of skipping them.
@@ -24,6 +24,7 @@ need=(
   /usr/bin/openssl:openssl
   /usr/bin/unshare:util-linux
   /usr/bin/setpriv:util-linux
+  /usr/bin/python3:python3
 )
 packages=()
 for entry in "${need[@]}"; do
@@ -40,6 +41,9 @@ if ((${#packages[@]})); then
     [[ -e ${entry%%:*} ]] || { echo "still missing after install: ${entry%%:*} (package ${entry#*:})" >&2; exit 1; }
   done
 fi
+
+step "no use cycle between the files of lease-core or lease-etcd (scripts/use-cycles.py)"
+python3 scripts/use-cycles.py lease-core/src backends/lease-etcd/src
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
