@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace against real servers.
 #
-# Installs what the tests need when it is missing (Debian packages, as root), then: the use-cycle check, rustfmt check,
-# clippy with -D warnings, rustdoc with -D warnings, the whole test suite with every feature
-# (unit, integration and doc tests), and the loom model checks. Under CI=true a missing
+# Installs what the tests need when it is missing (Debian packages, as root), then: the use-cycle
+# check, rustfmt check, clippy with -D warnings, rustdoc with -D warnings, the whole test suite
+# with every feature (unit, integration and doc tests), and the loom model checks. Under CI=true a missing
 # server fails the tests instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
