@@ -3,8 +3,8 @@
 #
 # Installs what the tests need when it is missing (Debian packages, as root), then: the use-cycle
 # check, rustfmt check, clippy with -D warnings, rustdoc with -D warnings, the whole test suite
-# with every feature (unit, integration and doc tests), and the loom model checks. Under CI=true a missing
-# server fails the tests instead of skipping them.
+# with every feature (unit, integration and doc tests), and the loom model checks. Under CI=true
+# a missing server fails the tests instead of skipping them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
