@@ -12,9 +12,11 @@
 mod etcd;
 mod process;
 mod redis;
+mod serve;
 mod tls;
 
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdServer};
 pub use process::{Server, free_port, require_binary};
 pub use redis::{RedisOptions, RedisServer};
+pub use serve::{ServeOptions, Served, serve, server_program};
 pub use tls::make_test_certs;
