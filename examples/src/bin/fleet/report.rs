@@ -20,6 +20,7 @@ pub(crate) struct Injected {
 }
 
 /// The worker processes' tallies, summed, and how the processes ended.
+#[derive(Default)]
 pub(crate) struct Ended {
     all: Counts,
     /// Each process's proc id, its completed jobs, and whether it was killed.
@@ -36,10 +37,7 @@ impl Ended {
     /// killed, and reads each one's tallies from its stdout, a killed worker's up to its last
     /// line: the counts cover the workers that were killed as well as those that exited.
     pub(crate) async fn collect(slots: Vec<Slot>, killed: Vec<Slot>) -> anyhow::Result<Ended> {
-        let mut all = Counts::default();
-        let mut per = Vec::new();
-        let (mut procs, mut clean, mut n_killed, mut failed_workers, mut disagreeing) =
-            (0, 0, 0, 0, 0);
+        let mut e = Ended::default();
         let ended = slots
             .into_iter()
             .map(|s| (s, false))
@@ -49,35 +47,27 @@ impl Ended {
             let (counts, report) = Counts::parse(&out.stdout);
             match report {
                 Some(r) if out.status.success() => {
-                    clean += 1;
+                    e.clean += 1;
                     if !counts.agrees_with(&r) {
-                        disagreeing += 1;
+                        e.disagreeing += 1;
                         eprintln!(
                             "worker {}: its final report disagrees with its tallies",
                             slot.proc
                         );
                     }
                 }
-                _ if was_killed => n_killed += 1,
+                _ if was_killed => e.n_killed += 1,
                 _ => {
-                    failed_workers += 1;
+                    e.failed_workers += 1;
                     eprintln!("worker {} failed: {}", slot.proc, out.status);
                 }
             }
-            procs += 1;
-            per.push((slot.proc, counts.completed, was_killed));
-            all.merge(counts);
+            e.procs += 1;
+            e.per.push((slot.proc, counts.completed, was_killed));
+            e.all.merge(counts);
         }
-        per.sort_unstable();
-        Ok(Ended {
-            all,
-            per,
-            procs,
-            clean,
-            n_killed,
-            failed_workers,
-            disagreeing,
-        })
+        e.per.sort_unstable();
+        Ok(e)
     }
 }
 
