@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use lease_core::Capabilities;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::backend;
 use crate::fleet::Fleet;
-use crate::proto::{Imp, Job, Msg, Role, StoreKind, StoreTarget};
+use crate::proto::{Imp, Job, Msg, Role, StoreTarget};
 use crate::stats::{self, jain, summarize};
 use crate::worker::now_ns;
 
@@ -57,6 +59,8 @@ pub(crate) struct Record {
 pub(crate) struct Ctx<'a> {
     pub(crate) target: StoreTarget,
     pub(crate) version: String,
+    /// What the store declares, for the leases it grants.
+    pub(crate) caps: Capabilities,
     pub(crate) quick: bool,
     pub(crate) runs: usize,
     pub(crate) log: &'a std::fs::File,
@@ -89,7 +93,7 @@ impl Ctx<'_> {
 
     fn record(&self, scenario: &str, imp: &str, metric: &str, unit: &str) -> Record {
         Record {
-            store: self.target.kind.name().to_owned(),
+            store: self.target.scheme.name().to_owned(),
             store_version: self.version.clone(),
             scenario: scenario.to_owned(),
             implementation: imp.to_owned(),
@@ -128,10 +132,7 @@ impl Ctx<'_> {
     /// Settle time before a waiter counts as parked: its first `try_lock` was refused and it
     /// waits for a change.
     fn settle(&self) -> Duration {
-        match self.target.kind {
-            StoreKind::Etcd => Duration::from_millis(10),
-            _ => Duration::from_millis(2),
-        }
+        backend::of(self.target.scheme).settle()
     }
 
     fn peers(&self) -> impl Iterator<Item = Imp> + '_ {
@@ -326,11 +327,7 @@ async fn floor(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Record>> {
         let v = single(ctx, ctx.job(Imp::Floor, Role::Floor { samples: n, warmup })).await?;
         runs.push(samples(&v, "floor")?);
     }
-    let what = match ctx.target.kind {
-        StoreKind::Sqlite => "BEGIN IMMEDIATE write, synchronous=FULL, WAL",
-        StoreKind::Redis => "EVALSHA of a one-line SET script",
-        StoreKind::Etcd => "put",
-    };
+    let what = backend::of(ctx.target.scheme).floor_operation();
     let mut r = ctx.record("floor", "floor", "round trip", "us");
     r.params.insert("operation".into(), json!(what));
     let r = ctx.latency(r, &runs);
@@ -695,6 +692,10 @@ async fn crash(ctx: &mut Ctx<'_>, imp: Imp) -> anyhow::Result<Vec<Record>> {
         Imp::Ancestor => None,
         _ => Some(2000),
     };
+    // The lease the store grants for it (the ancestor's own is 500 ms): on etcd, two seconds.
+    let granted = ctx
+        .caps
+        .effective_lease(Duration::from_millis(lease_ms.unwrap_or(500)));
     let mut runs = Vec::new();
     for _ in 0..ctx.runs {
         let mut s = Vec::new();
@@ -712,14 +713,8 @@ async fn crash(ctx: &mut Ctx<'_>, imp: Imp) -> anyhow::Result<Vec<Record>> {
         runs.push(s);
     }
     let mut r = ctx.record("crash", imp.name(), "takeover after SIGKILL", "us");
-    r.params.insert(
-        "lease_ms".into(),
-        json!(match (imp, ctx.target.kind) {
-            (_, StoreKind::Etcd) => 2000,
-            (Imp::Ancestor, _) => 500,
-            _ => 2000,
-        }),
-    );
+    r.params
+        .insert("lease_ms".into(), json!(granted.as_millis() as u64));
     let mut r = ctx.latency(r, &runs);
     r.ratio_to_floor = None; // bounded by the lease, not by round trips
     Ok(vec![r])

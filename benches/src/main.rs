@@ -6,6 +6,7 @@
 //! processes are differences of `CLOCK_BOOTTIME` readings taken in the two processes (same host,
 //! same clock). See `benches/README.md` for the scenarios and how to read the output.
 
+mod backend;
 mod bench;
 mod fleet;
 mod output;
@@ -22,10 +23,12 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use lease_core::{Capabilities, LeaseStore as _};
+use leasehold::Scheme;
 
 use crate::bench::{Ctx, Record, SCENARIOS};
 use crate::output::Machine;
-use crate::proto::{Imp, StoreKind, StoreTarget};
+use crate::proto::{Imp, StoreTarget};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -107,25 +110,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// A store to measure, with the throwaway server or directory that backs it.
+/// A store to measure, what it declares, and the throwaway server or directory that backs it.
 struct Resolved {
     target: StoreTarget,
+    caps: Capabilities,
     _dir: Option<tempfile::TempDir>,
-    _redis: Option<lease_testkit::RedisServer>,
-    _etcd: Option<lease_testkit::EtcdCluster>,
+    _server: Option<lease_testkit::Served>,
 }
 
-/// Splits `--store` values on commas, keeping commas inside an etcd URL's host list.
+/// Splits `--store` values on commas, keeping commas inside a URL's host list (etcd's).
 fn store_specs(values: &[String]) -> anyhow::Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for v in values {
         for piece in v.split(',') {
             let piece = piece.trim();
-            let starts_new = ["sqlite", "redis", "etcd", "all"]
-                .iter()
-                .any(|s| piece.starts_with(s));
+            let starts_new = piece == "all"
+                || piece.contains("://")
+                || Scheme::ALL.iter().any(|s| piece.starts_with(s.name()));
             match out.last_mut() {
-                Some(last) if !starts_new && last.starts_with("etcd://") => {
+                // `HOST:PORT` after a URL: the URL's next host.
+                Some(last) if !starts_new && piece.contains(':') && last.contains("://") => {
                     last.push(',');
                     last.push_str(piece);
                 }
@@ -137,16 +141,15 @@ fn store_specs(values: &[String]) -> anyhow::Result<Vec<String>> {
     let mut expanded = Vec::new();
     for s in out {
         if s == "all" {
-            expanded.push("sqlite".to_owned());
-            if cfg!(feature = "redis") {
-                expanded.push("redis".to_owned());
-            } else {
-                eprintln!("lease-bench: `all` skips redis: built without the `redis` feature");
-            }
-            if cfg!(feature = "etcd") {
-                expanded.push("etcd".to_owned());
-            } else {
-                eprintln!("lease-bench: `all` skips etcd: built without the `etcd` feature");
+            for scheme in Scheme::ALL {
+                if scheme.is_built() {
+                    expanded.push(scheme.name().to_owned());
+                } else {
+                    eprintln!(
+                        "lease-bench: `all` skips {scheme}: built without the `{}` feature",
+                        scheme.feature()
+                    );
+                }
             }
         } else {
             expanded.push(s);
@@ -155,94 +158,84 @@ fn store_specs(values: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(expanded)
 }
 
-fn start_server<T>(what: &str, start: impl FnOnce() -> Option<T>) -> anyhow::Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(start)) {
+/// A throwaway server for `scheme`'s store.
+fn start_server(scheme: Scheme) -> anyhow::Result<lease_testkit::Served> {
+    let name = scheme.name();
+    let what = lease_testkit::server_program(name).unwrap_or(name);
+    let options = lease_testkit::ServeOptions {
+        durable: false,
+        prefix: "lease-bench/".to_owned(),
+    };
+    let start = std::panic::AssertUnwindSafe(|| lease_testkit::serve(name, &options));
+    match std::panic::catch_unwind(start) {
         Ok(Some(s)) => Ok(s),
         Ok(None) => bail!(
             "`{what}` is not installed, so no throwaway server can be started; install it or \
-             pass a URL (--store {}://HOST:PORT)",
-            if what == "etcd" { "etcd" } else { "redis" }
+             pass a URL (--store {name}://HOST:PORT)"
         ),
         Err(_) => bail!("could not start a throwaway {what} (see the message above)"),
     }
 }
 
-fn resolve(spec: &str) -> anyhow::Result<Resolved> {
-    let (kind, rest) = match spec.split_once("://") {
+/// The store `spec` names (`NAME` or `NAME://…`), opened once so that a bad one fails here.
+async fn resolve(spec: &str) -> anyhow::Result<Resolved> {
+    let (name, rest) = match spec.split_once("://") {
         Some((scheme, rest)) => (scheme, Some(rest)),
         None => (spec, None),
     };
-    let mut r = Resolved {
-        target: StoreTarget {
-            kind: StoreKind::Sqlite,
-            location: String::new(),
-        },
-        _dir: None,
-        _redis: None,
-        _etcd: None,
+    let Some(scheme) = Scheme::named(name) else {
+        let forms: Vec<String> = Scheme::ALL
+            .into_iter()
+            .map(|s| {
+                if s.is_server() {
+                    format!("{s}[://HOST:PORT]")
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect();
+        bail!(
+            "unknown store `{name}` in `{}`: use {} or all",
+            store::redact(spec),
+            forms.join(", ")
+        );
     };
-    match kind {
-        "sqlite" => {
-            let path = match rest {
-                Some(p) if !p.is_empty() => PathBuf::from(p),
-                Some(_) => bail!("`{spec}` names no file: use sqlite or sqlite:///path/to/db"),
-                None => {
-                    let dir = tempfile::Builder::new()
-                        .prefix("lease-bench-")
-                        .tempdir()
-                        .context("creating a temp dir for the sqlite database")?;
-                    let p = dir.path().join("locks.db");
-                    r._dir = Some(dir);
-                    p
-                }
-            };
-            r.target.location = path.display().to_string();
-        }
-        "redis" => {
-            if !cfg!(feature = "redis") {
-                bail!(
-                    "`{spec}` needs the `redis` feature: cargo run -p lease-bench --features redis"
-                );
-            }
-            r.target.kind = StoreKind::Redis;
-            r.target.location = match rest {
-                Some(_) => spec.to_owned(),
-                None => {
-                    let s = start_server("redis-server", || {
-                        lease_testkit::RedisServer::start(Default::default())
-                    })?;
-                    let url = s.url();
-                    r._redis = Some(s);
-                    url
-                }
-            };
-        }
-        "etcd" => {
-            if !cfg!(feature = "etcd") {
-                bail!(
-                    "`{spec}` needs the `etcd` feature: cargo run -p lease-bench --features etcd"
-                );
-            }
-            r.target.kind = StoreKind::Etcd;
-            r.target.location = match rest {
-                Some(_) => spec.to_owned(),
-                None => {
-                    let s = start_server("etcd", || {
-                        lease_testkit::EtcdCluster::start(Default::default())
-                    })?;
-                    let url = format!("etcd://{}/lease-bench/", s.endpoint());
-                    r._etcd = Some(s);
-                    url
-                }
-            };
-        }
-        other => bail!(
-            "unknown store `{other}` in `{}`: use sqlite, redis[://HOST:PORT], etcd[://HOST:PORT] \
-             or all",
-            store::redact(spec)
-        ),
+    if !scheme.is_built() {
+        bail!(
+            "`{}` needs the `{feature}` feature: cargo run -p lease-bench --features {feature}",
+            store::redact(spec),
+            feature = scheme.feature()
+        );
     }
-    Ok(r)
+    let (mut dir, mut server) = (None, None);
+    let location = match rest {
+        Some(_) => spec.to_owned(),
+        None if scheme.is_server() => {
+            let s = start_server(scheme)?;
+            let url = s.url().to_owned();
+            server = Some(s);
+            url
+        }
+        None => {
+            let d = tempfile::Builder::new()
+                .prefix("lease-bench-")
+                .tempdir()
+                .with_context(|| format!("creating a temp dir for the {scheme} database"))?;
+            let url = format!("{scheme}://{}", d.path().join("locks.db").display());
+            dir = Some(d);
+            url
+        }
+    };
+    let caps = leasehold::open(&location)
+        .await
+        .with_context(|| format!("opening {}", store::redact(&location)))?
+        .capabilities();
+    Ok(Resolved {
+        target: StoreTarget { scheme, location },
+        caps,
+        _dir: dir,
+        _server: server,
+    })
 }
 
 /// `--render`: the table, goals, report and plots of a saved run.
@@ -311,7 +304,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     // Resolve every store first, so a bad --store fails before anything is measured.
     let mut resolved = Vec::new();
     for s in &specs {
-        resolved.push(resolve(s)?);
+        resolved.push(resolve(s).await?);
     }
 
     let tty = std::io::stderr().is_terminal();
@@ -323,11 +316,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     .progress_chars("=> ");
     let mut records: Vec<Record> = Vec::new();
     for r in &resolved {
-        let version = store::store_version(&r.target)
+        let backend = backend::of(r.target.scheme);
+        let version = backend
+            .version(&r.target.location)
             .await
             .unwrap_or_else(|e| format!("unknown ({e:#})"));
         let mut imps = vec![Imp::Ours, Imp::Ancestor, Imp::StoreTryLock];
-        imps.extend(Imp::peer_for(r.target.kind));
+        imps.extend(backend.peer());
         let peers = imps.len() - 3;
         let total: u64 = scenarios
             .iter()
@@ -335,10 +330,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .sum();
         let bar = multi.add(ProgressBar::new(total));
         bar.set_style(style.clone());
-        bar.set_prefix(r.target.kind.name());
+        bar.set_prefix(r.target.scheme.name());
         let mut ctx = Ctx {
             target: r.target.clone(),
             version,
+            caps: r.caps,
             quick: cli.quick,
             runs,
             log: &log,
@@ -356,7 +352,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 bar.set_message(label.to_owned());
                 if !tty {
                     // No bar without a terminal: one line per measurement instead.
-                    eprintln!("[{}] {label}", r.target.kind.name());
+                    eprintln!("[{}] {label}", r.target.scheme.name());
                 }
             };
             let rs = bench::run(&mut ctx, s, &progress).await;
@@ -375,7 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         multi.suspend(|| {
             println!(
                 "\n== {} ({}){}\n",
-                r.target.kind.name(),
+                r.target.scheme.name(),
                 ctx.version,
                 if cli.quick { ", quick" } else { "" }
             );
@@ -411,4 +407,28 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         );
     }
     Ok(failed == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_specs_split_on_commas_but_keep_a_urls_host_list() {
+        let values = [
+            "sqlite,etcd://h1:2379,h2:2379/p/,redis".to_owned(),
+            "redis://h:1".to_owned(),
+        ];
+        let specs = store_specs(&values).unwrap();
+        assert_eq!(
+            specs,
+            [
+                "sqlite",
+                "etcd://h1:2379,h2:2379/p/",
+                "redis",
+                "redis://h:1"
+            ]
+        );
+        assert!(store_specs(&["sqlite,,redis".to_owned()]).is_err());
+    }
 }

@@ -1,32 +1,31 @@
 //! What the harness sends its worker processes (a [`Job`] on the command line, commands on
 //! stdin) and what they answer (one JSON [`Msg`] per stdout line).
 
+use leasehold::Scheme;
 use serde::{Deserialize, Serialize};
 
-/// The store kinds the harness knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum StoreKind {
-    Sqlite,
-    Redis,
-    Etcd,
-}
-
-impl StoreKind {
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            StoreKind::Sqlite => "sqlite",
-            StoreKind::Redis => "redis",
-            StoreKind::Etcd => "etcd",
-        }
-    }
-}
-
-/// A store every worker of one run opens: a database path for SQLite, a URL otherwise.
+/// A store every worker of one run opens: `location` is a URL of `scheme`'s store, as
+/// [`leasehold::open`] takes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct StoreTarget {
-    pub(crate) kind: StoreKind,
+    #[serde(with = "by_name")]
+    pub(crate) scheme: Scheme,
     pub(crate) location: String,
+}
+
+/// A [`Scheme`] on the wire: its name.
+mod by_name {
+    use leasehold::Scheme;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(scheme: &Scheme, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(scheme.name())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Scheme, D::Error> {
+        let name = String::deserialize(d)?;
+        Scheme::named(&name).ok_or_else(|| D::Error::custom(format!("unknown store `{name}`")))
+    }
 }
 
 /// The implementation a worker measures.
@@ -56,15 +55,6 @@ impl Imp {
             Imp::StoreTryLock => "store-try-lock",
             Imp::EtcdLockRpc => "etcd-lock-rpc",
             Imp::Rslock => "rslock",
-        }
-    }
-
-    /// The peer a user would pick instead of us for this store, if the harness has one.
-    pub(crate) fn peer_for(kind: StoreKind) -> Option<Imp> {
-        match kind {
-            StoreKind::Sqlite => None,
-            StoreKind::Redis => Some(Imp::Rslock),
-            StoreKind::Etcd => Some(Imp::EtcdLockRpc),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Opening stores in a worker, the counting wrapper, the raw floor operation, and the lockers
-//! (ours, the ancestor configuration, the peers) behind one interface.
+//! Opening stores in a worker, the counting wrapper, and the lockers (ours, the ancestor
+//! configuration, the peers) behind one interface. What differs per store (the floor, the peers,
+//! wire counters) comes from [`backend`](crate::backend).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +12,8 @@ use lease_core::{
     StoreError,
 };
 
-use crate::proto::{Imp, OpCounts, StoreKind, StoreTarget};
+use crate::backend::{self, Backend, Floor, PeerHeld, PeerLock, WireCounter};
+use crate::proto::{Imp, OpCounts, StoreTarget};
 
 /// A store wrapper that counts every call, so that the harness can report store operations per
 /// acquisition and check that a re-entrant acquisition makes none.
@@ -83,11 +85,11 @@ impl LeaseStore for Counting {
 
 /// Everything a worker opened for one store.
 pub(crate) struct Opened {
-    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
     pub(crate) target: StoreTarget,
     pub(crate) store: Counting,
-    keepalives: Option<KeepaliveCounter>,
-    floor: Floor,
+    backend: &'static dyn Backend,
+    keepalives: Option<WireCounter>,
+    floor: Option<Box<dyn Floor>>,
 }
 
 impl Opened {
@@ -95,15 +97,16 @@ impl Opened {
         let store = leasehold::open(&target.location).await.with_context(|| {
             format!(
                 "opening {} {}",
-                target.kind.name(),
+                target.scheme.name(),
                 redact(&target.location)
             )
         })?;
-        let keepalives = keepalive_counter(&store);
+        let backend = backend::of(target.scheme);
+        let keepalives = backend.wire_counter(&store);
         let floor = if with_floor {
-            Floor::open(target).await?
+            Some(backend.floor(&target.location, &store).await?)
         } else {
-            Floor::None
+            None
         };
         Ok(Self {
             target: target.clone(),
@@ -111,6 +114,7 @@ impl Opened {
                 inner: store,
                 counts: Arc::default(),
             },
+            backend,
             keepalives,
             floor,
         })
@@ -124,7 +128,10 @@ impl Opened {
 
     /// One raw store write of the same shape as an acquire.
     pub(crate) async fn floor_op(&self, key: &str) -> anyhow::Result<()> {
-        self.floor.op(key).await
+        match &self.floor {
+            Some(floor) => floor.op(key).await,
+            None => bail!("no floor opened"),
+        }
     }
 
     /// A locker for `key` with implementation `imp`.
@@ -149,59 +156,18 @@ impl Opened {
                 holder: format!("bench/{}/{}", std::process::id(), rand::random::<u64>()),
                 lease: Duration::from_millis(lease_ms.unwrap_or(10_000)),
             },
-            Imp::EtcdLockRpc => self.etcd_rpc(key, lease_ms).await?,
-            Imp::Rslock => self.rslock(key, lease_ms)?,
+            Imp::EtcdLockRpc | Imp::Rslock if self.backend.peer() == Some(imp) => Locker::Peer(
+                self.backend
+                    .peer_lock(&self.target.location, key, lease_ms)
+                    .await?,
+            ),
+            Imp::EtcdLockRpc | Imp::Rslock => bail!(
+                "{} is no peer of the {} store in this build",
+                imp.name(),
+                self.target.scheme.name()
+            ),
             Imp::Floor => bail!("the floor is not a lock"),
         })
-    }
-
-    #[cfg(feature = "etcd")]
-    async fn etcd_rpc(&self, key: &str, lease_ms: Option<u64>) -> anyhow::Result<Locker> {
-        let (endpoints, _) = etcd_endpoints(&self.target.location)?;
-        let mut client = etcd_client::Client::connect(endpoints, None)
-            .await
-            .context("connecting to etcd for the Lock RPC")?;
-        let ttl = i64::try_from(lease_ms.unwrap_or(10_000).div_ceil(1000).max(2))?;
-        let lease = client.lease_grant(ttl, None).await?.id();
-        let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-        let every = Duration::from_secs(u64::try_from(ttl)? / 3).max(Duration::from_millis(500));
-        let keepalive = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if keeper.keep_alive().await.is_err() {
-                    return;
-                }
-                if stream.message().await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Locker::EtcdRpc {
-            client,
-            name: format!("bench-rpc/{key}").into_bytes(),
-            lease,
-            _keepalive: AbortOnDrop(keepalive),
-        })
-    }
-
-    #[cfg(not(feature = "etcd"))]
-    async fn etcd_rpc(&self, _key: &str, _lease_ms: Option<u64>) -> anyhow::Result<Locker> {
-        bail!("etcd's Lock RPC needs the `etcd` feature")
-    }
-
-    #[cfg(feature = "redis")]
-    fn rslock(&self, key: &str, lease_ms: Option<u64>) -> anyhow::Result<Locker> {
-        let lm = rslock::LockManager::new(vec![self.target.location.clone()]);
-        Ok(Locker::Rslock {
-            lm,
-            resource: format!("bench-rslock:{key}").into_bytes(),
-            ttl: Duration::from_millis(lease_ms.unwrap_or(10_000)),
-        })
-    }
-
-    #[cfg(not(feature = "redis"))]
-    fn rslock(&self, _key: &str, _lease_ms: Option<u64>) -> anyhow::Result<Locker> {
-        bail!("rslock needs the `redis` feature")
     }
 }
 
@@ -219,152 +185,7 @@ pub(crate) fn ancestor<S: LeaseStore>(store: S, key: &str) -> anyhow::Result<Cro
         .build()?)
 }
 
-type KeepaliveCounter = Box<dyn Fn() -> u64 + Send + Sync>;
-
-/// The etcd store's count of keepalives sent, for the report.
-#[cfg(feature = "etcd")]
-fn keepalive_counter(store: &DynStore) -> Option<KeepaliveCounter> {
-    let etcd = store.downcast_ref::<lease_etcd::EtcdStore>()?.clone();
-    Some(Box::new(move || etcd.keepalives_sent()))
-}
-
-#[cfg(not(feature = "etcd"))]
-fn keepalive_counter(_store: &DynStore) -> Option<KeepaliveCounter> {
-    None
-}
-
-/// `etcd://host:port[,host:port][/prefix]` → endpoints and prefix.
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-pub(crate) fn etcd_endpoints(url: &str) -> anyhow::Result<(Vec<String>, String)> {
-    let rest = url
-        .strip_prefix("etcd://")
-        .with_context(|| format!("`{url}` is not an etcd:// URL"))?;
-    let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if hosts.contains('@') {
-        bail!("the harness's etcd peers take no credentials in the URL");
-    }
-    let endpoints: Vec<String> = hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(|h| format!("http://{h}"))
-        .collect();
-    if endpoints.is_empty() {
-        bail!("`{url}` names no etcd host");
-    }
-    Ok((endpoints, prefix.to_owned()))
-}
-
 pub(crate) use lease_core::redact::redact_url as redact;
-
-/// The raw store operation of the same shape as an acquire.
-#[allow(clippy::large_enum_variant)] // one per worker
-enum Floor {
-    None,
-    /// One `BEGIN IMMEDIATE` transaction writing one row, `synchronous=FULL` on WAL, on a
-    /// blocking thread (as the store runs its transactions).
-    Sqlite(Arc<std::sync::Mutex<rusqlite::Connection>>),
-    /// One EVALSHA of a one-line `SET` script on a multiplexed connection.
-    #[cfg(feature = "redis")]
-    Redis(
-        lease_redis::redis::aio::ConnectionManager,
-        lease_redis::redis::Script,
-    ),
-    /// One put.
-    #[cfg(feature = "etcd")]
-    Etcd(etcd_client::Client),
-}
-
-impl Floor {
-    async fn open(target: &StoreTarget) -> anyhow::Result<Self> {
-        match target.kind {
-            StoreKind::Sqlite => {
-                let path = std::path::Path::new(&target.location).with_extension("floor.db");
-                let conn = tokio::task::spawn_blocking(move || -> rusqlite::Result<_> {
-                    let conn = rusqlite::Connection::open(&path)?;
-                    conn.busy_timeout(Duration::from_secs(5))?;
-                    let _: String =
-                        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-                    conn.pragma_update(None, "synchronous", "FULL")?;
-                    conn.execute_batch(
-                        "CREATE TABLE IF NOT EXISTS floor (k BLOB PRIMARY KEY NOT NULL, v INTEGER \
-                         NOT NULL) WITHOUT ROWID;",
-                    )?;
-                    Ok(conn)
-                })
-                .await?
-                .context("opening the sqlite floor database")?;
-                Ok(Floor::Sqlite(Arc::new(std::sync::Mutex::new(conn))))
-            }
-            #[cfg(feature = "redis")]
-            StoreKind::Redis => {
-                use lease_redis::redis;
-                let client = redis::Client::open(target.location.as_str())?;
-                let conn = redis::aio::ConnectionManager::new(client).await?;
-                let script = redis::Script::new("return redis.call('SET', KEYS[1], ARGV[1])");
-                Ok(Floor::Redis(conn, script))
-            }
-            #[cfg(feature = "etcd")]
-            StoreKind::Etcd => {
-                let (endpoints, _) = etcd_endpoints(&target.location)?;
-                Ok(Floor::Etcd(
-                    etcd_client::Client::connect(endpoints, None).await?,
-                ))
-            }
-            #[allow(unreachable_patterns)]
-            other => bail!("the {} floor needs its cargo feature", other.name()),
-        }
-    }
-
-    async fn op(&self, key: &str) -> anyhow::Result<()> {
-        match self {
-            Floor::None => bail!("no floor opened"),
-            Floor::Sqlite(conn) => {
-                let conn = conn.clone();
-                let key = key.as_bytes().to_vec();
-                tokio::task::spawn_blocking(move || -> rusqlite::Result<()> {
-                    let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-                    let tx =
-                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    tx.execute(
-                        "INSERT INTO floor (k, v) VALUES (?1, 1) ON CONFLICT(k) DO UPDATE SET v = \
-                         v + 1",
-                        [&key],
-                    )?;
-                    tx.commit()
-                })
-                .await??;
-                Ok(())
-            }
-            #[cfg(feature = "redis")]
-            Floor::Redis(conn, script) => {
-                let mut conn = conn.clone();
-                let _: () = script
-                    .key(format!("bench-floor:{key}"))
-                    .arg(1)
-                    .invoke_async(&mut conn)
-                    .await?;
-                Ok(())
-            }
-            #[cfg(feature = "etcd")]
-            Floor::Etcd(client) => {
-                let mut client = client.clone();
-                client.put(format!("bench-floor/{key}"), "1", None).await?;
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Aborts a background task when dropped.
-#[cfg(feature = "etcd")]
-pub(crate) struct AbortOnDrop(#[allow(dead_code)] pub(crate) tokio::task::JoinHandle<()>);
-
-#[cfg(feature = "etcd")]
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// One implementation's lock on one key.
 #[allow(clippy::large_enum_variant)] // a few per worker
@@ -376,29 +197,15 @@ pub(crate) enum Locker {
         holder: String,
         lease: Duration,
     },
-    #[cfg(feature = "etcd")]
-    EtcdRpc {
-        client: etcd_client::Client,
-        name: Vec<u8>,
-        lease: i64,
-        _keepalive: AbortOnDrop,
-    },
-    #[cfg(feature = "redis")]
-    Rslock {
-        lm: rslock::LockManager,
-        resource: Vec<u8>,
-        ttl: Duration,
-    },
+    /// A peer of the store's.
+    Peer(Box<dyn PeerLock>),
 }
 
 /// A held lock of any implementation.
 pub(crate) enum Held {
     Guard(LockGuard<Counting>),
     Raw(Fence),
-    #[cfg(feature = "etcd")]
-    Etcd(Vec<u8>),
-    #[cfg(feature = "redis")]
-    Rslock(rslock::Lock),
+    Peer(PeerHeld),
 }
 
 impl Locker {
@@ -425,37 +232,7 @@ impl Locker {
                 Some(f) => Ok(Some(Held::Raw(f))),
                 None => bail!("store-try-lock found {key} busy (it only measures free keys)"),
             },
-            #[cfg(feature = "etcd")]
-            Locker::EtcdRpc {
-                client,
-                name,
-                lease,
-                ..
-            } => {
-                let mut client = client.clone();
-                let opts = etcd_client::LockOptions::new().with_lease(*lease);
-                let fut = client.lock(name.clone(), Some(opts));
-                let resp = match timeout {
-                    Some(t) => match tokio::time::timeout(t, fut).await {
-                        Ok(r) => r?,
-                        Err(_) => return Ok(None),
-                    },
-                    None => fut.await?,
-                };
-                Ok(Some(Held::Etcd(resp.key().to_vec())))
-            }
-            #[cfg(feature = "redis")]
-            Locker::Rslock { lm, resource, ttl } => {
-                let fut = lm.acquire_no_guard(resource, *ttl);
-                let lock = match timeout {
-                    Some(t) => match tokio::time::timeout(t, fut).await {
-                        Ok(r) => r.map_err(|e| anyhow::anyhow!("rslock: {e:?}"))?,
-                        Err(_) => return Ok(None),
-                    },
-                    None => fut.await.map_err(|e| anyhow::anyhow!("rslock: {e:?}"))?,
-                };
-                Ok(Some(Held::Rslock(lock)))
-            }
+            Locker::Peer(peer) => Ok(peer.acquire(timeout).await?.map(Held::Peer)),
         }
     }
 
@@ -472,17 +249,7 @@ impl Locker {
                 store.release(key, holder, fence).await?;
                 Ok(())
             }
-            #[cfg(feature = "etcd")]
-            (Locker::EtcdRpc { client, .. }, Held::Etcd(k)) => {
-                client.clone().unlock(k).await?;
-                Ok(())
-            }
-            #[cfg(feature = "redis")]
-            (Locker::Rslock { lm, .. }, Held::Rslock(l)) => {
-                lm.unlock(&l).await;
-                Ok(())
-            }
-            #[allow(unreachable_patterns)]
+            (Locker::Peer(peer), Held::Peer(held)) => peer.release(held).await,
             _ => bail!("released a lock of another implementation"),
         }
     }
@@ -495,35 +262,5 @@ impl Held {
             Held::Guard(g) => g.is_held(),
             _ => true,
         }
-    }
-}
-
-/// The store's version: `sqlite_version()`, Redis `INFO server`, etcd's status.
-pub(crate) async fn store_version(target: &StoreTarget) -> anyhow::Result<String> {
-    match target.kind {
-        StoreKind::Sqlite => Ok(format!("SQLite {}", rusqlite::version())),
-        #[cfg(feature = "redis")]
-        StoreKind::Redis => {
-            use lease_redis::redis;
-            let client = redis::Client::open(target.location.as_str())?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            let info: String = redis::cmd("INFO")
-                .arg("server")
-                .query_async(&mut conn)
-                .await?;
-            let v = info
-                .lines()
-                .find_map(|l| l.strip_prefix("redis_version:"))
-                .unwrap_or("unknown");
-            Ok(format!("Redis {}", v.trim()))
-        }
-        #[cfg(feature = "etcd")]
-        StoreKind::Etcd => {
-            let (endpoints, _) = etcd_endpoints(&target.location)?;
-            let mut client = etcd_client::Client::connect(endpoints, None).await?;
-            Ok(format!("etcd {}", client.status().await?.version()))
-        }
-        #[allow(unreachable_patterns)]
-        other => bail!("the {} store needs its cargo feature", other.name()),
     }
 }

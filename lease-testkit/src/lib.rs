@@ -22,6 +22,7 @@ mod process;
 pub mod process_suite;
 mod proxy;
 mod redis;
+mod serve;
 mod tls;
 
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdServer};
@@ -29,4 +30,5 @@ pub use prefix::unique_prefix;
 pub use process::{Server, free_port, require_binary};
 pub use proxy::HoldingProxy;
 pub use redis::{RedisOptions, RedisServer};
+pub use serve::{ServeOptions, Served, serve, server_program};
 pub use tls::make_test_certs;

@@ -20,9 +20,46 @@ pub enum Scheme {
 const FORMS: &str = "use sqlite://PATH (or a plain path), redis://HOST[:PORT] or \
                      etcd://HOST:PORT[,HOST:PORT…][/PREFIX]";
 
+/// What the programs and the test support know of one store, besides how to open it.
+struct Facts {
+    name: &'static str,
+    label: &'static str,
+    feature: &'static str,
+    built: bool,
+    server: bool,
+}
+
 impl Scheme {
     /// Every store, in the order the docs list them.
     pub const ALL: [Scheme; 3] = [Scheme::Sqlite, Scheme::Redis, Scheme::Etcd];
+
+    /// The one list of per-store facts: adding a store adds its line here, its URL schemes in
+    /// `classify` and its arm in [`open`].
+    const fn facts(self) -> Facts {
+        match self {
+            Scheme::Sqlite => Facts {
+                name: "sqlite",
+                label: "SQLite",
+                feature: "sqlite",
+                built: cfg!(feature = "sqlite-system"),
+                server: false,
+            },
+            Scheme::Redis => Facts {
+                name: "redis",
+                label: "Redis",
+                feature: "redis",
+                built: cfg!(feature = "redis"),
+                server: true,
+            },
+            Scheme::Etcd => Facts {
+                name: "etcd",
+                label: "etcd",
+                feature: "etcd",
+                built: cfg!(feature = "etcd"),
+                server: true,
+            },
+        }
+    }
 
     /// Which store `url` names: by its scheme (case-insensitive), or SQLite for a plain path.
     ///
@@ -35,31 +72,38 @@ impl Scheme {
         Ok(classify(url)?.0)
     }
 
+    /// The store with this [`name`](Scheme::name) (`"sqlite"`, `"redis"`, `"etcd"`), as a
+    /// program's `--store NAME` flag takes it.
+    pub fn named(name: &str) -> Option<Scheme> {
+        Scheme::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     /// The store's name, as the stores' capabilities and the programs' `--store` flags spell it.
     pub fn name(self) -> &'static str {
-        match self {
-            Scheme::Sqlite => "sqlite",
-            Scheme::Redis => "redis",
-            Scheme::Etcd => "etcd",
-        }
+        self.facts().name
+    }
+
+    /// The store's name in prose, as its makers spell it: `SQLite`, `Redis`, `etcd`.
+    pub fn label(self) -> &'static str {
+        self.facts().label
     }
 
     /// The cargo feature of this crate that builds the store.
     pub fn feature(self) -> &'static str {
-        match self {
-            Scheme::Sqlite => "sqlite",
-            Scheme::Redis => "redis",
-            Scheme::Etcd => "etcd",
-        }
+        self.facts().feature
     }
 
     /// Whether this build includes the store.
     pub fn is_built(self) -> bool {
-        match self {
-            Scheme::Sqlite => cfg!(feature = "sqlite-system"),
-            Scheme::Redis => cfg!(feature = "redis"),
-            Scheme::Etcd => cfg!(feature = "etcd"),
-        }
+        self.facts().built
+    }
+
+    /// Whether the store is a server that processes connect to (Redis, etcd), rather than one
+    /// embedded in every process that opens it (SQLite's database file). Test support and the
+    /// example programs can start a throwaway server of such a store, and restart it; an
+    /// embedded store has no server to start or restart.
+    pub fn is_server(self) -> bool {
+        self.facts().server
     }
 }
 
@@ -241,6 +285,33 @@ mod tests {
             classify("SQLite://rel/a.db").unwrap().1,
             "sqlite://rel/a.db"
         );
+    }
+
+    #[test]
+    fn every_store_is_found_by_its_name_which_is_also_its_url_scheme() {
+        for s in Scheme::ALL {
+            assert_eq!(Scheme::named(s.name()), Some(s), "{s}");
+            assert_eq!(
+                classify(&format!("{}://h/x", s.name())).unwrap().0,
+                s,
+                "{s}"
+            );
+        }
+        assert_eq!(Scheme::named("SQLite"), None);
+        assert_eq!(Scheme::named("valkey"), None);
+    }
+
+    /// The programs start a throwaway server for `--store NAME` through test support: it must
+    /// know every server store, and no embedded one.
+    #[test]
+    fn test_support_serves_exactly_the_server_stores() {
+        for s in Scheme::ALL {
+            assert_eq!(
+                lease_testkit::server_program(s.name()).is_some(),
+                s.is_server(),
+                "{s}"
+            );
+        }
     }
 
     #[test]

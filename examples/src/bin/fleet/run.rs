@@ -1,0 +1,426 @@
+//! The fleet's run: seeds the job table, starts the worker processes, injects the faults of
+//! `--chaos` on the nemesis's schedule, and reports (checking the history when one is written).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lease_core::LeaseStore as _;
+use lease_examples::broken::Broken;
+use lease_examples::check::{self, Meta};
+use lease_examples::history::{Event, History, Kind, Op};
+use lease_examples::jobs::Jobs;
+use lease_examples::nemesis::{Action, Fault, parse_faults, plan};
+use lease_examples::redact;
+use lease_examples::run_dir;
+use leasehold::Scheme;
+use rustix::process::Signal;
+
+use crate::report::{self, Ended, Injected};
+use crate::server::OwnedServer;
+use crate::spawn::{Paused, Slot, Spawner, signal};
+
+/// The lock's default backoff cap: the I8 bound is lease + this + 1 s.
+const BACKOFF_CAP: Duration = Duration::from_millis(250);
+
+/// The settings of a run.
+#[derive(Args, Clone)]
+pub(crate) struct RunArgs {
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// How long the workers run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// The lock store: sqlite://PATH (default: a temp database), redis://…, etcd://…, or `redis`
+    /// / `etcd` alone to start a throwaway local server (needed for --chaos store-restart).
+    #[arg(long)]
+    store: Option<String>,
+    /// The lease of each job lock.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+    /// Jobs in the table.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: u64,
+    /// Simulated work per job (default 2ms; 20ms with --chaos).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    work: Option<Duration>,
+    /// Directory for the job table and the default lock database (default: a temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Faults to inject: any of kill,pause,store-restart,slow. Workers then contend for few jobs and
+    /// write without checking their lease first, and the run is checked from its history.
+    #[arg(long, value_name = "FAULTS")]
+    chaos: Option<String>,
+    /// Seed of the chaos schedule (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the run's history (JSONL, one file per process) to this new directory (default with
+    /// --chaos: `history/` in --dir).
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// A deliberately broken lock, for the checker's self-test.
+    #[arg(long, hide = true, value_parser = Broken::parse)]
+    broken: Option<Broken>,
+}
+
+/// Runs the fleet: starts the workers, injects the faults of `--chaos`, and reports; `false`
+/// when the run found a violation.
+pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
+    if args.workers == 0 {
+        bail!("--workers must be at least 1");
+    }
+    if args.lease.is_zero() {
+        bail!("--lease must be longer than zero");
+    }
+    let (dir, _temp) = run_dir(args.dir.as_deref())?;
+    let (server, store_url) = match args.store.as_deref().map(OwnedServer::start).transpose()? {
+        Some(Some((server, url))) => (Some(server), url),
+        _ => (
+            None,
+            args.store
+                .clone()
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join("locks.db").display())),
+        ),
+    };
+    let server = server.map(|s| Arc::new(Mutex::new(s)));
+    if args.broken.is_some_and(Broken::needs_sqlite)
+        && Scheme::of(&store_url).ok() != Some(Scheme::Sqlite)
+    {
+        bail!(
+            "--broken {} edits the SQLite table: it needs a sqlite:// store",
+            args.broken.map_or("", Broken::name)
+        );
+    }
+    // Open once here so a bad URL fails with one clear message, not once per worker.
+    let probe = leasehold::open(&store_url)
+        .await
+        .with_context(|| format!("open the lock store {}", redact(&store_url)))?;
+    let lease = probe.capabilities().effective_lease(args.lease);
+    drop(probe);
+    let scheme = Scheme::of(&store_url)?;
+    let chaos = args
+        .chaos
+        .as_deref()
+        .map(parse_faults)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let work = args.work.unwrap_or(if chaos.is_some() {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(2)
+    });
+    let history = match (&args.history, &chaos) {
+        (Some(h), _) => Some(h.clone()),
+        (None, Some(_)) => Some(dir.join("history")),
+        (None, None) => None,
+    };
+    if let Some(h) = &history {
+        if h.join("run.json").exists() {
+            bail!(
+                "{} already holds a run's history: give --history a new directory",
+                h.display()
+            );
+        }
+        std::fs::create_dir_all(h).with_context(|| format!("create {}", h.display()))?;
+    }
+    let seed = args
+        .seed
+        .unwrap_or_else(|| u64::from(rand::random::<u16>()));
+    let faults: Vec<Fault> = chaos
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| *f != Fault::StoreRestart || server.is_some())
+        .collect();
+    let mut name = scheme.name().to_owned();
+    if let Some(b) = args.broken {
+        name.push_str(&format!("/broken-{}", b.name()));
+    }
+    name.push('/');
+    name.push_str(&if faults.is_empty() {
+        "no-faults".to_owned()
+    } else {
+        faults
+            .iter()
+            .map(|f| f.name())
+            .collect::<Vec<_>>()
+            .join("+")
+    });
+    let nemesis = match &history {
+        Some(h) => {
+            let meta = Meta {
+                name: name.clone(),
+                lease_ns: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX),
+                backoff_cap_ns: u64::try_from(BACKOFF_CAP.as_nanos()).unwrap_or(u64::MAX),
+                seed,
+            };
+            std::fs::write(h.join("run.json"), serde_json::to_vec_pretty(&meta)?)
+                .with_context(|| format!("write {}", h.join("run.json").display()))?;
+            Some(History::open(&h.join("nemesis.jsonl"), 0)?)
+        }
+        None => None,
+    };
+    let jobs_db = dir.join("jobs.db");
+    let mut jobs = Jobs::open(&jobs_db)?;
+    jobs.seed(args.jobs)?;
+
+    println!(
+        "fleet: {} workers for {} on {} (lease {}, work {} per job)",
+        args.workers,
+        humantime::format_duration(args.duration),
+        redact(&store_url),
+        humantime::format_duration(lease),
+        humantime::format_duration(work),
+    );
+    let steps = match &chaos {
+        Some(faults) => {
+            println!(
+                "chaos: {} with seed {seed}; history in {}",
+                faults
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                history
+                    .as_deref()
+                    .map_or(String::new(), |h| h.display().to_string())
+            );
+            if faults.contains(&Fault::StoreRestart) && server.is_none() {
+                println!("chaos: store-restart skipped: {}", no_restart(scheme));
+            }
+            let applied: Vec<Fault> = faults
+                .iter()
+                .copied()
+                .filter(|f| *f != Fault::StoreRestart || server.is_some())
+                .collect();
+            plan(seed, &applied, args.duration, lease, args.workers)
+        }
+        None => Vec::new(),
+    };
+    if let Some(b) = args.broken {
+        println!(
+            "broken: {} (expected to violate {})",
+            b.name(),
+            b.expected().join(" or ")
+        );
+    }
+
+    let spawner = Spawner {
+        exe: std::env::current_exe().context("find this program")?,
+        store_url: store_url.clone(),
+        jobs_db: jobs_db.clone(),
+        lease,
+        work,
+        history: history.clone(),
+        chaos: chaos.is_some(),
+        broken: args.broken,
+    };
+    let mut next_proc = 1;
+    let mut slots = Vec::new();
+    for _ in 0..args.workers {
+        slots.push(spawner.spawn(next_proc, args.duration)?);
+        next_proc += 1;
+    }
+    let mut killed: Vec<Slot> = Vec::new();
+
+    let bar = ProgressBar::new(args.duration.as_millis() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {msg}")
+            .expect("valid template"),
+    );
+    let started = Instant::now();
+    let mut steps = steps.into_iter().peekable();
+    // When to resume, and the (proc, pid) of the stopped workers.
+    let mut resume: Option<(Instant, Vec<Paused>)> = None;
+    let mut injected = Injected::default();
+    // When to heal slowed workers, and which (proc, pid).
+    let mut heal_slow: Option<(Instant, Vec<Paused>)> = None;
+    let set_slow = |proc: u64, pid: Option<u32>, delay: Duration| {
+        if let Some(h) = &history {
+            if lease_examples::slow::set_delay(h, proc, delay).is_ok() {
+                signal(pid, Signal::USR1);
+            }
+        }
+    };
+    let log = |e: Event| {
+        if let Some(n) = &nemesis {
+            n.log(&e);
+        }
+    };
+    let (mut done, mut next_count) = (0, Instant::now());
+    while !slots.iter().all(|s| s.done.is_finished()) {
+        if let Some((at, paused)) = &resume {
+            if Instant::now() >= *at {
+                for (proc, pid) in paused {
+                    signal(*pid, Signal::CONT);
+                    log(Event::now(*proc, "", Op::Resume, Kind::Info));
+                }
+                resume = None;
+            }
+        }
+        if let Some((at, slowed)) = &heal_slow {
+            if Instant::now() >= *at {
+                for (proc, pid) in slowed {
+                    set_slow(*proc, *pid, Duration::ZERO);
+                }
+                heal_slow = None;
+            }
+        }
+        while resume.is_none()
+            && heal_slow.is_none()
+            && steps.peek().is_some_and(|s| started.elapsed() >= s.at)
+        {
+            let step = steps.next().expect("peeked");
+            match step.action {
+                Action::Kill { slot } => {
+                    let remaining = args.duration.saturating_sub(started.elapsed());
+                    let old = &slots[slot];
+                    signal(old.pid, Signal::KILL);
+                    log(Event::now(old.proc, "", Op::Kill, Kind::Info));
+                    injected.kills += 1;
+                    let fresh = spawner.spawn(next_proc, remaining)?;
+                    next_proc += 1;
+                    killed.push(std::mem::replace(&mut slots[slot], fresh));
+                }
+                Action::Pause {
+                    slots: which,
+                    factor,
+                } => {
+                    let dur = lease.mul_f64(factor);
+                    let mut paused = Vec::new();
+                    for i in which {
+                        let s = &slots[i];
+                        let mut e = Event::now(s.proc, "", Op::Pause, Kind::Info);
+                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
+                        signal(s.pid, Signal::STOP);
+                        log(e);
+                        paused.push((s.proc, s.pid));
+                        injected.pauses += 1;
+                    }
+                    resume = Some((Instant::now() + dur, paused));
+                }
+                Action::Slow {
+                    slots: which,
+                    factor,
+                } => {
+                    let mut slowed = Vec::new();
+                    for i in which {
+                        let s = &slots[i];
+                        set_slow(s.proc, s.pid, lease.mul_f64(factor));
+                        slowed.push((s.proc, s.pid));
+                        injected.slowed += 1;
+                    }
+                    heal_slow = Some((
+                        Instant::now() + lease.mul_f64(lease_examples::nemesis::SLOW_FOR),
+                        slowed,
+                    ));
+                }
+                Action::StoreRestart => {
+                    if let Some(server) = &server {
+                        log(Event::now(0, "", Op::Restart, Kind::Invoke));
+                        let server = server.clone();
+                        tokio::task::spawn_blocking(move || {
+                            server.lock().unwrap_or_else(|p| p.into_inner()).restart()
+                        })
+                        .await
+                        .context("restart the store server")??;
+                        log(Event::now(0, "", Op::Restart, Kind::Ok));
+                        injected.restarts += 1;
+                    }
+                }
+            }
+        }
+        bar.set_position(
+            (started.elapsed().as_millis() as u64).min(args.duration.as_millis() as u64),
+        );
+        // Counting the done jobs reads the whole table: only for a visible bar, 4 times a second,
+        // not every tick (the fleet shares the cores with its workers).
+        if !bar.is_hidden() && Instant::now() >= next_count {
+            next_count = Instant::now() + Duration::from_millis(250);
+            done = jobs.completed().unwrap_or(done);
+        }
+        if chaos.is_some() {
+            bar.set_message(format!(
+                "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed",
+                injected.kills, injected.pauses, injected.restarts, injected.slowed
+            ));
+        } else {
+            bar.set_message(format!("{done} jobs done"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    // Heal: nothing may stay stopped or slow.
+    if let Some((_, slowed)) = heal_slow.take() {
+        for (proc, pid) in slowed {
+            set_slow(proc, pid, Duration::ZERO);
+        }
+    }
+    if let Some((_, paused)) = resume.take() {
+        for (proc, pid) in paused {
+            signal(pid, Signal::CONT);
+            log(Event::now(proc, "", Op::Resume, Kind::Info));
+        }
+    }
+    bar.finish_and_clear();
+
+    let ended = Ended::collect(slots, killed).await?;
+    let totals = jobs.totals()?;
+    let mut ok = report::print(
+        ended,
+        &totals,
+        elapsed,
+        chaos.as_ref().map(|_| (&injected, seed)),
+    );
+    if let Some(h) = &history {
+        save_table(&jobs, h)?;
+        let run = check::load(std::slice::from_ref(h))?;
+        for run in &run {
+            let report = check::check(run);
+            println!("{}", report.line());
+            for l in report.violation_lines(10) {
+                println!("{l}");
+            }
+            ok &= report.ok();
+        }
+        println!(
+            "history                {} (check again: fleet check DIR)",
+            h.display()
+        );
+    }
+    Ok(ok)
+}
+
+fn save_table(jobs: &Jobs, dir: &Path) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for row in jobs.touched()? {
+        text.push_str(&serde_json::to_string(&row)?);
+        text.push('\n');
+    }
+    let path = dir.join("jobs.jsonl");
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+}
+
+/// Why `--chaos store-restart` cannot restart the store of this run: `scheme`'s, which the fleet
+/// did not start.
+fn no_restart(scheme: Scheme) -> String {
+    if !scheme.is_server() {
+        return format!(
+            "the {} store is embedded in the workers, there is no server to restart",
+            scheme.label()
+        );
+    }
+    let flags: Vec<String> = Scheme::ALL
+        .into_iter()
+        .filter(|s| s.is_server())
+        .map(|s| format!("--store {}", s.name()))
+        .collect();
+    format!(
+        "the fleet restarts only a server it started itself ({} without a URL)",
+        flags.join(" or ")
+    )
+}

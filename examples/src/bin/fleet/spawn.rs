@@ -1,0 +1,72 @@
+//! Starting worker processes, and signalling them.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use lease_examples::broken::Broken;
+use rustix::process::{Pid, Signal, kill_process};
+
+/// A stopped worker: its proc id and pid.
+pub(crate) type Paused = (u64, Option<u32>);
+
+/// A running worker process.
+pub(crate) struct Slot {
+    pub(crate) proc: u64,
+    pub(crate) pid: Option<u32>,
+    pub(crate) done: tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
+}
+
+/// Starts worker processes: this program again, as `fleet worker` with the run's settings.
+pub(crate) struct Spawner {
+    pub(crate) exe: PathBuf,
+    pub(crate) store_url: String,
+    pub(crate) jobs_db: PathBuf,
+    pub(crate) lease: Duration,
+    pub(crate) work: Duration,
+    pub(crate) history: Option<PathBuf>,
+    pub(crate) chaos: bool,
+    pub(crate) broken: Option<Broken>,
+}
+
+impl Spawner {
+    pub(crate) fn spawn(&self, proc: u64, duration: Duration) -> anyhow::Result<Slot> {
+        let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("worker")
+            .args(["--proc", &proc.to_string(), "--store", &self.store_url])
+            .arg("--jobs-db")
+            .arg(&self.jobs_db)
+            .args(["--duration", &fmt(duration)])
+            .args(["--lease", &fmt(self.lease)])
+            .args(["--work", &fmt(self.work)])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(h) = &self.history {
+            cmd.arg("--history")
+                .arg(h.join(format!("proc-{proc}.jsonl")));
+        }
+        if self.chaos {
+            cmd.arg("--chaos");
+        }
+        if let Some(b) = self.broken {
+            cmd.args(["--broken", b.name()]);
+        }
+        let child = cmd.spawn().context("start a worker process")?;
+        let pid = child.id();
+        Ok(Slot {
+            proc,
+            pid,
+            done: tokio::spawn(child.wait_with_output()),
+        })
+    }
+}
+
+/// Sends `sig` to a worker process, if it has a pid.
+pub(crate) fn signal(pid: Option<u32>, sig: Signal) {
+    if let Some(pid) = pid.and_then(|p| Pid::from_raw(p as i32)) {
+        // The worker may have exited on its own meanwhile: nothing to do then.
+        let _ = kill_process(pid, sig);
+    }
+}
