@@ -108,8 +108,10 @@
 mod busy;
 mod fscheck;
 mod hostclock;
+mod queue;
 mod schema;
 mod store;
+mod tx;
 mod wake;
 
 pub use rusqlite;
