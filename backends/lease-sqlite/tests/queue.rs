@@ -1,0 +1,302 @@
+//! Queued grants between stores that each have their own connection and wake-up files on one
+//! database, as two processes would: the queue's order across them, a release in one waking
+//! the granted waiter of the other, a queue that outlives its store, entries and leases of a
+//! previous boot, a queue order that never reuses a number, and the lock serving lock objects
+//! of two stores in the order they queued.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lease_core::{CrossProcessLock, Enqueued, Fence, LeaseStore};
+use lease_sqlite::SqliteStore;
+use lease_sqlite::rusqlite::{Connection, params};
+use tokio::time::Instant;
+
+const LEASE: Duration = Duration::from_secs(30);
+const PATIENCE: Duration = Duration::from_secs(30);
+/// Far longer than any wake-up or poll takes: a wait that reaches it was not woken.
+const BOUND: Duration = Duration::from_secs(20);
+
+async fn queued(path: &Path) -> SqliteStore {
+    SqliteStore::builder(path)
+        .queued_grants(true)
+        .open()
+        .await
+        .expect("open the database")
+}
+
+/// A fresh database and two queued stores on it.
+async fn two_stores() -> (tempfile::TempDir, PathBuf, SqliteStore, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let one = queued(&path).await;
+    let two = queued(&path).await;
+    (dir, path, one, two)
+}
+
+async fn enqueue(store: &SqliteStore, key: &str, holder: &str) -> Enqueued {
+    store
+        .enqueue(LEASE, key, holder, PATIENCE)
+        .await
+        .unwrap_or_else(|e| panic!("enqueue by {holder}: {e}"))
+}
+
+async fn granted(store: &SqliteStore, key: &str, holder: &str) -> Fence {
+    match enqueue(store, key, holder).await {
+        Enqueued::Granted(f) => f,
+        other => panic!("expected {holder} to hold {key}, got {other:?}"),
+    }
+}
+
+async fn waits(store: &SqliteStore, key: &str, holder: &str) {
+    match enqueue(store, key, holder).await {
+        Enqueued::Waiting { .. } => {}
+        other => panic!("expected {holder} to be queued for {key}, got {other:?}"),
+    }
+}
+
+async fn holder_of(store: &SqliteStore, key: &str) -> Option<String> {
+    store.inspect(key).await.expect("inspect").holder
+}
+
+/// The holders queued in the database (live or not), in queue order.
+fn queue_in_db(db: &Path) -> Vec<String> {
+    let conn = Connection::open(db).expect("open the database");
+    let mut st = conn
+        .prepare("SELECT holder FROM waiters ORDER BY seq")
+        .expect("the waiters table");
+    st.query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .expect("query")
+        .map(|h| String::from_utf8(h.expect("row")).expect("utf-8"))
+        .collect()
+}
+
+/// Whether any store holds an exclusive flock on a file of `<db>.wake/` (probed without
+/// blocking, from a file description of its own).
+fn some_wake_flock_held(db: &Path) -> bool {
+    use rustix::fs::{FlockOperation, flock};
+    let dir = PathBuf::from(format!("{}.wake", db.display()));
+    std::fs::read_dir(dir)
+        .expect("the wake directory")
+        .any(|e| {
+            let file = std::fs::File::open(e.expect("entry").path()).expect("open a wake file");
+            match flock(&file, FlockOperation::NonBlockingLockShared) {
+                Ok(()) => false,
+                Err(rustix::io::Errno::WOULDBLOCK) => true,
+                Err(e) => panic!("flock probe: {e}"),
+            }
+        })
+}
+
+/// Waiters of two stores are served in the order they queued, whichever store they queued
+/// through and whichever store releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_two_stores_are_served_in_queue_order() {
+    let (_dir, path, one, two) = two_stores().await;
+    let mut last = granted(&one, "k", "a").await;
+    let order = [("b", &two), ("c", &one), ("d", &two), ("e", &one)];
+    for (w, store) in order {
+        waits(store, "k", w).await;
+    }
+    assert_eq!(queue_in_db(&path), ["b", "c", "d", "e"]);
+    let (mut holder, mut holder_store) = ("a", &one);
+    for (w, store) in order {
+        assert!(holder_store.release("k", holder, last).await.unwrap());
+        // Whoever looks, through either store, sees the key handed to the oldest waiter.
+        assert_eq!(holder_of(&one, "k").await.as_deref(), Some(w));
+        assert_eq!(holder_of(&two, "k").await.as_deref(), Some(w));
+        let f = granted(store, "k", w).await;
+        assert!(f > last, "fences strictly increase: {f:?} after {last:?}");
+        (last, holder, holder_store) = (f, w, store);
+    }
+    assert!(queue_in_db(&path).is_empty());
+}
+
+/// A release through one store hands the key to a waiter of the other and wakes it: the
+/// releasing store lets go of the key's wake-up flock and takes none for the waiter (else the
+/// waiter's store could not take it, and the waiters of the next tenure would sleep through
+/// its release); the waiter's store takes it when the grant is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_in_one_store_wakes_the_granted_waiter_of_the_other() {
+    let (_dir, path, one, two) = two_stores().await;
+    let a = granted(&one, "k", "a").await;
+    waits(&two, "k", "b").await;
+    // The first wait creates the key's wake-up file (a grant does not), so that every later
+    // grant takes its flock.
+    assert_eq!(
+        two.wait_for_grant("k", "b", Duration::from_millis(50))
+            .await,
+        None
+    );
+    assert!(one.release("k", "a", a).await.unwrap());
+    assert_eq!(holder_of(&one, "k").await.as_deref(), Some("b"));
+    assert!(
+        !some_wake_flock_held(&path),
+        "the releasing store takes no flock for the waiter it granted the key to"
+    );
+    let b = granted(&two, "k", "b").await;
+    assert!(b > a);
+    assert!(
+        some_wake_flock_held(&path),
+        "the waiter's store takes the flock when it confirms the grant"
+    );
+
+    waits(&one, "k", "c").await;
+    let waiter = {
+        let one = one.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let got = one.wait_for_grant("k", "c", BOUND).await;
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(two.release("k", "b", b).await.unwrap());
+    let (got, waited) = waiter.await.expect("waiter task");
+    assert!(waited < BOUND, "woken by the release, not by its bound");
+    let c = granted(&one, "k", "c").await;
+    assert_eq!(got, Some(c), "the waiter learns its grant and its fence");
+    assert!(c > b);
+}
+
+/// The queue is in the database: a store opened afresh (a restarted process) finds it, and its
+/// release hands the key to the oldest waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_survives_reopening_the_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let a = {
+        let store = queued(&path).await;
+        let a = granted(&store, "k", "a").await;
+        waits(&store, "k", "b").await;
+        waits(&store, "k", "c").await;
+        a
+    };
+    let store = queued(&path).await;
+    assert!(store.release("k", "a", a).await.unwrap());
+    assert_eq!(holder_of(&store, "k").await.as_deref(), Some("b"));
+    let b = granted(&store, "k", "b").await;
+    assert!(b > a);
+    assert!(store.release("k", "b", b).await.unwrap());
+    assert_eq!(holder_of(&store, "k").await.as_deref(), Some("c"));
+}
+
+/// After a reboot every entry of the queue is dead (its liveness was on the old boot clock),
+/// whatever its deadline says, and is dropped; a lease of the old boot is free and goes to the
+/// oldest live waiter, not to a newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_and_leases_of_a_previous_boot_are_dead() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = queued(&path).await;
+    let a = granted(&store, "k", "a").await;
+    waits(&store, "k", "b").await;
+    waits(&store, "k", "c").await;
+    // What b's entry looks like after a reboot: another boot id, a deadline far in the future
+    // of the new boot clock.
+    let db = Connection::open(&path).unwrap();
+    db.execute(
+        "UPDATE waiters SET boot_id = 'a-previous-boot', live_until_ns = ?1 WHERE holder = ?2",
+        params![i64::MAX, b"b".as_slice()],
+    )
+    .unwrap();
+    assert!(store.release("k", "a", a).await.unwrap());
+    assert_eq!(
+        holder_of(&store, "k").await.as_deref(),
+        Some("c"),
+        "b's entry is of a previous boot: skipped"
+    );
+    assert_eq!(queue_in_db(&path), Vec::<String>::new(), "and dropped");
+
+    // Now c's lease is of a previous boot, with d queued behind it.
+    let c = granted(&store, "k", "c").await;
+    waits(&store, "k", "d").await;
+    db.execute(
+        "UPDATE leases SET boot_id = 'a-previous-boot', expires_ns = ?1",
+        [i64::MAX],
+    )
+    .unwrap();
+    assert_eq!(
+        store.try_lock(LEASE, "k", "eve").await.unwrap(),
+        None,
+        "the key of a previous boot goes to the live waiter, not to a newcomer"
+    );
+    assert_eq!(holder_of(&store, "k").await.as_deref(), Some("d"));
+    assert!(granted(&store, "k", "d").await > c);
+}
+
+/// The queue order is an AUTOINCREMENT sequence: an entry made after the newest one left gets
+/// a new number, never the one that left.
+#[tokio::test]
+async fn queue_numbers_are_never_reused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = queued(&path).await;
+    granted(&store, "k", "a").await;
+    let seq_of = |holder: &str| -> i64 {
+        Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT seq FROM waiters WHERE holder = ?1",
+                [holder.as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    waits(&store, "k", "b").await;
+    let b = seq_of("b");
+    assert!(!store.leave_queue("k", "b").await.unwrap());
+    waits(&store, "k", "c").await;
+    assert!(
+        seq_of("c") > b,
+        "the number of b's entry is not handed out again"
+    );
+}
+
+/// Four lock objects (the holders of four processes), on two stores, each waiting in
+/// `lock()`: the key goes to them in the order they queued, with increasing fences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_serves_lock_objects_of_two_stores_in_queue_order() {
+    let (_dir, path, one, two) = two_stores().await;
+    let lock = |store: &SqliteStore, label: &str| {
+        CrossProcessLock::builder(store.clone(), "k")
+            .lease(Duration::from_secs(5))
+            .holder_label(label)
+            .build()
+            .expect("valid lock settings")
+    };
+    let held = lock(&one, "first")
+        .try_lock_once()
+        .await
+        .expect("a free key");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let labels = ["w1", "w2", "w3", "w4"];
+    for (i, label) in labels.into_iter().enumerate() {
+        let l = lock(if i % 2 == 0 { &two } else { &one }, label);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let g = l.lock().await.expect("lock");
+            let _ = tx.send((label, g.fence()));
+            g.release().await.expect("release");
+        });
+        // Queued before the next one starts.
+        let give_up = Instant::now() + BOUND;
+        while queue_in_db(&path).len() < i + 1 {
+            assert!(Instant::now() < give_up, "{label} never queued");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut last = held.fence();
+    held.release().await.expect("release");
+    let mut order = Vec::new();
+    for _ in labels {
+        let (label, fence) = tokio::time::timeout(BOUND, rx.recv())
+            .await
+            .expect("the key is handed on")
+            .expect("a grant");
+        assert!(fence > last, "fences strictly increase");
+        last = fence;
+        order.push(label);
+    }
+    assert_eq!(order, labels);
+}
