@@ -1,5 +1,5 @@
 //! Queued grants: the `waiters` table and the transaction steps that hand a key to the oldest
-//! live waiter ([`Enqueued`](lease_core::Enqueued)'s rules).
+//! live waiter ([`Enqueued`]'s rules).
 //!
 //! A waiter's entry is one row of `waiters`, ordered by `seq` (AUTOINCREMENT: never reused),
 //! one per (key, holder), with the lease it asked for and a liveness deadline on the store's
