@@ -140,7 +140,15 @@ pub(crate) fn release(
     if n == 0 {
         return Ok(false);
     }
-    settle(tx, key, tx.read_row(key)?)?;
+    match settle(tx, key, tx.read_row(key)?) {
+        // The key's fence is at its maximum: it cannot be granted again, to a waiter or anyone
+        // (their next acquire says so), but the release itself must not fail for it.
+        Err(TxError::Store(e)) => {
+            tracing::debug!(error = %e, "released; the next waiter cannot be granted the key");
+        }
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     Ok(true)
 }
 

@@ -896,7 +896,8 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    /// Reads the key's row (plain reads, no write lock) until it names `holder` with a live
+    /// With [`queued_grants`](SqliteStoreBuilder::queued_grants): reads the key's row (plain
+    /// reads, no write lock) until it names `holder` with a live
     /// lease (`Some` with its fence), the key is free (`None` at once: the caller's next
     /// `enqueue` settles it), or `max_wait` has passed.
     ///
@@ -905,7 +906,14 @@ impl LeaseStore for SqliteStore {
     /// commit that granted `holder` the key, bounded by the lease's end; or, while nobody holds
     /// the flock (a grant not yet confirmed by its waiter, a holder that died), polling every
     /// 1 ms to 50 ms. A wake-up that is missed only costs that poll's latency.
+    ///
+    /// Without the option: [`wait_for_change`](Self::wait_for_change), then `None`.
     async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        if !self.inner.queued {
+            // No entry of this store's is ever granted: the trait's default.
+            self.wait_for_change(key, max_wait).await;
+            return None;
+        }
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut poll = Poll::new();
         loop {
@@ -927,11 +935,17 @@ impl LeaseStore for SqliteStore {
         }
     }
 
-    /// One `BEGIN IMMEDIATE` transaction: deletes `holder`'s entry and, if the key was granted
-    /// to it meanwhile, releases that grant to the next live waiter (committed like a grant
-    /// then). Lets go of the key's wake-up flock if this store holds it for `holder`.
+    /// With [`queued_grants`](SqliteStoreBuilder::queued_grants): one `BEGIN IMMEDIATE`
+    /// transaction that deletes `holder`'s entry and, if the key was granted to it meanwhile,
+    /// releases that grant to the next live waiter (committed like a grant then); then lets go
+    /// of the key's wake-up flock if this store holds it for `holder`. Without the option:
+    /// `false`, as for every store without a queue.
     async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
+        if !self.inner.queued {
+            // This store makes no entries, so none of its holders was granted a key as one.
+            return Ok(false);
+        }
         let (key, holder) = (key.to_owned(), holder.to_owned());
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(

@@ -253,6 +253,30 @@ async fn queue_numbers_are_never_reused() {
     );
 }
 
+/// A key whose fence is at its maximum cannot be granted again, to a waiter or anyone; its
+/// holder's release still succeeds and leaves the key free.
+#[tokio::test]
+async fn a_release_at_the_maximum_fence_succeeds_and_grants_nobody() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("locks.db");
+    let store = queued(&path).await;
+    granted(&store, "k", "a").await;
+    waits(&store, "k", "b").await;
+    Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE leases SET fence = ?1", [i64::MAX])
+        .unwrap();
+    let max = Fence::from_i64(i64::MAX).expect("a valid fence");
+    assert!(store.release("k", "a", max).await.expect("the release"));
+    assert_eq!(holder_of(&store, "k").await, None, "the key is free");
+    let err = store
+        .enqueue(LEASE, "k", "b", PATIENCE)
+        .await
+        .expect_err("no fence left");
+    assert_eq!(err.kind(), lease_core::StoreErrorKind::Permanent, "{err}");
+    assert!(err.to_string().contains("cannot be granted again"), "{err}");
+}
+
 /// Four lock objects (the holders of four processes), on two stores, each waiting in
 /// `lock()`: the key goes to them in the order they queued, with increasing fences.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
