@@ -875,10 +875,8 @@ impl LeaseStore for SqliteStore {
     ) -> Result<Enqueued, StoreError> {
         validate(NAME, key, holder)?;
         if !self.inner.queued || lease.is_zero() {
-            return Ok(match self.try_lock(lease, key, holder).await? {
-                Some(fence) => Enqueued::Granted(fence),
-                None => Enqueued::Waiting { fence: None },
-            });
+            let granted = self.try_lock(lease, key, holder).await?;
+            return Ok(granted.map_or(Enqueued::Waiting { fence: None }, Enqueued::Granted));
         }
         let (key, holder) = (key.to_owned(), holder.to_owned());
         let wake_lease = lease;

@@ -25,11 +25,17 @@ async fn queued(path: &Path) -> SqliteStore {
         .expect("open the database")
 }
 
-/// A fresh database and two queued stores on it.
-async fn two_stores() -> (tempfile::TempDir, PathBuf, SqliteStore, SqliteStore) {
+/// A fresh database and a queued store on it.
+async fn one_store() -> (tempfile::TempDir, PathBuf, SqliteStore) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("locks.db");
-    let one = queued(&path).await;
+    let store = queued(&path).await;
+    (dir, path, store)
+}
+
+/// A fresh database and two queued stores on it.
+async fn two_stores() -> (tempfile::TempDir, PathBuf, SqliteStore, SqliteStore) {
+    let (dir, path, one) = one_store().await;
     let two = queued(&path).await;
     (dir, path, one, two)
 }
@@ -186,9 +192,7 @@ async fn the_queue_survives_reopening_the_store() {
 /// oldest live waiter, not to a newcomer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_and_leases_of_a_previous_boot_are_dead() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("locks.db");
-    let store = queued(&path).await;
+    let (_dir, path, store) = one_store().await;
     let a = granted(&store, "k", "a").await;
     waits(&store, "k", "b").await;
     waits(&store, "k", "c").await;
@@ -229,9 +233,7 @@ async fn entries_and_leases_of_a_previous_boot_are_dead() {
 /// a new number, never the one that left.
 #[tokio::test]
 async fn queue_numbers_are_never_reused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("locks.db");
-    let store = queued(&path).await;
+    let (_dir, path, store) = one_store().await;
     granted(&store, "k", "a").await;
     let seq_of = |holder: &str| -> i64 {
         Connection::open(&path)
@@ -257,9 +259,7 @@ async fn queue_numbers_are_never_reused() {
 /// holder's release still succeeds and leaves the key free.
 #[tokio::test]
 async fn a_release_at_the_maximum_fence_succeeds_and_grants_nobody() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("locks.db");
-    let store = queued(&path).await;
+    let (_dir, path, store) = one_store().await;
     granted(&store, "k", "a").await;
     waits(&store, "k", "b").await;
     Connection::open(&path)
