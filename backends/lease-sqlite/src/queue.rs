@@ -45,23 +45,38 @@ pub(crate) fn settle(tx: &Tx<'_>, key: &str, row: Option<Row>) -> Result<Option<
     grant_next(tx, key, row)
 }
 
-/// Grants the free key to its oldest entry (all are live after [`settle`]'s purge), deleting
-/// the entry; `row` unchanged if none is queued.
+/// Grants the free key to its oldest entry whose store is not known to be gone (the clock's
+/// dead ones are gone after [`settle`]'s purge; those of a gone store are deleted on the way),
+/// deleting the entry; `row` unchanged if none is queued.
 fn grant_next(tx: &Tx<'_>, key: &str, row: Option<Row>) -> Result<Option<Row>, TxError> {
-    let head: Option<(i64, Vec<u8>, i64)> = tx
-        .prepare_cached(
-            "SELECT seq, holder, lease_ns FROM waiters WHERE key = ?1 ORDER BY seq LIMIT 1",
-        )?
-        .query_row([key.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    let Some((seq, holder, lease_ns)) = head else {
-        return Ok(row);
-    };
-    let fence = tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?;
+    loop {
+        let head: Option<(i64, Vec<u8>, i64, Option<String>)> = tx
+            .prepare_cached(
+                "SELECT seq, holder, lease_ns, process FROM waiters WHERE key = ?1
+                 ORDER BY seq LIMIT 1",
+            )?
+            .query_row([key.as_bytes()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((seq, holder, lease_ns, process)) = head else {
+            return Ok(row);
+        };
+        if tx.liveness.is_gone(process.as_deref()) {
+            delete_entry(tx, seq)?;
+            continue;
+        }
+        let fence = tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?;
+        delete_entry(tx, seq)?;
+        let expires = tx.now.saturating_add(lease_ns);
+        let granted = tx.write_grant(key, &holder, process.as_deref(), fence, expires)?;
+        return Ok(Some(granted));
+    }
+}
+
+fn delete_entry(tx: &Tx<'_>, seq: i64) -> rusqlite::Result<usize> {
     tx.prepare_cached("DELETE FROM waiters WHERE seq = ?1")?
-        .execute([seq])?;
-    let granted = tx.write_grant(key, &holder, fence, tx.now.saturating_add(lease_ns))?;
-    Ok(Some(granted))
+        .execute([seq])
 }
 
 /// `try_lock`'s decision for a positive lease, after settling the key: the fence granted or
@@ -87,7 +102,7 @@ pub(crate) fn acquire(
         // Free, and no live waiter is queued (`settle` would have granted it).
         row => tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?,
     };
-    tx.write_grant(key, holder, fence, expires)?;
+    tx.write_grant(key, holder, Some(tx.liveness.id()), fence, expires)?;
     Ok(Ok(fence))
 }
 
@@ -105,16 +120,18 @@ pub(crate) fn enqueue(
         Err(fence) => {
             // A dead entry of this holder was deleted by `settle`: it queues anew, at the back.
             tx.prepare_cached(
-                "INSERT INTO waiters (key, holder, lease_ns, live_until_ns, boot_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (key, holder) DO UPDATE SET lease_ns = ?3, live_until_ns = ?4",
+                "INSERT INTO waiters (key, holder, lease_ns, live_until_ns, boot_id, process)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (key, holder) DO UPDATE SET lease_ns = ?3, live_until_ns = ?4,
+                     process = ?6",
             )?
             .execute(params![
                 key.as_bytes(),
                 holder.as_bytes(),
                 lease_ns,
                 tx.now.saturating_add(patience_ns),
-                tx.boot
+                tx.boot,
+                tx.liveness.id()
             ])?;
             Enqueued::Waiting {
                 fence: Some(fence_of(fence)?),

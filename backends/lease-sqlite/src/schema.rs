@@ -22,14 +22,18 @@ const MIGRATIONS: &[&str] = &[
     // that running out of numbers is an error instead of SQLite picking unused ones at random
     // (which would reorder the queue). One entry per (key, holder); `lease_ns` is the lease the
     // waiter asked for, granted when its turn comes; `live_until_ns` and `boot_id` are on the
-    // store's clock, as a lease's expiry is (an entry of another boot is dead).
-    "CREATE TABLE waiters (
+    // store's clock, as a lease's expiry is (an entry of another boot is dead). `process`, in
+    // both tables, is the liveness id of the store that wrote the row (see `liveness.rs`; NULL
+    // in rows of the first schema).
+    "ALTER TABLE leases ADD COLUMN process TEXT;
+     CREATE TABLE waiters (
          seq INTEGER PRIMARY KEY AUTOINCREMENT,
          key BLOB NOT NULL,
          holder BLOB NOT NULL,
          lease_ns INTEGER NOT NULL,
          live_until_ns INTEGER NOT NULL,
          boot_id TEXT NOT NULL,
+         process TEXT,
          UNIQUE (key, holder)
      );
      CREATE INDEX waiters_in_order ON waiters (key, seq);",

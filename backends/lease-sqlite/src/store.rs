@@ -12,7 +12,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 
 use crate::busy;
 use crate::hostclock::{self, HostClock};
-use crate::tx::{Row, Tx, TxError, row_of, to_fence};
+use crate::liveness::{self, Liveness};
+use crate::tx::{Row, SELECT_ROW, Tx, TxError, row_of, to_fence};
 use crate::wake::{self, Wake};
 use crate::{NAME, queue, schema};
 
@@ -128,6 +129,8 @@ struct Inner {
     /// Whether `enqueue` queues ([`SqliteStoreBuilder::queued_grants`]).
     queued: bool,
     wake: Wake,
+    /// This store's liveness flock, and the means to tell that another store is gone.
+    liveness: Liveness,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -319,6 +322,7 @@ impl Inner {
                     now: self.now_ns(),
                     boot: &self.boot_id,
                     durable: full || self.durability == Durability::Normal,
+                    liveness: &self.liveness,
                 };
                 match op(&tx) {
                     Ok(out) => {
@@ -354,14 +358,21 @@ impl Inner {
         let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let row = guard
             .conn
-            .prepare_cached("SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1")?
+            .prepare_cached(SELECT_ROW)?
             .query_row([key.as_bytes()], row_of)
             .optional()?;
+        drop(guard);
         let now = self.now_ns();
-        Ok(row.filter(|r| r.live(now, &self.boot_id)).map(|r| {
+        Ok(row.filter(|r| self.live(r, now)).map(|r| {
             let left = Duration::from_nanos(r.expires_ns.abs_diff(now));
             (r, left)
         }))
+    }
+
+    /// Whether `row` is a live lease at `now`, as a transaction tells it ([`Tx::live`]): by the
+    /// clock, and its store not known to be gone.
+    fn live(&self, row: &Row, now: i64) -> bool {
+        row.live(now, &self.boot_id) && !self.liveness.is_gone(row.process.as_deref())
     }
 
     /// The key's row as [`LeaseStore::inspect`] reports it: one `SELECT` (no write lock, no
@@ -376,9 +387,7 @@ impl Inner {
                 let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
                 guard
                     .conn
-                    .prepare_cached(
-                        "SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1",
-                    )
+                    .prepare_cached(SELECT_ROW)
                     .and_then(|mut st| st.query_row([key.as_bytes()], row_of).optional())
             },
             |e| classify(&self.path, e),
@@ -388,7 +397,7 @@ impl Inner {
         };
         let fence = to_fence(row.fence)?;
         let now = self.now_ns();
-        if !row.live(now, &self.boot_id) {
+        if !self.live(&row, now) {
             return Ok(KeyState::free(Some(fence)));
         }
         let remaining = Duration::from_nanos(row.expires_ns.abs_diff(now));
@@ -643,6 +652,17 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         )
         .with_source(e)
     })?;
+    let live_dir = liveness::dir_of(&path);
+    let liveness = Liveness::open(live_dir.clone()).map_err(|e| {
+        StoreError::permanent(
+            NAME,
+            format!(
+                "cannot create this store's liveness file in {}",
+                live_dir.display()
+            ),
+        )
+        .with_source(e)
+    })?;
     Ok(SqliteStore {
         inner: Arc::new(Inner {
             path,
@@ -653,6 +673,7 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             busy_budget: b.busy_budget,
             durability: b.durability,
             queued: b.queued_grants,
+            liveness,
             wake: Wake::new(wake_dir),
         }),
     })
@@ -800,8 +821,9 @@ impl LeaseStore for SqliteStore {
     }
 
     /// Reads the key's row (one `SELECT`, no write lock): held while it names a holder whose
-    /// expiry, on the host's boot clock and from this boot, is in the future; the time left is
-    /// that expiry minus now, in nanoseconds of that clock. Otherwise free, with the row's fence.
+    /// expiry, on the host's boot clock and from this boot, is in the future and whose store is
+    /// not known to be gone (its liveness flock; see the crate docs); the time left is that
+    /// expiry minus now, in nanoseconds of that clock. Otherwise free, with the row's fence.
     async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
         validate_key(NAME, key)?;
         let inner = self.inner.clone();

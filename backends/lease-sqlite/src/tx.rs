@@ -9,6 +9,7 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::NAME;
 use crate::busy::Busy;
+use crate::liveness::Liveness;
 
 /// An open `BEGIN IMMEDIATE` transaction, with the store's clock reading and boot id taken for
 /// it. Derefs to the SQLite transaction.
@@ -20,6 +21,8 @@ pub(crate) struct Tx<'c> {
     pub(crate) boot: &'c str,
     /// Whether the commit will be as durable as a grant needs (see [`Tx::next_fence`]).
     pub(crate) durable: bool,
+    /// Tells whether the store that wrote a row is gone.
+    pub(crate) liveness: &'c Liveness,
 }
 
 impl<'c> Deref for Tx<'c> {
@@ -64,47 +67,55 @@ impl Tx<'_> {
         })
     }
 
-    /// Writes `holder`'s grant of `key`: its fence, and expiry on this boot's clock.
+    /// Writes `holder`'s grant of `key`: its fence, expiry on this boot's clock, and the
+    /// liveness id of its store (`process`).
     pub(crate) fn write_grant(
         &self,
         key: &str,
         holder: &[u8],
+        process: Option<&str>,
         fence: i64,
         expires_ns: i64,
     ) -> rusqlite::Result<Row> {
         self.prepare_cached(
-            "INSERT INTO leases (key, holder, fence, boot_id, expires_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO leases (key, holder, fence, boot_id, expires_ns, process)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (key) DO UPDATE SET holder = ?2, fence = ?3, boot_id = ?4,
-                 expires_ns = ?5",
+                 expires_ns = ?5, process = ?6",
         )?
         .execute(params![
             key.as_bytes(),
             holder,
             fence,
             self.boot,
-            expires_ns
+            expires_ns,
+            process
         ])?;
         Ok(Row {
             holder: Some(holder.to_vec()),
             fence,
             boot_id: self.boot.to_owned(),
             expires_ns,
+            process: process.map(str::to_owned),
         })
     }
 
     /// The key's row.
     pub(crate) fn read_row(&self, key: &str) -> rusqlite::Result<Option<Row>> {
-        self.prepare_cached("SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1")?
+        self.prepare_cached(SELECT_ROW)?
             .query_row([key.as_bytes()], row_of)
             .optional()
     }
 
-    /// Whether `row` is a live lease now.
+    /// Whether `row` is a live lease now: by the clock, and its store not known to be gone.
     pub(crate) fn live(&self, row: &Row) -> bool {
-        row.live(self.now, self.boot)
+        row.live(self.now, self.boot) && !self.liveness.is_gone(row.process.as_deref())
     }
 }
+
+/// Selects a key's `leases` row as [`row_of`] reads it.
+pub(crate) const SELECT_ROW: &str =
+    "SELECT holder, fence, boot_id, expires_ns, process FROM leases WHERE key = ?1";
 
 /// Why one transaction attempt failed: SQLite (busy is retried), the store's own verdict
 /// (rolls back, not retried), or a step that needs a more durable commit (rolls back, and the
@@ -137,11 +148,13 @@ pub(crate) struct Row {
     pub(crate) fence: i64,
     pub(crate) boot_id: String,
     pub(crate) expires_ns: i64,
+    /// The liveness id of the store that wrote the grant (`None` in rows of the first schema).
+    pub(crate) process: Option<String>,
 }
 
 impl Row {
     /// Whether a holder's lease is live at `now` on the clock of boot `boot`: a lease of
-    /// another boot has expired, whatever its expiry says.
+    /// another boot has expired, whatever its expiry says. The clock only; see [`Tx::live`].
     pub(crate) fn live(&self, now: i64, boot: &str) -> bool {
         self.holder.is_some() && self.boot_id == boot && self.expires_ns > now
     }
@@ -152,13 +165,14 @@ impl Row {
     }
 }
 
-/// A `leases` row selected as `holder, fence, boot_id, expires_ns`.
+/// A `leases` row selected as `holder, fence, boot_id, expires_ns, process` ([`SELECT_ROW`]).
 pub(crate) fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
         holder: r.get(0)?,
         fence: r.get(1)?,
         boot_id: r.get(2)?,
         expires_ns: r.get(3)?,
+        process: r.get(4)?,
     })
 }
 

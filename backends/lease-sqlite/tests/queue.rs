@@ -2,7 +2,10 @@
 //! database, as two processes would: the queue's order across them, a release in one waking
 //! the granted waiter of the other, a queue that outlives its store, entries and leases of a
 //! previous boot, a queue order that never reuses a number, and the lock serving lock objects
-//! of two stores in the order they queued.
+//! of two stores in the order they queued. Then the liveness of the store behind a lease or an
+//! entry: a lease or entry of a store that is gone (its liveness flock can be taken) is dead at
+//! once, and the key of a SIGKILLed holder process passes to the next waiter without waiting out
+//! its lease.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -323,4 +326,143 @@ async fn the_lock_serves_lock_objects_of_two_stores_in_queue_order() {
         order.push(label);
     }
     assert_eq!(order, labels);
+}
+
+/// An id as a store names its liveness file, and that file in `<db>.live/`, unlocked: what a
+/// store whose process died leaves behind (the kernel dropped its flock).
+fn a_gone_store(db: &Path) -> String {
+    let id = format!("{:032x}", rand::random::<u128>());
+    let file = PathBuf::from(format!("{}.live", db.display())).join(&id);
+    std::fs::write(file, b"").expect("the gone store's file");
+    id
+}
+
+fn set_process(db: &Path, table: &str, holder: &str, process: &str) {
+    let n = Connection::open(db)
+        .unwrap()
+        .execute(
+            &format!("UPDATE {table} SET process = ?1 WHERE holder = ?2"),
+            params![process, holder.as_bytes()],
+        )
+        .unwrap();
+    assert_eq!(n, 1, "one {table} row of {holder}");
+}
+
+/// A lease whose store is gone is free at once, whatever its expiry; a lease whose store cannot
+/// be told (no liveness file) is judged by the clock alone, so it stays held.
+#[tokio::test]
+async fn a_lease_of_a_gone_store_is_free_at_once() {
+    let (_dir, path, store) = one_store().await;
+    let a = granted(&store, "k", "a").await;
+    set_process(&path, "leases", "a", "0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        store.try_lock(LEASE, "k", "b").await.unwrap(),
+        None,
+        "no liveness file: the clock decides"
+    );
+    set_process(&path, "leases", "a", &a_gone_store(&path));
+    assert_eq!(holder_of(&store, "k").await, None, "inspect sees it free");
+    let b = store.try_lock(LEASE, "k", "b").await.unwrap();
+    assert!(b > Some(a), "b takes the key with a larger fence: {b:?}");
+}
+
+/// A waiter whose store is gone is skipped when its turn comes, and its entry dropped.
+#[tokio::test]
+async fn a_waiter_of_a_gone_store_is_skipped() {
+    let (_dir, path, store) = one_store().await;
+    let a = granted(&store, "k", "a").await;
+    waits(&store, "k", "b").await;
+    waits(&store, "k", "c").await;
+    set_process(&path, "waiters", "b", &a_gone_store(&path));
+    assert!(store.release("k", "a", a).await.unwrap());
+    assert_eq!(holder_of(&store, "k").await.as_deref(), Some("c"));
+    assert!(queue_in_db(&path).is_empty(), "b's entry was dropped");
+}
+
+/// The environment variable that makes [`child_holds_the_key_until_killed`] a holder process.
+const CHILD_DB: &str = "LEASE_SQLITE_QUEUE_TEST_CHILD_DB";
+/// The child's lease: far longer than the test waits for the key.
+const CHILD_LEASE: Duration = Duration::from_secs(120);
+
+/// Run as a child process by [`a_sigkilled_holder_s_key_passes_to_the_waiter_at_once`]: takes
+/// the key for [`CHILD_LEASE`], says so on stdout, and waits to be killed. In a plain test run
+/// (without [`CHILD_DB`]) it does nothing.
+#[tokio::test]
+async fn child_holds_the_key_until_killed() {
+    let Some(db) = std::env::var_os(CHILD_DB) else {
+        return;
+    };
+    let store = queued(Path::new(&db)).await;
+    let fence = store
+        .try_lock(CHILD_LEASE, "k", "child")
+        .await
+        .expect("try_lock")
+        .expect("a free key");
+    println!("HELD {}", fence.get());
+    tokio::time::sleep(CHILD_LEASE * 2).await;
+}
+
+/// A holder process killed with SIGKILL cannot release or renew, and its lease runs for
+/// minutes; but the kernel dropped its store's liveness flock, so the waiter of another process
+/// (a lock waiting in `lock_timeout`) gets the key at once, with a larger fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_holder_s_key_passes_to_the_waiter_at_once() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let (_dir, path, store) = one_store().await;
+    /// Kills the holder process however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["child_holds_the_key_until_killed", "--exact", "--nocapture"])
+        .env(CHILD_DB, &path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the holder process");
+    let stdout = child.stdout.take().expect("the child's stdout");
+    let mut child = Killed(child);
+    let held = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("HELD ")
+                    .map(|f| f.parse::<u64>().expect("a fence"))
+            })
+    });
+    let child_fence = tokio::time::timeout(BOUND, held)
+        .await
+        .expect("the child takes the key in time")
+        .expect("reader task")
+        .expect("the child says it holds the key");
+    let lock = CrossProcessLock::builder(store.clone(), "k")
+        .lease(Duration::from_secs(5))
+        .holder_label("waiter")
+        .build()
+        .expect("valid lock settings");
+    let waiting = tokio::spawn(async move { lock.lock_timeout(BOUND).await.map(|g| g.fence()) });
+    let give_up = Instant::now() + BOUND;
+    while queue_in_db(&path).is_empty() {
+        assert!(Instant::now() < give_up, "the waiter never queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = Instant::now();
+    child.0.kill().expect("SIGKILL the holder");
+    child.0.wait().expect("reap the holder");
+    let fence = waiting
+        .await
+        .expect("waiter task")
+        .expect("the waiter gets the key long before the killed holder's lease ends");
+    println!("the key passed {:?} after the kill", killed_at.elapsed());
+    assert!(
+        fence.get() > child_fence,
+        "a larger fence than the killed holder's"
+    );
 }
