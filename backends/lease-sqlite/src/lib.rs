@@ -37,7 +37,8 @@
 //!   transaction committed like a grant; the next grant increments that fence again.
 //! - *inspect* ([`inspect`](lease_core::LeaseStore::inspect)): one `SELECT` of the row, no write
 //!   lock; held while the row names a holder whose expiry, from this boot, is ahead of the boot
-//!   clock, with the time left on that clock.
+//!   clock and whose store is not known to be gone (**Liveness** below), with the time left on
+//!   that clock.
 //!
 //! **Queued grants** ([`SqliteStoreBuilder::queued_grants`], off by default): a table `waiters`
 //! holds one entry per waiting (key, holder), in the order of an AUTOINCREMENT sequence (never
@@ -115,6 +116,19 @@
 //! key, and the waiter's store could not take the flock while it did); the waiter's store takes
 //! it when its next `enqueue` confirms the grant. Until then the key's other waiters poll.
 //!
+//! **Liveness**: every store holds an exclusive `flock(2)` on a file of its own in `<db>.live/`
+//! (named by a random 128-bit id) for as long as it is open, and writes that id into each
+//! grant and queue entry it makes. A store that can take that flock knows the writer's process
+//! is gone (the kernel dropped the flock, however the process died): its lease counts as
+//! expired and its queue entries as dead at once, so a SIGKILLed holder's key passes to the next
+//! waiter (woken by its wake-up flock, dropped with the process) within a few milliseconds
+//! instead of at the end of the lease. Only that proof counts: a missing or unreadable file, or
+//! a flock that is taken, leaves the decision to the clock, and no file is ever unlinked to
+//! break a lock (a store removes its own file when it closes; ids are never reused). A stopped
+//! process keeps its flock, so its lease runs out by the clock as before. A process that closes
+//! descriptors it does not own (a daemon closing them all after opening the store) drops its
+//! flock and looks dead: open the store after such steps.
+//!
 //! **Faults**: a database file deleted or replaced under a running store is detected before the
 //! next operation (its device and inode changed) and reported as a permanent error, so every
 //! holder's renewal fails and its guards report the loss; nothing is granted from the new file
@@ -136,6 +150,7 @@
 mod busy;
 mod fscheck;
 mod hostclock;
+mod liveness;
 mod queue;
 mod schema;
 mod store;
