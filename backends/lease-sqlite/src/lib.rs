@@ -116,18 +116,19 @@
 //! key, and the waiter's store could not take the flock while it did); the waiter's store takes
 //! it when its next `enqueue` confirms the grant. Until then the key's other waiters poll.
 //!
-//! **Liveness**: every store holds an exclusive `flock(2)` on a file of its own in `<db>.live/`
-//! (named by a random 128-bit id) for as long as it is open, and writes that id into each
-//! grant and queue entry it makes. A store that can take that flock knows the writer's process
-//! is gone (the kernel dropped the flock, however the process died): its lease counts as
-//! expired and its queue entries as dead at once, so a SIGKILLed holder's key passes to the next
-//! waiter (woken by its wake-up flock, dropped with the process) within a few milliseconds
-//! instead of at the end of the lease. Only that proof counts: a missing or unreadable file, or
-//! a flock that is taken, leaves the decision to the clock, and no file is ever unlinked to
-//! break a lock (a store removes its own file when it closes; ids are never reused). A stopped
-//! process keeps its flock, so its lease runs out by the clock as before. A process that closes
-//! descriptors it does not own (a daemon closing them all after opening the store) drops its
-//! flock and looks dead: open the store after such steps.
+//! **Liveness** ([`SqliteStoreBuilder::process_liveness`], off by default): such a store holds
+//! an exclusive `flock(2)` on a file of its own in `<db>.live/` (named by a random 128-bit id)
+//! for as long as it is open, and writes that id into each grant and queue entry it makes.
+//! Every store that can take that flock knows the writer's process is gone (the kernel dropped
+//! the flock, however the process died): its lease counts as expired and its queue entries as
+//! dead at once, so a SIGKILLed holder's key passes to the next waiter (woken by the wake-up
+//! flock, dropped with the process) within a few milliseconds instead of at the end of the
+//! lease. Only that proof counts: a missing or unreadable file, a flock that is taken, or a row
+//! without an id leaves the decision to the clock, and no file is ever unlinked to break a lock
+//! (a store removes its own file when it closes; ids are never reused). A stopped process keeps
+//! its flock, so its lease runs out by the clock as before. It is off by default because the
+//! lease also gives work that outlives the process (children it started, stopped only after it
+//! died) time to be stopped; the flock does not.
 //!
 //! **Faults**: a database file deleted or replaced under a running store is detected before the
 //! next operation (its device and inode changed) and reported as a permanent error, so every

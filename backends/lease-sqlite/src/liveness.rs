@@ -1,11 +1,13 @@
 //! Whether the store that wrote a lease or a queue entry still runs, through `flock(2)`.
 //!
-//! Every store, at open, creates a file of its own in `<db>.live/`, named by a random
-//! 128-bit id, and holds an exclusive `flock` on it for as long as the store lives. It writes that
-//! id into every grant (`leases.process`) and queue entry (`waiters.process`) it makes. The
-//! kernel drops the flock when the process dies, however it dies (SIGKILL included), so another
-//! store that *can* take the flock knows the writer is gone: its lease is treated as expired and
-//! its entries as dead, at once, instead of at the end of the lease or the patience.
+//! A store built with [`process_liveness`](crate::SqliteStoreBuilder::process_liveness) creates,
+//! at open, a file of its own in `<db>.live/`, named by a random 128-bit id, and holds an
+//! exclusive `flock` on it for as long as the store lives. It writes that id into every grant
+//! (`leases.process`) and queue entry (`waiters.process`) it makes. The kernel drops the flock
+//! when the process dies, however it dies (SIGKILL included), so another store that *can* take
+//! the flock knows the writer is gone: its lease is treated as expired and its entries as dead,
+//! at once, instead of at the end of the lease or the patience. Every store checks the ids it
+//! finds, whatever its own setting: the writer decides whether its grants end with its process.
 //!
 //! Only that positive proof counts. A file that is missing, cannot be opened, or whose flock is
 //! taken (by its owner, or for an instant by another store probing it) says nothing, and the
@@ -23,15 +25,25 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, flock};
 
-/// This store's liveness file, flocked while the store lives, and the directory of the others.
+/// The directory of the liveness files, and this store's own file (flocked while the store
+/// lives) if it has one.
 pub(crate) struct Liveness {
     dir: PathBuf,
+    own: Option<Own>,
+}
+
+struct Own {
     id: String,
     /// The open file carrying the exclusive flock; closing it (when the store closes) unlocks.
-    own: Option<File>,
+    _file: File,
 }
 
 impl Liveness {
+    /// A store that only checks the ids of others (it writes none).
+    pub(crate) fn checker(dir: PathBuf) -> Self {
+        Self { dir, own: None }
+    }
+
     /// Creates this store's file in `dir` (creating `dir`) under a fresh random id and takes its
     /// flock. Blocking (file system calls).
     pub(crate) fn open(dir: PathBuf) -> std::io::Result<Self> {
@@ -46,21 +58,20 @@ impl Liveness {
         flock(&file, FlockOperation::NonBlockingLockExclusive)?;
         Ok(Self {
             dir,
-            id,
-            own: Some(file),
+            own: Some(Own { id, _file: file }),
         })
     }
 
-    /// The id this store writes into its grants and queue entries.
-    pub(crate) fn id(&self) -> &str {
-        &self.id
+    /// The id this store writes into its grants and queue entries (`None`: it has none).
+    pub(crate) fn id(&self) -> Option<&str> {
+        self.own.as_ref().map(|own| own.id.as_str())
     }
 
     /// Whether the store with liveness id `id` is known to be gone: its file exists and its
     /// flock could be taken. `false` when it cannot be told (no id, no such file, an error) and
     /// for this store itself. Blocking (opens a file).
     pub(crate) fn is_gone(&self, id: Option<&str>) -> bool {
-        let Some(id) = id.filter(|id| *id != self.id && is_an_id(id)) else {
+        let Some(id) = id.filter(|id| Some(*id) != self.id() && is_an_id(id)) else {
             return false;
         };
         let Ok(file) = File::open(self.dir.join(id)) else {
@@ -86,8 +97,9 @@ impl Drop for Liveness {
         // Unlinked before it is unlocked: a store that opens it by name from now on finds no file
         // and relies on the clock; one that opened it before may find it unlocked after the
         // close, which is true (this store is gone), and the id is never used again.
-        let _ = std::fs::remove_file(self.dir.join(&self.id));
-        self.own.take();
+        if let Some(own) = self.own.take() {
+            let _ = std::fs::remove_file(self.dir.join(&own.id));
+        }
     }
 }
 
@@ -109,11 +121,11 @@ mod tests {
         let one = Liveness::open(dir.path().join("stores")).expect("open");
         let two = Liveness::open(dir.path().join("stores")).expect("open");
         assert_ne!(one.id(), two.id());
-        assert!(
-            !one.is_gone(Some(two.id())),
-            "an open store holds its flock"
-        );
-        assert!(!one.is_gone(Some(one.id())));
+        assert!(!one.is_gone(two.id()), "an open store holds its flock");
+        assert!(!one.is_gone(one.id()));
+        let checker = Liveness::checker(dir.path().join("stores"));
+        assert_eq!(checker.id(), None);
+        assert!(!checker.is_gone(one.id()));
         assert!(!one.is_gone(None), "a row without an id");
         let unknown = "0123456789abcdef0123456789abcdef";
         assert!(!one.is_gone(Some(unknown)), "no file: cannot tell");
@@ -124,7 +136,7 @@ mod tests {
         assert!(one.is_gone(Some(unknown)));
         assert!(one.is_gone(Some(unknown)), "the probe let go of its flock");
 
-        let two_id = two.id().to_owned();
+        let two_id = two.id().expect("an id").to_owned();
         drop(two);
         assert!(
             !dir.path().join("stores").join(&two_id).exists(),

@@ -102,7 +102,7 @@ pub(crate) fn acquire(
         // Free, and no live waiter is queued (`settle` would have granted it).
         row => tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?,
     };
-    tx.write_grant(key, holder, Some(tx.liveness.id()), fence, expires)?;
+    tx.write_grant(key, holder, tx.liveness.id(), fence, expires)?;
     Ok(Ok(fence))
 }
 

@@ -38,6 +38,7 @@ pub struct SqliteStoreBuilder {
     busy_budget: Duration,
     create_dirs: bool,
     queued_grants: bool,
+    process_liveness: bool,
 }
 
 impl SqliteStoreBuilder {
@@ -82,6 +83,26 @@ impl SqliteStoreBuilder {
     /// without it only polls, so it gets the key only when nobody is queued.
     pub fn queued_grants(mut self, yes: bool) -> Self {
         self.queued_grants = yes;
+        self
+    }
+
+    /// Whether this store's grants and queue entries end with its process (default `false`).
+    ///
+    /// With it, the store holds an exclusive `flock` on a file of its own in `<db>.live/` while
+    /// it is open, and names that file in every grant and queue entry it makes. Another store
+    /// (any store, whatever its own setting) that finds such a lease live by the clock, but can
+    /// take the file's flock, knows the process is gone: the lease counts as expired and the
+    /// entries as dead at once. So the key of a holder killed by SIGKILL or the OOM killer
+    /// passes to the next waiter within milliseconds instead of at the end of its lease. A
+    /// stopped process (SIGSTOP, a debugger) keeps its flock and its lease, which then runs out
+    /// by the clock as before.
+    ///
+    /// Leave it off where the protected work can outlive the process that holds the lock: child
+    /// processes it started that are not stopped at once when it dies (its lease gives them time
+    /// to be stopped, the liveness flock does not), or a process that closes file descriptors it
+    /// does not own after opening the store (it drops its flock and looks dead).
+    pub fn process_liveness(mut self, yes: bool) -> Self {
+        self.process_liveness = yes;
         self
     }
 
@@ -150,6 +171,7 @@ impl SqliteStore {
             busy_budget: Duration::from_secs(2),
             create_dirs: false,
             queued_grants: false,
+            process_liveness: false,
         }
     }
 
@@ -653,7 +675,12 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         .with_source(e)
     })?;
     let live_dir = liveness::dir_of(&path);
-    let liveness = Liveness::open(live_dir.clone()).map_err(|e| {
+    let liveness = if b.process_liveness {
+        Liveness::open(live_dir.clone())
+    } else {
+        Ok(Liveness::checker(live_dir.clone()))
+    };
+    let liveness = liveness.map_err(|e| {
         StoreError::permanent(
             NAME,
             format!(

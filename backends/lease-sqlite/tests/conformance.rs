@@ -1,7 +1,8 @@
 //! The lease-core conformance suite on a fresh temp database per case: once with the default
-//! store, once with queued grants ([`SqliteStoreBuilder::queued_grants`]).
+//! store, once with queued grants and process liveness ([`queued_grants`], [`process_liveness`]).
 //!
-//! [`SqliteStoreBuilder::queued_grants`]: lease_sqlite::SqliteStoreBuilder::queued_grants
+//! [`queued_grants`]: lease_sqlite::SqliteStoreBuilder::queued_grants
+//! [`process_liveness`]: lease_sqlite::SqliteStoreBuilder::process_liveness
 
 use lease_sqlite::SqliteStore;
 
@@ -24,6 +25,7 @@ mod queued {
         let path = dir.keep().join("locks.db");
         SqliteStore::builder(path)
             .queued_grants(true)
+            .process_liveness(true)
             .open()
             .await
             .expect("open a fresh database")

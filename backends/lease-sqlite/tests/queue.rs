@@ -332,9 +332,43 @@ async fn the_lock_serves_lock_objects_of_two_stores_in_queue_order() {
 /// store whose process died leaves behind (the kernel dropped its flock).
 fn a_gone_store(db: &Path) -> String {
     let id = format!("{:032x}", rand::random::<u128>());
-    let file = PathBuf::from(format!("{}.live", db.display())).join(&id);
-    std::fs::write(file, b"").expect("the gone store's file");
+    let dir = PathBuf::from(format!("{}.live", db.display()));
+    std::fs::create_dir_all(&dir).expect("the liveness directory");
+    std::fs::write(dir.join(&id), b"").expect("the gone store's file");
     id
+}
+
+/// The liveness id in `holder`'s lease row.
+fn process_of(db: &Path, holder: &str) -> Option<String> {
+    Connection::open(db)
+        .unwrap()
+        .query_row(
+            "SELECT process FROM leases WHERE holder = ?1",
+            [holder.as_bytes()],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// Only a store built with `process_liveness` names itself in its grants; the lease of one
+/// without it ends by the clock alone, whatever happens to its process.
+#[tokio::test]
+async fn only_a_store_with_process_liveness_names_itself_in_its_grants() {
+    let (_dir, path, plain) = one_store().await;
+    granted(&plain, "k", "a").await;
+    assert_eq!(process_of(&path, "a"), None);
+    let live = SqliteStore::builder(&path)
+        .queued_grants(true)
+        .process_liveness(true)
+        .open()
+        .await
+        .expect("open");
+    granted(&live, "other", "b").await;
+    let id = process_of(&path, "b").expect("a liveness id");
+    let file = PathBuf::from(format!("{}.live", path.display())).join(&id);
+    assert!(file.is_file(), "the store's liveness file {file:?}");
+    drop(live);
+    assert!(!file.exists(), "removed when the store closes");
 }
 
 fn set_process(db: &Path, table: &str, holder: &str, process: &str) {
@@ -392,7 +426,12 @@ async fn child_holds_the_key_until_killed() {
     let Some(db) = std::env::var_os(CHILD_DB) else {
         return;
     };
-    let store = queued(Path::new(&db)).await;
+    let store = SqliteStore::builder(&db)
+        .queued_grants(true)
+        .process_liveness(true)
+        .open()
+        .await
+        .expect("open the database");
     let fence = store
         .try_lock(CHILD_LEASE, "k", "child")
         .await
@@ -403,8 +442,9 @@ async fn child_holds_the_key_until_killed() {
 }
 
 /// A holder process killed with SIGKILL cannot release or renew, and its lease runs for
-/// minutes; but the kernel dropped its store's liveness flock, so the waiter of another process
-/// (a lock waiting in `lock_timeout`) gets the key at once, with a larger fence.
+/// minutes; but the kernel dropped its store's liveness flock (`process_liveness`), so the
+/// waiter of another process (a lock waiting in `lock_timeout`) gets the key at once, with a
+/// larger fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_holder_s_key_passes_to_the_waiter_at_once() {
     use std::io::BufRead;
