@@ -32,23 +32,55 @@ use crate::tx::{Row, Tx, TxError};
 /// What [`grant_next`] and the grants of the callers say when the fence cannot move.
 const CANNOT_GRANT: &str = "the key cannot be granted again";
 
+/// A key's row after [`settle`], and whether it is a live lease.
+pub(crate) struct Settled {
+    pub(crate) row: Option<Row>,
+    /// Decided once per transaction: a second look at the holder's liveness could differ
+    /// from the one `settle` acted on (the holder may die in between), and a caller acting on
+    /// it would then take a free key past the waiters `settle` did not grant it to.
+    pub(crate) held: bool,
+}
+
 /// Deletes the key's dead entries; then, if the key is free, grants it to the oldest live
 /// entry. Returns the row as it is now (`row` is the one read in this transaction).
-pub(crate) fn settle(tx: &Tx<'_>, key: &str, row: Option<Row>) -> Result<Option<Row>, TxError> {
+pub(crate) fn settle(tx: &Tx<'_>, key: &str, row: Option<Row>) -> Result<Settled, TxError> {
     tx.prepare_cached(
         "DELETE FROM waiters WHERE key = ?1 AND (boot_id <> ?2 OR live_until_ns <= ?3)",
     )?
     .execute(params![key.as_bytes(), tx.boot, tx.now])?;
     if row.as_ref().is_some_and(|r| tx.live(r)) {
-        return Ok(row);
+        return Ok(Settled { row, held: true });
     }
-    grant_next(tx, key, row)
+    Ok(match grant_next(tx, key)? {
+        Some(granted) => {
+            let fence = tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?;
+            Settled {
+                row: Some(granted.write(tx, key, fence)?),
+                held: true,
+            }
+        }
+        None => Settled { row, held: false },
+    })
 }
 
-/// Grants the free key to its oldest entry whose store is not known to be gone (the clock's
-/// dead ones are gone after [`settle`]'s purge; those of a gone store are deleted on the way),
-/// deleting the entry; `row` unchanged if none is queued.
-fn grant_next(tx: &Tx<'_>, key: &str, row: Option<Row>) -> Result<Option<Row>, TxError> {
+/// The oldest live entry of a free key, taken out of the queue.
+struct Next {
+    holder: Vec<u8>,
+    lease_ns: i64,
+    process: Option<String>,
+}
+
+impl Next {
+    /// Writes the grant to this waiter, with `fence` and the lease it asked for.
+    fn write(self, tx: &Tx<'_>, key: &str, fence: i64) -> rusqlite::Result<Row> {
+        let expires = tx.now.saturating_add(self.lease_ns);
+        tx.write_grant(key, &self.holder, self.process.as_deref(), fence, expires)
+    }
+}
+
+/// Takes the oldest entry whose store is not known to be gone out of the queue (the clock's
+/// dead ones are gone after [`settle`]'s purge; those of a gone store are deleted on the way).
+fn grant_next(tx: &Tx<'_>, key: &str) -> Result<Option<Next>, TxError> {
     loop {
         let head: Option<(i64, Vec<u8>, i64, Option<String>)> = tx
             .prepare_cached(
@@ -60,17 +92,16 @@ fn grant_next(tx: &Tx<'_>, key: &str, row: Option<Row>) -> Result<Option<Row>, T
             })
             .optional()?;
         let Some((seq, holder, lease_ns, process)) = head else {
-            return Ok(row);
+            return Ok(None);
         };
-        if tx.liveness.is_gone(process.as_deref()) {
-            delete_entry(tx, seq)?;
-            continue;
-        }
-        let fence = tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?;
         delete_entry(tx, seq)?;
-        let expires = tx.now.saturating_add(lease_ns);
-        let granted = tx.write_grant(key, &holder, process.as_deref(), fence, expires)?;
-        return Ok(Some(granted));
+        if !tx.liveness.is_gone(process.as_deref()) {
+            return Ok(Some(Next {
+                holder,
+                lease_ns,
+                process,
+            }));
+        }
     }
 }
 
@@ -88,7 +119,7 @@ pub(crate) fn acquire(
     holder: &str,
     lease_ns: i64,
 ) -> Result<Result<i64, i64>, TxError> {
-    let row = settle(tx, key, tx.read_row(key)?)?;
+    let Settled { row, held } = settle(tx, key, tx.read_row(key)?)?;
     let holder = holder.as_bytes();
     let expires = tx.now.saturating_add(lease_ns);
     let fence = match row {
@@ -98,7 +129,7 @@ pub(crate) fn acquire(
             leave(tx, key, holder)?;
             r.fence
         }
-        Some(r) if tx.live(&r) => return Ok(Err(r.fence)),
+        Some(r) if held => return Ok(Err(r.fence)),
         // Free, and no live waiter is queued (`settle` would have granted it).
         row => tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?,
     };
