@@ -80,6 +80,23 @@ fn queue_in_db(db: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `column` of `holder`'s one row in `table`, read behind the stores' backs.
+fn column_of<T: lease_sqlite::rusqlite::types::FromSql>(
+    db: &Path,
+    table: &str,
+    column: &str,
+    holder: &str,
+) -> T {
+    Connection::open(db)
+        .expect("open the database")
+        .query_row(
+            &format!("SELECT {column} FROM {table} WHERE holder = ?1"),
+            [holder.as_bytes()],
+            |r| r.get(0),
+        )
+        .unwrap_or_else(|e| panic!("{column} of {holder} in {table}: {e}"))
+}
+
 /// Whether any store holds an exclusive flock on a file of `<db>.wake/` (probed without
 /// blocking, from a file description of its own).
 fn some_wake_flock_held(db: &Path) -> bool {
@@ -238,16 +255,7 @@ async fn entries_and_leases_of_a_previous_boot_are_dead() {
 async fn queue_numbers_are_never_reused() {
     let (_dir, path, store) = one_store().await;
     granted(&store, "k", "a").await;
-    let seq_of = |holder: &str| -> i64 {
-        Connection::open(&path)
-            .unwrap()
-            .query_row(
-                "SELECT seq FROM waiters WHERE holder = ?1",
-                [holder.as_bytes()],
-                |r| r.get(0),
-            )
-            .unwrap()
-    };
+    let seq_of = |holder: &str| -> i64 { column_of(&path, "waiters", "seq", holder) };
     waits(&store, "k", "b").await;
     let b = seq_of("b");
     assert!(!store.leave_queue("k", "b").await.unwrap());
@@ -340,14 +348,7 @@ fn a_gone_store(db: &Path) -> String {
 
 /// The liveness id in `holder`'s lease row.
 fn process_of(db: &Path, holder: &str) -> Option<String> {
-    Connection::open(db)
-        .unwrap()
-        .query_row(
-            "SELECT process FROM leases WHERE holder = ?1",
-            [holder.as_bytes()],
-            |r| r.get(0),
-        )
-        .unwrap()
+    column_of(db, "leases", "process", holder)
 }
 
 /// Only a store built with `process_liveness` names itself in its grants; the lease of one
