@@ -23,17 +23,37 @@
 //! row is never deleted, so the fence counter survives releases. Every operation is one
 //! `BEGIN IMMEDIATE` transaction, so check and set are atomic between processes:
 //!
+//! - *settle* (first step of acquire, enqueue, release and leaving the queue): delete the key's
+//!   dead queue entries; if the key is free and a live entry is queued, grant the key to the
+//!   oldest one (see *Queued grants* below). Nothing is queued unless some store on the
+//!   database was built with [`queued_grants`](SqliteStoreBuilder::queued_grants).
 //! - *acquire*: no row → insert with fence 1. Row of this holder → extend, same fence (also a
 //!   retake of its own expired lease: nobody took it in between). Row of another holder, unexpired
 //!   → refuse. Otherwise (released, expired, or from a previous boot) → fence + 1, this holder.
 //! - *renew*: extend only if holder and fence match and the lease is from this boot.
-//! - *release*: clear the holder if holder and fence match.
+//! - *release*: clear the holder if holder and fence match, then settle.
 //! - *break* ([`break_lock`](lease_core::LeaseStore::break_lock), for operators): clear the
 //!   holder and raise the row's fence by one, whoever holds the key, in one `BEGIN IMMEDIATE`
 //!   transaction committed like a grant; the next grant increments that fence again.
 //! - *inspect* ([`inspect`](lease_core::LeaseStore::inspect)): one `SELECT` of the row, no write
 //!   lock; held while the row names a holder whose expiry, from this boot, is ahead of the boot
-//!   clock, with the time left on that clock.
+//!   clock and whose store is not known to be gone (**Liveness** below), with the time left on
+//!   that clock.
+//!
+//! **Queued grants** ([`SqliteStoreBuilder::queued_grants`], off by default): a table `waiters`
+//! holds one entry per waiting (key, holder), in the order of an AUTOINCREMENT sequence (never
+//! reused), with the lease the waiter asked for and a liveness deadline on the same clock as a
+//! lease's expiry (entries of a previous boot are dead). The lock's waiting calls
+//! [`enqueue`](lease_core::LeaseStore::enqueue) (one transaction: settle, then grant, confirm a
+//! grant made to this holder, or queue it / refresh its entry, which keeps its place) and wait
+//! in [`wait_for_grant`](lease_core::LeaseStore::wait_for_grant); a release, in its own
+//! transaction, grants the key to the oldest live waiter (fence + 1, its entry deleted), and
+//! every call that finds a key free or expired with a live waiter does the same, so no
+//! newcomer, not even the releasing process, overtakes a live waiter. A waiter that gives up
+//! [leaves the queue](lease_core::LeaseStore::leave_queue) and gives back a grant that raced
+//! in, to the next waiter in the same transaction. A grant to a waiter that died lapses with
+//! the lease it asked for. A store without the option makes no entries (its `enqueue` is
+//! `try_lock`) but settles like every store, so it honours the entries of the others.
 //!
 //! **Expiry** is measured on the host's `CLOCK_BOOTTIME` (nanoseconds since boot, counting
 //! suspend) and stored with the host's boot id: a wall-clock step changes nothing, and a lease
@@ -60,7 +80,9 @@
 //! **Durability**: with [`Durability::Full`] (the default) every grant commits with
 //! `synchronous=FULL`, so a committed grant survives a power loss and fences never repeat;
 //! renewals and releases commit with `NORMAL`, since losing them to a host crash is harmless (the
-//! reboot expires every lease anyway). [`Durability::Normal`] is faster, but a power loss may lose
+//! reboot expires every lease anyway). A release (or an `enqueue`, or leaving the queue) that
+//! turns out to grant the key to a waiter is rolled back and made again at once with `FULL`:
+//! SQLite cannot change the setting inside a transaction, and only the transaction can tell. [`Durability::Normal`] is faster, but a power loss may lose
 //! the last grants and **reissue a fence**.
 //!
 //! **Contention**: SQLite's own busy handler is kept short (5 ms) and the store retries busy
@@ -87,6 +109,27 @@
 //! out, or its process dies), so waiters already blocked on it wake then, or at their bound,
 //! while waiters that read the row after the break find the key free at once.
 //!
+//! A queued waiter's [`wait_for_grant`](lease_core::LeaseStore::wait_for_grant) waits the same
+//! way and then reads the row: a release that granted it the key commits first and then lets go
+//! of the releaser's flock, so the waiter wakes, finds its own holder in the row and returns
+//! the fence. The releasing store takes no flock on the waiter's behalf (it does not hold the
+//! key, and the waiter's store could not take the flock while it did); the waiter's store takes
+//! it when its next `enqueue` confirms the grant. Until then the key's other waiters poll.
+//!
+//! **Liveness** ([`SqliteStoreBuilder::process_liveness`], off by default): such a store holds
+//! an exclusive `flock(2)` on a file of its own in `<db>.live/` (named by a random 128-bit id)
+//! for as long as it is open, and writes that id into each grant and queue entry it makes.
+//! Every store that can take that flock knows the writer's process is gone (the kernel dropped
+//! the flock, however the process died): its lease counts as expired and its queue entries as
+//! dead at once, so a SIGKILLed holder's key passes to the next waiter (woken by the wake-up
+//! flock, dropped with the process) within a few milliseconds instead of at the end of the
+//! lease. Only that proof counts: a missing or unreadable file, a flock that is taken, or a row
+//! without an id leaves the decision to the clock, and no file is ever unlinked to break a lock
+//! (a store removes its own file when it closes; ids are never reused). A stopped process keeps
+//! its flock, so its lease runs out by the clock as before. It is off by default because the
+//! lease also gives work that outlives the process (children it started, stopped only after it
+//! died) time to be stopped; the flock does not.
+//!
 //! **Faults**: a database file deleted or replaced under a running store is detected before the
 //! next operation (its device and inode changed) and reported as a permanent error, so every
 //! holder's renewal fails and its guards report the loss; nothing is granted from the new file
@@ -108,8 +151,11 @@
 mod busy;
 mod fscheck;
 mod hostclock;
+mod liveness;
+mod queue;
 mod schema;
 mod store;
+mod tx;
 mod wake;
 
 pub use rusqlite;

@@ -9,13 +9,35 @@ use crate::NAME;
 use crate::busy::{self, Busy};
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &["CREATE TABLE leases (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE leases (
          key BLOB PRIMARY KEY NOT NULL,
          holder BLOB,
          fence INTEGER NOT NULL,
          boot_id TEXT NOT NULL,
          expires_ns INTEGER NOT NULL
-     ) WITHOUT ROWID;"];
+     ) WITHOUT ROWID;",
+    // The queue of waiters per key (see `queue.rs`). `seq` is the queue order: AUTOINCREMENT so
+    // that a number is never handed out twice, even after the newest entry was deleted, and so
+    // that running out of numbers is an error instead of SQLite picking unused ones at random
+    // (which would reorder the queue). One entry per (key, holder); `lease_ns` is the lease the
+    // waiter asked for, granted when its turn comes; `live_until_ns` and `boot_id` are on the
+    // store's clock, as a lease's expiry is (an entry of another boot is dead). `process`, in
+    // both tables, is the liveness id of the store that wrote the row (see `liveness.rs`; NULL
+    // in rows of the first schema).
+    "ALTER TABLE leases ADD COLUMN process TEXT;
+     CREATE TABLE waiters (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         key BLOB NOT NULL,
+         holder BLOB NOT NULL,
+         lease_ns INTEGER NOT NULL,
+         live_until_ns INTEGER NOT NULL,
+         boot_id TEXT NOT NULL,
+         process TEXT,
+         UNIQUE (key, holder)
+     );
+     CREATE INDEX waiters_in_order ON waiters (key, seq);",
+];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -148,6 +170,39 @@ mod tests {
         assert_eq!(version(&conn), LATEST);
         migrate(&mut conn).expect("a second run changes nothing");
         assert_eq!(version(&conn), LATEST);
+    }
+
+    /// A database of the first schema (leases only, with a held key) gets the waiters table
+    /// and keeps its rows.
+    #[test]
+    fn a_version_1_database_gets_the_waiters_table_and_keeps_its_leases() {
+        let mut conn = at_version(0);
+        conn.execute_batch(MIGRATIONS[0]).expect("the first schema");
+        conn.pragma_update(None, "user_version", 1_i64)
+            .expect("set user_version");
+        conn.execute(
+            "INSERT INTO leases VALUES (x'6b', x'61', 7, 'boot', 123)",
+            [],
+        )
+        .expect("a lease row");
+        migrate(&mut conn).expect("migrate");
+        assert_eq!(version(&conn), LATEST);
+        let fence: i64 = conn
+            .query_row("SELECT fence FROM leases", [], |r| r.get(0))
+            .expect("the lease row is kept");
+        assert_eq!(fence, 7);
+        conn.execute(
+            "INSERT INTO waiters (key, holder, lease_ns, live_until_ns, boot_id)
+             VALUES (x'6b', x'62', 1, 2, 'boot')",
+            [],
+        )
+        .expect("the waiters table exists");
+        let dup = conn.execute(
+            "INSERT INTO waiters (key, holder, lease_ns, live_until_ns, boot_id)
+             VALUES (x'6b', x'62', 1, 2, 'boot')",
+            [],
+        );
+        assert!(dup.is_err(), "one entry per (key, holder)");
     }
 
     #[test]

@@ -7,13 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lease_core::input::{validate, validate_key};
-use lease_core::{BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError};
+use lease_core::{BrokenLock, Capabilities, Enqueued, Fence, KeyState, LeaseStore, StoreError};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::busy::{self, Busy};
+use crate::busy;
 use crate::hostclock::{self, HostClock};
+use crate::liveness::{self, Liveness};
+use crate::tx::{Row, SELECT_ROW, Tx, TxError, row_of, to_fence};
 use crate::wake::{self, Wake};
-use crate::{NAME, schema};
+use crate::{NAME, queue, schema};
 
 /// How hard SQLite pushes commits to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,6 +37,8 @@ pub struct SqliteStoreBuilder {
     durability: Durability,
     busy_budget: Duration,
     create_dirs: bool,
+    queued_grants: bool,
+    process_liveness: bool,
 }
 
 impl SqliteStoreBuilder {
@@ -56,6 +60,49 @@ impl SqliteStoreBuilder {
     /// different lock).
     pub fn create_dirs(mut self, yes: bool) -> Self {
         self.create_dirs = yes;
+        self
+    }
+
+    /// Whether the store declares [`Capabilities::queued_grants`] (default `false`), so that
+    /// the lock's waiting calls queue in the database instead of polling `try_lock`.
+    ///
+    /// With it, a key keeps a queue of waiters (table `waiters`): a waiting call enqueues
+    /// ([`LeaseStore::enqueue`]), and a release hands the key, in the same transaction, to the
+    /// oldest waiter still live (fence + 1, the lease it asked for); the granted waiter's
+    /// process is woken through the key's wake-up flock (or, failing that, by its poll) and
+    /// confirms the grant with its next `enqueue`. No newcomer overtakes a live waiter, not even
+    /// the process that just released the key, so waiters are served in the order they came and
+    /// the releaser does not win the key back by racing its own waiters. An entry not refreshed
+    /// within its patience (the lock refreshes it at every poll) is skipped, as is one written
+    /// before a reboot.
+    ///
+    /// Without it (the default for now), `enqueue` is `try_lock` and the store makes no queue
+    /// entries, but it still honours the entries of stores that share the database with the
+    /// option on: it grants nobody past a live waiter, and its releases hand the key to the
+    /// oldest one. Processes that share a database should still agree on the option: a process
+    /// without it only polls, so it gets the key only when nobody is queued.
+    pub fn queued_grants(mut self, yes: bool) -> Self {
+        self.queued_grants = yes;
+        self
+    }
+
+    /// Whether this store's grants and queue entries end with its process (default `false`).
+    ///
+    /// With it, the store holds an exclusive `flock` on a file of its own in `<db>.live/` while
+    /// it is open, and names that file in every grant and queue entry it makes. Another store
+    /// (any store, whatever its own setting) that finds such a lease live by the clock, but can
+    /// take the file's flock, knows the process is gone: the lease counts as expired and the
+    /// entries as dead at once. So the key of a holder killed by SIGKILL or the OOM killer
+    /// passes to the next waiter within milliseconds instead of at the end of its lease. A
+    /// stopped process (SIGSTOP, a debugger) keeps its flock and its lease, which then runs out
+    /// by the clock as before.
+    ///
+    /// Leave it off where the protected work can outlive the process that holds the lock: child
+    /// processes it started that are not stopped at once when it dies (its lease gives them time
+    /// to be stopped, the liveness flock does not), or a process that closes file descriptors it
+    /// does not own after opening the store (it drops its flock and looks dead).
+    pub fn process_liveness(mut self, yes: bool) -> Self {
+        self.process_liveness = yes;
         self
     }
 
@@ -100,7 +147,11 @@ struct Inner {
     clock: HostClock,
     busy_budget: Duration,
     durability: Durability,
+    /// Whether `enqueue` queues ([`SqliteStoreBuilder::queued_grants`]).
+    queued: bool,
     wake: Wake,
+    /// This store's liveness flock, and the means to tell that another store is gone.
+    liveness: Liveness,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -119,6 +170,8 @@ impl SqliteStore {
             durability: Durability::Full,
             busy_budget: Duration::from_secs(2),
             create_dirs: false,
+            queued_grants: false,
+            process_liveness: false,
         }
     }
 
@@ -152,12 +205,12 @@ impl SqliteStore {
     /// with the committed result, or `None` after an error (to take or drop the key's wake-up
     /// flock).
     ///
-    /// `grants`: whether `op` may grant a key, whose commit must then reach the disk before the
-    /// fence is handed out (see [`Inner::transact`]).
+    /// `grants`: whether `op` is expected to grant a key, whose commit must then reach the disk
+    /// before the fence is handed out (see [`Inner::transact`]).
     async fn run<T, F, A>(&self, grants: bool, op: F, after: A) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn(&rusqlite::Transaction<'_>, i64, &str) -> Result<T, TxError> + Send + 'static,
+        F: Fn(&Tx<'_>) -> Result<T, TxError> + Send + 'static,
         A: FnOnce(&Wake, Option<&T>) + Send + 'static,
     {
         let inner = self.inner.clone();
@@ -171,6 +224,77 @@ impl SqliteStore {
     }
 }
 
+/// What a waiter finds when it looks at a key ([`SqliteStore::probe`]).
+enum Probe {
+    /// Nobody holds the key: released, expired, from a previous boot, or never granted.
+    Free,
+    /// The waiter that asked holds it (it was granted the key), with this fence.
+    Mine(i64),
+    /// Another holder has it for `left` more (`None`: the row could not be read); `release`
+    /// resolves when the store holding the key's wake-up flock lets go of it (`None`: no store
+    /// holds it).
+    Held {
+        left: Option<Duration>,
+        release: Option<wake::Release>,
+    },
+}
+
+impl SqliteStore {
+    /// Reads the key's row and, if a holder other than `waiter` has it, looks at the key's
+    /// wake-up flock (starting the blocked thread of [`Wake::watch_release`]): file system
+    /// calls, so off the async workers. The waiter's own grant needs no flock: its store takes
+    /// it only when the grant is confirmed.
+    async fn probe(&self, key: &str, waiter: Option<&str>) -> Probe {
+        let inner = self.inner.clone();
+        let key = key.to_owned();
+        let waiter = waiter.map(str::to_owned);
+        let unknown = || Probe::Held {
+            left: None,
+            release: None,
+        };
+        tokio::task::spawn_blocking(move || match inner.live_lease(&key) {
+            Ok(None) => Probe::Free,
+            Ok(Some((row, _))) if waiter.is_some_and(|w| row.is_of(w.as_bytes())) => {
+                Probe::Mine(row.fence)
+            }
+            Ok(Some((_, left))) => Probe::Held {
+                left: Some(left),
+                release: inner.wake.watch_release(&key),
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the key's row; polling instead");
+                unknown()
+            }
+        })
+        .await
+        .unwrap_or_else(|_| unknown())
+    }
+}
+
+/// Until when a waiter waits on a holder whose lease has `left` to run: the lease's end, or
+/// the caller's `deadline` if earlier (or if the lease is unknown).
+fn wait_until(deadline: tokio::time::Instant, left: Option<Duration>) -> tokio::time::Instant {
+    left.and_then(|left| tokio::time::Instant::now().checked_add(left))
+        .map_or(deadline, |end| end.min(deadline))
+}
+
+/// The growing interval (1 ms to 50 ms) at which a waiter re-reads a key that is held while
+/// no store holds its wake-up flock.
+struct Poll(Duration);
+
+impl Poll {
+    fn new() -> Self {
+        Self(Duration::from_millis(1))
+    }
+
+    /// Sleeps one interval, but not past `until`, and doubles the interval.
+    async fn tick(&mut self, until: tokio::time::Instant) {
+        let now = tokio::time::Instant::now();
+        tokio::time::sleep_until(until.min(now + self.0)).await;
+        self.0 = (self.0 * 2).min(Duration::from_millis(50));
+    }
+}
+
 impl Inner {
     /// Runs `op` in one `BEGIN IMMEDIATE` transaction.
     ///
@@ -181,6 +305,15 @@ impl Inner {
     /// counter only moves in grants (whose `FULL` commit also syncs every earlier WAL frame).
     /// This keeps one disk flush, not two, on the release → acquire path.
     ///
+    /// Whether a transaction grants is known for sure only inside it: a release grants when a
+    /// waiter is queued, an `enqueue` when the key is free. Such an operation starts as one that
+    /// does not grant (`grants == false`); the step that would move a fence finds the
+    /// transaction not durable enough ([`Tx::next_fence`]), and the attempt is rolled back and
+    /// made again at once with `synchronous=FULL` (SQLite cannot change it inside a
+    /// transaction). The retry re-reads everything, so what it decides is decided afresh; a
+    /// queued handoff then costs one flush, the release's, and the granted waiter's
+    /// confirmation is an extension that commits with `NORMAL`.
+    ///
     /// The connection's mutex is held for one attempt at a time, never through the sleeps
     /// between busy attempts: a call that waits for another process's write lock must not hold
     /// up the other calls on this store (renewals of other keys, the reads of waiters), which
@@ -188,28 +321,41 @@ impl Inner {
     fn transact<T>(
         &self,
         grants: bool,
-        op: impl Fn(&rusqlite::Transaction<'_>, i64, &str) -> Result<T, TxError>,
+        op: impl Fn(&Tx<'_>) -> Result<T, TxError>,
     ) -> Result<T, StoreError> {
         self.check_identity()?;
-        let full = grants && self.durability == Durability::Full;
+        let mut full = grants && self.durability == Durability::Full;
         let attempt = || -> Result<T, TxError> {
             let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-            if guard.full != full {
-                let level = if full { "FULL" } else { "NORMAL" };
-                // A per-connection setting, which takes no lock: its failure is final.
-                guard
-                    .conn
-                    .pragma_update(None, "synchronous", level)
-                    .map_err(|e| TxError::Store(classify(&self.path, e)))?;
-                guard.full = full;
+            loop {
+                if guard.full != full {
+                    let level = if full { "FULL" } else { "NORMAL" };
+                    // A per-connection setting, which takes no lock: its failure is final.
+                    guard
+                        .conn
+                        .pragma_update(None, "synchronous", level)
+                        .map_err(|e| TxError::Store(classify(&self.path, e)))?;
+                    guard.full = full;
+                }
+                let tx = Tx {
+                    tx: guard
+                        .conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)?,
+                    now: self.now_ns(),
+                    boot: &self.boot_id,
+                    durable: full || self.durability == Durability::Normal,
+                    liveness: &self.liveness,
+                };
+                match op(&tx) {
+                    Ok(out) => {
+                        tx.tx.commit()?;
+                        return Ok(out);
+                    }
+                    // Dropping the transaction rolls it back; the next one commits with FULL.
+                    Err(TxError::NeedsDurableCommit) if !full => full = true,
+                    Err(e) => return Err(e),
+                }
             }
-            let tx = guard
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = self.now_ns();
-            let out = op(&tx, now, &self.boot_id)?;
-            tx.commit()?;
-            Ok(out)
         };
         busy::retry_busy(
             &self.path,
@@ -218,26 +364,37 @@ impl Inner {
             |e| match e {
                 TxError::Sql(e) => classify(&self.path, e),
                 TxError::Store(e) => e,
+                // Only returned by a transaction that was durable already: a bug of the store.
+                TxError::NeedsDurableCommit => StoreError::permanent(
+                    NAME,
+                    "a durable transaction asked for a more durable commit",
+                ),
             },
         )
     }
 
-    /// How much longer another holder keeps `key`, per the database: `None` if nobody holds
-    /// it (released, expired, from a previous boot, or never taken). A plain read, no write lock.
-    fn held_for(&self, key: &str) -> rusqlite::Result<Option<Duration>> {
+    /// The key's live lease per the database, and how much longer it runs: `None` if nobody
+    /// holds it (released, expired, from a previous boot, or never taken). A plain read, no
+    /// write lock.
+    fn live_lease(&self, key: &str) -> rusqlite::Result<Option<(Row, Duration)>> {
         let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let row: Option<(Option<Vec<u8>>, String, i64)> = guard
+        let row = guard
             .conn
-            .prepare_cached("SELECT holder, boot_id, expires_ns FROM leases WHERE key = ?1")?
-            .query_row([key.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached(SELECT_ROW)?
+            .query_row([key.as_bytes()], row_of)
             .optional()?;
+        drop(guard);
         let now = self.now_ns();
-        Ok(match row {
-            Some((Some(_), boot, expires)) if boot == self.boot_id && expires > now => {
-                Some(Duration::from_nanos(expires.abs_diff(now)))
-            }
-            _ => None,
-        })
+        Ok(row.filter(|r| self.live(r, now)).map(|r| {
+            let left = Duration::from_nanos(r.expires_ns.abs_diff(now));
+            (r, left)
+        }))
+    }
+
+    /// Whether `row` is a live lease at `now`, as a transaction tells it ([`Tx::live`]): by the
+    /// clock, and its store not known to be gone.
+    fn live(&self, row: &Row, now: i64) -> bool {
+        row.live(now, &self.boot_id) && !self.liveness.is_gone(row.process.as_deref())
     }
 
     /// The key's row as [`LeaseStore::inspect`] reports it: one `SELECT` (no write lock, no
@@ -252,9 +409,7 @@ impl Inner {
                 let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
                 guard
                     .conn
-                    .prepare_cached(
-                        "SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1",
-                    )
+                    .prepare_cached(SELECT_ROW)
                     .and_then(|mut st| st.query_row([key.as_bytes()], row_of).optional())
             },
             |e| classify(&self.path, e),
@@ -264,14 +419,15 @@ impl Inner {
         };
         let fence = to_fence(row.fence)?;
         let now = self.now_ns();
-        Ok(match row.holder {
-            Some(holder) if row.boot_id == self.boot_id && row.expires_ns > now => KeyState::held(
-                holder_string(holder),
-                fence,
-                Duration::from_nanos(row.expires_ns.abs_diff(now)),
-            ),
-            _ => KeyState::free(Some(fence)),
-        })
+        if !self.live(&row, now) {
+            return Ok(KeyState::free(Some(fence)));
+        }
+        let remaining = Duration::from_nanos(row.expires_ns.abs_diff(now));
+        Ok(KeyState::held(
+            holder_string(row.holder.unwrap_or_default()),
+            fence,
+            remaining,
+        ))
     }
 
     /// Now on the host's boot clock, in nanoseconds: the clock of every expiry in the database.
@@ -294,28 +450,6 @@ impl Inner {
                 format!("database {} was deleted while in use", self.path.display()),
             )
             .with_source(e)),
-        }
-    }
-}
-
-/// Why one transaction attempt failed: SQLite (busy is retried), or the store's own verdict
-/// (rolls back, not retried).
-enum TxError {
-    Sql(rusqlite::Error),
-    Store(StoreError),
-}
-
-impl From<rusqlite::Error> for TxError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Sql(e)
-    }
-}
-
-impl Busy for TxError {
-    fn into_busy(self) -> Result<rusqlite::Error, Self> {
-        match self {
-            Self::Sql(e) => e.into_busy().map_err(Self::Sql),
-            Self::Store(e) => Err(Self::Store(e)),
         }
     }
 }
@@ -540,6 +674,22 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         )
         .with_source(e)
     })?;
+    let live_dir = liveness::dir_of(&path);
+    let liveness = if b.process_liveness {
+        Liveness::open(live_dir.clone())
+    } else {
+        Ok(Liveness::checker(live_dir.clone()))
+    };
+    let liveness = liveness.map_err(|e| {
+        StoreError::permanent(
+            NAME,
+            format!(
+                "cannot create this store's liveness file in {}",
+                live_dir.display()
+            ),
+        )
+        .with_source(e)
+    })?;
     Ok(SqliteStore {
         inner: Arc::new(Inner {
             path,
@@ -549,34 +699,10 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             clock,
             busy_budget: b.busy_budget,
             durability: b.durability,
+            queued: b.queued_grants,
+            liveness,
             wake: Wake::new(wake_dir),
         }),
-    })
-}
-
-struct Row {
-    holder: Option<Vec<u8>>,
-    fence: i64,
-    boot_id: String,
-    expires_ns: i64,
-}
-
-fn read_row(tx: &rusqlite::Transaction<'_>, key: &str) -> rusqlite::Result<Option<Row>> {
-    tx.query_row(
-        "SELECT holder, fence, boot_id, expires_ns FROM leases WHERE key = ?1",
-        [key.as_bytes()],
-        row_of,
-    )
-    .optional()
-}
-
-/// A `leases` row selected as `holder, fence, boot_id, expires_ns`.
-fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok(Row {
-        holder: r.get(0)?,
-        fence: r.get(1)?,
-        boot_id: r.get(2)?,
-        expires_ns: r.get(3)?,
     })
 }
 
@@ -585,17 +711,11 @@ fn holder_string(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn to_fence(n: i64) -> Result<Fence, StoreError> {
-    Fence::from_i64(n).ok_or_else(|| {
-        StoreError::new(
-            lease_core::StoreErrorKind::FenceRegressed,
-            NAME,
-            format!("invalid fence {n} in the database"),
-        )
-    })
-}
-
 impl LeaseStore for SqliteStore {
+    /// One `BEGIN IMMEDIATE` transaction. The key is settled first (see the crate docs' queued
+    /// grants): a free key with a live waiter is granted to the oldest one, so this caller is
+    /// refused unless it is that waiter. A zero lease releases, handing the key to the next
+    /// waiter in the same transaction.
     async fn try_lock(
         &self,
         lease: Duration,
@@ -610,50 +730,12 @@ impl LeaseStore for SqliteStore {
         let fence = self
             .run(
                 true,
-                move |tx, now, boot| {
-                    let row = read_row(tx, &key)?;
-                    let expires = now.saturating_add(lease);
-                    let mine = row
-                        .as_ref()
-                        .is_some_and(|r| r.holder.as_deref() == Some(holder.as_bytes()));
+                move |tx| {
                     if lease == 0 {
-                        if mine {
-                            tx.execute(
-                                "UPDATE leases SET holder = NULL WHERE key = ?1",
-                                [key.as_bytes()],
-                            )?;
-                        }
+                        queue::release(tx, &key, &holder, None)?;
                         return Ok(None);
                     }
-                    let fence = match row {
-                        None => 1,
-                        Some(r) if mine => r.fence,
-                        Some(r)
-                            if r.holder.is_some() && r.boot_id == boot && r.expires_ns > now =>
-                        {
-                            return Ok(None);
-                        }
-                        // A fence repeated would let a stale holder's writes through: out of
-                        // fences is an error (the transaction rolls back), never a repeat.
-                        Some(r) => r.fence.checked_add(1).ok_or_else(|| {
-                            TxError::Store(StoreError::permanent(
-                                NAME,
-                                format!(
-                                    "the fence of `{key}` is at its maximum ({}) and cannot \
-                                     increase; the key cannot be granted again",
-                                    r.fence
-                                ),
-                            ))
-                        })?,
-                    };
-                    tx.execute(
-                        "INSERT INTO leases (key, holder, fence, boot_id, expires_ns)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (key) DO UPDATE SET holder = ?2, fence = ?3, boot_id = ?4,
-                         expires_ns = ?5",
-                        params![key.as_bytes(), holder.as_bytes(), fence, boot, expires],
-                    )?;
-                    Ok(Some(fence))
+                    Ok(queue::acquire(tx, &key, &holder, lease)?.ok())
                 },
                 move |wake, fence| match fence {
                     Some(Some(_)) => wake.granted(&wake_key, &wake_holder, wake_lease),
@@ -685,7 +767,7 @@ impl LeaseStore for SqliteStore {
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(
             false,
-            move |tx, now, boot| {
+            move |tx| {
                 // Only a live lease is extended: a renewal that arrives after the lease ran out
                 // (the holder was paused, or already told it lost) must not revive it; only an
                 // acquisition retakes a lapsed lease.
@@ -694,12 +776,12 @@ impl LeaseStore for SqliteStore {
                  WHERE key = ?2 AND holder = ?3 AND fence = ?4 AND boot_id = ?5
                    AND expires_ns > ?6",
                     params![
-                        now.saturating_add(lease),
+                        tx.now.saturating_add(lease),
                         key.as_bytes(),
                         holder.as_bytes(),
                         fence,
-                        boot,
-                        now
+                        tx.boot,
+                        tx.now
                     ],
                 )?;
                 Ok(n == 1)
@@ -714,6 +796,11 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
+    /// One `BEGIN IMMEDIATE` transaction: clears the holder if holder and fence match, and
+    /// hands the key to the oldest live waiter in the same transaction (committed like a grant
+    /// then). This store lets go of the key's wake-up flock afterwards, which wakes the waiters
+    /// blocked on it, the granted one among them; it takes no flock for the granted waiter,
+    /// whose own store takes it when the waiter confirms the grant.
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
@@ -724,13 +811,7 @@ impl LeaseStore for SqliteStore {
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(
             false,
-            move |tx, _now, _boot| {
-                let n = tx.execute(
-                    "UPDATE leases SET holder = NULL WHERE key = ?1 AND holder = ?2 AND fence = ?3",
-                    params![key.as_bytes(), holder.as_bytes(), fence],
-                )?;
-                Ok(n == 1)
-            },
+            move |tx| queue::release(tx, &key, &holder, Some(fence)),
             // Even after an error: the holder is done with the key either way, and a flock left
             // behind would only delay waiters (of a replaced database, say).
             move |wake, _| wake.released(&wake_key, &wake_holder),
@@ -746,47 +827,30 @@ impl LeaseStore for SqliteStore {
     /// the row with a short growing interval (1 ms to 50 ms): plain reads, no write lock.
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         let deadline = tokio::time::Instant::now() + max_wait;
-        let mut poll = Duration::from_millis(1);
+        let mut poll = Poll::new();
         loop {
-            let inner = self.inner.clone();
-            let owned = key.to_owned();
-            // The row, and if it is held the holder's flock: file system calls, so off the
-            // async workers.
-            let probe = tokio::task::spawn_blocking(move || match inner.held_for(&owned) {
-                Ok(Some(left)) => Ok(Some((left, inner.wake.watch_release(&owned)))),
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            })
-            .await;
-            let (until, release) = match probe {
+            let (left, release) = match self.probe(key, None).await {
                 // Free now: the caller's next try_lock may win it.
-                Ok(Ok(None)) => return,
-                Ok(Ok(Some((left, release)))) => {
-                    (deadline.min(tokio::time::Instant::now() + left), release)
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "cannot read the key's row; sleeping instead");
-                    (deadline, None)
-                }
-                Err(_) => (deadline, None),
+                Probe::Free | Probe::Mine(_) => return,
+                Probe::Held { left, release } => (left, release),
             };
+            let until = wait_until(deadline, left);
             if let Some(release) = release {
                 release.wait_until(until).await;
                 return;
             }
             // Held, but nobody holds the key's flock: poll until the lease ends.
-            let now = tokio::time::Instant::now();
-            if now >= until {
+            if tokio::time::Instant::now() >= until {
                 return;
             }
-            tokio::time::sleep_until(until.min(now + poll)).await;
-            poll = (poll * 2).min(Duration::from_millis(50));
+            poll.tick(until).await;
         }
     }
 
     /// Reads the key's row (one `SELECT`, no write lock): held while it names a holder whose
-    /// expiry, on the host's boot clock and from this boot, is in the future; the time left is
-    /// that expiry minus now, in nanoseconds of that clock. Otherwise free, with the row's fence.
+    /// expiry, on the host's boot clock and from this boot, is in the future and whose store is
+    /// not known to be gone (its liveness flock; see the crate docs); the time left is that
+    /// expiry minus now, in nanoseconds of that clock. Otherwise free, with the row's fence.
     async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
         validate_key(NAME, key)?;
         let inner = self.inner.clone();
@@ -801,6 +865,10 @@ impl LeaseStore for SqliteStore {
     /// It commits like a grant (`synchronous=FULL` with [`Durability::Full`]), since it moves the
     /// fence. The old holder's renew and release compare holder and fence, so both fail.
     ///
+    /// The key's queue is left as it is: the next call that settles the key (the head waiter's
+    /// next `enqueue`, any `try_lock`) grants it to the oldest live waiter, above the raised
+    /// fence.
+    ///
     /// Waiters that read the row after the break find the key free at once. A waiter already
     /// blocked on the holder's wake-up flock wakes at once if the holder's store is this one (it
     /// lets go of the flock); otherwise when that store lets go of it (the holder's next renewal
@@ -812,22 +880,12 @@ impl LeaseStore for SqliteStore {
         let broken = self
             .run(
                 true,
-                move |tx, now, boot| {
-                    let Some(row) = read_row(tx, &key)? else {
+                move |tx| {
+                    let Some(row) = tx.read_row(&key)? else {
                         return Ok(None);
                     };
-                    let fence = row.fence.checked_add(1).ok_or_else(|| {
-                        TxError::Store(StoreError::permanent(
-                            NAME,
-                            format!(
-                                "the fence of `{key}` is at its maximum ({}) and cannot increase; \
-                                 the key cannot be broken",
-                                row.fence
-                            ),
-                        ))
-                    })?;
-                    let was_live =
-                        row.holder.is_some() && row.boot_id == boot && row.expires_ns > now;
+                    let fence = tx.next_fence(&key, Some(row.fence), "the key cannot be broken")?;
+                    let was_live = tx.live(&row);
                     tx.execute(
                         "UPDATE leases SET holder = NULL, fence = ?2 WHERE key = ?1",
                         params![key.as_bytes(), fence],
@@ -852,11 +910,105 @@ impl LeaseStore for SqliteStore {
             .transpose()
     }
 
+    /// With [`queued_grants`](SqliteStoreBuilder::queued_grants): one `BEGIN IMMEDIATE`
+    /// transaction that settles the key, then grants it to `holder` (free, nobody queued ahead),
+    /// confirms a grant already made to it (a release or an expiry handed it over), or queues
+    /// `holder` (refreshing its entry, which keeps its place). A grant takes the key's wake-up
+    /// flock in this store, as `try_lock`'s does. Without the option it is `try_lock`.
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.inner.queued || lease.is_zero() {
+            let granted = self.try_lock(lease, key, holder).await?;
+            return Ok(granted.map_or(Enqueued::Waiting { fence: None }, Enqueued::Granted));
+        }
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        let wake_lease = lease;
+        let (lease, patience) = (lease_ns(lease), lease_ns(patience));
+        let (wake_key, wake_holder) = (key.clone(), holder.clone());
+        self.run(
+            false,
+            move |tx| queue::enqueue(tx, &key, &holder, lease, patience),
+            move |wake, answer| match answer {
+                Some(Enqueued::Granted(_)) => wake.granted(&wake_key, &wake_holder, wake_lease),
+                Some(_) => wake.released(&wake_key, &wake_holder),
+                None => {}
+            },
+        )
+        .await
+    }
+
+    /// With [`queued_grants`](SqliteStoreBuilder::queued_grants): reads the key's row (plain
+    /// reads, no write lock) until it names `holder` with a live
+    /// lease (`Some` with its fence), the key is free (`None` at once: the caller's next
+    /// `enqueue` settles it), or `max_wait` has passed.
+    ///
+    /// While another holder has the key it waits as [`wait_for_change`](Self::wait_for_change)
+    /// does: blocked on the key's wake-up flock, which the releasing store lets go of after the
+    /// commit that granted `holder` the key, bounded by the lease's end; or, while nobody holds
+    /// the flock (a grant not yet confirmed by its waiter, a holder that died), polling every
+    /// 1 ms to 50 ms. A wake-up that is missed only costs that poll's latency.
+    ///
+    /// Without the option: [`wait_for_change`](Self::wait_for_change), then `None`.
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        if !self.inner.queued {
+            // No entry of this store's is ever granted: the trait's default.
+            self.wait_for_change(key, max_wait).await;
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut poll = Poll::new();
+        loop {
+            let (left, release) = match self.probe(key, Some(holder)).await {
+                Probe::Mine(fence) => return Fence::from_i64(fence),
+                Probe::Free => return None,
+                Probe::Held { left, release } => (left, release),
+            };
+            // Not granted yet: after a wake-up (a release, the lease's end) or a poll, the row
+            // says whom the key went to.
+            let until = wait_until(deadline, left);
+            match release {
+                Some(release) => release.wait_until(until).await,
+                None => poll.tick(until).await,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
+    /// With [`queued_grants`](SqliteStoreBuilder::queued_grants): one `BEGIN IMMEDIATE`
+    /// transaction that deletes `holder`'s entry and, if the key was granted to it meanwhile,
+    /// releases that grant to the next live waiter (committed like a grant then); then lets go
+    /// of the key's wake-up flock if this store holds it for `holder`. Without the option:
+    /// `false`, as for every store without a queue.
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.inner.queued {
+            // This store makes no entries, so none of its holders was granted a key as one.
+            return Ok(false);
+        }
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        let (wake_key, wake_holder) = (key.clone(), holder.clone());
+        self.run(
+            false,
+            move |tx| queue::leave_queue(tx, &key, &holder),
+            move |wake, _| wake.released(&wake_key, &wake_holder),
+        )
+        .await
+    }
+
     fn capabilities(&self) -> Capabilities {
         // With `synchronous=NORMAL` a power loss may forget the last grants and reissue a fence.
         Capabilities::new(NAME)
             .with_durable_fences(self.inner.durability == Durability::Full)
             .with_notifications(true)
+            .with_queued_grants(self.inner.queued)
     }
 }
 
