@@ -185,14 +185,25 @@ impl SqliteStore {
     }
 
     /// Opens the database a `sqlite://` URL names: `sqlite:///abs/path.db` or
-    /// `sqlite://relative/path.db`.
+    /// `sqlite://relative/path.db`, optionally with the settings
+    /// `?queued_grants=true|false` ([`SqliteStoreBuilder::queued_grants`]) and
+    /// `process_liveness=true|false` ([`SqliteStoreBuilder::process_liveness`]), so that a URL
+    /// alone (for example `LEASE_STORE` of lease-run) can choose them.
     ///
     /// # Errors
     ///
-    /// An invalid-input error for another scheme or an empty path; else as
-    /// [`SqliteStoreBuilder::open`].
+    /// An invalid-input error for another scheme, an empty path, or a setting that is unknown
+    /// or not `true`/`false`; else as [`SqliteStoreBuilder::open`].
     pub async fn from_url(url: &str) -> Result<SqliteStore, StoreError> {
-        Self::open(path_from_url(url)?).await
+        let (path, settings) = path_from_url(url)?;
+        let mut builder = Self::builder(path);
+        for (name, yes) in settings {
+            builder = match name {
+                Setting::QueuedGrants => builder.queued_grants(yes),
+                Setting::ProcessLiveness => builder.process_liveness(yes),
+            };
+        }
+        builder.open().await
     }
 
     /// The database file, as an absolute path.
@@ -477,7 +488,51 @@ fn lease_ns(lease: Duration) -> i64 {
     i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX)
 }
 
-fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
+/// A setting a `sqlite://` URL may carry in its query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setting {
+    QueuedGrants,
+    ProcessLiveness,
+}
+
+/// The settings of a URL's query (`name=true|false`, `&`-separated).
+fn settings_of(query: &str, shown: &str) -> Result<Vec<(Setting, bool)>, StoreError> {
+    let mut out = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        let setting = match name {
+            "queued_grants" => Setting::QueuedGrants,
+            "process_liveness" => Setting::ProcessLiveness,
+            _ => {
+                return Err(StoreError::invalid_input(
+                    NAME,
+                    format!(
+                        "the URL `{shown}` has an unknown setting `{}` (a sqlite:// URL takes \
+                         queued_grants and process_liveness; other settings go through \
+                         SqliteStore::builder)",
+                        name.escape_debug()
+                    ),
+                ));
+            }
+        };
+        let yes = match value {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(StoreError::invalid_input(
+                    NAME,
+                    format!(
+                        "the URL `{shown}` sets `{name}` to something other than true or false"
+                    ),
+                ));
+            }
+        };
+        out.push((setting, yes));
+    }
+    Ok(out)
+}
+
+fn path_from_url(url: &str) -> Result<(PathBuf, Vec<(Setting, bool)>), StoreError> {
     let shown = lease_core::redact::redact_url(url);
     let Some(rest) = url.strip_prefix("sqlite://") else {
         return Err(StoreError::invalid_input(
@@ -504,15 +559,16 @@ fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
             ),
         ));
     }
-    if rest.contains(['?', '#']) {
+    if rest.contains('#') {
         return Err(StoreError::invalid_input(
             NAME,
-            format!(
-                "the URL `{shown}` has a query or fragment; the sqlite store takes none (settings \
-                 go through SqliteStore::builder)"
-            ),
+            format!("the URL `{shown}` has a fragment; a sqlite:// URL takes none"),
         ));
     }
+    let (rest, settings) = match rest.split_once('?') {
+        Some((path, query)) => (path, settings_of(query, &shown)?),
+        None => (rest, Vec::new()),
+    };
     let decoded = percent_decode(rest).ok_or_else(|| {
         StoreError::invalid_input(
             NAME,
@@ -526,7 +582,7 @@ fn path_from_url(url: &str) -> Result<PathBuf, StoreError> {
             "an in-memory database cannot be shared between processes; name a file",
         ));
     }
-    Ok(path)
+    Ok((path, settings))
 }
 
 /// Decodes `%XX` escapes into bytes; `None` for a malformed one.
@@ -1018,7 +1074,7 @@ mod tests {
 
     #[test]
     fn urls_name_absolute_and_relative_files() {
-        let ok = |url: &str| path_from_url(url).expect(url);
+        let ok = |url: &str| path_from_url(url).expect(url).0;
         assert_eq!(
             ok("sqlite:///var/lib/app/locks.db"),
             Path::new("/var/lib/app/locks.db")
@@ -1032,6 +1088,21 @@ mod tests {
     }
 
     #[test]
+    fn urls_carry_the_queue_settings() {
+        let (path, settings) =
+            path_from_url("sqlite:///tmp/l.db?queued_grants=true&process_liveness=0").unwrap();
+        assert_eq!(path, Path::new("/tmp/l.db"));
+        assert_eq!(
+            settings,
+            [
+                (Setting::QueuedGrants, true),
+                (Setting::ProcessLiveness, false)
+            ]
+        );
+        assert!(path_from_url("sqlite:///tmp/l.db").unwrap().1.is_empty());
+    }
+
+    #[test]
     fn bad_urls_say_what_is_wrong() {
         for (url, says) in [
             ("redis://localhost/locks.db", "not a sqlite:// URL"),
@@ -1039,7 +1110,12 @@ mod tests {
             ("sqlite:", "not a sqlite:// URL"),
             ("sqlite://", "names no file"),
             ("sqlite:///", "names no file"),
-            ("sqlite:///tmp/locks.db?mode=ro", "query or fragment"),
+            ("sqlite:///tmp/locks.db?mode=ro", "unknown setting `mode`"),
+            (
+                "sqlite:///tmp/locks.db?queued_grants=yes",
+                "other than true or false",
+            ),
+            ("sqlite:///tmp/locks.db#x", "fragment"),
             ("sqlite:///tmp/locks%2.db", "percent escape"),
             ("sqlite://:memory:", "in-memory"),
         ] {
