@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use lease_core::{
-    BrokenLock, Capabilities, CrossProcessLock, DynStore, Fence, KeyState, LeaseStore, LockGuard,
-    StoreError,
+    BrokenLock, Capabilities, CrossProcessLock, DynStore, Enqueued, Fence, KeyState, LeaseStore,
+    LockGuard, StoreError,
 };
 
 use crate::backend::{self, Backend, Floor, PeerHeld, PeerLock, WireCounter};
@@ -70,6 +70,27 @@ impl LeaseStore for Counting {
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
         self.counts.wait.fetch_add(1, Ordering::Relaxed);
         self.inner.wait_for_change(key, max_wait).await
+    }
+    /// Counted as an acquire (`try_lock`): it is a waiting call's acquire on a queued store.
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        self.counts.try_lock.fetch_add(1, Ordering::Relaxed);
+        self.inner.enqueue(lease, key, holder, patience).await
+    }
+    /// Counted as a wait, like `wait_for_change`.
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        self.counts.wait.fetch_add(1, Ordering::Relaxed);
+        self.inner.wait_for_grant(key, holder, max_wait).await
+    }
+    /// Counted as a release: it gives back a grant that raced in, if any.
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        self.counts.release.fetch_add(1, Ordering::Relaxed);
+        self.inner.leave_queue(key, holder).await
     }
     /// Forwarded, not counted: the lock never makes these calls.
     async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
