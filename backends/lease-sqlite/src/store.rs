@@ -265,7 +265,14 @@ impl SqliteStore {
         };
         tokio::task::spawn_blocking(move || match inner.live_lease(&key) {
             Ok(None) => Probe::Free,
-            Ok(Some((row, _))) if waiter.is_some_and(|w| row.is_of(w.as_bytes())) => {
+            Ok(Some((row, left))) if waiter.as_deref().is_some_and(|w| row.is_of(w.as_bytes())) => {
+                // Granted by a release in another store: this store now speaks for the key, so
+                // it takes the key's wake-up flock, as its own grant would have. The lock may
+                // take this grant without another call (no `enqueue` to take the flock then),
+                // and the next waiters would otherwise poll through the whole tenure.
+                if let Some(w) = &waiter {
+                    inner.wake.granted(&key, w, left);
+                }
                 Probe::Mine(row.fence)
             }
             Ok(Some((_, left))) => Probe::Held {
