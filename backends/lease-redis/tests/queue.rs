@@ -232,6 +232,28 @@ async fn an_expired_lease_is_handed_to_the_oldest_waiter_by_whoever_calls_next()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_break_wakes_the_queued_waiter_and_its_next_enqueue_takes_the_key() {
+    let Some(url) = common::url() else { return };
+    let (a, b) = two_stores(&url, "break").await;
+    let key = "k";
+    let f = a.try_lock(LONG, key, "stuck").await.unwrap().unwrap();
+    waiting(&b, key, "bob").await;
+    let waiter = wait_in_task(&b, key, "bob", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A break frees the key and grants nobody; it is announced as a release, which wakes the
+    // queued waiter (with no grant to report).
+    let broken = a.break_lock(key).await.unwrap().expect("a held key");
+    let (got, waited) = waiter.await.unwrap();
+    assert_eq!(got, None);
+    assert!(
+        waited < WOKEN_WITHIN,
+        "the break did not wake the waiter: {waited:?}"
+    );
+    let g = granted(&b, key, "bob").await;
+    assert!(g > broken.fence && broken.fence > f);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_whose_patience_ran_out_are_skipped_and_deleted() {
     let Some(url) = common::url() else { return };
     let (a, b) = two_stores(&url, "patience").await;
@@ -313,6 +335,7 @@ async fn after_a_lost_subscription_waiters_wake_and_grants_still_arrive() {
     let key = "k";
     let f = a.try_lock(LONG, key, "alice").await.unwrap().unwrap();
     waiting(&b, key, "bob").await;
+    waiting(&b, key, "carol").await;
     let waiter = wait_in_task(&b, key, "bob", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut conn = a.connection();
@@ -333,13 +356,8 @@ async fn after_a_lost_subscription_waiters_wake_and_grants_still_arrive() {
         waited < WOKEN_WITHIN,
         "messages may have been lost: the waiter must be woken, it waited {waited:?}"
     );
-    // A grant announced while the subscription may still be down costs latency only: the
-    // waiter's next enqueue finds it in the record.
-    assert!(a.release(key, "alice", f).await.unwrap());
-    let g = granted(&b, key, "bob").await;
-    assert!(g > f);
-    assert!(b.release(key, "bob", g).await.unwrap());
-    // Once subscribed again, announcements arrive as before.
+    // Carol was queued but not waiting while the subscription was lost: once it is back, her
+    // next wait returns at once, since a grant to her may have been announced meanwhile.
     let channels = format!("{}grant:*", a.prefix());
     let started = Instant::now();
     loop {
@@ -358,6 +376,25 @@ async fn after_a_lost_subscription_waiters_wake_and_grants_still_arrive() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let started = Instant::now();
+    assert_eq!(
+        b.wait_for_grant(key, "carol", Duration::from_secs(20))
+            .await,
+        None
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < WOKEN_WITHIN,
+        "a wait after a lost subscription must not trust it, it waited {waited:?}"
+    );
+    assert!(!b.leave_queue(key, "carol").await.unwrap());
+    // A grant announced while the subscription may still be down costs latency only: the
+    // waiter's next enqueue finds it in the record.
+    assert!(a.release(key, "alice", f).await.unwrap());
+    let g = granted(&b, key, "bob").await;
+    assert!(g > f);
+    assert!(b.release(key, "bob", g).await.unwrap());
+    // Subscribed again, announcements arrive as before.
     let f = a.try_lock(LONG, key, "alice").await.unwrap().unwrap();
     waiting(&b, key, "bob").await;
     let waiter = wait_in_task(&b, key, "bob", Duration::from_secs(10));
