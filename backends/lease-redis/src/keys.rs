@@ -96,7 +96,7 @@ pub(crate) fn release_channel(prefix: &[u8]) -> Vec<u8> {
 
 /// The pub/sub channel on which grants to this store's queued waiters are announced: one per
 /// store, `prefix` + `grant:` + `id` (the store's random id). The message is
-/// [`grant_message`]`(fence, key, holder)`.
+/// `<fence>:<waiter id>` ([`waiter_id`], [`parse_grant`]).
 pub(crate) fn grant_channel(prefix: &[u8], id: &str) -> Vec<u8> {
     let mut c = prefix.to_vec();
     c.extend_from_slice(b"grant:");
@@ -128,7 +128,7 @@ pub(crate) fn parse_grant(message: &[u8]) -> Option<(u64, &[u8])> {
     // The id must be well formed: a length, a colon, and at least that many bytes after it.
     let colon = id.iter().position(|&b| b == b':')?;
     let len: usize = std::str::from_utf8(&id[..colon]).ok()?.parse().ok()?;
-    (colon > 0 && id.len() - colon - 1 >= len).then_some((fence, id))
+    (colon > 0 && id.len() - colon > len).then_some((fence, id))
 }
 
 /// The hash tag Redis Cluster computes for `key`: between the first `{` and the first `}` after

@@ -83,11 +83,12 @@ local function grant_next(now, key)
   end
 end
 -- The key was released: hands it to the oldest live waiter, else announces it free on
--- `channel`.
+-- `channel` (reading the clock only if there are waiters to judge).
 local function pass_on(key, channel)
-  if not grant_next(now_ms(), key) then
-    redis.call('PUBLISH', channel, key)
+  if redis.call('LINDEX', QUEUE, 0) and grant_next(now_ms(), key) then
+    return
   end
+  redis.call('PUBLISH', channel, key)
 end
 "#;
 
