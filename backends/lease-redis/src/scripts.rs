@@ -266,7 +266,7 @@ return {0}
 
 /// `try_lock` and `enqueue` of a store with queued grants: `KEYS = record, layout-1 lock,
 /// layout-1 counter, queue, deadlines, waiters`; `ARGV = holder, lease_ms, release channel,
-/// key, patience_ms, grant channel`.
+/// key, patience_ms, grant channel` (the last only with `patience_ms > 0`).
 ///
 /// Status 1: granted or extended with the returned fence. 0: refused (another holder's live
 /// lease, or live waiters ahead), or for `lease_ms == 0` nothing to release. 2: released (zero

@@ -495,7 +495,11 @@ impl RedisStore {
             .arg(&self.inner.channel)
             .arg(key);
         if let Some(grants) = &self.inner.grant_channel {
-            call.arg(patience_ms).arg(grants);
+            call.arg(patience_ms);
+            // Only a caller that may be queued needs its channel stored (`try_lock` is not).
+            if patience_ms > 0 {
+                call.arg(grants);
+            }
         }
         call
     }

@@ -457,61 +457,49 @@ async fn the_lock_serves_lock_objects_of_two_stores_in_the_order_they_queued() {
 }
 
 /// Median time of uncontended `try_lock` calls (a grant of a free key, an extension of a held
-/// one) and of `release`, on a store without and with queued grants, interleaved so both see
-/// the same machine load; and the server's own time per script call (`INFO commandstats`,
-/// `EVALSHA`), which the load of the client machine does not blur. Not a correctness test: run
-/// it by name with `--ignored --nocapture`.
+/// one) and of `release`, on a store without and with queued grants, 2,000 of each. The two
+/// stores take turns at every iteration, so both see the same machine load. Not a correctness
+/// test: run it by name with `--ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement; prints medians"]
 async fn uncontended_try_lock_latency() {
-    fn median(mut v: Vec<Duration>) -> Duration {
+    #[derive(Default)]
+    struct Samples {
+        grant: Vec<Duration>,
+        extend: Vec<Duration>,
+        release: Vec<Duration>,
+    }
+    async fn once(store: &RedisStore, samples: &mut Samples) {
+        let t = Instant::now();
+        let f = store.try_lock(LONG, "k", "me").await.unwrap().unwrap();
+        samples.grant.push(t.elapsed());
+        let t = Instant::now();
+        store.try_lock(LONG, "k", "me").await.unwrap().unwrap();
+        samples.extend.push(t.elapsed());
+        let t = Instant::now();
+        assert!(store.release("k", "me", f).await.unwrap());
+        samples.release.push(t.elapsed());
+    }
+    fn median(v: &mut [Duration]) -> Duration {
         v.sort();
         v[v.len() / 2]
-    }
-    /// The server's microseconds per `EVALSHA` since the last reset, and resets.
-    async fn server_usec(conn: &mut redis::aio::ConnectionManager) -> String {
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(conn)
-            .await
-            .unwrap();
-        let _: () = redis::cmd("CONFIG")
-            .arg("RESETSTAT")
-            .query_async(conn)
-            .await
-            .unwrap();
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec_per_call=")))
-            .unwrap_or("?")
-            .to_owned()
     }
     let url = common::url().expect("redis-server is installed");
     let plain = common::store_on(&url, "latency").await;
     let queued = queued_store(&url, &common::unique_prefix("latency-queued")).await;
-    let mut conn = plain.connection();
     for round in 0..3 {
-        for (name, store) in [("plain", &plain), ("queued", &queued)] {
-            let (mut grant, mut extend, mut release) = (Vec::new(), Vec::new(), Vec::new());
-            server_usec(&mut conn).await;
-            for _ in 0..2000 {
-                let t = Instant::now();
-                let f = store.try_lock(LONG, "k", "me").await.unwrap().unwrap();
-                grant.push(t.elapsed());
-                let t = Instant::now();
-                store.try_lock(LONG, "k", "me").await.unwrap().unwrap();
-                extend.push(t.elapsed());
-                let t = Instant::now();
-                assert!(store.release("k", "me", f).await.unwrap());
-                release.push(t.elapsed());
-            }
+        let (mut p, mut q) = (Samples::default(), Samples::default());
+        for _ in 0..2000 {
+            once(&queued, &mut q).await;
+            once(&plain, &mut p).await;
+        }
+        for (name, s) in [("plain", &mut p), ("queued", &mut q)] {
             println!(
-                "round {round} {name:>6}: try_lock grant p50 {:>9.1?}, try_lock extend p50 \
-                 {:>9.1?}, release p50 {:>9.1?}; server: {} µs per script",
-                median(grant),
-                median(extend),
-                median(release),
-                server_usec(&mut conn).await,
+                "round {round} {name:>6}: try_lock grant p50 {:>7.1?}, try_lock extend p50 \
+                 {:>7.1?}, release p50 {:>7.1?}",
+                median(&mut s.grant),
+                median(&mut s.extend),
+                median(&mut s.release),
             );
         }
     }
