@@ -90,6 +90,17 @@ local function pass_on(key, channel)
   end
   redis.call('PUBLISH', channel, key)
 end
+-- Releases the key if the record names `holder` (with `fence`, unless nil) and passes it on;
+-- the script's reply: {1, fence} when released, else {0, the record's counter}.
+local function give_back(holder, fence, key, channel)
+  local r = redis.call('HMGET', KEYS[1], 'h', 'f')
+  if r[1] == holder and (not fence or r[2] == fence) then
+    redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
+    pass_on(key, channel)
+    return {1, r[2]}
+  end
+  return {0, r[2]}
+end
 "#;
 
 /// A `*_Q` script: [`NOW`], [`QUEUE`] with its keys from `KEYS[first]` on, then `body`.
@@ -284,16 +295,15 @@ pub(crate) static ACQUIRE_Q: LazyLock<Script> = LazyLock::new(|| {
     queued_script(
         4,
         r#"
-local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
 local holder = ARGV[1]
 if ARGV[2] == '0' then
-  if r[1] == holder then
-    redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
-    pass_on(ARGV[4], ARGV[3])
-    return {2, redis.call('HGET', KEYS[1], 'f')}
+  local reply = give_back(holder, nil, ARGV[4], ARGV[3])
+  if reply[1] == 1 then
+    reply[1] = 2
   end
-  return {0, r[2]}
+  return reply
 end
+local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
 local now = now_ms()
 local live = r[1] and r[1] ~= '' and (tonumber(r[3]) or 0) > now
 if r[1] == holder and live then
@@ -353,13 +363,7 @@ pub(crate) static RELEASE_Q: LazyLock<Script> = LazyLock::new(|| {
     queued_script(
         2,
         r#"
-local r = redis.call('HMGET', KEYS[1], 'h', 'f')
-if r[1] == ARGV[1] and r[2] == ARGV[2] then
-  redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
-  pass_on(ARGV[4], ARGV[3])
-  return {1, r[2]}
-end
-return {0, r[2]}
+return give_back(ARGV[1], ARGV[2], ARGV[4], ARGV[3])
 "#,
     )
 });
@@ -376,13 +380,7 @@ if redis.call('ZSCORE', DEADLINES, ARGV[1]) then
   redis.call('LREM', QUEUE, 0, ARGV[1])
   forget(ARGV[1])
 end
-local r = redis.call('HMGET', KEYS[1], 'h', 'f')
-if r[1] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
-  pass_on(ARGV[3], ARGV[2])
-  return {1, r[2]}
-end
-return {0, r[2]}
+return give_back(ARGV[1], nil, ARGV[3], ARGV[2])
 "#,
     )
 });

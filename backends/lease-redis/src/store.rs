@@ -543,6 +543,27 @@ impl RedisStore {
         }
         Ok(fence)
     }
+
+    /// The outcome of a release (status 1: released; 0: not held so, and the `counter` the
+    /// script saw is checked against the fences seen `before` the call was sent).
+    fn released(
+        &self,
+        what: &str,
+        key: &str,
+        status: i64,
+        counter: Option<String>,
+        before: Option<Seen>,
+    ) -> Result<bool, StoreError> {
+        let counter = parse_counter(what, counter)?;
+        match status {
+            1 => Ok(true),
+            0 => {
+                self.check_counter(key, counter, before)?;
+                Ok(false)
+            }
+            s => Err(bad_reply(what, format!("status {s}"))),
+        }
+    }
 }
 
 /// A random id for this store's grant channel: the process id and 128 bits from the
@@ -645,15 +666,7 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| classify(&what(), e))?;
-        let counter = parse_counter(&what(), counter)?;
-        match status {
-            1 => Ok(true),
-            0 => {
-                self.check_counter(key, counter, before)?;
-                Ok(false)
-            }
-            s => Err(bad_reply(&what(), format!("status {s}"))),
-        }
+        self.released(&what(), key, status, counter, before)
     }
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
@@ -861,15 +874,7 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| classify(&what(), e))?;
-        let counter = parse_counter(&what(), counter)?;
-        match status {
-            1 => Ok(true),
-            0 => {
-                self.check_counter(key, counter, before)?;
-                Ok(false)
-            }
-            s => Err(bad_reply(&what(), format!("status {s}"))),
-        }
+        self.released(&what(), key, status, counter, before)
     }
 
     fn capabilities(&self) -> Capabilities {

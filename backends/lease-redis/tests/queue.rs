@@ -43,6 +43,15 @@ async fn two_stores(url: &str, name: &str) -> (RedisStore, RedisStore) {
     )
 }
 
+/// Two stores on `url` ([`two_stores`]); in the first, "alice" holds "k", and "bob" is queued
+/// for it in the second. Returns the stores and alice's fence.
+async fn alice_holds_bob_waits(url: &str, name: &str) -> (RedisStore, RedisStore, Fence) {
+    let (a, b) = two_stores(url, name).await;
+    let f = a.try_lock(LONG, "k", "alice").await.unwrap().unwrap();
+    assert_eq!(waiting(&b, "k", "bob").await, Some(f));
+    (a, b, f)
+}
+
 async fn enqueue(store: &RedisStore, lease: Duration, key: &str, holder: &str) -> Enqueued {
     store
         .enqueue(lease, key, holder, LONG)
@@ -166,10 +175,8 @@ async fn a_release_through_one_store_wakes_the_waiter_of_the_other_with_its_fenc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_announced_before_the_wait_is_not_missed() {
     let Some(url) = common::url() else { return };
-    let (a, b) = two_stores(&url, "gap").await;
+    let (a, b, f) = alice_holds_bob_waits(&url, "gap").await;
     let key = "k";
-    let f = a.try_lock(LONG, key, "alice").await.unwrap().unwrap();
-    waiting(&b, key, "bob").await;
     // The grant is announced while nobody waits on it yet.
     assert!(a.release(key, "alice", f).await.unwrap());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -234,10 +241,8 @@ async fn an_expired_lease_is_handed_to_the_oldest_waiter_by_whoever_calls_next()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_break_wakes_the_queued_waiter_and_its_next_enqueue_takes_the_key() {
     let Some(url) = common::url() else { return };
-    let (a, b) = two_stores(&url, "break").await;
+    let (a, b, f) = alice_holds_bob_waits(&url, "break").await;
     let key = "k";
-    let f = a.try_lock(LONG, key, "stuck").await.unwrap().unwrap();
-    waiting(&b, key, "bob").await;
     let waiter = wait_in_task(&b, key, "bob", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(200)).await;
     // A break frees the key and grants nobody; it is announced as a release, which wakes the
@@ -331,10 +336,8 @@ async fn after_a_lost_subscription_waiters_wake_and_grants_still_arrive() {
         return;
     };
     let url = server.url();
-    let (a, b) = two_stores(&url, "resubscribe").await;
+    let (a, b, f) = alice_holds_bob_waits(&url, "resubscribe").await;
     let key = "k";
-    let f = a.try_lock(LONG, key, "alice").await.unwrap().unwrap();
-    waiting(&b, key, "bob").await;
     waiting(&b, key, "carol").await;
     let waiter = wait_in_task(&b, key, "bob", Duration::from_secs(20));
     tokio::time::sleep(Duration::from_millis(200)).await;
