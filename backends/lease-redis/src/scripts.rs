@@ -34,6 +34,24 @@ local function expiry(now, lease_ms)
 end
 "#;
 
+/// Shared by the acquire scripts, whose `KEYS[2]` and `KEYS[3]` are the layout-1 lock and
+/// counter: for a key without a record, whether it may be granted. `false` while a layout-1
+/// lease is live on it (the caller refuses, with the layout-1 counter as the fence); otherwise
+/// the record's counter starts from the layout-1 counter, so fences keep increasing across the
+/// upgrade, and `true`.
+const LAYOUT_1: &str = r#"
+local function seed_from_layout_1()
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    return false
+  end
+  local old = redis.call('HGET', KEYS[3], 'f')
+  if old then
+    redis.call('HSET', KEYS[1], 'f', old)
+  end
+  return true
+end
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{NOW}{body}"))
 }
@@ -125,7 +143,8 @@ fn queued_script(first: usize, body: &str) -> Script {
 /// lock key exists) is refused, and the new counter starts from the layout-1 counter, so fences
 /// keep increasing across the upgrade.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    script(&format!(
+        "{LAYOUT_1}{}",
         r#"
 local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
 local holder = ARGV[1]
@@ -145,20 +164,14 @@ end
 if r[1] and r[1] ~= '' and (tonumber(r[3]) or 0) > now then
   return {0, r[2]}
 end
-if not r[2] then
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    return {0, redis.call('HGET', KEYS[3], 'f')}
-  end
-  local old = redis.call('HGET', KEYS[3], 'f')
-  if old then
-    redis.call('HSET', KEYS[1], 'f', old)
-  end
+if not r[2] and not seed_from_layout_1() then
+  return {0, redis.call('HGET', KEYS[3], 'f')}
 end
 redis.call('HINCRBY', KEYS[1], 'f', 1)
 redis.call('HSET', KEYS[1], 'h', holder, 'e', expiry(now, ARGV[2]))
 return {1, redis.call('HGET', KEYS[1], 'f')}
-"#,
-    )
+"#
+    ))
 });
 
 /// `renew`: `KEYS = record`; `ARGV = holder, fence, lease_ms`. Status 1: extended; 0: the
@@ -294,7 +307,9 @@ return {0}
 pub(crate) static ACQUIRE_Q: LazyLock<Script> = LazyLock::new(|| {
     queued_script(
         4,
-        r#"
+        &format!(
+            "{LAYOUT_1}{}",
+            r#"
 local holder = ARGV[1]
 if ARGV[2] == '0' then
   local reply = give_back(holder, nil, ARGV[4], ARGV[3])
@@ -312,16 +327,9 @@ if r[1] == holder and live then
 end
 local fence = r[2]
 local refused = live
-if not live and not r[2] then
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    fence = redis.call('HGET', KEYS[3], 'f')
-    refused = true
-  else
-    local old = redis.call('HGET', KEYS[3], 'f')
-    if old then
-      redis.call('HSET', KEYS[1], 'f', old)
-    end
-  end
+if not live and not r[2] and not seed_from_layout_1() then
+  fence = redis.call('HGET', KEYS[3], 'f')
+  refused = true
 end
 if not refused then
   local w = head(now)
@@ -351,7 +359,8 @@ if not queued then
   redis.call('RPUSH', QUEUE, holder)
 end
 return {3, fence}
-"#,
+"#
+        ),
     )
 });
 

@@ -504,6 +504,25 @@ impl RedisStore {
         call
     }
 
+    /// Runs the acquire script ([`acquire_call`](Self::acquire_call)): its status and counter,
+    /// and what this store had seen of `key` before it was sent.
+    async fn run_acquire(
+        &self,
+        what: &str,
+        key: &str,
+        holder: &str,
+        lease_ms: u64,
+        patience_ms: u64,
+    ) -> Result<(i64, Option<u64>, Option<Seen>), StoreError> {
+        let before = self.snapshot(key);
+        let (status, counter): (i64, Option<String>) = self
+            .acquire_call(key, holder, lease_ms, patience_ms)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(what, e))?;
+        Ok((status, parse_counter(what, counter)?, before))
+    }
+
     /// The release script of this store, with its keys and arguments.
     fn release_call(&self, key: &str, holder: &str, fence: u64) -> ScriptInvocation<'static> {
         let record = keys(&self.inner.prefix, key).record;
@@ -614,13 +633,7 @@ impl LeaseStore for RedisStore {
         if let Some(n) = self.inner.notifier.as_ref().filter(|_| ms > 0) {
             n.watch(key);
         }
-        let before = self.snapshot(key);
-        let (status, counter): (i64, Option<String>) = self
-            .acquire_call(key, holder, ms, 0)
-            .invoke_async(&mut self.inner.conn.clone())
-            .await
-            .map_err(|e| classify(&what(), e))?;
-        let counter = parse_counter(&what(), counter)?;
+        let (status, counter, before) = self.run_acquire(&what(), key, holder, ms, 0).await?;
         match status {
             1 => {
                 if let Some(n) = &self.inner.notifier {
@@ -803,13 +816,9 @@ impl LeaseStore for RedisStore {
         if let Some(n) = &self.inner.notifier {
             n.watch_grant(key, holder);
         }
-        let before = self.snapshot(key);
-        let (status, counter): (i64, Option<String>) = self
-            .acquire_call(key, holder, lease_ms(lease), lease_ms(patience))
-            .invoke_async(&mut self.inner.conn.clone())
-            .await
-            .map_err(|e| classify(&what(), e))?;
-        let counter = parse_counter(&what(), counter)?;
+        let (status, counter, before) = self
+            .run_acquire(&what(), key, holder, lease_ms(lease), lease_ms(patience))
+            .await?;
         match status {
             1 => {
                 if let Some(n) = &self.inner.notifier {

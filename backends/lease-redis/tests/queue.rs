@@ -258,6 +258,35 @@ async fn a_break_wakes_the_queued_waiter_and_its_next_enqueue_takes_the_key() {
     assert!(g > broken.fence && broken.fence > f);
 }
 
+/// A key still under layout 1 (a TTL'd `:lock` hash and a `:fence` counter): its live lease
+/// queues the waiters as any lease does, and when it lapses the head gets the next fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_layout_one_lease_queues_waiters_and_fences_continue() {
+    let Some(url) = common::url() else { return };
+    let (a, b) = two_stores(&url, "layout1").await;
+    let (old_lock, old_fence) = (
+        format!("{}{{k}}:lock", a.prefix()),
+        format!("{}{{k}}:fence", a.prefix()),
+    );
+    let mut conn = a.connection();
+    let _: () = redis::pipe()
+        .hset_multiple(&old_fence, &[("f", "41"), ("h", "old")])
+        .hset_multiple(&old_lock, &[("f", "41"), ("h", "old")])
+        .pexpire(&old_lock, 60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(a.try_lock(LONG, "k", "eve").await.unwrap(), None);
+    assert_eq!(waiting(&b, "k", "bob").await, Fence::new(41));
+    // The old lease lapses; the next call hands the key to Bob, not to the caller.
+    let _: () = conn.del(&old_lock).await.unwrap();
+    assert_eq!(a.try_lock(LONG, "k", "eve").await.unwrap(), None);
+    assert_eq!(
+        record(&a, "k").await,
+        (Some("bob".to_owned()), Fence::new(42))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_whose_patience_ran_out_are_skipped_and_deleted() {
     let Some(url) = common::url() else { return };
