@@ -1,9 +1,10 @@
 //! Queued grants ([`RedisStoreBuilder::queued_grants`]) against a real redis-server, beyond
 //! what the conformance suite checks on one store: two stores on one server (two connections
 //! each, as two processes) served in one order, a grant announced to the waiter in the other
-//! store, the hand-over of an expired lease by whoever calls next, dead entries skipped and
-//! deleted, odd keys and holders kept apart, a lost subscription, and the lock serving lock
-//! objects of two stores in the order they queued.
+//! store, the hand-over of an expired lease by whoever calls next, a break waking the queue,
+//! dead entries skipped and deleted, a layout-1 lease, odd keys and holders kept apart, a lost
+//! subscription, and the lock serving lock objects of two stores in the order they queued and
+//! taking a waiter that gave up out of the queue.
 //!
 //! Timing bounds are generous (the test machine is shared and noisy): they tell a wake-up by
 //! message from a wait that ran to its `max_wait`, nothing finer.
@@ -486,6 +487,36 @@ async fn the_lock_serves_lock_objects_of_two_stores_in_the_order_they_queued() {
     // And back to the first in line: the first lock, once more.
     let again = first.try_lock_once().await.unwrap();
     assert!(again.fence() > fence);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_that_gives_up_leaves_the_queue() {
+    let Some(url) = common::url() else { return };
+    let (a, b) = two_stores(&url, "give-up").await;
+    let lock = |store: &RedisStore| {
+        CrossProcessLock::builder(store.clone(), "job")
+            .lease(Duration::from_secs(5))
+            .build()
+            .expect("valid lock settings")
+    };
+    let held = lock(&a).lock().await.unwrap();
+    let err = lock(&b)
+        .lock_timeout(Duration::from_millis(300))
+        .await
+        .expect_err("the key is held");
+    assert!(matches!(err, lease_core::Error::TimedOut { .. }), "{err}");
+    // The entry is taken out in a task of its own once the waiting call gave up.
+    let started = Instant::now();
+    while !a.waiters("job").await.unwrap().is_empty() {
+        assert!(
+            started.elapsed() < WOKEN_WITHIN,
+            "the entry of a waiter that gave up stays queued"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fence = held.fence();
+    held.release().await.unwrap();
+    assert_eq!(record(&a, "job").await, (None, Some(fence)));
 }
 
 /// Median time of uncontended `try_lock` calls (a grant of a free key, an extension of a held
