@@ -567,3 +567,64 @@ async fn uncontended_try_lock_latency() {
         }
     }
 }
+
+/// Median handoff of the lock between two stores (as two processes): from the holder's
+/// `LockGuard::release` until the waiter's `lock()` returns, on stores without and with queued
+/// grants, taking turns every round. Not a correctness test: run it by name with `--ignored
+/// --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; prints medians"]
+async fn lock_handoff_latency() {
+    let url = common::url().expect("redis-server is installed");
+    let mut pairs = Vec::new();
+    for queued in [false, true] {
+        let prefix = common::unique_prefix("handoff");
+        let store = |prefix: String| {
+            let url = url.clone();
+            async move {
+                RedisStore::builder(url)
+                    .prefix(prefix)
+                    .queued_grants(queued)
+                    .connect()
+                    .await
+                    .unwrap()
+            }
+        };
+        let lock = |s: RedisStore| {
+            CrossProcessLock::builder(s, "job")
+                .lease(Duration::from_secs(5))
+                .build()
+                .unwrap()
+        };
+        let a = lock(store(prefix.clone()).await);
+        let b = lock(store(prefix).await);
+        pairs.push((if queued { "queued" } else { "plain" }, a, b, Vec::new()));
+    }
+    for _ in 0..300 {
+        for (_, a, b, samples) in &mut pairs {
+            let held = a.lock().await.unwrap();
+            let waiter = {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let g = b.lock().await.unwrap();
+                    let at = Instant::now();
+                    g.release().await.unwrap();
+                    at
+                })
+            };
+            // Let the waiter fail its first try and park.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let released = Instant::now();
+            held.release().await.unwrap();
+            samples.push(waiter.await.unwrap() - released);
+        }
+    }
+    for (name, _, _, samples) in &mut pairs {
+        samples.sort();
+        println!(
+            "{name:>6}: lock handoff p50 {:>7.1?}, p90 {:>7.1?}",
+            samples[samples.len() / 2],
+            samples[samples.len() * 9 / 10]
+        );
+    }
+}
