@@ -27,6 +27,7 @@ pub struct RedisStoreBuilder {
     pub(crate) durable_fences: bool,
     pub(crate) notifications: bool,
     pub(crate) allow_allkeys_eviction: bool,
+    pub(crate) queued_grants: bool,
 }
 
 #[derive(Clone)]
@@ -45,6 +46,7 @@ impl RedisStoreBuilder {
             durable_fences: false,
             notifications: true,
             allow_allkeys_eviction: false,
+            queued_grants: false,
         }
     }
 
@@ -87,6 +89,42 @@ impl RedisStoreBuilder {
     /// connection instead of two, and waiters poll.
     pub fn notifications(mut self, yes: bool) -> Self {
         self.notifications = yes;
+        self
+    }
+
+    /// Whether the store keeps a queue of waiters per key and a release hands the key to the
+    /// oldest live one, in the same script (default false). On, the store declares
+    /// [`Capabilities::queued_grants`](lease_core::Capabilities::queued_grants), so the lock's
+    /// waiting calls queue ([`enqueue`](lease_core::LeaseStore::enqueue)) instead of all racing
+    /// for the key at every release; see [`Enqueued`](lease_core::Enqueued) for the rules.
+    ///
+    /// - **Keys.** Per user key `k`, beside its lease record and under the same hash tag:
+    ///   `<prefix>{k}:q` (list of waiters, oldest first), `<prefix>{k}:d` (sorted set waiter →
+    ///   liveness deadline in milliseconds of the server's clock) and `<prefix>{k}:w` (hash
+    ///   waiter → its lease and grant channel), none with a TTL. They exist only while a key has
+    ///   waiters: the last entry out deletes them.
+    /// - **Grants.** A release, a zero-lease `try_lock`, a waiter leaving with a grant, or any
+    ///   call that finds the key's lease expired grants the key to the oldest waiter whose
+    ///   deadline has not passed (fence + 1, the lease that waiter asked for, from the server's
+    ///   `TIME`) and publishes the grant on that waiter's store's channel
+    ///   `<prefix>grant:<store id>`, to which each store subscribes once, at connect, on its
+    ///   notification connection. No newcomer is granted a key while a live waiter is queued.
+    /// - **Expiry of entries.** Each `enqueue` (the lock's waiting calls poll with it) sets its
+    ///   entry's deadline to the server's `TIME` + patience; an entry not refreshed in time is
+    ///   skipped and deleted when it comes to the head of the queue. So a waiter that crashed
+    ///   leaves an entry that costs one skip, and a grant to a waiter that crashed meanwhile
+    ///   lapses with its lease and goes to the next waiter. A key nobody touches again keeps
+    ///   the entries of its crashed waiters (a few bytes each) until its next call.
+    /// - **Mixed settings.** Give every process that shares keys the same setting: a store
+    ///   without queued grants ignores the queue (it can be granted a key ahead of the
+    ///   waiters, and its releases do not hand over; the queued waiters take the key at their
+    ///   next call, woken by its release announcement).
+    ///
+    /// An ACL user needs `LINDEX LPOP RPUSH LREM LRANGE ZSCORE ZADD ZREM HDEL` on top of the
+    /// plain store's commands. With [`notifications(false)`](Self::notifications) the queue
+    /// still orders the grants, but waiters learn of them by polling.
+    pub fn queued_grants(mut self, yes: bool) -> Self {
+        self.queued_grants = yes;
         self
     }
 
@@ -219,6 +257,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("durable_fences", &self.durable_fences)
             .field("notifications", &self.notifications)
             .field("allow_allkeys_eviction", &self.allow_allkeys_eviction)
+            .field("queued_grants", &self.queued_grants)
             .finish()
     }
 }

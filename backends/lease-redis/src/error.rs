@@ -10,7 +10,8 @@ use crate::NAME;
 
 /// The commands the store runs, directly or inside its scripts, for ACL advice.
 pub(crate) const COMMANDS: &str = "EVAL, EVALSHA, SCRIPT LOAD, SUBSCRIBE, PUBLISH, PING, HMGET, \
-                                   HGET, HSET, HINCRBY, EXISTS, TIME";
+                                   HGET, HSET, HINCRBY, EXISTS, TIME; with queued grants also \
+                                   LINDEX, LPOP, RPUSH, LREM, LRANGE, ZSCORE, ZADD, ZREM, HDEL";
 
 /// A refusal by the ACL: `NOPERM` directly, or a command inside a script the user may not run.
 fn is_permission_error(e: &RedisError) -> bool {

@@ -72,6 +72,39 @@
 //! latency only: `max_wait` bounds every wait, and every waiter is woken once after a
 //! resubscription.
 //!
+//! *Queued grants* ([`RedisStoreBuilder::queued_grants`], off by default). Without them,
+//! every release wakes every waiter and all of them race for the key (the releasing process,
+//! looping straight back, often wins). With them, each key has a queue of waiters in Redis,
+//! under the key's hash tag, and a release hands the key over in the same script:
+//!
+//! - `p{k}:q`, a list of waiters (holder strings), oldest first; `p{k}:d`, a sorted set holder →
+//!   liveness deadline in milliseconds of the server's `TIME`; `p{k}:w`, a hash holder →
+//!   `"<lease ms> <grant channel>"`. None has a TTL; they vanish with their last entry.
+//! - *Enqueue / acquire* (the lock's waiting calls, [`enqueue`](lease_core::LeaseStore::enqueue))
+//!   grants the key as acquire does when it is free and no live waiter is ahead; otherwise it
+//!   adds the holder at the tail, or refreshes its entry in place (deadline = `TIME` +
+//!   patience, lease and channel stored), and answers `Waiting` with the key's current fence.
+//! - *Release*, a zero-lease `try_lock`, and *leave the queue* of a waiter that was granted
+//!   meanwhile: drop dead entries at the head, grant the oldest live waiter (fence + 1, the
+//!   lease it asked for, from `TIME`), delete its entry, and `PUBLISH` `<fence>:<waiter id>` on
+//!   its store's grant channel `p` + `grant:<store id>`; with no live waiter, announce the key
+//!   free as before. A plain `try_lock` (or `enqueue`) that finds the lease expired does the
+//!   same for the head, so an expiry is handed on by whoever calls next (the waiters poll with
+//!   `enqueue` at least every backoff cap); and it grants nobody else while a live waiter is
+//!   queued (no barging, the releasing holder included).
+//! - *Waiting for the grant.* Each store subscribes to its grant channel once, on the
+//!   subscription connection it uses for releases.
+//!   [`wait_for_grant`](lease_core::LeaseStore::wait_for_grant) returns the fence from the
+//!   grant message for its (key, holder), which the lock takes without another round trip, so
+//!   a handoff costs the release's round trip plus one publish. As for releases, `enqueue`
+//!   marks its waiter watched before it sends the script, so a grant announced before the wait
+//!   starts is kept for it; after a lost subscription every waiter returns `None` and
+//!   re-reads the record with `enqueue`. A lost message costs latency, never safety: the record
+//!   is the truth.
+//! - *What a crash leaves.* A waiter that died stops refreshing its entry; it is skipped and
+//!   deleted once its deadline passed and it reached the head. A grant made to it lapses with
+//!   its lease and goes to the next waiter. [`RedisStore::waiters`] lists a key's live waiters.
+//!
 //! *Renewing many keys.* All calls of a store share one multiplexed connection, which pipelines
 //! concurrent calls: the heartbeats of many held keys cost about one round trip per burst, not
 //! one per key. The store declares `batched_renewals`, so the lock sends the heartbeats of all
@@ -187,11 +220,13 @@
 //! `redis+unix:///path.sock?db=0&user=u&pass=p`. ACL users work through the URL; the user
 //! needs the keys `~<prefix>*`, the channel `&<prefix>*`, and the commands `EVAL`, `EVALSHA`,
 //! `SCRIPT LOAD`, `SUBSCRIBE`, `PUBLISH`, `PING` plus those the scripts run (`HMGET`, `HGET`,
-//! `HSET`, `HINCRBY`, `EXISTS`, `TIME`; `PTTL` too, to inspect keys still under layout 1).
+//! `HSET`, `HINCRBY`, `EXISTS`, `TIME`; `PTTL` too, to inspect keys still under layout 1; with
+//! queued grants also `LINDEX`, `LPOP`, `RPUSH`, `LREM`, `LRANGE`, `ZSCORE`, `ZADD`, `ZREM`,
+//! `HDEL`).
 //! To let the store check the eviction policy, also
 //! allow `CONFIG GET` (`+config|get`) or `INFO`; without them it warns (see above). Refused
 //! credentials and permissions are permanent errors that say so. Passwords never appear in `Debug` or `Display` output, errors
-//! or logs ([`redact_url`]).
+//! or logs ([`redact_url`](lease_core::redact::redact_url)).
 //!
 //! The connection ([`redis::aio::ConnectionManager`]) reconnects by itself; calls fail with
 //! transient errors meanwhile, and each call is bounded by the response timeout (1 s by

@@ -1,4 +1,4 @@
-//! Release announcements: one pub/sub subscription per store, fanned out to waiters by key.
+//! Announcements: one pub/sub subscription per store, fanned out to its waiters.
 //!
 //! The release script publishes the released user key on the store's release channel. One task
 //! per store holds the subscription (a dedicated connection: a subscribed connection can do
@@ -14,6 +14,20 @@
 //! the script, a message for a watched key flags it, and `wait_for_change` returns at once if
 //! its key was flagged since. The flag is consumed by one wait; the watched set is a bounded
 //! hint (cleared whole when it grows past [`MAX_WATCHED`]).
+//!
+//! # Grants (stores with queued grants)
+//!
+//! The same subscription also listens on the store's own grant channel, on which a release (or
+//! any call that hands a free key to the oldest waiter) publishes `<fence>:<waiter id>` for
+//! the waiter it granted ([`crate::keys::waiter_id`]: the user key and the holder). The same
+//! trick keeps a grant from being missed between a `Waiting` answer and the wait: `enqueue`
+//! marks its (key, holder) as watched before it sends the script, a grant message for a watched
+//! waiter is kept (its fence), and [`Notifier::wait_grant`] returns that fence at once. A grant
+//! message for nobody watching is dropped (the waiter's next `enqueue` reads the grant from the
+//! record). After a resubscription every watched waiter is told that messages may have been
+//! lost, and its wait returns `None` at once; a grant waiter also wakes, with `None`, when its
+//! key is announced free on the release channel (a break, or a release by a store without a
+//! queue), so that its next `enqueue` takes the key.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +40,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::error::classify;
+use crate::keys::{parse_grant, waiter_id};
 
 /// The subscription task and the waiter map; the task stops when this is dropped.
 #[derive(Debug)]
@@ -42,6 +57,31 @@ struct Waiters {
     by_key: Mutex<HashMap<Box<[u8]>, Slot>>,
     /// Keys of refused (or in-flight) `try_lock` calls; `true` once a release was announced.
     watched: Mutex<HashMap<Box<[u8]>, bool>>,
+    /// Queued waiters of this store, by waiter id (key and holder).
+    grants: Mutex<HashMap<Box<[u8]>, GrantSlot>>,
+    /// The store's grant channel, if it has queued grants.
+    grant_channel: Option<Vec<u8>>,
+}
+
+/// One queued waiter (key, holder) of this store.
+#[derive(Debug, Default)]
+struct GrantSlot {
+    notify: Arc<Notify>,
+    /// `wait_grant` calls in progress.
+    waiters: usize,
+    /// Between an `enqueue` being sent and the grant it waits for (or the waiter leaving):
+    /// announcements are kept for the next wait even while nobody waits.
+    watched: bool,
+    /// The highest fence announced for this waiter since it was watched.
+    fence: Option<u64>,
+    /// The subscription was lost since it was watched: messages may have been missed.
+    missed: bool,
+}
+
+/// What a watched grant waiter learnt since it was watched.
+enum News {
+    Granted(u64),
+    Missed,
 }
 
 #[derive(Debug)]
@@ -71,6 +111,11 @@ impl Waiters {
         }
     }
 
+    fn grants(&self) -> MutexGuard<'_, HashMap<Box<[u8]>, GrantSlot>> {
+        // Each update is a field change, insert or removal: a poisoned map is still consistent.
+        self.grants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn wake_all(&self) {
         for released in self.watched().values_mut() {
             *released = true;
@@ -78,6 +123,48 @@ impl Waiters {
         for slot in self.map().values() {
             slot.notify.notify_waiters();
         }
+        for slot in self.grants().values_mut() {
+            slot.missed = true;
+            slot.notify.notify_waiters();
+        }
+    }
+
+    /// A grant message arrived: keeps its fence for its waiter if watched or waiting.
+    fn granted(&self, message: &[u8]) {
+        let Some((fence, id)) = parse_grant(message) else {
+            return;
+        };
+        if let Some(slot) = self.grants().get_mut(id) {
+            if slot.watched || slot.waiters > 0 {
+                slot.fence = Some(slot.fence.map_or(fence, |f| f.max(fence)));
+                slot.notify.notify_waiters();
+            }
+        }
+    }
+
+    /// Takes what waiter `id` learnt since it was watched. A grant ends the watch: its entry
+    /// left the store's queue with it.
+    fn news(&self, id: &[u8]) -> Option<News> {
+        let mut grants = self.grants();
+        let slot = grants.get_mut(id)?;
+        if let Some(fence) = slot.fence.take() {
+            slot.watched = false;
+            slot.missed = false;
+            return Some(News::Granted(fence));
+        }
+        std::mem::take(&mut slot.missed).then_some(News::Missed)
+    }
+
+    /// Registers one waiter for releases of `key`; the registration ends when dropped.
+    fn register<'a>(&'a self, key: &'a [u8]) -> (Arc<Notify>, Registration<'a>) {
+        let mut map = self.map();
+        let slot = map.entry(key.into()).or_insert_with(|| Slot {
+            notify: Arc::new(Notify::new()),
+            waiters: 0,
+        });
+        slot.waiters += 1;
+        let notify = slot.notify.clone();
+        (notify, Registration { waiters: self, key })
     }
 }
 
@@ -99,20 +186,46 @@ impl Drop for Registration<'_> {
     }
 }
 
+/// Removes a grant waiter's registration when its wait ends or is cancelled.
+struct GrantRegistration<'a> {
+    waiters: &'a Waiters,
+    id: &'a [u8],
+}
+
+impl Drop for GrantRegistration<'_> {
+    fn drop(&mut self) {
+        let mut grants = self.waiters.grants();
+        if let Some(slot) = grants.get_mut(self.id) {
+            slot.waiters -= 1;
+            if slot.waiters == 0 && !slot.watched {
+                grants.remove(self.id);
+            }
+        }
+    }
+}
+
 impl Notifier {
-    /// Subscribes to `channel` (so that refused credentials or a missing channel permission show
-    /// at connect time) and starts the task that keeps the subscription.
+    /// Subscribes to the release `channel`, and to `grant_channel` for a store with queued
+    /// grants (so that refused credentials or a missing channel permission show at connect
+    /// time), and starts the task that keeps the subscription.
     pub(crate) async fn start(
         client: redis::Client,
         channel: Vec<u8>,
+        grant_channel: Option<Vec<u8>>,
         connect_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let first = subscribe(&client, &channel, connect_timeout).await?;
-        let waiters = Arc::new(Waiters::default());
+        let channels: Vec<Vec<u8>> = std::iter::once(channel)
+            .chain(grant_channel.clone())
+            .collect();
+        let first = subscribe(&client, &channels, connect_timeout).await?;
+        let waiters = Arc::new(Waiters {
+            grant_channel,
+            ..Waiters::default()
+        });
         let task = tokio::spawn(keep_subscribed(
             waiters.clone(),
             client,
-            channel,
+            channels,
             connect_timeout,
             first,
         ));
@@ -138,19 +251,7 @@ impl Notifier {
     /// announced since the last refused `try_lock` of `key`.
     pub(crate) async fn wait(&self, key: &str, max_wait: Duration) {
         let key = key.as_bytes();
-        let notify = {
-            let mut map = self.waiters.map();
-            let slot = map.entry(key.into()).or_insert_with(|| Slot {
-                notify: Arc::new(Notify::new()),
-                waiters: 0,
-            });
-            slot.waiters += 1;
-            slot.notify.clone()
-        };
-        let _registration = Registration {
-            waiters: &self.waiters,
-            key,
-        };
+        let (notify, _registration) = self.waiters.register(key);
         let notified = notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -159,6 +260,82 @@ impl Notifier {
             return;
         }
         let _ = tokio::time::timeout(max_wait, notified).await;
+    }
+
+    /// Marks `holder`, about to be queued on `key`, as watched: a grant announced from now on
+    /// is kept for its next [`wait_grant`](Self::wait_grant). Called before an `enqueue` is
+    /// sent; forgets what an earlier watch learnt (the answer to this `enqueue` supersedes it).
+    pub(crate) fn watch_grant(&self, key: &str, holder: &str) {
+        let id = waiter_id(key.as_bytes(), holder.as_bytes());
+        let mut grants = self.waiters.grants();
+        if grants.len() >= MAX_WATCHED && !grants.contains_key(id.as_slice()) {
+            // A bounded hint: forget the watches nobody waits on (their waiters' next
+            // `enqueue` reads any grant from the record).
+            grants.retain(|_, slot| slot.waiters > 0);
+        }
+        let slot = grants.entry(id.into()).or_default();
+        slot.watched = true;
+        slot.fence = None;
+        slot.missed = false;
+    }
+
+    /// Forgets the watch of `holder` on `key` (granted, or no longer waiting).
+    pub(crate) fn unwatch_grant(&self, key: &str, holder: &str) {
+        let id = waiter_id(key.as_bytes(), holder.as_bytes());
+        let mut grants = self.waiters.grants();
+        if let Some(slot) = grants.get_mut(id.as_slice()) {
+            slot.watched = false;
+            slot.fence = None;
+            if slot.waiters == 0 {
+                grants.remove(id.as_slice());
+            }
+        }
+    }
+
+    /// Waits until a grant of `key` to `holder` is announced (its fence), or `key` is announced
+    /// free, or `max_wait` (both `None`). Returns at once with a grant announced since the
+    /// watch of the last `enqueue`, or with `None` if messages may have been lost since.
+    pub(crate) async fn wait_grant(
+        &self,
+        key: &str,
+        holder: &str,
+        max_wait: Duration,
+    ) -> Option<u64> {
+        let id = waiter_id(key.as_bytes(), holder.as_bytes());
+        let notify = {
+            let mut grants = self.waiters.grants();
+            let slot = grants.entry(id.as_slice().into()).or_default();
+            slot.waiters += 1;
+            slot.notify.clone()
+        };
+        let _registration = GrantRegistration {
+            waiters: &self.waiters,
+            id: &id,
+        };
+        let (released, _released_registration) = self.waiters.register(key.as_bytes());
+        let granted = notify.notified();
+        let released = released.notified();
+        tokio::pin!(granted, released);
+        granted.as_mut().enable();
+        released.as_mut().enable();
+        // Registered first, checked second: a grant between the two still wakes the wait.
+        let news = match self.waiters.news(&id) {
+            Some(news) => Some(news),
+            None => {
+                let _ = tokio::time::timeout(max_wait, async {
+                    tokio::select! {
+                        () = granted => {}
+                        () = released => {}
+                    }
+                })
+                .await;
+                self.waiters.news(&id)
+            }
+        };
+        match news {
+            Some(News::Granted(fence)) => Some(fence),
+            Some(News::Missed) | None => None,
+        }
     }
 }
 
@@ -170,7 +347,7 @@ impl Drop for Notifier {
 
 async fn subscribe(
     client: &redis::Client,
-    channel: &[u8],
+    channels: &[Vec<u8>],
     timeout: Duration,
 ) -> Result<redis::aio::PubSubStream, StoreError> {
     const WHAT: &str = "subscribing to release announcements";
@@ -180,7 +357,7 @@ async fn subscribe(
             .await
             .map_err(|e| classify(WHAT, e))?;
         pubsub
-            .subscribe(channel)
+            .subscribe(channels)
             .await
             .map_err(|e| classify(WHAT, e))?;
         Ok(pubsub.into_on_message())
@@ -197,7 +374,7 @@ async fn subscribe(
 async fn keep_subscribed(
     waiters: Arc<Waiters>,
     client: redis::Client,
-    channel: Vec<u8>,
+    channels: Vec<Vec<u8>>,
     connect_timeout: Duration,
     first: redis::aio::PubSubStream,
 ) {
@@ -206,7 +383,7 @@ async fn keep_subscribed(
     loop {
         let mut messages = match stream.take() {
             Some(s) => s,
-            None => match subscribe(&client, &channel, connect_timeout).await {
+            None => match subscribe(&client, &channels, connect_timeout).await {
                 Ok(s) => {
                     debug!("release announcements subscribed again");
                     pause = Duration::from_millis(50);
@@ -223,7 +400,15 @@ async fn keep_subscribed(
             },
         };
         while let Some(msg) = messages.next().await {
-            waiters.wake(msg.get_payload_bytes());
+            let on_grants = waiters
+                .grant_channel
+                .as_deref()
+                .is_some_and(|c| msg.get_channel::<Vec<u8>>().is_ok_and(|m| m == c));
+            if on_grants {
+                waiters.granted(msg.get_payload_bytes());
+            } else {
+                waiters.wake(msg.get_payload_bytes());
+            }
         }
         warn!("release announcements connection lost; waiters poll until it is back");
         waiters.wake_all();

@@ -9,6 +9,12 @@
 //! about 1.8e12 ms now, plus at most [`MAX_LEASE_MS`](crate::MAX_LEASE_MS)) written with `%d`.
 //! Every script returns `{status, fence}` where `fence` is the record's counter (or nil if there
 //! is none), so the caller can detect a counter that went backwards.
+//!
+//! A store with queued grants uses the `*_Q` scripts for acquire, release and leaving the queue
+//! (renew, break and inspect are the same): they also keep the key's waiter queue
+//! ([`crate::keys::QueueKeys`]) and grant a free key to its oldest live waiter in the same
+//! step. The plain scripts never touch a queue, so a store without queued grants runs exactly
+//! the commands it always ran (and needs no further ACL permission).
 
 use std::sync::LazyLock;
 
@@ -28,8 +34,97 @@ local function expiry(now, lease_ms)
 end
 "#;
 
+/// Shared by the acquire scripts, whose `KEYS[2]` and `KEYS[3]` are the layout-1 lock and
+/// counter: for a key without a record, whether it may be granted. `false` while a layout-1
+/// lease is live on it (the caller refuses, with the layout-1 counter as the fence); otherwise
+/// the record's counter starts from the layout-1 counter, so fences keep increasing across the
+/// upgrade, and `true`.
+const LAYOUT_1: &str = r#"
+local function seed_from_layout_1()
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    return false
+  end
+  local old = redis.call('HGET', KEYS[3], 'f')
+  if old then
+    redis.call('HSET', KEYS[1], 'f', old)
+  end
+  return true
+end
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{NOW}{body}"))
+}
+
+/// Shared by the `*_Q` scripts, after [`NOW`]: the queue of waiters, in `KEYS[first]` (list of
+/// waiters, oldest first), `KEYS[first + 1]` (sorted set waiter → liveness deadline, ms of the
+/// server's clock) and `KEYS[first + 2]` (hash waiter → `"<lease ms> <grant channel>"`), with
+/// the lease record in `KEYS[1]`.
+///
+/// A waiter is in all three or in none. Dead waiters (deadline reached) are dropped when they
+/// come to the head; one that refreshes its entry before that keeps its place.
+const QUEUE: &str = r#"
+local QUEUE, DEADLINES, WAITERS = KEYS[QFIRST], KEYS[QFIRST + 1], KEYS[QFIRST + 2]
+local function forget(w)
+  redis.call('ZREM', DEADLINES, w)
+  redis.call('HDEL', WAITERS, w)
+end
+-- The oldest live waiter, after dropping the dead ones at the head; nil if none.
+local function head(now)
+  while true do
+    local w = redis.call('LINDEX', QUEUE, 0)
+    if not w then return nil end
+    local d = tonumber(redis.call('ZSCORE', DEADLINES, w))
+    if d and d > now then return w end
+    redis.call('LPOP', QUEUE)
+    forget(w)
+  end
+end
+-- Grants the free key to its oldest live waiter: fence + 1, the lease that waiter asked for
+-- from now, its entry removed, and '<fence>:<#key>:<key><waiter>' published on its grant
+-- channel (`key` is the user key). Returns the waiter, or nil if none is live.
+local function grant_next(now, key)
+  while true do
+    local w = head(now)
+    if not w then return nil end
+    local info = redis.call('HGET', WAITERS, w)
+    redis.call('LPOP', QUEUE)
+    forget(w)
+    local sp = info and string.find(info, ' ', 1, true)
+    if sp then
+      redis.call('HINCRBY', KEYS[1], 'f', 1)
+      redis.call('HSET', KEYS[1], 'h', w, 'e', expiry(now, string.sub(info, 1, sp - 1)))
+      local f = redis.call('HGET', KEYS[1], 'f')
+      redis.call('PUBLISH', string.sub(info, sp + 1), f .. ':' .. #key .. ':' .. key .. w)
+      return w
+    end
+  end
+end
+-- The key was released: hands it to the oldest live waiter, else announces it free on
+-- `channel` (reading the clock only if there are waiters to judge).
+local function pass_on(key, channel)
+  if redis.call('LINDEX', QUEUE, 0) and grant_next(now_ms(), key) then
+    return
+  end
+  redis.call('PUBLISH', channel, key)
+end
+-- Releases the key if the record names `holder` (with `fence`, unless nil) and passes it on;
+-- the script's reply: {1, fence} when released, else {0, the record's counter}.
+local function give_back(holder, fence, key, channel)
+  local r = redis.call('HMGET', KEYS[1], 'h', 'f')
+  if r[1] == holder and (not fence or r[2] == fence) then
+    redis.call('HSET', KEYS[1], 'h', '', 'e', '0')
+    pass_on(key, channel)
+    return {1, r[2]}
+  end
+  return {0, r[2]}
+end
+"#;
+
+/// A `*_Q` script: [`NOW`], [`QUEUE`] with its keys from `KEYS[first]` on, then `body`.
+fn queued_script(first: usize, body: &str) -> Script {
+    let queue = QUEUE.replace("QFIRST", &first.to_string());
+    Script::new(&format!("{NOW}{queue}{body}"))
 }
 
 /// `try_lock`: `KEYS = record, layout-1 lock, layout-1 counter`;
@@ -48,7 +143,8 @@ fn script(body: &str) -> Script {
 /// lock key exists) is refused, and the new counter starts from the layout-1 counter, so fences
 /// keep increasing across the upgrade.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    script(
+    script(&format!(
+        "{LAYOUT_1}{}",
         r#"
 local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
 local holder = ARGV[1]
@@ -68,20 +164,14 @@ end
 if r[1] and r[1] ~= '' and (tonumber(r[3]) or 0) > now then
   return {0, r[2]}
 end
-if not r[2] then
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    return {0, redis.call('HGET', KEYS[3], 'f')}
-  end
-  local old = redis.call('HGET', KEYS[3], 'f')
-  if old then
-    redis.call('HSET', KEYS[1], 'f', old)
-  end
+if not r[2] and not seed_from_layout_1() then
+  return {0, redis.call('HGET', KEYS[3], 'f')}
 end
 redis.call('HINCRBY', KEYS[1], 'f', 1)
 redis.call('HSET', KEYS[1], 'h', holder, 'e', expiry(now, ARGV[2]))
 return {1, redis.call('HGET', KEYS[1], 'f')}
-"#,
-    )
+"#
+    ))
 });
 
 /// `renew`: `KEYS = record`; `ARGV = holder, fence, lease_ms`. Status 1: extended; 0: the
@@ -194,6 +284,131 @@ if old then
   return {1, old, '', 0}
 end
 return {0}
+"#,
+    )
+});
+
+/// `try_lock` and `enqueue` of a store with queued grants: `KEYS = record, layout-1 lock,
+/// layout-1 counter, queue, deadlines, waiters`; `ARGV = holder, lease_ms, release channel,
+/// key, patience_ms, grant channel` (the last only with `patience_ms > 0`).
+///
+/// Status 1: granted or extended with the returned fence. 0: refused (another holder's live
+/// lease, or live waiters ahead), or for `lease_ms == 0` nothing to release. 2: released (zero
+/// lease), and handed to the oldest live waiter if there is one. 3: refused and queued
+/// (`patience_ms > 0`: `enqueue`), with the key's current fence.
+///
+/// As [`ACQUIRE`], except that a free key (released, or its lease expired) goes to the oldest
+/// live waiter first: to the caller if that is the caller (its entry is removed), otherwise to
+/// that waiter (announced on its grant channel), and the caller is refused. So nobody barges
+/// past a live waiter, and an expired key with waiters is handed on by whichever call notices.
+/// A refused caller with a patience is queued: a new entry goes to the tail, an existing one
+/// keeps its place; either way its deadline becomes now + patience and its lease and grant
+/// channel are stored with it.
+pub(crate) static ACQUIRE_Q: LazyLock<Script> = LazyLock::new(|| {
+    queued_script(
+        4,
+        &format!(
+            "{LAYOUT_1}{}",
+            r#"
+local holder = ARGV[1]
+if ARGV[2] == '0' then
+  local reply = give_back(holder, nil, ARGV[4], ARGV[3])
+  if reply[1] == 1 then
+    reply[1] = 2
+  end
+  return reply
+end
+local r = redis.call('HMGET', KEYS[1], 'h', 'f', 'e')
+local now = now_ms()
+local live = r[1] and r[1] ~= '' and (tonumber(r[3]) or 0) > now
+if r[1] == holder and live then
+  redis.call('HSET', KEYS[1], 'e', expiry(now, ARGV[2]))
+  return {1, r[2]}
+end
+local fence = r[2]
+local refused = live
+if not live and not r[2] and not seed_from_layout_1() then
+  fence = redis.call('HGET', KEYS[3], 'f')
+  refused = true
+end
+if not refused then
+  local w = head(now)
+  if w == holder then
+    redis.call('LPOP', QUEUE)
+    forget(w)
+  elseif w then
+    grant_next(now, ARGV[4])
+    fence = redis.call('HGET', KEYS[1], 'f')
+    refused = true
+  end
+end
+if not refused then
+  if r[1] ~= holder then
+    redis.call('HINCRBY', KEYS[1], 'f', 1)
+  end
+  redis.call('HSET', KEYS[1], 'h', holder, 'e', expiry(now, ARGV[2]))
+  return {1, redis.call('HGET', KEYS[1], 'f')}
+end
+if ARGV[5] == '0' then
+  return {0, fence}
+end
+local queued = redis.call('ZSCORE', DEADLINES, holder)
+redis.call('ZADD', DEADLINES, expiry(now, ARGV[5]), holder)
+redis.call('HSET', WAITERS, holder, ARGV[2] .. ' ' .. ARGV[6])
+if not queued then
+  redis.call('RPUSH', QUEUE, holder)
+end
+return {3, fence}
+"#
+        ),
+    )
+});
+
+/// `release` of a store with queued grants: `KEYS = record, queue, deadlines, waiters`;
+/// `ARGV = holder, fence, release channel, key`. Status 1: released, and in the same step
+/// granted to the oldest live waiter (announced on its grant channel) or, with none, announced
+/// free on the release channel; 0: the tenure is not `(holder, fence)`, nothing changed.
+pub(crate) static RELEASE_Q: LazyLock<Script> = LazyLock::new(|| {
+    queued_script(
+        2,
+        r#"
+return give_back(ARGV[1], ARGV[2], ARGV[4], ARGV[3])
+"#,
+    )
+});
+
+/// `leave_queue`: `KEYS = record, queue, deadlines, waiters`; `ARGV = holder, release channel,
+/// key`. Removes the holder's entry; if the record names the holder (a release or an expiry
+/// granted it the key meanwhile), releases that grant too and passes the key on as a release
+/// does. Status 1: it gave a grant back; 0: it did not.
+pub(crate) static LEAVE_Q: LazyLock<Script> = LazyLock::new(|| {
+    queued_script(
+        2,
+        r#"
+if redis.call('ZSCORE', DEADLINES, ARGV[1]) then
+  redis.call('LREM', QUEUE, 0, ARGV[1])
+  forget(ARGV[1])
+end
+return give_back(ARGV[1], nil, ARGV[3], ARGV[2])
+"#,
+    )
+});
+
+/// The live waiters of a key, oldest first: `KEYS = record, queue, deadlines, waiters`; no
+/// `ARGV`. Read-only (dead entries are skipped, not dropped).
+pub(crate) static WAITERS_Q: LazyLock<Script> = LazyLock::new(|| {
+    queued_script(
+        2,
+        r#"
+local now = now_ms()
+local live = {}
+for _, w in ipairs(redis.call('LRANGE', QUEUE, 0, -1)) do
+  local d = tonumber(redis.call('ZSCORE', DEADLINES, w))
+  if d and d > now then
+    table.insert(live, w)
+  end
+end
+return live
 "#,
     )
 });

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use lease_core::input::{validate, validate_key};
 use lease_core::{
-    BrokenLock, Capabilities, Fence, KeyState, LeaseStore, StoreError, StoreErrorKind,
+    BrokenLock, Capabilities, Enqueued, Fence, KeyState, LeaseStore, StoreError, StoreErrorKind,
 };
+use redis::ScriptInvocation;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::{debug, warn};
 
@@ -17,9 +18,11 @@ use crate::NAME;
 use crate::config::{RedisStoreBuilder, Source};
 use crate::error::{bad_reply, classify};
 use crate::eviction::{EvictionPolicy, check_eviction_policy};
-use crate::keys::{Keys, keys, release_channel};
+use crate::keys::{Keys, grant_channel, keys, queue_keys, release_channel};
 use crate::notify::Notifier;
-use crate::scripts::{ACQUIRE, BREAK, INSPECT, RELEASE, RENEW};
+use crate::scripts::{
+    ACQUIRE, ACQUIRE_Q, BREAK, INSPECT, LEAVE_Q, RELEASE, RELEASE_Q, RENEW, WAITERS_Q,
+};
 
 /// The longest lease the store grants, in milliseconds (about 34 years); longer ones are capped.
 pub const MAX_LEASE_MS: u64 = 1 << 40;
@@ -49,6 +52,8 @@ struct Inner {
     prefix: Vec<u8>,
     prefix_shown: String,
     channel: Vec<u8>,
+    /// This store's grant channel: `Some` exactly when it has queued grants.
+    grant_channel: Option<Vec<u8>>,
     target: String,
     caps: Capabilities,
     /// The highest fence this store has seen granted per key, with a hash of its holder.
@@ -140,7 +145,14 @@ impl RedisStore {
         let eviction_policy =
             check_eviction_policy(&mut conn, &what, b.allow_allkeys_eviction).await?;
         // Loading the scripts checks the server answers and the user may run them.
-        for script in [&*ACQUIRE, &*RENEW, &*RELEASE, &*BREAK, &*INSPECT] {
+        let queued_scripts = [&*ACQUIRE_Q, &*RELEASE_Q, &*LEAVE_Q, &*WAITERS_Q];
+        let plain_scripts = [&*ACQUIRE, &*RENEW, &*RELEASE, &*BREAK, &*INSPECT];
+        let queued = if b.queued_grants {
+            &queued_scripts[..]
+        } else {
+            &[]
+        };
+        for script in plain_scripts.iter().chain(queued) {
             script
                 .prepare_invoke()
                 .load_async(&mut conn)
@@ -149,27 +161,40 @@ impl RedisStore {
         }
         let prefix = b.prefix.as_bytes().to_vec();
         let channel = release_channel(&prefix);
+        let grant_channel = b.queued_grants.then(|| grant_channel(&prefix, &store_id()));
         let notifier = if b.notifications {
-            let notifier = Notifier::start(client, channel.clone(), b.connect_timeout).await?;
+            let notifier = Notifier::start(
+                client,
+                channel.clone(),
+                grant_channel.clone(),
+                b.connect_timeout,
+            )
+            .await?;
             // redis-rs reports a SUBSCRIBE refused by the ACL as success, so check with an empty
-            // announcement (no key is empty, so it wakes nobody): the ACL must let this user
-            // publish on the channel, and our own subscription must be among the receivers.
-            let receivers: i64 = redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg("")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| classify(&what, e))?;
-            if receivers < 1 {
-                return Err(StoreError::permanent(
-                    NAME,
-                    format!(
-                        "{what}: the subscription to the release channel `{}released` did not \
-                         take effect; if the Redis ACL user lacks a permission, grant it the \
-                         channel `&{}*`",
-                        b.prefix, b.prefix
-                    ),
-                ));
+            // announcement (no key is empty and no grant message is, so it wakes nobody): the
+            // ACL must let this user publish on the channels, and our own subscription must be
+            // among the receivers.
+            for (c, name) in std::iter::once((&channel, "release"))
+                .chain(grant_channel.as_ref().map(|c| (c, "grant")))
+            {
+                let receivers: i64 = redis::cmd("PUBLISH")
+                    .arg(c)
+                    .arg("")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| classify(&what, e))?;
+                if receivers < 1 {
+                    return Err(StoreError::permanent(
+                        NAME,
+                        format!(
+                            "{what}: the subscription to the {name} channel `{}` did not take \
+                             effect; if the Redis ACL user lacks a permission, grant it the \
+                             channel `&{}*`",
+                            String::from_utf8_lossy(c),
+                            b.prefix
+                        ),
+                    ));
+                }
             }
             Some(notifier)
         } else {
@@ -178,7 +203,8 @@ impl RedisStore {
         let caps = Capabilities::new(NAME)
             .with_notifications(notifier.is_some())
             .with_durable_fences(b.durable_fences)
-            .with_batched_renewals(true);
+            .with_batched_renewals(true)
+            .with_queued_grants(b.queued_grants);
         debug!(server = %target, prefix = %b.prefix, "redis store connected");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -186,6 +212,7 @@ impl RedisStore {
                 prefix,
                 prefix_shown: b.prefix,
                 channel,
+                grant_channel,
                 target,
                 caps,
                 seen: Mutex::new(HashMap::new()),
@@ -206,6 +233,30 @@ impl RedisStore {
     /// [`break_lock`](LeaseStore::break_lock).
     pub fn lock_key(&self, key: &str) -> Vec<u8> {
         keys(&self.inner.prefix, key).record
+    }
+
+    /// The live waiters queued on `key`, oldest first, as the store's record shows them now (a
+    /// store with [queued grants](RedisStoreBuilder::queued_grants); empty otherwise). Entries
+    /// whose patience ran out are left out. Read-only; for operators, dashboards and tests.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](StoreErrorKind::InvalidInput) for an empty or over-long key, otherwise
+    /// classified as for the other calls.
+    pub async fn waiters(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        validate_key(NAME, key)?;
+        if self.inner.grant_channel.is_none() {
+            return Ok(Vec::new());
+        }
+        let q = queue_keys(&self.inner.prefix, key);
+        WAITERS_Q
+            .key(keys(&self.inner.prefix, key).record)
+            .key(q.queue)
+            .key(q.deadlines)
+            .key(q.waiters)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&format!("waiters of {key:?}"), e))
     }
 
     /// The server's `maxmemory-policy` as the store read it at connect time (`CONFIG GET`, or
@@ -406,18 +457,139 @@ impl RedisStore {
     }
 
     async fn release_quietly(&self, key: &str, holder: &str, fence: u64) {
-        let r: redis::RedisResult<(i64, Option<String>)> = RELEASE
-            .key(keys(&self.inner.prefix, key).record)
-            .arg(holder)
-            .arg(fence)
-            .arg(&self.inner.channel)
-            .arg(key)
+        let r: redis::RedisResult<(i64, Option<String>)> = self
+            .release_call(key, holder, fence)
             .invoke_async(&mut self.inner.conn.clone())
             .await;
         if let Err(e) = r {
             debug!(key, error = %e, "could not release a grant refused for fence regression");
         }
     }
+
+    /// The acquire script of this store (with queued grants or without), with its keys and
+    /// arguments. `patience_ms` is 0 for `try_lock`, which never queues.
+    fn acquire_call(
+        &self,
+        key: &str,
+        holder: &str,
+        lease_ms: u64,
+        patience_ms: u64,
+    ) -> ScriptInvocation<'static> {
+        let Keys {
+            record,
+            legacy_lock,
+            legacy_fence,
+        } = keys(&self.inner.prefix, key);
+        let script = match self.inner.grant_channel {
+            Some(_) => &*ACQUIRE_Q,
+            None => &*ACQUIRE,
+        };
+        let mut call = script.key(record);
+        call.key(legacy_lock).key(legacy_fence);
+        if self.inner.grant_channel.is_some() {
+            let q = queue_keys(&self.inner.prefix, key);
+            call.key(q.queue).key(q.deadlines).key(q.waiters);
+        }
+        call.arg(holder)
+            .arg(lease_ms)
+            .arg(&self.inner.channel)
+            .arg(key);
+        if let Some(grants) = &self.inner.grant_channel {
+            call.arg(patience_ms);
+            // Only a caller that may be queued needs its channel stored (`try_lock` is not).
+            if patience_ms > 0 {
+                call.arg(grants);
+            }
+        }
+        call
+    }
+
+    /// Runs the acquire script ([`acquire_call`](Self::acquire_call)): its status and counter,
+    /// and what this store had seen of `key` before it was sent.
+    async fn run_acquire(
+        &self,
+        what: &str,
+        key: &str,
+        holder: &str,
+        lease_ms: u64,
+        patience_ms: u64,
+    ) -> Result<(i64, Option<u64>, Option<Seen>), StoreError> {
+        let before = self.snapshot(key);
+        let (status, counter): (i64, Option<String>) = self
+            .acquire_call(key, holder, lease_ms, patience_ms)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(what, e))?;
+        Ok((status, parse_counter(what, counter)?, before))
+    }
+
+    /// The release script of this store, with its keys and arguments.
+    fn release_call(&self, key: &str, holder: &str, fence: u64) -> ScriptInvocation<'static> {
+        let record = keys(&self.inner.prefix, key).record;
+        let mut call = match self.inner.grant_channel {
+            Some(_) => {
+                let q = queue_keys(&self.inner.prefix, key);
+                let mut call = RELEASE_Q.key(record);
+                call.key(q.queue).key(q.deadlines).key(q.waiters);
+                call
+            }
+            None => RELEASE.key(record),
+        };
+        call.arg(holder)
+            .arg(fence)
+            .arg(&self.inner.channel)
+            .arg(key);
+        call
+    }
+
+    /// A grant (status 1) of `key` to `holder` with the script's `counter`: checked against
+    /// the fences seen `before` the call was sent, and given back if it went backwards.
+    async fn granted(
+        &self,
+        what: &str,
+        key: &str,
+        holder: &str,
+        counter: Option<u64>,
+        before: Option<Seen>,
+    ) -> Result<Fence, StoreError> {
+        let fence = counter
+            .and_then(Fence::new)
+            .ok_or_else(|| bad_reply(what, "granted without a fence"))?;
+        if let Err(e) = self.check_grant(key, holder, fence.get(), before) {
+            // Do not leave a grant behind that nobody will use.
+            self.release_quietly(key, holder, fence.get()).await;
+            return Err(e);
+        }
+        Ok(fence)
+    }
+
+    /// The outcome of a release (status 1: released; 0: not held so, and the `counter` the
+    /// script saw is checked against the fences seen `before` the call was sent).
+    fn released(
+        &self,
+        what: &str,
+        key: &str,
+        status: i64,
+        counter: Option<String>,
+        before: Option<Seen>,
+    ) -> Result<bool, StoreError> {
+        let counter = parse_counter(what, counter)?;
+        match status {
+            1 => Ok(true),
+            0 => {
+                self.check_counter(key, counter, before)?;
+                Ok(false)
+            }
+            s => Err(bad_reply(what, format!("status {s}"))),
+        }
+    }
+}
+
+/// A random id for this store's grant channel: the process id and 128 bits from the
+/// standard library's per-instance random hash keys, so that no two stores share a channel.
+fn store_id() -> String {
+    let hash = || RandomState::new().hash_one((std::process::id(), std::time::Instant::now()));
+    format!("{}-{:016x}{:016x}", std::process::id(), hash(), hash())
 }
 
 fn lease_ms(lease: Duration) -> u64 {
@@ -455,43 +627,19 @@ impl LeaseStore for RedisStore {
         holder: &str,
     ) -> Result<Option<Fence>, StoreError> {
         validate(NAME, key, holder)?;
-        let Keys {
-            record,
-            legacy_lock,
-            legacy_fence,
-        } = keys(&self.inner.prefix, key);
         // Zero stays zero (a release); anything else is at least one millisecond.
         let ms = if lease.is_zero() { 0 } else { lease_ms(lease) };
         let what = || format!("try_lock of {key:?}");
         if let Some(n) = self.inner.notifier.as_ref().filter(|_| ms > 0) {
             n.watch(key);
         }
-        let before = self.snapshot(key);
-        let (status, counter): (i64, Option<String>) = ACQUIRE
-            .key(record)
-            .key(legacy_lock)
-            .key(legacy_fence)
-            .arg(holder)
-            .arg(ms)
-            .arg(&self.inner.channel)
-            .arg(key)
-            .invoke_async(&mut self.inner.conn.clone())
-            .await
-            .map_err(|e| classify(&what(), e))?;
-        let counter = parse_counter(&what(), counter)?;
+        let (status, counter, before) = self.run_acquire(&what(), key, holder, ms, 0).await?;
         match status {
             1 => {
                 if let Some(n) = &self.inner.notifier {
                     n.unwatch(key);
                 }
-                let fence = counter
-                    .and_then(Fence::new)
-                    .ok_or_else(|| bad_reply(&what(), "granted without a fence"))?;
-                if let Err(e) = self.check_grant(key, holder, fence.get(), before) {
-                    // Do not leave a grant behind that nobody will use.
-                    self.release_quietly(key, holder, fence.get()).await;
-                    return Err(e);
-                }
+                let fence = self.granted(&what(), key, holder, counter, before).await?;
                 Ok(Some(fence))
             }
             0 | 2 => {
@@ -526,24 +674,12 @@ impl LeaseStore for RedisStore {
         validate(NAME, key, holder)?;
         let what = || format!("release of {key:?}");
         let before = self.snapshot(key);
-        let (status, counter): (i64, Option<String>) = RELEASE
-            .key(keys(&self.inner.prefix, key).record)
-            .arg(holder)
-            .arg(fence.get())
-            .arg(&self.inner.channel)
-            .arg(key)
+        let (status, counter): (i64, Option<String>) = self
+            .release_call(key, holder, fence.get())
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| classify(&what(), e))?;
-        let counter = parse_counter(&what(), counter)?;
-        match status {
-            1 => Ok(true),
-            0 => {
-                self.check_counter(key, counter, before)?;
-                Ok(false)
-            }
-            s => Err(bad_reply(&what(), format!("status {s}"))),
-        }
+        self.released(&what(), key, status, counter, before)
     }
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
@@ -654,6 +790,100 @@ impl LeaseStore for RedisStore {
             }
             s => Err(bad_reply(&what, format!("status {s}"))),
         }
+    }
+
+    /// With [queued grants](RedisStoreBuilder::queued_grants): one script grants `key` if it
+    /// is free and no live waiter is ahead, otherwise queues `holder` (or refreshes its entry,
+    /// keeping its place) with a deadline of the server's `TIME` + `patience`, and answers
+    /// `Waiting` with the key's fence as the script left it. Without, it is `try_lock`.
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        validate(NAME, key, holder)?;
+        if self.inner.grant_channel.is_none() || lease.is_zero() {
+            return Ok(match self.try_lock(lease, key, holder).await? {
+                Some(fence) => Enqueued::Granted(fence),
+                None => Enqueued::Waiting { fence: None },
+            });
+        }
+        let what = || format!("enqueue of {key:?}");
+        // Watched before sending: a grant announced between the answer and the next
+        // `wait_for_grant` is kept for it.
+        if let Some(n) = &self.inner.notifier {
+            n.watch_grant(key, holder);
+        }
+        let (status, counter, before) = self
+            .run_acquire(&what(), key, holder, lease_ms(lease), lease_ms(patience))
+            .await?;
+        match status {
+            1 => {
+                if let Some(n) = &self.inner.notifier {
+                    n.unwatch_grant(key, holder);
+                }
+                let fence = self.granted(&what(), key, holder, counter, before).await?;
+                Ok(Enqueued::Granted(fence))
+            }
+            3 => {
+                self.check_counter(key, counter, before)?;
+                // The counter as the script left it: the key's latest fence, so a grant to
+                // this waiter later has a larger one.
+                Ok(Enqueued::Waiting {
+                    fence: counter.and_then(Fence::new),
+                })
+            }
+            s => Err(bad_reply(&what(), format!("status {s}"))),
+        }
+    }
+
+    /// Waits for the grant message of (`key`, `holder`) on this store's grant channel, which
+    /// the granting script publishes with the fence it granted; a grant announced since the
+    /// last `enqueue` of `holder` was sent returns at once. `None` after `max_wait`, when
+    /// `key` is announced free (its next `enqueue` takes it), or when the subscription was
+    /// lost since (messages may have been missed). Without queued grants (or without
+    /// notifications), as the trait's default.
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        match (&self.inner.notifier, &self.inner.grant_channel) {
+            (Some(n), Some(_)) => n
+                .wait_grant(key, holder, max_wait)
+                .await
+                .and_then(Fence::new),
+            _ => {
+                self.wait_for_change(key, max_wait).await;
+                None
+            }
+        }
+    }
+
+    /// With [queued grants](RedisStoreBuilder::queued_grants): one script removes `holder`'s
+    /// entry and, if the record names `holder` (granted meanwhile), releases that grant to
+    /// the next waiter. Without, nothing to leave (`false`).
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        if self.inner.grant_channel.is_none() {
+            return Ok(false);
+        }
+        if let Some(n) = &self.inner.notifier {
+            n.unwatch_grant(key, holder);
+        }
+        let what = || format!("leave_queue of {key:?}");
+        let q = queue_keys(&self.inner.prefix, key);
+        let before = self.snapshot(key);
+        let (status, counter): (i64, Option<String>) = LEAVE_Q
+            .key(keys(&self.inner.prefix, key).record)
+            .key(q.queue)
+            .key(q.deadlines)
+            .key(q.waiters)
+            .arg(holder)
+            .arg(&self.inner.channel)
+            .arg(key)
+            .invoke_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&what(), e))?;
+        self.released(&what(), key, status, counter, before)
     }
 
     fn capabilities(&self) -> Capabilities {
