@@ -1,6 +1,6 @@
 //! Opening stores in a worker, the counting wrapper, and the lockers (ours, the ancestor
 //! configuration, the peers) behind one interface. What differs per store (the floor, the peers,
-//! wire counters) comes from [`backend`](crate::backend).
+//! wire counters) comes from [`backend`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
