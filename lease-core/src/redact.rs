@@ -143,6 +143,9 @@ mod tests {
             };
             // Without a scheme, a host with a path and no user info is a path, not a URL.
             prop_assume!(!(scheme.is_empty() && position >= 3));
+            // Without a scheme, a secret containing `://` is, by the syntax, a scheme and user
+            // info (`Zq://@h` is scheme `Zq` with empty user info): no redactor can tell.
+            prop_assume!(!(scheme.is_empty() && secret.contains("://")));
             let out = redact_url(&url);
             prop_assert!(!out.contains(&secret), "{url} -> {out}");
             prop_assert!(!out.contains(&percent_encoded(&secret)), "{url} -> {out}");
