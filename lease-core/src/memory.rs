@@ -299,10 +299,9 @@ impl LeaseStore for MemoryStore {
     ) -> Result<Enqueued, StoreError> {
         validate(NAME, key, holder)?;
         if !self.inner.queued || lease.is_zero() {
-            return Ok(match self.try_lock(lease, key, holder).await? {
-                Some(fence) => Enqueued::Granted(fence),
-                None => Enqueued::Waiting { fence: None },
-            });
+            return Ok(Enqueued::from_try_lock(
+                self.try_lock(lease, key, holder).await?,
+            ));
         }
         let now = self.inner.clock.now();
         let mut keys = self.keys();

@@ -185,10 +185,9 @@ pub trait LeaseStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Enqueued, StoreError>> + Send {
         let _ = patience;
         async move {
-            Ok(match self.try_lock(lease, key, holder).await? {
-                Some(fence) => Enqueued::Granted(fence),
-                None => Enqueued::Waiting { fence: None },
-            })
+            Ok(Enqueued::from_try_lock(
+                self.try_lock(lease, key, holder).await?,
+            ))
         }
     }
 
@@ -279,6 +278,14 @@ pub enum Enqueued {
         /// was made after this answer. A store that cannot tell answers `None`.
         fence: Option<Fence>,
     },
+}
+
+impl Enqueued {
+    /// What `enqueue` answers where there is no queue (a store without one, or a zero lease):
+    /// [`try_lock`](LeaseStore::try_lock)'s answer, granted or waiting with the fence unknown.
+    pub fn from_try_lock(answer: Option<Fence>) -> Self {
+        answer.map_or(Enqueued::Waiting { fence: None }, Enqueued::Granted)
+    }
 }
 
 /// What a store's record says about a key, from [`LeaseStore::inspect`].

@@ -805,10 +805,9 @@ impl LeaseStore for RedisStore {
     ) -> Result<Enqueued, StoreError> {
         validate(NAME, key, holder)?;
         if self.inner.grant_channel.is_none() || lease.is_zero() {
-            return Ok(match self.try_lock(lease, key, holder).await? {
-                Some(fence) => Enqueued::Granted(fence),
-                None => Enqueued::Waiting { fence: None },
-            });
+            return Ok(Enqueued::from_try_lock(
+                self.try_lock(lease, key, holder).await?,
+            ));
         }
         let what = || format!("enqueue of {key:?}");
         // Watched before sending: a grant announced between the answer and the next

@@ -987,8 +987,9 @@ impl LeaseStore for SqliteStore {
     ) -> Result<Enqueued, StoreError> {
         validate(NAME, key, holder)?;
         if !self.inner.queued || lease.is_zero() {
-            let granted = self.try_lock(lease, key, holder).await?;
-            return Ok(granted.map_or(Enqueued::Waiting { fence: None }, Enqueued::Granted));
+            return Ok(Enqueued::from_try_lock(
+                self.try_lock(lease, key, holder).await?,
+            ));
         }
         let (key, holder) = (key.to_owned(), holder.to_owned());
         let wake_lease = lease;
