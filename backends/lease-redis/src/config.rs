@@ -28,6 +28,43 @@ pub struct RedisStoreBuilder {
     pub(crate) notifications: bool,
     pub(crate) allow_allkeys_eviction: bool,
     pub(crate) queued_grants: bool,
+    /// A bad value of a store option in the URL's query, reported by `connect`.
+    pub(crate) url_error: Option<String>,
+}
+
+/// The URL's query options that configure the store rather than the connection. They are taken
+/// out of the URL before redis-rs parses the rest, so its own options (and its handling of
+/// unknown ones) are unchanged.
+const QUEUED_GRANTS_OPTION: &str = "queued_grants";
+
+/// Takes `queued_grants=true|false|1|0` out of `url`'s query: the URL without it, and its value
+/// (`Err` for a value that is neither).
+fn take_store_options(url: &str) -> (String, Result<Option<bool>, String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), Ok(None));
+    };
+    let mut value = Ok(None);
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some((QUEUED_GRANTS_OPTION, v)) => {
+                value = match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" => Ok(Some(true)),
+                    "false" | "0" => Ok(Some(false)),
+                    _ => Err(format!(
+                        "URL option `{QUEUED_GRANTS_OPTION}={v}`: expected true, false, 1 or 0"
+                    )),
+                };
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, value)
 }
 
 #[derive(Clone)]
@@ -38,6 +75,17 @@ pub(crate) enum Source {
 
 impl RedisStoreBuilder {
     pub(crate) fn new(source: Source) -> Self {
+        let (source, option) = match source {
+            Source::Url(url) => {
+                let (url, option) = take_store_options(&url);
+                (Source::Url(url), option)
+            }
+            client => (client, Ok(None)),
+        };
+        let (queued_grants, url_error) = match option {
+            Ok(v) => (v.unwrap_or(false), None),
+            Err(e) => (false, Some(e)),
+        };
         Self {
             source,
             prefix: DEFAULT_PREFIX.to_owned(),
@@ -46,7 +94,8 @@ impl RedisStoreBuilder {
             durable_fences: false,
             notifications: true,
             allow_allkeys_eviction: false,
-            queued_grants: false,
+            queued_grants,
+            url_error,
         }
     }
 
@@ -120,6 +169,9 @@ impl RedisStoreBuilder {
     ///   waiters, and its releases do not hand over; the queued waiters take the key at their
     ///   next call, woken by its release announcement).
     ///
+    /// The URL option `?queued_grants=true` (or `1`; `false`/`0` for off) of
+    /// [`RedisStore::builder`] sets the same; a later call of this method overrides it.
+    ///
     /// An ACL user needs `LINDEX LPOP RPUSH LREM LRANGE ZSCORE ZADD ZREM HDEL` on top of the
     /// plain store's commands. With [`notifications(false)`](Self::notifications) the queue
     /// still orders the grants, but waiters learn of them by polling.
@@ -159,6 +211,9 @@ impl RedisStoreBuilder {
     }
 
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if let Some(e) = &self.url_error {
+            return Err(StoreError::invalid_input(NAME, e.clone()));
+        }
         if self.prefix.contains(['{', '}']) {
             return Err(StoreError::invalid_input(
                 NAME,
@@ -277,6 +332,43 @@ mod tests {
             shown.contains("***@localhost") && !shown.contains("locker:"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn the_queued_grants_url_option_is_taken_out_of_the_url() {
+        let b = RedisStoreBuilder::new(Source::Url("redis://h:1/0?queued_grants=true".into()));
+        assert!(b.queued_grants && b.validate().is_ok());
+        assert_eq!(
+            b.client().unwrap().get_connection_info().addr().to_string(),
+            "h:1"
+        );
+        let b = RedisStoreBuilder::new(Source::Url(
+            "redis+unix:///s.sock?db=2&queued_grants=1&user=u".into(),
+        ));
+        assert!(b.queued_grants);
+        match &b.source {
+            Source::Url(u) => assert_eq!(u, "redis+unix:///s.sock?db=2&user=u"),
+            Source::Client(_) => unreachable!(),
+        }
+        assert_eq!(
+            b.client()
+                .unwrap()
+                .get_connection_info()
+                .redis_settings()
+                .db(),
+            2
+        );
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/?queued_grants=false".into()));
+        assert!(!b.queued_grants);
+        // The method overrides the URL.
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/?queued_grants=true".into()))
+            .queued_grants(false);
+        assert!(!b.queued_grants);
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/".into()));
+        assert!(!b.queued_grants);
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/?queued_grants=maybe".into()));
+        let e = b.validate().unwrap_err().to_string();
+        assert!(e.contains("queued_grants=maybe"), "{e}");
     }
 
     #[test]

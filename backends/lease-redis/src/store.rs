@@ -87,7 +87,9 @@ impl RedisStore {
     /// - `rediss://…`: the same over TLS (feature `tls`), verifying the server against the
     ///   system's roots (for a private CA, build a client with
     ///   [`redis::Client::build_with_tls`] and use [`RedisStore::builder_with_client`]);
-    /// - `redis+unix:///path/to/redis.sock?db=0&user=u&pass=p`: a Unix socket.
+    /// - `redis+unix:///path/to/redis.sock?db=0&user=u&pass=p`: a Unix socket;
+    /// - any of these with `?queued_grants=true` (or `&queued_grants=true` after other options):
+    ///   [`queued_grants(true)`](RedisStoreBuilder::queued_grants).
     ///
     /// Percent-encode reserved characters in user and password (`%40` for `@`).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
