@@ -135,6 +135,16 @@ impl Ctx<'_> {
         backend::of(self.target.scheme).settle()
     }
 
+    /// Our lock in each mode the store has (queued, and barging beside it on a store with
+    /// queued grants), then the ancestor configuration.
+    fn locks(&self) -> Vec<Imp> {
+        self.imps
+            .iter()
+            .copied()
+            .filter(|i| matches!(i, Imp::Ours | Imp::OursBarging | Imp::Ancestor))
+            .collect()
+    }
+
     fn peers(&self) -> impl Iterator<Item = Imp> + '_ {
         self.imps
             .iter()
@@ -162,22 +172,21 @@ fn num(v: &Value, field: &str) -> u64 {
 /// A progress callback: called with a label for each cell as it starts.
 pub(crate) type Progress<'p> = &'p dyn Fn(&str);
 
-/// How many cells a scenario has, for the progress bar.
-pub(crate) fn cells(scenario: &str, quick: bool, imps: usize, peers: usize) -> u64 {
-    let ours = imps - peers; // ours + ancestor (+ store-try-lock)
+/// How many cells a scenario has, for the progress bar: `imps` implementations, of which
+/// `locks` are our lock's modes and the ancestor, and `peers` are peers.
+pub(crate) fn cells(scenario: &str, quick: bool, imps: usize, locks: usize, peers: usize) -> u64 {
     (match scenario {
         "floor" => 1,
         "uncontended" => imps,
         "reentrant" => 2,
-        "handoff" => handoff_grid(quick).len() * (2 + peers),
-        "one-key" => one_key_grid(quick).len() * 2,
+        "handoff" => handoff_grid(quick).len() * (locks + peers),
+        "one-key" => one_key_grid(quick).len() * locks,
         "many-keys" => many_keys_grid(quick).len() * 2,
         "renewal" => renewal_grid(quick).len() * 2,
-        "fairness" => 2 + if quick { 0 } else { peers },
-        "crash" => 2 + if quick { 0 } else { peers },
+        "fairness" | "crash" => locks + if quick { 0 } else { peers },
         _ => 0,
     } as u64)
-        .max(u64::from(ours > 0))
+        .max(1)
 }
 
 fn handoff_grid(quick: bool) -> Vec<(u64, usize)> {
@@ -228,10 +237,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, scenario: &str, progress: Progress<'_
             }
         }
         "handoff" => {
-            let imps: Vec<Imp> = [Imp::Ours, Imp::Ancestor]
-                .into_iter()
-                .chain(ctx.peers())
-                .collect();
+            let imps: Vec<Imp> = ctx.locks().into_iter().chain(ctx.peers()).collect();
             for imp in imps {
                 for (hold, waiters) in handoff_grid(ctx.quick) {
                     progress(&format!(
@@ -244,7 +250,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, scenario: &str, progress: Progress<'_
             }
         }
         "one-key" => {
-            for imp in [Imp::Ours, Imp::Ancestor] {
+            for imp in ctx.locks() {
                 for &n in one_key_grid(ctx.quick) {
                     progress(&format!("one key {} × {n} processes", imp.name()));
                     let r = one_key(ctx, imp, n).await;
@@ -276,7 +282,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, scenario: &str, progress: Progress<'_
             } else {
                 ctx.peers().collect()
             };
-            for imp in [Imp::Ours, Imp::Ancestor].into_iter().chain(peers) {
+            for imp in ctx.locks().into_iter().chain(peers) {
                 progress(&format!("fairness {}", imp.name()));
                 let r = fairness(ctx, imp).await;
                 push(ctx, &mut out, "fairness", imp.name(), r);
@@ -288,7 +294,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, scenario: &str, progress: Progress<'_
             } else {
                 ctx.peers().collect()
             };
-            for imp in [Imp::Ours, Imp::Ancestor].into_iter().chain(peers) {
+            for imp in ctx.locks().into_iter().chain(peers) {
                 progress(&format!("crash takeover {}", imp.name()));
                 let r = crash(ctx, imp).await;
                 push(ctx, &mut out, "crash", imp.name(), r);
@@ -364,7 +370,11 @@ async fn uncontended(ctx: &mut Ctx<'_>, imp: Imp) -> anyhow::Result<Vec<Record>>
         ctx.record("uncontended", imp.name(), "release latency", "us"),
         &rel,
     );
-    if matches!(imp, Imp::Ours | Imp::Ancestor | Imp::StoreTryLock) && iters > 0 {
+    if matches!(
+        imp,
+        Imp::Ours | Imp::OursBarging | Imp::Ancestor | Imp::StoreTryLock
+    ) && iters > 0
+    {
         let per = ops as f64 / iters as f64;
         a.extra
             .insert("store_ops_per_acquire_release".into(), json!(per));

@@ -208,7 +208,7 @@ async fn resolve(spec: &str) -> anyhow::Result<Resolved> {
         );
     }
     let (mut dir, mut server) = (None, None);
-    let location = match rest {
+    let mut location = match rest {
         Some(_) => spec.to_owned(),
         None if scheme.is_server() => {
             let s = start_server(scheme)?;
@@ -226,6 +226,15 @@ async fn resolve(spec: &str) -> anyhow::Result<Resolved> {
             url
         }
     };
+    // Our own server or database: with the waiter queue, so that both modes are measured.
+    let own_option = rest
+        .is_none()
+        .then(|| backend::of(scheme).queued_grants_option())
+        .flatten();
+    if let Some(option) = own_option {
+        location.push(if location.contains('?') { '&' } else { '?' });
+        location.push_str(option);
+    }
     let caps = leasehold::open(&location)
         .await
         .with_context(|| format!("opening {}", store::redact(&location)))?
@@ -321,12 +330,17 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .version(&r.target.location)
             .await
             .unwrap_or_else(|e| format!("unknown ({e:#})"));
-        let mut imps = vec![Imp::Ours, Imp::Ancestor, Imp::StoreTryLock];
+        let mut imps = vec![Imp::Ours];
+        if r.caps.queued_grants {
+            imps.push(Imp::OursBarging);
+        }
+        imps.extend([Imp::Ancestor, Imp::StoreTryLock]);
+        let locks = imps.len() - 1;
         imps.extend(backend.peer());
-        let peers = imps.len() - 3;
+        let peers = imps.len() - locks - 1;
         let total: u64 = scenarios
             .iter()
-            .map(|s| bench::cells(s, cli.quick, imps.len(), peers))
+            .map(|s| bench::cells(s, cli.quick, imps.len(), locks, peers))
             .sum();
         let bar = multi.add(ProgressBar::new(total));
         bar.set_style(style.clone());

@@ -34,8 +34,12 @@ mod by_name {
 pub(crate) enum Imp {
     /// The raw store round trip of the same shape as an acquire.
     Floor,
-    /// `CrossProcessLock` with its default configuration.
+    /// `CrossProcessLock` with its default configuration, over the store as configured (on a
+    /// store with queued grants: queued).
     Ours,
+    /// `CrossProcessLock` with `barging(true)`, over the same store: every release wakes every
+    /// waiter and they race. Measured only where the store has queued grants, beside `ours`.
+    OursBarging,
     /// `CrossProcessLock` configured as the ancestor design.
     Ancestor,
     /// The store's `try_lock`/`release` called directly, without the lock around it.
@@ -51,6 +55,7 @@ impl Imp {
         match self {
             Imp::Floor => "floor",
             Imp::Ours => "ours",
+            Imp::OursBarging => "ours-barging",
             Imp::Ancestor => "ancestor",
             Imp::StoreTryLock => "store-try-lock",
             Imp::EtcdLockRpc => "etcd-lock-rpc",

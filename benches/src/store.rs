@@ -163,8 +163,9 @@ impl Opened {
         lease_ms: Option<u64>,
     ) -> anyhow::Result<Locker> {
         Ok(match imp {
-            Imp::Ours => {
-                let mut b = CrossProcessLock::builder(self.store.clone(), key);
+            Imp::Ours | Imp::OursBarging => {
+                let mut b = CrossProcessLock::builder(self.store.clone(), key)
+                    .barging(imp == Imp::OursBarging);
                 if let Some(ms) = lease_ms {
                     b = b.lease(Duration::from_millis(ms));
                 }

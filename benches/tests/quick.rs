@@ -100,6 +100,19 @@ fn quick(store: &str, version_prefix: &str, peer: Option<&str>) {
         assert!(r["params"]["hold_ms"].is_u64() && r["params"]["waiters"].is_u64());
     }
 
+    // The harness's own store runs with the waiter queue: `ours` is queued and `ours-barging`
+    // beside it in every scenario that compares the two modes.
+    for scenario in ["handoff", "one-key", "fairness", "crash"] {
+        let barging = find(scenario, "ours-barging").len();
+        assert!(
+            barging > 0 && barging == find(scenario, "ours").len(),
+            "{scenario}: one ours-barging record per ours record"
+        );
+    }
+    for r in find("handoff", "ours-barging") {
+        assert_eq!(r["samples"], 10, "{r}");
+    }
+
     // Fairness: eight processes, each with a count.
     let fair = find("fairness", "ours");
     assert_eq!(fair[0]["extra"]["counts"][0].as_array().unwrap().len(), 8);

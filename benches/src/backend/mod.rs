@@ -55,6 +55,14 @@ pub(crate) trait Backend: Sync {
         Box::pin(async { bail!("the bench has no peer for this store") })
     }
 
+    /// The URL query option that turns the store's waiter queue on (`queued_grants=true`), if
+    /// the store has one. The harness adds it to the location of a store it sets up itself
+    /// (throwaway server or temp database), so that `ours` runs queued and `ours-barging` beside
+    /// it; a URL given with `--store` is measured as written.
+    fn queued_grants_option(&self) -> Option<&'static str> {
+        None
+    }
+
     /// How long a waiter takes to park once its first `try_lock` was refused (it then waits for
     /// a change), before a handoff round may start.
     fn settle(&self) -> Duration {

@@ -1,5 +1,6 @@
 //! Redis: the floor is one EVALSHA of a one-line `SET` script on a multiplexed connection; the
-//! peer is the `rslock` crate (Redlock over one server).
+//! peer is the `rslock` crate (Redlock over one server). The harness's own server gets the
+//! waiter queue (`?queued_grants=true`).
 
 use std::time::Duration;
 
@@ -11,14 +12,38 @@ use crate::proto::Imp;
 
 pub(super) struct Redis;
 
+/// lease-redis's URL option for its waiter queue.
+const QUEUED_GRANTS: &str = "queued_grants=true";
+
+/// `location` without lease-redis's own URL option, for the clients that are not our store (the
+/// floor, the version query, rslock), so that they connect to the same server as it does.
+fn server_url(location: &str) -> String {
+    let Some((base, query)) = location.split_once('?') else {
+        return location.to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.starts_with("queued_grants="))
+        .collect();
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}
+
 impl Backend for Redis {
     fn floor_operation(&self) -> &'static str {
         "EVALSHA of a one-line SET script"
     }
 
+    fn queued_grants_option(&self) -> Option<&'static str> {
+        Some(QUEUED_GRANTS)
+    }
+
     fn floor<'a>(&'a self, location: &'a str, _store: &'a DynStore) -> Fut<'a, Box<dyn Floor>> {
         Box::pin(async move {
-            let client = redis::Client::open(location)?;
+            let client = redis::Client::open(server_url(location))?;
             let conn = redis::aio::ConnectionManager::new(client).await?;
             let script = redis::Script::new("return redis.call('SET', KEYS[1], ARGV[1])");
             Ok(Box::new(Evalsha(conn, script)) as Box<dyn Floor>)
@@ -27,7 +52,7 @@ impl Backend for Redis {
 
     fn version<'a>(&'a self, location: &'a str) -> Fut<'a, String> {
         Box::pin(async move {
-            let client = redis::Client::open(location)?;
+            let client = redis::Client::open(server_url(location))?;
             let mut conn = client.get_multiplexed_async_connection().await?;
             let info: String = redis::cmd("INFO")
                 .arg("server")
@@ -53,7 +78,7 @@ impl Backend for Redis {
     ) -> Fut<'a, Box<dyn PeerLock>> {
         Box::pin(async move {
             Ok(Box::new(Rslock {
-                lm: rslock::LockManager::new(vec![location.to_owned()]),
+                lm: rslock::LockManager::new(vec![server_url(location)]),
                 resource: format!("bench-rslock:{key}").into_bytes(),
                 ttl: Duration::from_millis(lease_ms.unwrap_or(10_000)),
             }) as Box<dyn PeerLock>)

@@ -18,6 +18,10 @@ impl Backend for Sqlite {
         "BEGIN IMMEDIATE write, synchronous=FULL, WAL"
     }
 
+    fn queued_grants_option(&self) -> Option<&'static str> {
+        Some("queued_grants=true")
+    }
+
     fn floor<'a>(&'a self, _location: &'a str, store: &'a DynStore) -> Fut<'a, Box<dyn Floor>> {
         Box::pin(async move {
             let store = store
