@@ -328,19 +328,32 @@ fn push(
 
 async fn floor(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Record>> {
     let (n, warmup) = if ctx.quick { (200, 20) } else { (2000, 100) };
-    let mut runs = Vec::new();
-    for _ in 0..ctx.runs {
-        let v = single(ctx, ctx.job(Imp::Floor, Role::Floor { samples: n, warmup })).await?;
-        runs.push(samples(&v, "floor")?);
+    let backend = backend::of(ctx.target.scheme);
+    let fastest = backend
+        .fastest_floor(&ctx.target.location)
+        .map(|(what, _)| what);
+    let mut out = Vec::new();
+    let rows = [
+        (Imp::Floor, Some(backend.floor_operation())),
+        (Imp::FloorFastest, fastest),
+    ];
+    for (imp, what) in rows {
+        let Some(what) = what else { continue };
+        let mut runs = Vec::new();
+        for _ in 0..ctx.runs {
+            let v = single(ctx, ctx.job(imp, Role::Floor { samples: n, warmup })).await?;
+            runs.push(samples(&v, "floor")?);
+        }
+        let mut r = ctx.record("floor", imp.name(), "round trip", "us");
+        r.params.insert("operation".into(), json!(what));
+        out.push(ctx.latency(r, &runs));
     }
-    let what = backend::of(ctx.target.scheme).floor_operation();
-    let mut r = ctx.record("floor", "floor", "round trip", "us");
-    r.params.insert("operation".into(), json!(what));
-    let r = ctx.latency(r, &runs);
-    ctx.floor_p50 = r.p50;
-    let mut r = r;
-    r.ratio_to_floor = Some(1.0);
-    Ok(vec![r])
+    // Ratios are to the fastest floor: the last row measured.
+    ctx.floor_p50 = out.last().and_then(|r| r.p50);
+    for r in &mut out {
+        r.ratio_to_floor = r.p50.zip(ctx.floor_p50).map(|(p, f)| p / f);
+    }
+    Ok(out)
 }
 
 async fn uncontended(ctx: &mut Ctx<'_>, imp: Imp) -> anyhow::Result<Vec<Record>> {

@@ -34,6 +34,9 @@ mod by_name {
 pub(crate) enum Imp {
     /// The raw store round trip of the same shape as an acquire.
     Floor,
+    /// The same round trip the fastest way a client can make it, where the store has a faster
+    /// way than the floor's (Redis: a dedicated blocking connection, request then response).
+    FloorFastest,
     /// `CrossProcessLock` with its default configuration, over the store as configured (on a
     /// store with queued grants: queued).
     Ours,
@@ -54,6 +57,7 @@ impl Imp {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Imp::Floor => "floor",
+            Imp::FloorFastest => "floor-fastest",
             Imp::Ours => "ours",
             Imp::OursBarging => "ours-barging",
             Imp::Ancestor => "ancestor",

@@ -114,7 +114,8 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
-    pub(crate) async fn open(target: &StoreTarget, with_floor: bool) -> anyhow::Result<Self> {
+    /// Opens the store, and the floor `floor` names (`Floor` or `FloorFastest`) if any.
+    pub(crate) async fn open(target: &StoreTarget, floor: Option<Imp>) -> anyhow::Result<Self> {
         let store = leasehold::open(&target.location).await.with_context(|| {
             format!(
                 "opening {} {}",
@@ -124,10 +125,13 @@ impl Opened {
         })?;
         let backend = backend::of(target.scheme);
         let keepalives = backend.wire_counter(&store);
-        let floor = if with_floor {
-            Some(backend.floor(&target.location, &store).await?)
-        } else {
-            None
+        let floor = match floor {
+            Some(Imp::FloorFastest) => match backend.fastest_floor(&target.location) {
+                Some((_, open)) => Some(open.await?),
+                None => bail!("{} has no fastest floor", target.scheme.name()),
+            },
+            Some(_) => Some(backend.floor(&target.location, &store).await?),
+            None => None,
         };
         Ok(Self {
             target: target.clone(),
@@ -188,7 +192,7 @@ impl Opened {
                 imp.name(),
                 self.target.scheme.name()
             ),
-            Imp::Floor => bail!("the floor is not a lock"),
+            Imp::Floor | Imp::FloorFastest => bail!("the floor is not a lock"),
         })
     }
 }

@@ -91,8 +91,8 @@ impl Commands {
 }
 
 async fn run(job: Job) -> anyhow::Result<()> {
-    let with_floor = job.imp == Imp::Floor;
-    let opened = Opened::open(&job.store, with_floor).await?;
+    let which_floor = matches!(job.imp, Imp::Floor | Imp::FloorFastest).then_some(job.imp);
+    let opened = Opened::open(&job.store, which_floor).await?;
     let mut cmds = Commands::start();
     send(&Msg::Ready);
     match cmds.next().await.as_str() {

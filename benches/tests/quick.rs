@@ -121,6 +121,13 @@ fn quick(store: &str, version_prefix: &str, peer: Option<&str>) {
     // A SIGKILLed holder's key went to the waiter.
     assert!(find("crash", "ours")[0]["p50"].as_f64().unwrap() > 0.0);
 
+    // Redis also has the fastest floor (a dedicated blocking connection), and ratios are to it.
+    if store.starts_with("redis") {
+        let fastest = find("floor", "floor-fastest");
+        assert_eq!(fastest.len(), 1, "no fastest floor");
+        assert_eq!(fastest[0]["ratio_to_floor"].as_f64(), Some(1.0));
+    }
+
     if let Some(peer) = peer {
         assert!(!find("uncontended", peer).is_empty(), "no {peer} record");
         assert!(!find("handoff", peer).is_empty(), "no {peer} handoff");

@@ -36,6 +36,17 @@ pub(crate) trait Backend: Sync {
     /// `location`, which `store` is opened on.
     fn floor<'a>(&'a self, location: &'a str, store: &'a DynStore) -> Fut<'a, Box<dyn Floor>>;
 
+    /// The same round trip as [`floor`](Backend::floor) the fastest way a client can make it,
+    /// if that is another way (what the operation is, and the floor): ratios are then taken to
+    /// it, the physical floor.
+    fn fastest_floor<'a>(
+        &'a self,
+        location: &'a str,
+    ) -> Option<(&'static str, Fut<'a, Box<dyn Floor>>)> {
+        let _ = location;
+        None
+    }
+
     /// The store's version, e.g. `Redis 7.2.4`.
     fn version<'a>(&'a self, location: &'a str) -> Fut<'a, String>;
 
