@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lease_core::{
-    BootClock, BrokenLock, Capabilities, Clock, DynStore, Fence, KeyState, LeaseStore, StoreError,
+    BootClock, BrokenLock, Capabilities, Clock, DynStore, Enqueued, Fence, KeyState, LeaseStore,
+    StoreError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,14 @@ pub enum Op {
     Restart,
     /// A worker ends its run normally (every guard dropped).
     Exit,
+    /// A waiter's `enqueue`: ok is a grant (with its fence), fail is queued (with the key's fence
+    /// the store reported, if any), info an error. The invoke carries `patience_ns`.
+    Enqueue,
+    /// A waiter's `wait_for_grant`: ok is a grant the store reported (with its fence), fail is
+    /// an answer without one.
+    GrantWait,
+    /// A waiter's `leave_queue`: ok when it gave a grant back, fail when it did not.
+    LeaveQueue,
 }
 
 /// Whether an event starts an operation, ends it, or stands alone.
@@ -95,6 +104,10 @@ pub struct Event {
     /// For errors: the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For enqueues: the patience the waiter's entry was given (it lapses unless refreshed
+    /// within it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience_ns: Option<u64>,
 }
 
 impl Event {
@@ -116,6 +129,7 @@ impl Event {
             accepted: None,
             dur_ns: None,
             error: None,
+            patience_ns: None,
         }
     }
 
@@ -185,7 +199,8 @@ impl History {
 }
 
 /// A [`LeaseStore`] that records every call in a [`History`]: `acquire` for `try_lock`, `renew`,
-/// `release`, each as an invoke (stamped before the call is sent) and its outcome.
+/// `release`, and the queue's `enqueue`, `wait_for_grant` and `leave_queue`, each as an invoke
+/// (stamped before the call is sent) and its outcome.
 #[derive(Clone)]
 pub struct RecordingStore {
     inner: DynStore,
@@ -265,6 +280,44 @@ impl LeaseStore for RecordingStore {
         let r = self.inner.release(key, holder, fence).await;
         let ok = matches!(r, Ok(true));
         self.outcome(key, Op::Release, r.as_ref().map(|_| Some(fence.get())), ok);
+        r
+    }
+
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        let mut e = self.history.event(key, Op::Enqueue, Kind::Invoke);
+        e.patience_ns = Some(u64::try_from(patience.as_nanos()).unwrap_or(u64::MAX));
+        self.history.log(&e);
+        let r = self.inner.enqueue(lease, key, holder, patience).await;
+        let (fence, granted) = match &r {
+            Ok(Enqueued::Granted(f)) => (Some(f.get()), true),
+            Ok(Enqueued::Waiting { fence }) => (fence.map(Fence::get), false),
+            Ok(_) | Err(_) => (None, false),
+        };
+        self.outcome(key, Op::Enqueue, r.as_ref().map(|_| fence), granted);
+        r
+    }
+
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        self.history
+            .log(&self.history.event(key, Op::GrantWait, Kind::Invoke));
+        let r = self.inner.wait_for_grant(key, holder, max_wait).await;
+        let fence = r.map(Fence::get);
+        self.outcome(key, Op::GrantWait, Ok(fence), fence.is_some());
+        r
+    }
+
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        self.history
+            .log(&self.history.event(key, Op::LeaveQueue, Kind::Invoke));
+        let r = self.inner.leave_queue(key, holder).await;
+        let ok = matches!(r, Ok(true));
+        self.outcome(key, Op::LeaveQueue, r.as_ref().map(|_| None), ok);
         r
     }
 

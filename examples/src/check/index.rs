@@ -121,6 +121,9 @@ pub(super) struct RunIndex<'a> {
     pub(super) losts: Vec<&'a Event>,
     /// Process -> the time it exited normally.
     pub(super) exits: HashMap<u64, u64>,
+    /// (process, key) -> when its last enqueue answered `Waiting` was sent: a grant reported
+    /// later by `wait_for_grant` was made after it, and the lock's deadline counts from it.
+    queued_since: HashMap<(u64, &'a str), u64>,
 }
 
 impl<'a> RunIndex<'a> {
@@ -145,6 +148,7 @@ impl<'a> RunIndex<'a> {
             renew_invokes: Vec::new(),
             losts: Vec::new(),
             exits: HashMap::new(),
+            queued_since: HashMap::new(),
         };
         ix.nemesis(&events);
         let (releases, last_event) = ix.operations(&events);
@@ -196,10 +200,21 @@ impl<'a> RunIndex<'a> {
             }
             let slot = (e.proc, e.key.as_str(), e.op);
             match (e.op, e.kind) {
-                (Op::Acquire | Op::Renew | Op::Release | Op::Write, Kind::Invoke) => {
+                (
+                    Op::Acquire
+                    | Op::Renew
+                    | Op::Release
+                    | Op::Write
+                    | Op::Enqueue
+                    | Op::GrantWait
+                    | Op::LeaveQueue,
+                    Kind::Invoke,
+                ) => {
                     pending.entry(slot).or_default().push_back(e);
                     match e.op {
-                        Op::Acquire => self.wants.entry(&e.key).or_default().push((e.proc, e.t_ns)),
+                        Op::Acquire | Op::Enqueue => {
+                            self.wants.entry(&e.key).or_default().push((e.proc, e.t_ns));
+                        }
                         Op::Release => releases.push(Release {
                             proc: e.proc,
                             key: &e.key,
@@ -210,7 +225,16 @@ impl<'a> RunIndex<'a> {
                         _ => {}
                     }
                 }
-                (Op::Acquire | Op::Renew | Op::Release | Op::Write, _) => {
+                (
+                    Op::Acquire
+                    | Op::Renew
+                    | Op::Release
+                    | Op::Write
+                    | Op::Enqueue
+                    | Op::GrantWait
+                    | Op::LeaveQueue,
+                    _,
+                ) => {
                     let invoke = pending
                         .get_mut(&slot)
                         .and_then(|q| q.pop_front())
@@ -232,28 +256,25 @@ impl<'a> RunIndex<'a> {
     fn outcome(&mut self, invoke: &'a Event, e: &'a Event) {
         let ok = e.kind == Kind::Ok;
         match e.op {
-            Op::Acquire if ok => {
-                let Some(fence) = e.fence else { return };
-                self.grants.entry(&e.key).or_default().push(Grant {
-                    proc: e.proc,
-                    fence,
-                    invoke: invoke.t_ns,
-                    ok: e.t_ns,
-                });
-                let t = self
-                    .tenures
-                    .entry((e.proc, &e.key, fence))
-                    .or_insert_with(|| Tenure {
-                        proc: e.proc,
-                        key: &e.key,
-                        fence,
-                        start: e.t_ns,
-                        extensions: Vec::new(),
-                        end: u64::MAX,
-                        lost: None,
-                        released: false,
-                    });
-                t.extensions.push((invoke.t_ns, e.t_ns));
+            Op::Acquire | Op::Enqueue if ok => {
+                if let Some(fence) = e.fence {
+                    self.grant(e, fence, invoke.t_ns);
+                }
+            }
+            Op::Enqueue if e.kind == Kind::Fail => {
+                self.queued_since.insert((e.proc, &e.key), invoke.t_ns);
+            }
+            Op::GrantWait if ok => {
+                // Made after the last enqueue answered Waiting: the lock counts its deadline
+                // from that enqueue's send time, as from an acquire's.
+                if let Some(fence) = e.fence {
+                    let sent = self
+                        .queued_since
+                        .get(&(e.proc, e.key.as_str()))
+                        .copied()
+                        .unwrap_or(invoke.t_ns);
+                    self.grant(e, fence, sent);
+                }
             }
             Op::Renew | Op::Release if e.kind != Kind::Info => {
                 if let Some(fence) = invoke.fence.or(e.fence) {
@@ -286,6 +307,31 @@ impl<'a> RunIndex<'a> {
             }
             _ => {}
         }
+    }
+
+    /// A grant answered by `e` (an acquire, an enqueue or a reported grant), whose lease counts
+    /// from `sent`: a tenure starts, or an existing one of that fence is extended.
+    fn grant(&mut self, e: &'a Event, fence: u64, sent: u64) {
+        self.grants.entry(&e.key).or_default().push(Grant {
+            proc: e.proc,
+            fence,
+            invoke: sent,
+            ok: e.t_ns,
+        });
+        let t = self
+            .tenures
+            .entry((e.proc, &e.key, fence))
+            .or_insert_with(|| Tenure {
+                proc: e.proc,
+                key: &e.key,
+                fence,
+                start: e.t_ns,
+                extensions: Vec::new(),
+                end: u64::MAX,
+                lost: None,
+                released: false,
+            });
+        t.extensions.push((sent, e.t_ns));
     }
 
     /// Ends every tenure at the first of its release, its loss signal, its process's death or

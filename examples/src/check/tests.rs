@@ -274,3 +274,20 @@ impl TapProc for Event {
         self
     }
 }
+
+#[test]
+fn queue_grants_are_tenures_like_acquires() {
+    // Proc 1 holds fence 1 to 900; proc 2 queued at 10 and is reported fence 2 at 100, and
+    // proc 3 is granted fence 3 by its enqueue at 200: the reported and the enqueue grants
+    // count as tenures, so the overlaps are flagged.
+    let mut h = tenure(1, 1, 0, Some(900));
+    h.push(ev(10, 2, Op::Enqueue, Kind::Invoke, None));
+    h.push(ev(11, 2, Op::Enqueue, Kind::Fail, Some(1)));
+    h.push(ev(20, 2, Op::GrantWait, Kind::Invoke, None));
+    h.push(ev(100, 2, Op::GrantWait, Kind::Ok, Some(2)));
+    h.push(ev(200, 3, Op::Enqueue, Kind::Invoke, None));
+    h.push(ev(201, 3, Op::Enqueue, Kind::Ok, Some(3)));
+    let r = run(h);
+    assert_eq!(r.acquisitions, 3);
+    assert!(r.overlaps > 0, "{r:?}");
+}
