@@ -200,16 +200,7 @@ impl<'a> RunIndex<'a> {
             }
             let slot = (e.proc, e.key.as_str(), e.op);
             match (e.op, e.kind) {
-                (
-                    Op::Acquire
-                    | Op::Renew
-                    | Op::Release
-                    | Op::Write
-                    | Op::Enqueue
-                    | Op::GrantWait
-                    | Op::LeaveQueue,
-                    Kind::Invoke,
-                ) => {
+                (op, Kind::Invoke) if is_call(op) => {
                     pending.entry(slot).or_default().push_back(e);
                     match e.op {
                         Op::Acquire | Op::Enqueue => {
@@ -225,16 +216,7 @@ impl<'a> RunIndex<'a> {
                         _ => {}
                     }
                 }
-                (
-                    Op::Acquire
-                    | Op::Renew
-                    | Op::Release
-                    | Op::Write
-                    | Op::Enqueue
-                    | Op::GrantWait
-                    | Op::LeaveQueue,
-                    _,
-                ) => {
+                (op, _) if is_call(op) => {
                     let invoke = pending
                         .get_mut(&slot)
                         .and_then(|q| q.pop_front())
@@ -415,4 +397,19 @@ impl<'a> RunIndex<'a> {
     pub(super) fn acquisitions(&self) -> u64 {
         self.grants.values().map(Vec::len).sum::<usize>() as u64
     }
+}
+
+/// Whether `op` is a call with an invoke and an outcome (a store call or a fenced write), whose
+/// two events the index pairs.
+fn is_call(op: Op) -> bool {
+    matches!(
+        op,
+        Op::Acquire
+            | Op::Renew
+            | Op::Release
+            | Op::Write
+            | Op::Enqueue
+            | Op::GrantWait
+            | Op::LeaveQueue
+    )
 }
