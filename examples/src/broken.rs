@@ -8,9 +8,10 @@
 //! | `fence-per-process` | fences come from a counter in each process, not from the store | I3, I1 |
 //! | `no-vacancy-check` | acquire takes a held key without checking that it is free | I6 |
 //! | `wall-clock` | the local deadline is measured on a slow wall clock | I5 |
+//! | `lifo-queue` | a release hands the key to the newest waiter, not the oldest | I7 |
 //!
-//! The first and third edit the SQLite store's table directly (they need a `sqlite://` store);
-//! the others work with any store.
+//! The first, third and last edit the SQLite store's tables directly (they need a `sqlite://`
+//! store, the last one with `?queued_grants=true`); the others work with any store.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use lease_core::{
-    BootClock, BrokenLock, Capabilities, Clock, DynStore, Fence, KeyState, LeaseStore, SharedClock,
-    StoreError,
+    BootClock, BrokenLock, Capabilities, Clock, DynStore, Enqueued, Fence, KeyState, LeaseStore,
+    SharedClock, StoreError,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -34,15 +35,19 @@ pub enum Broken {
     NoVacancyCheck,
     /// (d) The lock's local deadline on a wall clock that runs at a quarter of the real rate.
     WallClock,
+    /// (e) A queue served last come, first served: a release grants the key to the newest live
+    /// waiter (and wakes it, as the real queue wakes the oldest).
+    LifoQueue,
 }
 
 impl Broken {
     /// Every variant, in the order of the table above.
-    pub const ALL: [Broken; 4] = [
+    pub const ALL: [Broken; 5] = [
         Broken::ReleaseAnyHolder,
         Broken::FencePerProcess,
         Broken::NoVacancyCheck,
         Broken::WallClock,
+        Broken::LifoQueue,
     ];
 
     /// The name on the command line.
@@ -52,6 +57,7 @@ impl Broken {
             Broken::FencePerProcess => "fence-per-process",
             Broken::NoVacancyCheck => "no-vacancy-check",
             Broken::WallClock => "wall-clock",
+            Broken::LifoQueue => "lifo-queue",
         }
     }
 
@@ -70,9 +76,18 @@ impl Broken {
             })
     }
 
-    /// Whether this variant edits the SQLite table itself.
+    /// Whether this variant edits the SQLite tables itself.
     pub fn needs_sqlite(self) -> bool {
-        matches!(self, Broken::ReleaseAnyHolder | Broken::NoVacancyCheck)
+        matches!(
+            self,
+            Broken::ReleaseAnyHolder | Broken::NoVacancyCheck | Broken::LifoQueue
+        )
+    }
+
+    /// Whether this variant needs a store with a waiter queue
+    /// ([`Capabilities::queued_grants`]).
+    pub fn needs_queue(self) -> bool {
+        self == Broken::LifoQueue
     }
 
     /// The invariants a run with this variant is expected to violate (any of them).
@@ -82,6 +97,7 @@ impl Broken {
             Broken::FencePerProcess => &["I3", "I1"],
             Broken::NoVacancyCheck => &["I6"],
             Broken::WallClock => &["I5"],
+            Broken::LifoQueue => &["I7"],
         }
     }
 }
@@ -174,6 +190,40 @@ impl BrokenStore {
         .map_err(|e| StoreError::transient("broken", e.to_string()))
     }
 
+    /// The `lifo-queue` mistake, made just before a release (or a give-back by `leave_queue`)
+    /// that `holder` sends: the key's newest live waiter is moved to the head of its queue, so
+    /// the SQLite store's own release, in its next transaction, grants it the key and wakes it.
+    /// Only while `holder` holds the key (with `fence`, if given), so a refused release leaves
+    /// the queue as it was. A waiter that queues between the two transactions is not the one
+    /// served: the queue is still far from first come, first served.
+    async fn newest_first(
+        &self,
+        key: &str,
+        holder: &str,
+        fence: Option<Fence>,
+    ) -> Result<(), StoreError> {
+        if self.broken != Broken::LifoQueue {
+            return Ok(());
+        }
+        let (key, holder) = (key.as_bytes().to_vec(), holder.as_bytes().to_vec());
+        let fence = fence.map(|f| i64::try_from(f.get()).unwrap_or(i64::MAX));
+        let now = i64::try_from(BootClock.now().as_nanos()).unwrap_or(i64::MAX);
+        self.sql(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // `seq` orders every key's queue and is unique across keys: one below the lowest of
+            // all is a place ahead of every waiter of this key, taken by no other entry.
+            tx.execute(
+                "UPDATE waiters SET seq = (SELECT MIN(seq) FROM waiters) - 1
+                 WHERE seq = (SELECT MAX(seq) FROM waiters WHERE key = ?1 AND live_until_ns > ?3)
+                   AND EXISTS (SELECT 1 FROM leases WHERE key = ?1 AND holder = ?2
+                                 AND (?4 IS NULL OR fence = ?4))",
+                params![key, holder, now, fence],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
     fn local_fence(&self, key: &str, real: u64) -> u64 {
         let mut all = self.fences.lock().unwrap_or_else(|p| p.into_inner());
         let f = all.entry(key.to_owned()).or_default();
@@ -202,6 +252,9 @@ impl LeaseStore for BrokenStore {
         key: &str,
         holder: &str,
     ) -> Result<Option<Fence>, StoreError> {
+        if lease.is_zero() {
+            self.newest_first(key, holder, None).await?;
+        }
         let granted = self.inner.try_lock(lease, key, holder).await?;
         match (self.broken, granted) {
             (Broken::FencePerProcess, Some(real)) => {
@@ -252,6 +305,7 @@ impl LeaseStore for BrokenStore {
             Broken::FencePerProcess => self.real_fence(key, fence),
             _ => fence,
         };
+        self.newest_first(key, holder, Some(fence)).await?;
         let released = self.inner.release(key, holder, fence).await?;
         if released || self.broken != Broken::ReleaseAnyHolder {
             return Ok(released);
@@ -263,6 +317,26 @@ impl LeaseStore for BrokenStore {
             Ok(conn.execute("UPDATE leases SET holder = NULL WHERE key = ?1", [key])? == 1)
         })
         .await
+    }
+
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        self.inner.enqueue(lease, key, holder, patience).await
+    }
+
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        self.inner.wait_for_grant(key, holder, max_wait).await
+    }
+
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        // A grant that raced in is given back to the newest waiter too.
+        self.newest_first(key, holder, None).await?;
+        self.inner.leave_queue(key, holder).await
     }
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
@@ -278,10 +352,11 @@ impl LeaseStore for BrokenStore {
         self.inner.break_lock(key).await
     }
 
-    /// The inner store's, without its waiter queue: the mistakes reproduced here are those of
-    /// a polling store, and this wrapper forwards no queue operation.
+    /// The inner store's, with its waiter queue only for `lifo-queue`: the other mistakes are
+    /// those of a polling store (their `try_lock` and `release` are what the lock must call).
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities().with_queued_grants(false)
+        let caps = self.inner.capabilities();
+        caps.with_queued_grants(caps.queued_grants && self.broken.needs_queue())
     }
 }
 
@@ -337,5 +412,41 @@ mod tests {
         assert!(p1.release("j", "h1", f).await.unwrap());
         // A second "process" counts from 1 again.
         assert_eq!(p2.try_lock(lease, "j", "h2").await.unwrap(), Some(f));
+    }
+
+    #[tokio::test]
+    async fn the_lifo_queue_hands_the_key_to_the_newest_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.db");
+        let real = lease_sqlite::SqliteStore::builder(&path)
+            .queued_grants(true)
+            .open()
+            .await
+            .unwrap();
+        let lifo =
+            BrokenStore::new(DynStore::new(real.clone()), Broken::LifoQueue, Some(&path)).unwrap();
+        assert!(lifo.capabilities().queued_grants);
+        let (lease, patience, wait) = (
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+        );
+        let Enqueued::Granted(f1) = lifo.enqueue(lease, "k", "h1", patience).await.unwrap() else {
+            panic!("a free key is granted");
+        };
+        for h in ["h2", "h3", "h4"] {
+            let queued = lifo.enqueue(lease, "k", h, patience).await.unwrap();
+            assert!(matches!(queued, Enqueued::Waiting { .. }), "{h}: {queued:?}");
+        }
+        // A refused release (not the holder) leaves the queue alone.
+        assert!(!lifo.release("k", "h2", f1).await.unwrap());
+        assert!(lifo.release("k", "h1", f1).await.unwrap());
+        // The newest waiter was granted the key by the release, and its wait reports it.
+        let f4 = lifo.wait_for_grant("k", "h4", wait).await.unwrap();
+        assert_eq!(f4.get(), f1.get() + 1);
+        // The store itself, released to, serves the oldest.
+        assert!(real.release("k", "h4", f4).await.unwrap());
+        let f2 = real.wait_for_grant("k", "h2", wait).await.unwrap();
+        assert_eq!(f2.get(), f1.get() + 2);
     }
 }
