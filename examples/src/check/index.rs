@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use super::queue::QueueIndex;
 use super::{Meta, Run};
 use crate::history::{Event, Kind, Op};
 use crate::jobs::JobRow;
@@ -124,6 +125,8 @@ pub(super) struct RunIndex<'a> {
     /// (process, key) -> when its last enqueue answered `Waiting` was sent: a grant reported
     /// later by `wait_for_grant` was made after it, and the lock's deadline counts from it.
     queued_since: HashMap<(u64, &'a str), u64>,
+    /// The waiter queue's entries and grants, for I7.
+    pub(super) queue: QueueIndex<'a>,
 }
 
 impl<'a> RunIndex<'a> {
@@ -149,6 +152,7 @@ impl<'a> RunIndex<'a> {
             losts: Vec::new(),
             exits: HashMap::new(),
             queued_since: HashMap::new(),
+            queue: QueueIndex::new(&events, run.meta.lease_ns),
         };
         ix.nemesis(&events);
         let (releases, last_event) = ix.operations(&events);

@@ -397,6 +397,74 @@ pub(super) fn i6_exclusion(ix: &RunIndex<'_>, r: &mut Report) {
     }
 }
 
+/// I7, queue order: no waiter is granted a key while a waiter that enqueued earlier has a live
+/// entry in its queue and was not granted first.
+///
+/// The time stamps are of different processes, so an order counts only when it is certain:
+/// the earlier waiter's enqueue was *answered* (`Waiting`) before the later one's first
+/// enqueue of its chain was *sent*, and the earlier entry is certainly live over the whole span
+/// in which the grant may have been made (refreshes answered by the span's start cover its
+/// end), with no grant to the earlier waiter before it (a grant to it with a smaller fence, or
+/// any sign its entry may be gone: `queue.rs`). A correct store under kills, pauses and
+/// restarts is never blamed; a queue served out of order is, each time it overtakes a waiter
+/// that kept refreshing.
+///
+/// Per key, the entries are sorted by the time they are known to exist, with a running maximum
+/// of their ends: a grant looks back only over the entries not yet all ended at its span.
+pub(super) fn i7_queue_order(ix: &RunIndex<'_>, r: &mut Report) {
+    let mut reach: std::collections::BTreeMap<&str, Vec<u64>> = std::collections::BTreeMap::new();
+    for (key, es) in &ix.queue.entries {
+        let mut max = 0;
+        reach.insert(key, es.iter().map(|e| {
+            max = max.max(e.end);
+            max
+        }).collect());
+    }
+    for g in &ix.queue.grants {
+        let (Some(es), Some(reach)) = (ix.queue.entries.get(g.key), reach.get(g.key)) else {
+            continue;
+        };
+        let earlier = es.partition_point(|a| a.since < g.queued_from);
+        for i in (0..earlier).rev() {
+            if reach[i] < g.from {
+                break;
+            }
+            let a = &es[i];
+            if a.proc == g.proc || a.granted.is_some_and(|fa| fa <= g.fence) {
+                continue;
+            }
+            // Granted later (a larger fence): its entry lived up to that grant at least.
+            let to = if a.granted.is_some() {
+                g.to.min(a.end)
+            } else {
+                g.to
+            };
+            let live = a.live_until(g.from);
+            if a.end < to || a.end <= g.from || live <= to {
+                continue;
+            }
+            r.violate(
+                "I7",
+                format!(
+                    "{}: proc {} was granted fence {} (between {} and {}), queued no earlier than \
+                     {}, ahead of proc {}, queued since {} and live until {} at least{}",
+                    g.key,
+                    g.proc,
+                    g.fence,
+                    ix.at(g.from),
+                    ix.at(g.to),
+                    ix.at(g.queued_from),
+                    a.proc,
+                    ix.at(a.since),
+                    ix.at(live),
+                    a.granted
+                        .map_or(String::new(), |fa| format!(", granted fence {fa} only after"))
+                ),
+            );
+        }
+    }
+}
+
 /// I8, takeover after a kill: a key the dead process held is granted to another within lease +
 /// backoff cap + 1 s, when another asked for it after the lease ran out. Records the takeover
 /// times.

@@ -21,6 +21,7 @@
 //! | I4 | no renew or release succeeds when sent after the key was granted with a larger fence |
 //! | I5 | no renewal is sent after the deadline (+ half a lease of slack); the loss signal fires by the deadline (with a tolerance of max(lease/2, 1 s) for the logging task; excused when the process was stopped over its deadline); no protected work starts after the deadline or the loss signal |
 //! | I6 | tenures of different processes, each up to its deadline, do not overlap (skipped for a tenure whose process was paused longer than half the lease) |
+//! | I7 | on a queued store, no process is granted a key while an earlier waiter's entry is certainly live and older: its first `Waiting` answer arrived before the other's first enqueue was sent, it was refreshed within its patience, and it was neither granted (with a smaller fence), nor left, killed, paused or wiped by a store restart (`queue.rs` says how each side is bounded) |
 //! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart in that time, and on SQLite from the end of another process's pause: a stopped process can hold the database's write lock) when another asked for it after the lease ran out |
 //! | I9 | a process that exits normally holds no key |
 //!
@@ -31,6 +32,7 @@
 mod index;
 mod invariants;
 mod load;
+mod queue;
 
 use std::collections::BTreeMap;
 
@@ -102,6 +104,8 @@ pub struct Report {
     pub stale_ownership: u64,
     /// Of those, refused.
     pub stale_ownership_refused: u64,
+    /// Grants to processes that had queued for the key (each checked for I7).
+    pub queue_grants: u64,
     /// Workers killed.
     pub kills: u64,
     /// Takeover times after kills, in nanoseconds.
@@ -133,8 +137,8 @@ impl Report {
         format!(
             "{}: {} acquisitions, {} overlaps, {}/{} stale writes rejected, {} accepted out of \
              order, {} lost updates, {} duplicate completions, {} leases lost, {}/{} stale \
-             renews/releases refused, {} kills (takeover p99 {}), {} pauses ({} longer than the \
-             lease), {} store restarts: {}",
+             renews/releases refused, {} queue grants, {} kills (takeover p99 {}), {} pauses ({} \
+             longer than the lease), {} store restarts: {}",
             self.name,
             self.acquisitions,
             self.overlaps,
@@ -146,6 +150,7 @@ impl Report {
             self.losses,
             self.stale_ownership_refused,
             self.stale_ownership,
+            self.queue_grants,
             self.kills,
             takeover,
             self.pauses,
@@ -208,6 +213,7 @@ pub fn check(run: &Run) -> Report {
         pauses: ix.pauses.len() as u64,
         long_pauses: ix.long_pauses(),
         restarts: ix.restarts.len() as u64,
+        queue_grants: ix.queue.grants.len() as u64,
         ..Report::default()
     };
     invariants::i3_grants(&ix, &mut r);
@@ -216,6 +222,7 @@ pub fn check(run: &Run) -> Report {
     invariants::i4_ownership(&ix, &mut r);
     invariants::i5_self_fencing(&ix, &mut r);
     invariants::i6_exclusion(&ix, &mut r);
+    invariants::i7_queue_order(&ix, &mut r);
     invariants::i8_takeover(&ix, &mut r);
     invariants::i9_nothing_held_at_exit(&ix, &mut r);
     r

@@ -100,7 +100,15 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         .await
         .with_context(|| format!("open the lock store {}", redact(&store_url)))?;
     let lease = probe.capabilities().effective_lease(args.lease);
+    let queued = probe.capabilities().queued_grants;
     drop(probe);
+    if let Some(b) = args.broken.filter(|b| b.needs_queue() && !queued) {
+        bail!(
+            "--broken {} breaks the waiter queue: it needs a store with one \
+             (sqlite://PATH?queued_grants=true)",
+            b.name()
+        );
+    }
     let scheme = Scheme::of(&store_url)?;
     let chaos = args
         .chaos
@@ -137,6 +145,10 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         .filter(|f| *f != Fault::StoreRestart || server.is_some())
         .collect();
     let mut name = scheme.name().to_owned();
+    if queued {
+        // The workers wait in the store's queue: the run is checked for its order too (I7).
+        name.push_str("-queued");
+    }
     if let Some(b) = args.broken {
         name.push_str(&format!("/broken-{}", b.name()));
     }

@@ -99,6 +99,10 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
     // Chaos: many workers on few jobs, so a paused holder's job is soon taken over.
     let contend = 8;
     let steps: u32 = if chaos { 4 } else { 1 };
+    // On a store with a waiter queue a worker waits for its job's key in the queue, up to one
+    // lease, so the history shows the queue's order (I7); elsewhere it tries once and picks
+    // another job when the key is busy.
+    let queued = store.capabilities().queued_grants;
     let until = Instant::now() + duration;
     let mut n = 0u64;
     let mut last_watcher: Option<tokio::task::JoinHandle<()>> = None;
@@ -121,9 +125,14 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         }
         let lock = builder.build()?;
         let started = Instant::now();
-        let guard = match lock.try_lock_once().await {
+        let attempt = if queued {
+            lock.lock_timeout(lease).await
+        } else {
+            lock.try_lock_once().await
+        };
+        let guard = match attempt {
             Ok(g) => g,
-            Err(Error::Busy { .. }) => {
+            Err(Error::Busy { .. } | Error::TimedOut { .. }) => {
                 tally(&mut report, Tally::Busy);
                 continue;
             }
