@@ -291,3 +291,106 @@ fn queue_grants_are_tenures_like_acquires() {
     assert_eq!(r.acquisitions, 3);
     assert!(r.overlaps > 0, "{r:?}");
 }
+
+/// An enqueue sent at `t` with `patience_ms`, answered `Waiting` (fail) or `Granted` (ok) at
+/// `t + 1`.
+fn enqueue(t: u64, proc: u64, patience_ms: u64, kind: Kind, fence: Option<u64>) -> Vec<Event> {
+    let mut i = ev(t, proc, Op::Enqueue, Kind::Invoke, None);
+    i.patience_ns = Some(patience_ms * MS);
+    vec![i, ev(t + 1, proc, Op::Enqueue, kind, fence)]
+}
+
+/// A `wait_for_grant` sent at `t` that reports `fence` at `until`, and the release at `done`.
+fn reported_grant(t: u64, until: u64, proc: u64, fence: u64, done: u64) -> Vec<Event> {
+    vec![
+        ev(t, proc, Op::GrantWait, Kind::Invoke, None),
+        ev(until, proc, Op::GrantWait, Kind::Ok, Some(fence)),
+        ev(done, proc, Op::Release, Kind::Invoke, Some(fence)),
+        ev(done + 1, proc, Op::Release, Kind::Ok, Some(fence)),
+    ]
+}
+
+/// Proc 1 holds the key to 500; proc 2 queues at 10 and proc 3 at 100, both refreshing (every
+/// 200 ms, patience 1 s) until the release hands the key over at 500: to `first` (fence 2),
+/// which releases at 590, then to the other (fence 3).
+fn two_waiters(first: u64) -> Vec<Event> {
+    let mut h = tenure(1, 1, 0, Some(500));
+    for t in [10, 200, 400] {
+        h.extend(enqueue(t, 2, 1000, Kind::Fail, Some(1)));
+    }
+    for t in [100, 300] {
+        h.extend(enqueue(t, 3, 1000, Kind::Fail, Some(1)));
+    }
+    let second = 5 - first;
+    h.extend(reported_grant(450, 502, first, 2, 590));
+    h.extend(reported_grant(480, 602, second, 3, 700));
+    h
+}
+
+#[test]
+fn i7_passes_a_queue_served_in_order() {
+    let r = run(two_waiters(2));
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!(r.queue_grants, 2);
+}
+
+#[test]
+fn i7_flags_a_waiter_granted_ahead_of_an_earlier_live_one() {
+    let r = run(two_waiters(3));
+    assert_eq!(r.invariants(), ["I7"], "{:?}", r.violations);
+    let detail = &r.violations[0].detail;
+    assert!(
+        detail.contains("job/1: proc 3 was granted fence 2")
+            && detail.contains("ahead of proc 2, queued since +0.011 s"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn i7_excuses_an_earlier_waiter_whose_entry_lapsed_left_or_died() {
+    // Proc 2 stops refreshing after its first enqueue, with a patience of 300 ms: its entry is
+    // certainly live only to 280 ms, before the grant to proc 3.
+    let mut lapsed: Vec<Event> = two_waiters(3)
+        .into_iter()
+        .filter(|e| !(e.proc == 2 && e.op == Op::Enqueue && e.t_ns > 11 * MS))
+        .collect();
+    // With its patience of 1 s the one enqueue keeps it live past the grant: still flagged.
+    assert_eq!(run(lapsed.clone()).invariants(), ["I7"]);
+    for e in lapsed.iter_mut().filter(|e| e.patience_ns.is_some() && e.proc == 2) {
+        e.patience_ns = Some(300 * MS);
+    }
+    assert!(run(lapsed).ok());
+
+    let mut left = two_waiters(3);
+    left.push(ev(420, 2, Op::LeaveQueue, Kind::Invoke, None));
+    left.push(ev(421, 2, Op::LeaveQueue, Kind::Fail, None));
+    assert!(run(left).ok());
+
+    for fault in [Op::Kill, Op::Pause] {
+        let mut h = two_waiters(3);
+        let mut e = ev(420, 0, fault, Kind::Info, None).tap_proc(2);
+        e.dur_ns = Some(50 * MS);
+        h.push(e);
+        if fault == Op::Pause {
+            h.push(ev(470, 0, Op::Resume, Kind::Info, None).tap_proc(2));
+        }
+        let r = run(h);
+        assert!(!r.invariants().contains(&"I7"), "{fault:?}: {:?}", r.violations);
+    }
+
+    // A store restart may lose the queue: the order after it is a new one.
+    let mut restarted = two_waiters(3);
+    restarted.push(ev(430, 0, Op::Restart, Kind::Invoke, None));
+    restarted.push(ev(440, 0, Op::Restart, Kind::Ok, None));
+    assert!(run(restarted).ok());
+}
+
+#[test]
+fn i7_needs_a_certain_order_of_the_two_enqueues() {
+    // Proc 3's first enqueue is sent before proc 2's is answered: either may be first.
+    let mut h = two_waiters(3);
+    for e in h.iter_mut().filter(|e| e.proc == 3 && e.t_ns == 100 * MS) {
+        e.t_ns = 5 * MS;
+    }
+    assert!(run(h).ok());
+}
