@@ -9,7 +9,8 @@ use std::sync::Mutex;
 /// machine's cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Runs a chaos fleet and returns its checker line.
+/// Runs a chaos fleet and returns its checker line. In `store`, `{dir}` stands for the run's
+/// directory.
 fn chaos(store: Option<&str>, faults: &str, duration: &str, lease: &str) -> String {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
@@ -27,7 +28,8 @@ fn chaos(store: Option<&str>, faults: &str, duration: &str, lease: &str) -> Stri
     .arg("--dir")
     .arg(dir.path());
     if let Some(s) = store {
-        cmd.args(["--store", s]);
+        cmd.arg("--store")
+            .arg(s.replace("{dir}", &dir.path().display().to_string()));
     }
     let out = cmd.output().expect("run fleet");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -125,6 +127,22 @@ fn sqlite_survives_kills_and_pauses() {
     println!("{line}");
     assert!(line.starts_with("sqlite/kill+pause: "), "{line}");
     assert_enough(&line);
+}
+
+/// The queue: workers wait in it, a killed waiter's entry and a killed holder's lease die at once
+/// (`process_liveness`), and the queue's order holds (I7) with waiters served.
+#[test]
+fn sqlite_queue_survives_kills_and_pauses() {
+    let line = chaos(
+        Some("sqlite://{dir}/locks.db?queued_grants=true&process_liveness=true"),
+        "kill,pause",
+        "20s",
+        "500ms",
+    );
+    println!("{line}");
+    assert!(line.starts_with("sqlite-queued/kill+pause: "), "{line}");
+    assert_enough(&line);
+    assert!(count(&line, " queue grants") >= 100, "{line}");
 }
 
 #[cfg(feature = "redis")]

@@ -12,7 +12,9 @@ use lease_examples::broken::Broken;
 /// of the machine's cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn chaos_run(dir: &Path, broken: Option<Broken>) -> Output {
+/// A chaos run in `dir`; `queued`: on a SQLite store with its waiter queue (which the workers
+/// then wait in), as a broken queue needs.
+fn chaos_run(dir: &Path, broken: Option<Broken>, queued: bool) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet"));
     cmd.args([
         "--chaos",
@@ -30,6 +32,11 @@ fn chaos_run(dir: &Path, broken: Option<Broken>) -> Output {
     .arg(dir);
     if let Some(b) = broken {
         cmd.args(["--broken", b.name()]);
+    }
+    if queued || broken.is_some_and(Broken::needs_queue) {
+        let db = dir.join("locks.db");
+        cmd.arg("--store")
+            .arg(format!("sqlite://{}?queued_grants=true", db.display()));
     }
     cmd.output().expect("run fleet")
 }
@@ -55,7 +62,7 @@ fn every_broken_lock_is_caught_naming_its_invariant() {
     for broken in Broken::ALL {
         let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         let dir = tempfile::tempdir().unwrap();
-        let run = chaos_run(dir.path(), Some(broken));
+        let run = chaos_run(dir.path(), Some(broken), false);
         assert!(
             !run.status.success(),
             "fleet --broken {} passed:\n{}",
@@ -78,11 +85,11 @@ fn every_broken_lock_is_caught_naming_its_invariant() {
     }
 }
 
-#[test]
-fn a_healthy_run_under_the_same_faults_passes() {
+/// A healthy run under the faults of the self-test: passes, and returns the checker's line.
+fn healthy_run(queued: bool) -> String {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let run = chaos_run(dir.path(), None);
+    let run = chaos_run(dir.path(), None, queued);
     if !run.status.success() {
         let kept = dir.keep();
         panic!("history kept in {}:\n{}", kept.display(), text(&run));
@@ -91,7 +98,29 @@ fn a_healthy_run_under_the_same_faults_passes() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!stdout.contains("VIOLATION"), "{stdout}");
-    assert!(stdout.contains("sqlite/pause: "), "{stdout}");
+    stdout.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_healthy_run_under_the_same_faults_passes() {
+    let line = healthy_run(false);
+    assert!(line.starts_with("sqlite/pause: "), "{line}");
+    assert!(line.contains(" 0 queue grants"), "{line}");
+}
+
+/// The store's own queue, in the run that catches `lifo-queue`, passes I7: and it had to, with
+/// waiters queued and served.
+#[test]
+fn a_healthy_queue_under_the_same_faults_passes() {
+    let line = healthy_run(true);
+    assert!(line.starts_with("sqlite-queued/pause: "), "{line}");
+    let grants: u64 = line
+        .split(" queue grants")
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no queue grants in {line}"));
+    assert!(grants >= 50, "{line}");
 }
 
 #[test]
