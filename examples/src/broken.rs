@@ -436,7 +436,10 @@ mod tests {
         };
         for h in ["h2", "h3", "h4"] {
             let queued = lifo.enqueue(lease, "k", h, patience).await.unwrap();
-            assert!(matches!(queued, Enqueued::Waiting { .. }), "{h}: {queued:?}");
+            assert!(
+                matches!(queued, Enqueued::Waiting { .. }),
+                "{h}: {queued:?}"
+            );
         }
         // A refused release (not the holder) leaves the queue alone.
         assert!(!lifo.release("k", "h2", f1).await.unwrap());

@@ -1,7 +1,7 @@
 //! One function per invariant of the design (section 6), each reading the run index and adding
 //! its counts and violations to the report.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::index::{Ownership, RunIndex, Tenure, Write};
 use super::{Report, secs};
@@ -412,13 +412,18 @@ pub(super) fn i6_exclusion(ix: &RunIndex<'_>, r: &mut Report) {
 /// Per key, the entries are sorted by the time they are known to exist, with a running maximum
 /// of their ends: a grant looks back only over the entries not yet all ended at its span.
 pub(super) fn i7_queue_order(ix: &RunIndex<'_>, r: &mut Report) {
-    let mut reach: std::collections::BTreeMap<&str, Vec<u64>> = std::collections::BTreeMap::new();
+    let mut reach: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for (key, es) in &ix.queue.entries {
         let mut max = 0;
-        reach.insert(key, es.iter().map(|e| {
-            max = max.max(e.end);
-            max
-        }).collect());
+        reach.insert(
+            key,
+            es.iter()
+                .map(|e| {
+                    max = max.max(e.end);
+                    max
+                })
+                .collect(),
+        );
     }
     for g in &ix.queue.grants {
         let (Some(es), Some(reach)) = (ix.queue.entries.get(g.key), reach.get(g.key)) else {
@@ -457,8 +462,9 @@ pub(super) fn i7_queue_order(ix: &RunIndex<'_>, r: &mut Report) {
                     a.proc,
                     ix.at(a.since),
                     ix.at(live),
-                    a.granted
-                        .map_or(String::new(), |fa| format!(", granted fence {fa} only after"))
+                    a.granted.map_or(String::new(), |fa| format!(
+                        ", granted fence {fa} only after"
+                    ))
                 ),
             );
         }

@@ -135,8 +135,7 @@ impl<'a> QueueIndex<'a> {
             match (e.op, e.kind) {
                 (Op::Enqueue, Kind::Invoke) => {
                     let lapsed = !s.chain_unknown
-                        && s
-                            .chain_waiting
+                        && s.chain_waiting
                             .is_some_and(|(ok, patience)| e.t_ns > ok + 2 * patience);
                     if lapsed {
                         s.chain_waiting = None;
@@ -224,7 +223,8 @@ fn granted<'a>(
         open.granted = Some(fence);
     }
     s.close(e.t_ns, done);
-    if let (Some(queued_from), Some(from), Some(_)) = (s.chain_from, s.waiting_sent, s.chain_waiting)
+    if let (Some(queued_from), Some(from), Some(_)) =
+        (s.chain_from, s.waiting_sent, s.chain_waiting)
     {
         grants.push(QueueGrant {
             proc: e.proc,

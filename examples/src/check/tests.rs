@@ -356,7 +356,10 @@ fn i7_excuses_an_earlier_waiter_whose_entry_lapsed_left_or_died() {
         .collect();
     // With its patience of 1 s the one enqueue keeps it live past the grant: still flagged.
     assert_eq!(run(lapsed.clone()).invariants(), ["I7"]);
-    for e in lapsed.iter_mut().filter(|e| e.patience_ns.is_some() && e.proc == 2) {
+    for e in lapsed
+        .iter_mut()
+        .filter(|e| e.patience_ns.is_some() && e.proc == 2)
+    {
         e.patience_ns = Some(300 * MS);
     }
     assert!(run(lapsed).ok());
@@ -375,7 +378,11 @@ fn i7_excuses_an_earlier_waiter_whose_entry_lapsed_left_or_died() {
             h.push(ev(470, 0, Op::Resume, Kind::Info, None).tap_proc(2));
         }
         let r = run(h);
-        assert!(!r.invariants().contains(&"I7"), "{fault:?}: {:?}", r.violations);
+        assert!(
+            !r.invariants().contains(&"I7"),
+            "{fault:?}: {:?}",
+            r.violations
+        );
     }
 
     // A store restart may lose the queue: the order after it is a new one.
