@@ -149,6 +149,7 @@
 //! a network one.
 
 mod busy;
+mod doorbell;
 mod fscheck;
 mod hostclock;
 mod liveness;
