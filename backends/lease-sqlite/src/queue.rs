@@ -18,11 +18,11 @@
 //! (its `enqueue` is `try_lock`), but it honours the entries that stores sharing the database
 //! made, so a mixed fleet keeps the queue's order and its safety.
 //!
-//! The grant is made in the database only. The granted waiter learns it from the row (its
-//! `wait_for_grant`, woken when the releasing store lets go of its wake-up flock, or by a poll)
-//! and confirms it with its next `enqueue`, which answers `Granted` and only then takes the
-//! key's wake-up flock, in the waiter's own store: the store that granted on the waiter's
-//! behalf never takes it (see `SqliteStore::wait_for_grant`).
+//! The grant is made in the database; the transaction notes the granted waiter's doorbell
+//! (`waiters.wake`, see [`crate::doorbell`]) in [`Tx::rung`], rung after the commit. The granted
+//! waiter learns the grant from the row (its `wait_for_grant`, woken by the doorbell, or by a
+//! re-read) and takes the key's wake-up flock in its own store: the store that granted on the
+//! waiter's behalf never takes it (see `SqliteStore::wait_for_grant`).
 
 use lease_core::Enqueued;
 use rusqlite::{OptionalExtension, params};

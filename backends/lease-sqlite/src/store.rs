@@ -945,9 +945,9 @@ impl LeaseStore for SqliteStore {
 
     /// One `BEGIN IMMEDIATE` transaction: clears the holder if holder and fence match, and
     /// hands the key to the oldest live waiter in the same transaction (committed like a grant
-    /// then). This store lets go of the key's wake-up flock afterwards, which wakes the waiters
-    /// blocked on it, the granted one among them; it takes no flock for the granted waiter,
-    /// whose own store takes it when the waiter confirms the grant.
+    /// then). After the commit it rings the granted waiter's doorbell and lets go of the key's
+    /// wake-up flock, which wakes the plain waiters blocked on it; it takes no flock for the
+    /// granted waiter, whose own store takes it when the waiter learns of the grant.
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
@@ -1096,11 +1096,12 @@ impl LeaseStore for SqliteStore {
     /// lease (`Some` with its fence), the key is free (`None` at once: the caller's next
     /// `enqueue` settles it), or `max_wait` has passed.
     ///
-    /// While another holder has the key it waits as [`wait_for_change`](Self::wait_for_change)
-    /// does: blocked on the key's wake-up flock, which the releasing store lets go of after the
-    /// commit that granted `holder` the key, bounded by the lease's end; or, while nobody holds
-    /// the flock (a grant not yet confirmed by its waiter, a holder that died), polling every
-    /// 1 ms to 50 ms. A wake-up that is missed only costs that poll's latency.
+    /// While another holder has the key it sleeps until this store's doorbell rings for the key
+    /// (the transaction that granted `holder` the key rings it after its commit; see the crate
+    /// docs), the holder's store is gone (its liveness flock, if it wrote one), the lease ends,
+    /// or 50 ms pass (a re-read, in case a ring was lost). Without a doorbell (not Linux) it
+    /// waits as [`wait_for_change`](Self::wait_for_change) does, on the key's wake-up flock, or
+    /// polls every 1 ms to 50 ms while nobody holds it. A missed wake-up costs latency only.
     ///
     /// Without the option: [`wait_for_change`](Self::wait_for_change), then `None`.
     async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
