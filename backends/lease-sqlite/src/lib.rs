@@ -80,9 +80,10 @@
 //! **Durability**: with [`Durability::Full`] (the default) every grant commits with
 //! `synchronous=FULL`, so a committed grant survives a power loss and fences never repeat;
 //! renewals and releases commit with `NORMAL`, since losing them to a host crash is harmless (the
-//! reboot expires every lease anyway). A release (or an `enqueue`, or leaving the queue) that
-//! turns out to grant the key to a waiter is rolled back and made again at once with `FULL`:
-//! SQLite cannot change the setting inside a transaction, and only the transaction can tell. [`Durability::Normal`] is faster, but a power loss may lose
+//! reboot expires every lease anyway). A release (or an `enqueue`, or leaving the queue) that may
+//! grant the key to a waiter commits with `FULL` when a plain read before it finds an entry
+//! queued (a free key, for an `enqueue`); one that turns out to grant after all is rolled back
+//! and made again at once with `FULL`: SQLite cannot change the setting inside a transaction. [`Durability::Normal`] is faster, but a power loss may lose
 //! the last grants and **reissue a fence**.
 //!
 //! **Contention**: SQLite's own busy handler is kept short (5 ms) and the store retries busy
@@ -109,20 +110,27 @@
 //! out, or its process dies), so waiters already blocked on it wake then, or at their bound,
 //! while waiters that read the row after the break find the key free at once.
 //!
-//! A queued waiter's [`wait_for_grant`](lease_core::LeaseStore::wait_for_grant) waits the same
-//! way and then reads the row: a release that granted it the key commits first and then lets go
-//! of the releaser's flock, so the waiter wakes, finds its own holder in the row and returns
-//! the fence. The releasing store takes no flock on the waiter's behalf (it does not hold the
-//! key, and the waiter's store could not take the flock while it did); the waiter's store takes
-//! it when its next `enqueue` confirms the grant. Until then the key's other waiters poll.
+//! A queued waiter's [`wait_for_grant`](lease_core::LeaseStore::wait_for_grant) is woken by
+//! its store's **doorbell** instead: every store with queued grants listens on a datagram socket
+//! of its own in Linux's abstract namespace (`lease-sqlite/<random 128-bit id>`: no file, so
+//! nothing is left behind by a killed process), named in the queue entries it writes
+//! (`waiters.wake`). The transaction that grants a queued waiter the key (a release, an
+//! `enqueue` or `try_lock` that finds it expired, leaving the queue) sends that name the key's
+//! hash after its commit, and the waiter reads the row and returns its fence. So a release wakes
+//! one process, the granted one, however many wait; the others sleep on, watching only for the
+//! holder's store to go (its liveness flock, below) and for the lease's end, and re-read the row
+//! every 50 ms in case a ring was lost (a store of an older version rings none). The releasing
+//! store takes no key flock on the waiter's behalf; the waiter's store takes it when it learns
+//! of the grant, for the plain waiters of [`wait_for_change`](lease_core::LeaseStore::wait_for_change).
+//! On other systems there is no doorbell and queued waiters wait on the key's flock as above.
 //!
 //! **Liveness** ([`SqliteStoreBuilder::process_liveness`], off by default): such a store holds
 //! an exclusive `flock(2)` on a file of its own in `<db>.live/` (named by a random 128-bit id)
 //! for as long as it is open, and writes that id into each grant and queue entry it makes.
 //! Every store that can take that flock knows the writer's process is gone (the kernel dropped
 //! the flock, however the process died): its lease counts as expired and its queue entries as
-//! dead at once, so a SIGKILLed holder's key passes to the next waiter (woken by the wake-up
-//! flock, dropped with the process) within a few milliseconds instead of at the end of the
+//! dead at once, so a SIGKILLed holder's key passes to the next waiter (woken by the liveness
+//! or wake-up flock, dropped with the process) within a few milliseconds instead of at the end of the
 //! lease. Only that proof counts: a missing or unreadable file, a flock that is taken, or a row
 //! without an id leaves the decision to the clock, and no file is ever unlinked to break a lock
 //! (a store removes its own file when it closes; ids are never reused). A stopped process keeps
@@ -149,6 +157,7 @@
 //! a network one.
 
 mod busy;
+mod doorbell;
 mod fscheck;
 mod hostclock;
 mod liveness;

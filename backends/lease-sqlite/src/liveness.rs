@@ -67,6 +67,11 @@ impl Liveness {
         self.own.as_ref().map(|own| own.id.as_str())
     }
 
+    /// The liveness file of the store with id `id`, if `id` is another store's well-formed id.
+    pub(crate) fn file_of(&self, id: &str) -> Option<PathBuf> {
+        (Some(id) != self.id() && is_an_id(id)).then(|| self.dir.join(id))
+    }
+
     /// Whether the store with liveness id `id` is known to be gone: its file exists and its
     /// flock could be taken. `false` when it cannot be told (no id, no such file, an error) and
     /// for this store itself. Blocking (opens a file).

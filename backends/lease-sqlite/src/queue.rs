@@ -18,11 +18,11 @@
 //! (its `enqueue` is `try_lock`), but it honours the entries that stores sharing the database
 //! made, so a mixed fleet keeps the queue's order and its safety.
 //!
-//! The grant is made in the database only. The granted waiter learns it from the row (its
-//! `wait_for_grant`, woken when the releasing store lets go of its wake-up flock, or by a poll)
-//! and confirms it with its next `enqueue`, which answers `Granted` and only then takes the
-//! key's wake-up flock, in the waiter's own store: the store that granted on the waiter's
-//! behalf never takes it (see `SqliteStore::wait_for_grant`).
+//! The grant is made in the database; the transaction notes the granted waiter's doorbell
+//! (`waiters.wake`, see [`crate::doorbell`]) in [`Tx::rung`], rung after the commit. The granted
+//! waiter learns the grant from the row (its `wait_for_grant`, woken by the doorbell, or by a
+//! re-read) and takes the key's wake-up flock in its own store: the store that granted on the
+//! waiter's behalf never takes it (see `SqliteStore::wait_for_grant`).
 
 use lease_core::Enqueued;
 use rusqlite::{OptionalExtension, params};
@@ -54,6 +54,10 @@ pub(crate) fn settle(tx: &Tx<'_>, key: &str, row: Option<Row>) -> Result<Settled
     Ok(match grant_next(tx, key)? {
         Some(granted) => {
             let fence = tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?;
+            if let Some(bell) = &granted.wake {
+                let hash = crate::wake::fnv1a64(key.as_bytes());
+                tx.rung.borrow_mut().push((bell.clone(), hash));
+            }
             Settled {
                 row: Some(granted.write(tx, key, fence)?),
                 held: true,
@@ -68,6 +72,8 @@ struct Next {
     holder: Vec<u8>,
     lease_ns: i64,
     process: Option<String>,
+    /// The waiter's doorbell, rung after the commit.
+    wake: Option<String>,
 }
 
 impl Next {
@@ -82,25 +88,29 @@ impl Next {
 /// dead ones are gone after [`settle`]'s purge; those of a gone store are deleted on the way).
 fn grant_next(tx: &Tx<'_>, key: &str) -> Result<Option<Next>, TxError> {
     loop {
-        let head: Option<(i64, Vec<u8>, i64, Option<String>)> = tx
+        let head = tx
             .prepare_cached(
-                "SELECT seq, holder, lease_ns, process FROM waiters WHERE key = ?1
+                "SELECT seq, holder, lease_ns, process, wake FROM waiters WHERE key = ?1
                  ORDER BY seq LIMIT 1",
             )?
             .query_row([key.as_bytes()], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Next {
+                        holder: r.get(1)?,
+                        lease_ns: r.get(2)?,
+                        process: r.get(3)?,
+                        wake: r.get(4)?,
+                    },
+                ))
             })
             .optional()?;
-        let Some((seq, holder, lease_ns, process)) = head else {
+        let Some((seq, next)) = head else {
             return Ok(None);
         };
         delete_entry(tx, seq)?;
-        if !tx.liveness.is_gone(process.as_deref()) {
-            return Ok(Some(Next {
-                holder,
-                lease_ns,
-                process,
-            }));
+        if !tx.liveness.is_gone(next.process.as_deref()) {
+            return Ok(Some(next));
         }
     }
 }
@@ -151,10 +161,10 @@ pub(crate) fn enqueue(
         Err(fence) => {
             // A dead entry of this holder was deleted by `settle`: it queues anew, at the back.
             tx.prepare_cached(
-                "INSERT INTO waiters (key, holder, lease_ns, live_until_ns, boot_id, process)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO waiters (key, holder, lease_ns, live_until_ns, boot_id, process, wake)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (key, holder) DO UPDATE SET lease_ns = ?3, live_until_ns = ?4,
-                     process = ?6",
+                     process = ?6, wake = ?7",
             )?
             .execute(params![
                 key.as_bytes(),
@@ -162,7 +172,8 @@ pub(crate) fn enqueue(
                 lease_ns,
                 tx.now.saturating_add(patience_ns),
                 tx.boot,
-                tx.liveness.id()
+                tx.liveness.id(),
+                tx.doorbell
             ])?;
             Enqueued::Waiting {
                 fence: Some(fence_of(fence)?),

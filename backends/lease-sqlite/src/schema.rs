@@ -37,6 +37,8 @@ const MIGRATIONS: &[&str] = &[
          UNIQUE (key, holder)
      );
      CREATE INDEX waiters_in_order ON waiters (key, seq);",
+    // The waiter's doorbell (see `doorbell`), woken when the entry is granted the key.
+    "ALTER TABLE waiters ADD COLUMN wake TEXT;",
 ];
 
 /// The schema version this build writes.
@@ -203,6 +205,30 @@ mod tests {
             [],
         );
         assert!(dup.is_err(), "one entry per (key, holder)");
+    }
+
+    #[test]
+    fn a_version_2_database_gets_the_doorbell_column_and_keeps_its_queue() {
+        let mut conn = at_version(0);
+        conn.execute_batch(MIGRATIONS[0]).expect("the first schema");
+        conn.execute_batch(MIGRATIONS[1])
+            .expect("the second schema");
+        conn.pragma_update(None, "user_version", 2_i64)
+            .expect("set user_version");
+        conn.execute(
+            "INSERT INTO waiters (key, holder, lease_ns, live_until_ns, boot_id)
+             VALUES (x'6b', x'62', 1, 2, 'boot')",
+            [],
+        )
+        .expect("an entry");
+        migrate(&mut conn).expect("migrate");
+        assert_eq!(version(&conn), LATEST);
+        let wake: Option<String> = conn
+            .query_row("SELECT wake FROM waiters WHERE holder = x'62'", [], |r| {
+                r.get(0)
+            })
+            .expect("the entry is kept, with the new column");
+        assert_eq!(wake, None, "an entry of an older version names no doorbell");
     }
 
     #[test]

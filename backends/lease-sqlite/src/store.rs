@@ -11,6 +11,7 @@ use lease_core::{BrokenLock, Capabilities, Enqueued, Fence, KeyState, LeaseStore
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::busy;
+use crate::doorbell::{self, Doorbell};
 use crate::hostclock::{self, HostClock};
 use crate::liveness::{self, Liveness};
 use crate::tx::{Row, SELECT_ROW, Tx, TxError, row_of, to_fence};
@@ -152,6 +153,8 @@ struct Inner {
     wake: Wake,
     /// This store's liveness flock, and the means to tell that another store is gone.
     liveness: Liveness,
+    /// Where grants to this store's queued waiters are announced (queued stores on Linux).
+    doorbell: Option<Doorbell>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -218,7 +221,7 @@ impl SqliteStore {
     ///
     /// `grants`: whether `op` is expected to grant a key, whose commit must then reach the disk
     /// before the fence is handed out (see [`Inner::transact`]).
-    async fn run<T, F, A>(&self, grants: bool, op: F, after: A) -> Result<T, StoreError>
+    async fn run<T, F, A>(&self, grants: Grants, op: F, after: A) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Fn(&Tx<'_>) -> Result<T, TxError> + Send + 'static,
@@ -233,6 +236,19 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::permanent(NAME, format!("store task failed: {e}")))?
     }
+}
+
+/// Whether a transaction grants a key, so that its commit must reach the disk before the fence
+/// is handed out: known before it starts (`No`, `Yes`), or only inside it, when it is guessed
+/// from the key's queue or lease before it starts ([`Inner::predict`]).
+enum Grants {
+    No,
+    Yes,
+    /// A release, which grants the key to the next waiter if one is queued.
+    IfQueued(String),
+    /// An `enqueue`, which grants the key (to the caller, or to the waiter ahead of it) if it
+    /// is free.
+    IfFree(String),
 }
 
 /// What a waiter finds when it looks at a key ([`SqliteStore::probe`]).
@@ -256,6 +272,7 @@ impl SqliteStore {
     /// calls, so off the async workers. The waiter's own grant needs no flock: its store takes
     /// it only when the grant is confirmed.
     async fn probe(&self, key: &str, waiter: Option<&str>) -> Probe {
+        let queued = waiter.is_some();
         let inner = self.inner.clone();
         let key = key.to_owned();
         let waiter = waiter.map(str::to_owned);
@@ -275,6 +292,17 @@ impl SqliteStore {
                 }
                 Probe::Mine(row.fence)
             }
+            // A queued waiter with a doorbell is told of its grant by it, and needs no wake-up
+            // at the other grants: it watches only for the holder's store to go (its liveness
+            // flock), which frees the key at once.
+            Ok(Some((row, left))) if queued && inner.doorbell.is_some() => Probe::Held {
+                left: Some(left),
+                release: row
+                    .process
+                    .as_deref()
+                    .and_then(|id| inner.liveness.file_of(id))
+                    .and_then(|file| inner.wake.watch_store(&file)),
+            },
             Ok(Some((_, left))) => Probe::Held {
                 left: Some(left),
                 release: inner.wake.watch_release(&key),
@@ -295,6 +323,10 @@ fn wait_until(deadline: tokio::time::Instant, left: Option<Duration>) -> tokio::
     left.and_then(|left| tokio::time::Instant::now().checked_add(left))
         .map_or(deadline, |end| end.min(deadline))
 }
+
+/// How often a queued waiter with a doorbell re-reads the key's row anyway: a grant made by a
+/// store that rings no doorbell (an older version) is found this late at most.
+const BELL_POLL: Duration = Duration::from_millis(50);
 
 /// The growing interval (1 ms to 50 ms) at which a waiter re-reads a key that is held while
 /// no store holds its wake-up flock.
@@ -324,11 +356,12 @@ impl Inner {
     /// This keeps one disk flush, not two, on the release → acquire path.
     ///
     /// Whether a transaction grants is known for sure only inside it: a release grants when a
-    /// waiter is queued, an `enqueue` when the key is free. Such an operation starts as one that
-    /// does not grant (`grants == false`); the step that would move a fence finds the
-    /// transaction not durable enough ([`Tx::next_fence`]), and the attempt is rolled back and
-    /// made again at once with `synchronous=FULL` (SQLite cannot change it inside a
-    /// transaction). The retry re-reads everything, so what it decides is decided afresh; a
+    /// waiter is queued, an `enqueue` when the key is free. Such an operation starts as the plain
+    /// read before it guesses ([`Inner::predict`]); when it guessed wrong, the step that would
+    /// move a fence finds the transaction not durable enough ([`Tx::next_fence`]), and the
+    /// attempt is rolled back and made again at once with `synchronous=FULL` (SQLite cannot
+    /// change it inside a transaction). The read costs a few microseconds; a wasted attempt
+    /// costs the write lock, the statements and the rollback, on the handoff's path. The retry re-reads everything, so what it decides is decided afresh; a
     /// queued handoff then costs one flush, the release's, and the granted waiter's
     /// confirmation is an extension that commits with `NORMAL`.
     ///
@@ -338,11 +371,11 @@ impl Inner {
     /// take their own attempts in between.
     fn transact<T>(
         &self,
-        grants: bool,
+        grants: Grants,
         op: impl Fn(&Tx<'_>) -> Result<T, TxError>,
     ) -> Result<T, StoreError> {
         self.check_identity()?;
-        let mut full = grants && self.durability == Durability::Full;
+        let mut full = self.durability == Durability::Full && self.predict(&grants);
         let attempt = || -> Result<T, TxError> {
             let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
             loop {
@@ -363,10 +396,18 @@ impl Inner {
                     boot: &self.boot_id,
                     durable: full || self.durability == Durability::Normal,
                     liveness: &self.liveness,
+                    doorbell: self.doorbell.as_ref().map(Doorbell::name),
+                    rung: std::cell::RefCell::default(),
                 };
                 match op(&tx) {
                     Ok(out) => {
+                        let rung = tx.rung.take();
                         tx.tx.commit()?;
+                        for (bell, key_hash) in rung {
+                            if let Err(e) = doorbell::ring(&bell, key_hash) {
+                                tracing::debug!(error = %e, "the granted waiter's doorbell is gone; it finds the grant at its next look");
+                            }
+                        }
                         return Ok(out);
                     }
                     // Dropping the transaction rolls it back; the next one commits with FULL.
@@ -389,6 +430,34 @@ impl Inner {
                 ),
             },
         )
+    }
+
+    /// Whether a transaction of this kind will grant a key, guessed from a plain read (no write
+    /// lock) before it starts. A wrong guess costs time only: a transaction that grants after a
+    /// `false` is rolled back and made again durable ([`Inner::transact`]), one that does not
+    /// after a `true` flushes to the disk for nothing.
+    fn predict(&self, grants: &Grants) -> bool {
+        let guess = match grants {
+            Grants::No => Ok(false),
+            Grants::Yes => Ok(true),
+            Grants::IfQueued(key) => self.has_waiters(key),
+            Grants::IfFree(key) => self.live_lease(key).map(|live| live.is_none()),
+        };
+        guess.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "cannot read ahead of a transaction");
+            false
+        })
+    }
+
+    /// Whether the key has an entry in the queue, live or not.
+    fn has_waiters(&self, key: &str) -> rusqlite::Result<bool> {
+        let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .conn
+            .prepare_cached("SELECT 1 FROM waiters WHERE key = ?1 LIMIT 1")?
+            .query_row([key.as_bytes()], |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())
     }
 
     /// The key's live lease per the database, and how much longer it runs: `None` if nobody
@@ -753,6 +822,15 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         )
         .with_source(e)
     })?;
+    // Without one (not Linux, or no socket), waiters wait on the key's wake-up flock.
+    let doorbell = b
+        .queued_grants
+        .then(|| {
+            Doorbell::open()
+                .inspect_err(|e| tracing::debug!(error = %e, "no doorbell; waiters wait on the key's wake-up flock"))
+                .ok()
+        })
+        .flatten();
     Ok(SqliteStore {
         inner: Arc::new(Inner {
             path,
@@ -765,6 +843,7 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             queued: b.queued_grants,
             liveness,
             wake: Wake::new(wake_dir),
+            doorbell,
         }),
     })
 }
@@ -790,9 +869,14 @@ impl LeaseStore for SqliteStore {
         let wake_lease = lease;
         let lease = lease_ns(lease);
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
+        let grants = if lease == 0 {
+            Grants::IfQueued(key.clone())
+        } else {
+            Grants::Yes
+        };
         let fence = self
             .run(
-                true,
+                grants,
                 move |tx| {
                     if lease == 0 {
                         queue::release(tx, &key, &holder, None)?;
@@ -829,7 +913,7 @@ impl LeaseStore for SqliteStore {
         };
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(
-            false,
+            Grants::No,
             move |tx| {
                 // Only a live lease is extended: a renewal that arrives after the lease ran out
                 // (the holder was paused, or already told it lost) must not revive it; only an
@@ -861,9 +945,9 @@ impl LeaseStore for SqliteStore {
 
     /// One `BEGIN IMMEDIATE` transaction: clears the holder if holder and fence match, and
     /// hands the key to the oldest live waiter in the same transaction (committed like a grant
-    /// then). This store lets go of the key's wake-up flock afterwards, which wakes the waiters
-    /// blocked on it, the granted one among them; it takes no flock for the granted waiter,
-    /// whose own store takes it when the waiter confirms the grant.
+    /// then). After the commit it rings the granted waiter's doorbell and lets go of the key's
+    /// wake-up flock, which wakes the plain waiters blocked on it; it takes no flock for the
+    /// granted waiter, whose own store takes it when the waiter learns of the grant.
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
         validate(NAME, key, holder)?;
         let (key, holder) = (key.to_owned(), holder.to_owned());
@@ -873,7 +957,7 @@ impl LeaseStore for SqliteStore {
         };
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(
-            false,
+            Grants::IfQueued(key.clone()),
             move |tx| queue::release(tx, &key, &holder, Some(fence)),
             // Even after an error: the holder is done with the key either way, and a flock left
             // behind would only delay waiters (of a replaced database, say).
@@ -942,7 +1026,7 @@ impl LeaseStore for SqliteStore {
         let wake_key = key.clone();
         let broken = self
             .run(
-                true,
+                Grants::Yes,
                 move |tx| {
                     let Some(row) = tx.read_row(&key)? else {
                         return Ok(None);
@@ -996,7 +1080,7 @@ impl LeaseStore for SqliteStore {
         let (lease, patience) = (lease_ns(lease), lease_ns(patience));
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(
-            false,
+            Grants::IfFree(key.clone()),
             move |tx| queue::enqueue(tx, &key, &holder, lease, patience),
             move |wake, answer| match answer {
                 Some(Enqueued::Granted(_)) => wake.granted(&wake_key, &wake_holder, wake_lease),
@@ -1012,11 +1096,12 @@ impl LeaseStore for SqliteStore {
     /// lease (`Some` with its fence), the key is free (`None` at once: the caller's next
     /// `enqueue` settles it), or `max_wait` has passed.
     ///
-    /// While another holder has the key it waits as [`wait_for_change`](Self::wait_for_change)
-    /// does: blocked on the key's wake-up flock, which the releasing store lets go of after the
-    /// commit that granted `holder` the key, bounded by the lease's end; or, while nobody holds
-    /// the flock (a grant not yet confirmed by its waiter, a holder that died), polling every
-    /// 1 ms to 50 ms. A wake-up that is missed only costs that poll's latency.
+    /// While another holder has the key it sleeps until this store's doorbell rings for the key
+    /// (the transaction that granted `holder` the key rings it after its commit; see the crate
+    /// docs), the holder's store is gone (its liveness flock, if it wrote one), the lease ends,
+    /// or 50 ms pass (a re-read, in case a ring was lost). Without a doorbell (not Linux) it
+    /// waits as [`wait_for_change`](Self::wait_for_change) does, on the key's wake-up flock, or
+    /// polls every 1 ms to 50 ms while nobody holds it. A missed wake-up costs latency only.
     ///
     /// Without the option: [`wait_for_change`](Self::wait_for_change), then `None`.
     async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
@@ -1027,18 +1112,35 @@ impl LeaseStore for SqliteStore {
         }
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut poll = Poll::new();
+        let key_hash = wake::fnv1a64(key.as_bytes());
         loop {
+            // Before the read, so that a grant committed after it rings this subscription.
+            let mut bell = self.inner.doorbell.as_ref().map(|d| d.subscribe(key_hash));
             let (left, release) = match self.probe(key, Some(holder)).await {
                 Probe::Mine(fence) => return Fence::from_i64(fence),
                 Probe::Free => return None,
                 Probe::Held { left, release } => (left, release),
             };
-            // Not granted yet: after a wake-up (a release, the lease's end) or a poll, the row
-            // says whom the key went to.
+            // Not granted yet: after a wake-up (the doorbell, a release, the holder's store
+            // gone, the lease's end) or a poll, the row says whom the key went to.
             let until = wait_until(deadline, left);
-            match release {
-                Some(release) => release.wait_until(until).await,
-                None => poll.tick(until).await,
+            match (&mut bell, release) {
+                (Some(bell), release) => {
+                    // A missed ring (a granting store without doorbells) costs one poll.
+                    let until = until.min(tokio::time::Instant::now() + BELL_POLL);
+                    let gone = async {
+                        match release {
+                            Some(release) => release.wait_until(until).await,
+                            None => tokio::time::sleep_until(until).await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = bell.changed() => {}
+                        () = gone => {}
+                    }
+                }
+                (None, Some(release)) => release.wait_until(until).await,
+                (None, None) => poll.tick(until).await,
             }
             if tokio::time::Instant::now() >= deadline {
                 return None;
@@ -1060,7 +1162,7 @@ impl LeaseStore for SqliteStore {
         let (key, holder) = (key.to_owned(), holder.to_owned());
         let (wake_key, wake_holder) = (key.clone(), holder.clone());
         self.run(
-            false,
+            Grants::IfQueued(key.clone()),
             move |tx| queue::leave_queue(tx, &key, &holder),
             move |wake, _| wake.released(&wake_key, &wake_holder),
         )
@@ -1079,6 +1181,58 @@ impl LeaseStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transaction that grants a queued waiter the key rings the waiter's doorbell after
+    /// its commit: the release here, and an `enqueue` that finds the key expired.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grant_to_a_queued_waiter_rings_its_store_s_doorbell() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("l.db");
+        let open = || SqliteStore::builder(&path).queued_grants(true).open();
+        let (one, two) = (open().await.expect("open"), open().await.expect("open"));
+        let bell = two.inner.doorbell.as_ref().expect("a doorbell on Linux");
+        let lease = Duration::from_secs(30);
+        let Enqueued::Granted(a) = one.enqueue(lease, "k", "a", lease).await.expect("enqueue")
+        else {
+            panic!("a free key")
+        };
+        assert!(matches!(
+            two.enqueue(lease, "k", "b", lease).await.expect("enqueue"),
+            Enqueued::Waiting { .. }
+        ));
+        let mut rung = bell.subscribe(wake::fnv1a64(b"k"));
+        let other = bell.subscribe(wake::fnv1a64(b"other key"));
+        assert!(one.release("k", "a", a).await.expect("release"));
+        tokio::time::timeout(Duration::from_secs(10), rung.changed())
+            .await
+            .expect("the release rang the granted waiter's doorbell")
+            .expect("the doorbell lives");
+        assert!(!other.has_changed().expect("the doorbell lives"));
+        assert_eq!(
+            two.wait_for_grant("k", "b", Duration::ZERO).await,
+            Some(a.next().expect("a next fence")),
+            "and the row says so"
+        );
+
+        // A grant made on the way by another call: the holder's lease ran out, and a newcomer's
+        // enqueue hands the key to the waiter at the head.
+        let short = Duration::from_millis(50);
+        one.enqueue(short, "e", "x", lease).await.expect("enqueue");
+        assert!(matches!(
+            two.enqueue(lease, "e", "y", lease).await.expect("enqueue"),
+            Enqueued::Waiting { .. }
+        ));
+        let mut rung = bell.subscribe(wake::fnv1a64(b"e"));
+        tokio::time::sleep(short * 2).await;
+        assert!(matches!(
+            one.enqueue(lease, "e", "z", lease).await.expect("enqueue"),
+            Enqueued::Waiting { .. }
+        ));
+        tokio::time::timeout(Duration::from_secs(10), rung.changed())
+            .await
+            .expect("the newcomer's enqueue rang the head waiter's doorbell")
+            .expect("the doorbell lives");
+    }
 
     #[test]
     fn urls_name_absolute_and_relative_files() {

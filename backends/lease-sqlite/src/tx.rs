@@ -23,6 +23,11 @@ pub(crate) struct Tx<'c> {
     pub(crate) durable: bool,
     /// Tells whether the store that wrote a row is gone.
     pub(crate) liveness: &'c Liveness,
+    /// This store's doorbell, named in the queue entries it writes.
+    pub(crate) doorbell: Option<&'c str>,
+    /// The doorbells of the waiters this transaction granted a key to, with the key's hash: rung
+    /// after the commit.
+    pub(crate) rung: std::cell::RefCell<Vec<(String, u64)>>,
 }
 
 impl<'c> Deref for Tx<'c> {

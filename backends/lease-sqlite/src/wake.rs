@@ -146,7 +146,7 @@ pub(crate) fn dir_of(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
@@ -262,17 +262,32 @@ impl Wake {
     /// If some store holds `key`'s flock, the signal that it let go of it; `None` if nobody
     /// holds the flock. Blocking (opens a file).
     pub(crate) fn watch_release(&self, key: &str) -> Option<Release> {
-        self.blocked_thread(fnv1a64(key.as_bytes())).map(Release)
+        let hash = fnv1a64(key.as_bytes());
+        self.blocked_thread(hash, || self.file_of(hash, true))
+            .map(Release)
     }
 
-    /// The signal of the thread blocked on the key file's flock, starting one if the flock is
-    /// held and none runs yet; `None` if nobody holds the flock.
-    fn blocked_thread(&self, hash: u64) -> Option<watch::Receiver<bool>> {
+    /// The signal that the store whose liveness file is `file` is gone (its process died, or
+    /// it closed): the kernel dropped that file's flock. `None` if nobody holds it, or there is
+    /// no such file. Blocking (opens a file).
+    pub(crate) fn watch_store(&self, file: &Path) -> Option<Release> {
+        // Apart from the key files' hashes: a collision would only share a thread's signal.
+        let hash = fnv1a64(file.as_os_str().as_encoded_bytes()) ^ 0x5a5a_5a5a_5a5a_5a5a;
+        self.blocked_thread(hash, || File::open(file)).map(Release)
+    }
+
+    /// The signal of the thread blocked on the flock of the file `open` opens (under `hash`),
+    /// starting one if the flock is held and none runs yet; `None` if nobody holds the flock.
+    fn blocked_thread(
+        &self,
+        hash: u64,
+        open: impl FnOnce() -> std::io::Result<File>,
+    ) -> Option<watch::Receiver<bool>> {
         let mut waits = self.waits.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rx) = waits.get(&hash) {
             return Some(rx.clone());
         }
-        let file = self.file_of(hash, true).ok()?;
+        let file = open().ok()?;
         match flock(&file, FlockOperation::NonBlockingLockShared) {
             Ok(()) => return None, // Nobody holds it; closing the file unlocks.
             Err(Errno::WOULDBLOCK) => {}

@@ -150,7 +150,7 @@ async fn an_older_schema_is_upgraded_and_other_tables_are_kept() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let x: i64 = conn
         .query_row("SELECT x FROM app", [], |r| r.get(0))
         .unwrap();
