@@ -465,7 +465,16 @@ impl<S: LeaseStore> CrossProcessLock<S> {
                     }
                     Err(e) => return Err(e),
                 }
-                let mut pause = backoff.next_delay();
+                // Queued, the store hands the key over and wakes this waiter: the pause only
+                // bounds how long a lost wake-up goes unnoticed and how often the entry is
+                // refreshed, so it is the longest one. Growing pauses from `backoff_min` would
+                // refresh the entry with a store write every few milliseconds, which under
+                // contention holds up the very releases that hand the key over.
+                let mut pause = if queued_as.is_some() && config.notifications {
+                    config.backoff_max
+                } else {
+                    backoff.next_delay()
+                };
                 if let Some(deadline) = deadline {
                     let now = Instant::now();
                     if now >= deadline {

@@ -214,6 +214,30 @@ async fn barging_mode_polls_instead_of_queueing() {
     assert!(waiter.await.unwrap().unwrap() > f);
 }
 
+/// A queued waiter is woken by the store, so it refreshes its entry once per `backoff_max`
+/// (250 ms by default), not at growing pauses from `backoff_min`: under contention each refresh
+/// is a store write that the releases compete with.
+#[tokio::test(start_paused = true)]
+async fn a_queued_waiter_refreshes_its_entry_once_per_longest_pause() {
+    let s = store();
+    let a = lock(&s, "a");
+    let b = lock(&s, "b");
+    let held = a.try_lock_once().await.unwrap();
+    let before = s.calls().enqueue;
+    let waiter = tokio::spawn(async move { b.lock().await.map(|g| g.fence()) });
+    sleep(Duration::from_millis(1010)).await;
+    // The first enqueue, then one refresh per 250 ms (growing pauses from 2 ms would have sent
+    // about ten by now).
+    let sent = s.calls().enqueue - before;
+    assert!(
+        (4..=6).contains(&sent),
+        "{sent} enqueues in a second of waiting"
+    );
+    let f = held.fence();
+    drop(held);
+    assert!(waiter.await.unwrap().unwrap() > f);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_handoff_takes_the_reported_grant_without_another_store_call() {
     let s = store();
