@@ -12,7 +12,7 @@ use etcd_client::{
 };
 use lease_core::input::{validate, validate_key};
 use lease_core::{
-    BootClock, BrokenLock, Capabilities, Clock, Fence, KeyState, LeaseStore, StoreError,
+    BootClock, BrokenLock, Capabilities, Clock, Enqueued, Fence, KeyState, LeaseStore, StoreError,
 };
 use tracing::debug;
 
@@ -21,6 +21,8 @@ use crate::config::EtcdStoreBuilder;
 use crate::error::NAME;
 use crate::grants::{Grants, Held, slot};
 use crate::session::Session;
+
+mod queue;
 
 /// A [`LeaseStore`] in etcd; see the [crate docs](crate) for the protocol.
 ///
@@ -42,6 +44,8 @@ struct Inner {
     grants: Arc<Grants>,
     /// Keepalive requests sent, for [`EtcdStore::keepalives_sent`]; counted by the sessions.
     keepalives: Arc<AtomicU64>,
+    /// Whether this store keeps waiter queues ([`EtcdStoreBuilder::queued_grants`]).
+    queued: bool,
 }
 
 /// What the acquire transaction found.
@@ -135,6 +139,7 @@ impl EtcdStore {
                 endpoints: b.endpoints,
                 user: b.user.map(|(u, _)| u),
                 sessions: tokio::sync::Mutex::new(HashMap::new()),
+                queued: b.queued_grants,
                 keepalives: Arc::new(AtomicU64::new(0)),
             }),
         })
@@ -397,8 +402,18 @@ impl LeaseStore for EtcdStore {
     ) -> Result<Option<Fence>, StoreError> {
         validate(NAME, key, holder)?;
         if lease.is_zero() {
-            self.release_any(key, holder).await?;
+            if self.inner.queued {
+                self.release_any_queued(key, holder).await?;
+            } else {
+                self.release_any(key, holder).await?;
+            }
             return Ok(None);
+        }
+        if self.inner.queued {
+            return Ok(match self.acquire_queued(lease, key, holder, None).await? {
+                Enqueued::Granted(f) => Some(f),
+                _ => None,
+            });
         }
         let what = format!("acquire of `{}`", key.escape_debug());
         let (lock, counter) = (self.lock_key(key), self.fence_key(key));
@@ -612,6 +627,7 @@ impl LeaseStore for EtcdStore {
                                 session: session.id,
                                 doomed: false,
                                 generation,
+                                waiter: None,
                             },
                         );
                         Ok(true)
@@ -638,6 +654,9 @@ impl LeaseStore for EtcdStore {
         let Some(f) = fence.to_i64() else {
             return Ok(false);
         };
+        if self.inner.queued {
+            return self.release_queued(key, holder, f).await;
+        }
         let txn = Txn::new()
             .when([
                 Compare::value(lock.clone(), CompareOp::Equal, holder),
@@ -677,6 +696,46 @@ impl LeaseStore for EtcdStore {
             }
         };
         let _ = tokio::time::timeout(max_wait, watch).await;
+    }
+
+    /// See the [crate docs](crate) ("Queued grants"); without queued grants, `try_lock`.
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.inner.queued || lease.is_zero() {
+            return Ok(Enqueued::from_try_lock(
+                self.try_lock(lease, key, holder).await?,
+            ));
+        }
+        self.acquire_queued(lease, key, holder, Some(patience))
+            .await
+    }
+
+    /// See the [crate docs](crate) ("Queued grants"); without queued grants,
+    /// [`wait_for_change`](LeaseStore::wait_for_change), then `None`.
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        if !self.inner.queued {
+            self.wait_for_change(key, max_wait).await;
+            return None;
+        }
+        if validate(NAME, key, holder).is_err() {
+            return None;
+        }
+        self.wait_for_grant_queued(key, holder, max_wait).await
+    }
+
+    /// See the [crate docs](crate) ("Queued grants"); without queued grants, `false`.
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.inner.queued {
+            return Ok(false);
+        }
+        self.leave_queue_queued(key, holder).await
     }
 
     /// Reads the lock key and the fence counter in one read-only transaction (one revision),
@@ -801,6 +860,7 @@ impl LeaseStore for EtcdStore {
             .with_durable_fences(true)
             .with_stable_retake(false)
             .with_batched_renewals(true)
+            .with_queued_grants(self.inner.queued)
     }
 }
 
