@@ -100,6 +100,42 @@ enum Handed {
 }
 
 impl EtcdStore {
+    /// The holders queued for `key` (stores with
+    /// [`queued_grants`](crate::EtcdStoreBuilder::queued_grants)), oldest first: the values of
+    /// its waiter keys by create revision. Entries whose session lease is gone are gone with
+    /// it. For tests and diagnostics.
+    ///
+    /// # Errors
+    ///
+    /// An invalid key, or a failed read.
+    pub async fn waiters(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        lease_core::input::validate_key(NAME, key)?;
+        let queue = self.queue_prefix(key);
+        let got = self
+            .etcd()
+            .call(|mut c| {
+                let queue = queue.clone();
+                async move {
+                    c.get(
+                        queue.clone(),
+                        Some(
+                            GetOptions::new()
+                                .with_range(prefix_end(&queue))
+                                .with_sort(SortTarget::Create, SortOrder::Ascend),
+                        ),
+                    )
+                    .await
+                }
+            })
+            .await
+            .map_err(|f| f.into_store("reading a queue"))?;
+        Ok(got
+            .kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+            .collect())
+    }
+
     /// `<prefix>q/<len>/<key>/`: the waiter keys of `key` start with this. The key's length in
     /// front keeps the queues of keys that are prefixes of one another apart.
     pub(super) fn queue_prefix(&self, key: &str) -> Vec<u8> {
