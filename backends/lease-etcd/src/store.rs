@@ -46,6 +46,9 @@ struct Inner {
     keepalives: Arc<AtomicU64>,
     /// Whether this store keeps waiter queues ([`EtcdStoreBuilder::queued_grants`]).
     queued: bool,
+    /// Queued grants: the head of each held key's queue as its grant last saw it (lock key →
+    /// fence, head), so a release can hand over without reading the queue first.
+    heads: std::sync::Mutex<HashMap<Vec<u8>, (i64, Option<KeyValue>)>>,
 }
 
 /// What the acquire transaction found.
@@ -140,6 +143,7 @@ impl EtcdStore {
                 user: b.user.map(|(u, _)| u),
                 sessions: tokio::sync::Mutex::new(HashMap::new()),
                 queued: b.queued_grants,
+                heads: std::sync::Mutex::new(HashMap::new()),
                 keepalives: Arc::new(AtomicU64::new(0)),
             }),
         })
@@ -553,7 +557,7 @@ impl LeaseStore for EtcdStore {
                 Compare::value(lock.clone(), CompareOp::Equal, holder),
                 Compare::version(counter.clone(), CompareOp::Equal, f),
             ])
-            .and_then([TxnOp::get(lock.clone(), None)]);
+            .and_then(self.renew_ops(key));
         let (res, fresh) = tokio::join!(self.etcd().txn(txn), session.ensure_fresh(need));
         let untrack = || {
             let mut held = self.grants().held();
@@ -567,6 +571,9 @@ impl LeaseStore for EtcdStore {
             Some(TxnOpResponse::Get(g)) if res.succeeded() => g.kvs().first().map(|kv| kv.lease()),
             _ => None,
         };
+        if self.inner.queued && res.succeeded() {
+            self.remember_renewed_head(&lock, f, &res);
+        }
         let Some(on) = on else {
             untrack();
             return Ok(false);

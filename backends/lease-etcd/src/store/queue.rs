@@ -91,8 +91,8 @@ fn head_op(queue: &[u8]) -> TxnOp {
 
 /// The outcome of a handover attempt ([`EtcdStore::hand_over`]).
 enum Handed {
-    /// The head got the key with this fence.
-    Granted(i64),
+    /// The head got the key with this fence; the next head then.
+    Granted(i64, Option<KeyValue>),
     /// The compares failed: what the store holds now.
     Failed(View),
     /// The head's session lease is gone (its waiter key with it, or about to be).
@@ -182,7 +182,7 @@ impl EtcdStore {
             .and_then([
                 TxnOp::put(
                     self.fence_key(key),
-                    "",
+                    head.value().to_vec(),
                     Some(PutOptions::new().with_prev_key()),
                 ),
                 TxnOp::put(
@@ -191,6 +191,8 @@ impl EtcdStore {
                     Some(PutOptions::new().with_lease(head.lease())),
                 ),
                 TxnOp::delete(head.key().to_vec(), None),
+                // Reads in a transaction see its own writes: this is the next head.
+                head_op(&self.queue_prefix(key)),
             ])
             .or_else(self.view_ops(key));
         let r = match self.etcd().txn(txn).await {
@@ -216,7 +218,11 @@ impl EtcdStore {
             lease_id = head.lease(),
             "handed over"
         );
-        Ok(Handed::Granted(prev + 1))
+        let next = match r.op_responses().get(3) {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
+            _ => None,
+        };
+        Ok(Handed::Granted(prev + 1, next))
     }
 
     /// Deletes the waiter key `head` if it is still that entry: it is skipped (its session
@@ -255,30 +261,12 @@ impl EtcdStore {
                 Compare::version(counter.clone(), CompareOp::Equal, fence),
             ]
         };
-        // The head from a member-local read: a stale one only costs a failed compare.
-        let mut head = self
-            .etcd()
-            .call(|mut c| {
-                let queue = queue.clone();
-                async move {
-                    c.get(
-                        queue.clone(),
-                        Some(
-                            GetOptions::new()
-                                .with_range(prefix_end(&queue))
-                                .with_sort(SortTarget::Create, SortOrder::Ascend)
-                                .with_limit(1)
-                                .with_serializable(),
-                        ),
-                    )
-                    .await
-                }
-            })
-            .await
-            .map_err(|f| f.into_store(&what))?
-            .kvs()
-            .first()
-            .cloned();
+        // The head as last seen by this grant (at its handover or renewal), else from a
+        // member-local read: a stale one only costs a failed compare.
+        let mut head = match self.take_head(&lock, fence) {
+            Some(head) => head,
+            None => self.read_head_local(&queue, &what).await?,
+        };
         let untrack = || {
             let mut held = self.grants().held();
             let at = slot(&lock, holder.as_bytes());
@@ -293,7 +281,7 @@ impl EtcdStore {
                     None
                 }
                 Some(h) => match self.hand_over(key, own(), &h, &what).await? {
-                    Handed::Granted(_) => {
+                    Handed::Granted(..) => {
                         untrack();
                         return Ok(true);
                     }
@@ -335,6 +323,68 @@ impl EtcdStore {
             NAME,
             format!("{what}: the queue kept changing"),
         ))
+    }
+
+    /// The oldest waiter under `queue`, by a member-local (serializable) read.
+    async fn read_head_local(
+        &self,
+        queue: &[u8],
+        what: &str,
+    ) -> Result<Option<KeyValue>, StoreError> {
+        let got = self
+            .etcd()
+            .call(|mut c| {
+                let queue = queue.to_vec();
+                async move {
+                    let end = prefix_end(&queue);
+                    c.get(
+                        queue,
+                        Some(
+                            GetOptions::new()
+                                .with_range(end)
+                                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                                .with_limit(1)
+                                .with_serializable(),
+                        ),
+                    )
+                    .await
+                }
+            })
+            .await
+            .map_err(|f| f.into_store(what))?;
+        Ok(got.kvs().first().cloned())
+    }
+
+    /// Notes the head of `lock`'s queue as the grant with `fence` last saw it, for its release.
+    pub(super) fn remember_head(&self, lock: &[u8], fence: i64, head: Option<KeyValue>) {
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        heads.insert(lock.to_vec(), (fence, head));
+    }
+
+    /// The head remembered for the grant of `lock` with `fence` (`Some(None)`: an empty queue).
+    fn take_head(&self, lock: &[u8], fence: i64) -> Option<Option<KeyValue>> {
+        let mut heads = self.inner.heads.lock().unwrap_or_else(|e| e.into_inner());
+        match heads.remove(lock) {
+            Some((f, head)) if f == fence => Some(head),
+            _ => None,
+        }
+    }
+
+    /// A renewal's reads: the lock key, and in a queued store the head of its queue (for the
+    /// release, [`remember_head`](Self::remember_head)).
+    pub(super) fn renew_ops(&self, key: &str) -> Vec<TxnOp> {
+        let mut ops = vec![TxnOp::get(self.lock_key(key), None)];
+        if self.inner.queued {
+            ops.push(head_op(&self.queue_prefix(key)));
+        }
+        ops
+    }
+
+    /// Remembers the head a successful renewal ([`renew_ops`](Self::renew_ops)) read.
+    pub(super) fn remember_renewed_head(&self, lock: &[u8], fence: i64, r: &TxnResponse) {
+        if let Some(TxnOpResponse::Get(g)) = r.op_responses().get(1) {
+            self.remember_head(lock, fence, g.kvs().first().cloned());
+        }
     }
 
     /// The oldest waiter of `key`, by a linearizable read.
@@ -403,7 +453,11 @@ impl EtcdStore {
                     queue_empty(&queue),
                 ])
                 .and_then([
-                    TxnOp::put(counter.clone(), "", Some(PutOptions::new().with_prev_key())),
+                    TxnOp::put(
+                        counter.clone(),
+                        holder,
+                        Some(PutOptions::new().with_prev_key()),
+                    ),
                     TxnOp::put(
                         lock.clone(),
                         holder,
@@ -431,7 +485,11 @@ impl EtcdStore {
             };
             let fence = if res.succeeded() {
                 match res.op_responses().first() {
-                    Some(TxnOpResponse::Put(p)) => p.prev_key().map_or(0, KeyValue::version) + 1,
+                    Some(TxnOpResponse::Put(p)) => {
+                        let f = p.prev_key().map_or(0, KeyValue::version) + 1;
+                        self.remember_head(&lock, f, None);
+                        f
+                    }
                     _ => {
                         return Err(StoreError::permanent(
                             NAME,
@@ -546,8 +604,11 @@ impl EtcdStore {
         }
         let vacant = vec![Compare::create_revision(lock.clone(), CompareOp::Equal, 0)];
         match self.hand_over(key, vacant, &head, what).await? {
-            Handed::Granted(f) if head.key() == waiter => Ok(Settled::Mine(f)),
-            Handed::Granted(f) => {
+            Handed::Granted(f, next) if head.key() == waiter => {
+                self.remember_head(&lock, f, next);
+                Ok(Settled::Mine(f))
+            }
+            Handed::Granted(f, _) => {
                 // To another waiter: its store learns it by its watch.
                 Ok(Settled::Waiting(Some(f)))
             }
@@ -590,8 +651,15 @@ impl EtcdStore {
             }
         };
         let fence = tokio::time::timeout(max_wait, watch).await.ok().flatten()?;
-        self.grants()
-            .learned(&self.lock_key(key), holder, fence.to_i64()?);
+        let (lock, f) = (self.lock_key(key), fence.to_i64()?);
+        self.grants().learned(&lock, holder, f);
+        // The next head, for this grant's release, read off the handover's path.
+        let (store, queue) = (self.clone(), self.queue_prefix(key));
+        tokio::spawn(async move {
+            if let Ok(head) = store.read_head_local(&queue, "reading the queue").await {
+                store.remember_head(&lock, f, head);
+            }
+        });
         Some(fence)
     }
 
@@ -611,10 +679,23 @@ impl EtcdStore {
         {
             return Ok(Fence::from_i64(c.version()));
         }
-        let rev = r.header().map_or(0, |h| h.revision());
+        // Two watches on one stream, from the revision read: the counter (a grant puts it with
+        // the new holder as its value, so its event carries holder and fence) and the lock key
+        // (a delete: vacant).
+        let from = r.header().map_or(0, |h| h.revision()) + 1;
         let mut c = self.etcd().client().clone();
         let mut stream = c
-            .watch(lock, Some(WatchOptions::new().with_start_revision(rev + 1)))
+            .watch(
+                counter.clone(),
+                Some(WatchOptions::new().with_start_revision(from)),
+            )
+            .await
+            .map_err(Failure::Etcd)?;
+        stream
+            .watch(
+                lock.clone(),
+                Some(WatchOptions::new().with_start_revision(from)),
+            )
             .await
             .map_err(Failure::Etcd)?;
         while let Some(msg) = stream.message().await.map_err(Failure::Etcd)? {
@@ -624,37 +705,17 @@ impl EtcdStore {
             for ev in msg.events() {
                 let Some(kv) = ev.kv() else { continue };
                 match ev.event_type() {
-                    EventType::Delete => return Ok(None),
-                    EventType::Put if kv.value() == holder.as_bytes() => {
-                        return self.fence_at(&counter, kv.mod_revision()).await;
+                    EventType::Put if kv.key() == counter && kv.value() == holder.as_bytes() => {
+                        return Ok(Fence::from_i64(kv.version()));
                     }
-                    EventType::Put => {}
+                    EventType::Delete if kv.key() == lock => return Ok(None),
+                    _ => {}
                 }
             }
         }
         Err(Failure::Etcd(etcd_client::Error::WatchError(
             "watch stream ended".into(),
         )))
-    }
-
-    /// The counter's version at revision `rev`: the fence of the grant made at `rev` (every
-    /// grant puts the counter and the lock key in one transaction, and while the lock key
-    /// exists the counter's version is its holder's fence).
-    async fn fence_at(&self, counter: &[u8], rev: i64) -> Result<Option<Fence>, Failure> {
-        let got = self
-            .etcd()
-            .call(|mut c| {
-                let counter = counter.to_vec();
-                async move {
-                    c.get(
-                        counter,
-                        Some(GetOptions::new().with_revision(rev).with_serializable()),
-                    )
-                    .await
-                }
-            })
-            .await?;
-        Ok(got.kvs().first().and_then(|c| Fence::from_i64(c.version())))
     }
 
     /// `leave_queue` in a queued store: one transaction deletes `holder`'s waiter keys (one per
