@@ -342,6 +342,31 @@ mod tests {
     }
 
     #[test]
+    fn the_queued_grants_option_is_read_from_the_query() {
+        let b = EtcdStoreBuilder::from_url("etcd://h:1/app/?queued_grants=true").unwrap();
+        assert!(b.queued_grants);
+        assert_eq!(b.prefix, b"app/");
+        let b = EtcdStoreBuilder::from_url("etcd://h:1?queued_grants=1").unwrap();
+        assert!(b.queued_grants);
+        assert_eq!(b.endpoints, ["h:1"]);
+        assert_eq!(b.prefix, DEFAULT_PREFIX.as_bytes());
+        let b = EtcdStoreBuilder::from_url("etcd://h:1/app/?queued_grants=false").unwrap();
+        assert!(!b.queued_grants);
+        let b = EtcdStoreBuilder::from_url("etcd://h:1/app/").unwrap();
+        assert!(!b.queued_grants, "off by default");
+        // A `?` in a password is not the query; one in the prefix is written `%3F`.
+        let b = EtcdStoreBuilder::from_url("etcd://u:a?b@h:1/x%3Fy/?queued_grants=true").unwrap();
+        assert_eq!(b.user, Some(("u".into(), "a?b".into())));
+        assert_eq!(b.prefix, b"x?y/");
+        assert!(b.queued_grants);
+        let b = EtcdStoreBuilder::from_url("etcd://h:1/")
+            .unwrap()
+            .queued_grants(true);
+        assert!(b.queued_grants);
+        assert!(format!("{b:?}").contains("queued_grants: true"));
+    }
+
+    #[test]
     fn bad_urls_name_the_problem_and_never_show_the_password() {
         for (url, what) in [
             ("redis://u:hunter2@h:1", "must start with `etcd://`"),
@@ -351,6 +376,15 @@ mod tests {
             ("etcd://u:hunter2@h:0", "is not a port number"),
             ("etcd://:hunter2@h:1", "user name"),
             ("etcd://u:hunter2@h:1/%zz", "escape"),
+            (
+                "etcd://u:hunter2@h:1/p/?queued_grants=maybe",
+                "queued_grants=maybe",
+            ),
+            (
+                "etcd://u:hunter2@h:1/p/?queued=true",
+                "unknown option `queued`",
+            ),
+            ("etcd://u:hunter2@h:1?queued_grants", "queued_grants takes"),
         ] {
             let e = EtcdStoreBuilder::from_url(url).unwrap_err();
             assert_eq!(e.kind(), StoreErrorKind::InvalidInput);

@@ -48,8 +48,11 @@ struct Inner {
     queued: bool,
     /// Queued grants: the head of each held key's queue as its grant last saw it (lock key →
     /// fence, head), so a release can hand over without reading the queue first.
-    heads: std::sync::Mutex<HashMap<Vec<u8>, (i64, Option<KeyValue>)>>,
+    heads: std::sync::Mutex<HashMap<Vec<u8>, KnownHead>>,
 }
+
+/// A grant's fence and the head of its key's queue as that grant last saw it.
+type KnownHead = (i64, Option<KeyValue>);
 
 /// What the acquire transaction found.
 enum Found {
