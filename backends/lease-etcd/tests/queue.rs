@@ -439,3 +439,55 @@ async fn handoff_latency() {
         h.as_secs_f64() / p.as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_that_gives_up_leaves_the_queue() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let (a, b) = two_stores(&endpoint, "give-up").await;
+    let lock = |store: &EtcdStore| {
+        CrossProcessLock::builder(store.clone(), "job")
+            .lease(Duration::from_secs(5))
+            .build()
+            .expect("valid lock settings")
+    };
+    let held = lock(&a).lock().await.unwrap();
+    let err = lock(&b)
+        .lock_timeout(Duration::from_millis(300))
+        .await
+        .expect_err("the key is held");
+    assert!(matches!(err, lease_core::Error::TimedOut { .. }), "{err}");
+    // The entry is taken out in a task of its own once the waiting call gave up.
+    eventually(
+        WOKEN_WITHIN,
+        "the waiter that gave up leaves the queue",
+        || async { a.waiters("job").await.unwrap().is_empty() },
+    )
+    .await;
+    let fence = held.fence();
+    held.release().await.unwrap();
+    assert_eq!(record(&a, "job").await, (None, Some(fence)));
+}
+
+/// A waiter of another store whose patience ran out is deleted by its own store (before its
+/// session's next keepalive), and the release passes over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_patience_ran_out_is_deleted_by_its_store() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let (a, b) = two_stores(&endpoint, "patience").await;
+    let key = "k";
+    let f = a.try_lock(LONG, key, "alice").await.unwrap().unwrap();
+    b.enqueue(LONG, key, "bob", Duration::from_millis(200))
+        .await
+        .unwrap();
+    waiting(&b, key, "carol").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Carol refreshes: her store's keepalive first deletes Bob's waiter key.
+    waiting(&b, key, "carol").await;
+    assert_eq!(a.waiters(key).await.unwrap(), ["carol"]);
+    assert!(a.release(key, "alice", f).await.unwrap());
+    assert_eq!(record(&a, key).await.0.as_deref(), Some("carol"));
+}
