@@ -350,6 +350,92 @@ impl EtcdStore {
         Ok(self.etcd().txn(txn).await?.succeeded())
     }
 
+    /// A grant of `holder`'s own (with `fence`) found on lease `on`: moved onto `session` if
+    /// that is another lease. `false`: it is gone, or `session` lapsed (start over).
+    #[allow(clippy::too_many_arguments)]
+    async fn regrant_here(
+        &self,
+        key: &str,
+        holder: &str,
+        fence: i64,
+        on: i64,
+        session: &Session,
+        generation: u64,
+        what: &str,
+    ) -> Result<bool, StoreError> {
+        if on == session.id {
+            return Ok(true);
+        }
+        let (lock, counter) = (self.lock_key(key), self.fence_key(key));
+        match self
+            .move_grant(&lock, &counter, holder, fence, session.id)
+            .await
+        {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.grants().forget(&lock, holder.as_bytes(), generation);
+                Ok(false)
+            }
+            Err(f) if f.is_lease_not_found() => {
+                session.mark_lost();
+                Ok(false)
+            }
+            Err(f) => Err(f.into_store(what)),
+        }
+    }
+
+    /// Tracks an acquire before it is sent ([`Grants::track_acquire`]): if the answer is lost,
+    /// etcd may still apply it, and the sweep must then find the key.
+    async fn track_acquire(
+        &self,
+        lock: &[u8],
+        holder: &str,
+        valid_until: Duration,
+        session: i64,
+        what: &str,
+    ) -> Result<u64, StoreError> {
+        self.grants()
+            .track_acquire(lock, holder, valid_until, session)
+            .await
+            .map_err(|e| StoreError::new(e.kind(), NAME, format!("{what}: {}", e.message())))
+    }
+
+    /// The end of every grant: records its fence for the sweep (it stays tracked even if the
+    /// keepalive failed: should the caller never come back for it, the sweep deletes it once its
+    /// lease has passed), then answers once the keepalive beside it (`fresh`) confirmed that the
+    /// session covers the lease. `Ok(None)`: the session lapsed under the grant; retry on a new
+    /// one.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_grant(
+        &self,
+        key: &str,
+        holder: &str,
+        session: &Session,
+        valid_until: Duration,
+        fence: i64,
+        fresh: Result<bool, StoreError>,
+        what: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        let lock = self.lock_key(key);
+        if !self
+            .grants()
+            .confirm_acquire(&lock, holder, session.id, valid_until, fence)
+        {
+            return Err(StoreError::transient(
+                NAME,
+                format!("{what}: the answer came after the lease had passed"),
+            ));
+        }
+        match fresh {
+            Ok(true) => {
+                debug!(key, fence, lease_id = session.id, "granted");
+                Ok(Some(to_fence(key, fence)?))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn etcd(&self) -> &Etcd {
         &self.inner.etcd
     }
@@ -447,10 +533,8 @@ impl LeaseStore for EtcdStore {
             // Tracked before it is sent: if the answer is lost, etcd may still apply it, and
             // the sweep must then find the key (and delete it once its lease has passed).
             let generation = self
-                .grants()
-                .track_acquire(&lock, holder, call + lease, session.id)
-                .await
-                .map_err(|e| StoreError::new(e.kind(), NAME, format!("{what}: {}", e.message())))?;
+                .track_acquire(&lock, holder, call + lease, session.id, &what)
+                .await?;
             // The keepalive runs beside the transaction, so an acquire costs one round trip.
             let (res, fresh) = tokio::join!(self.etcd().txn(txn), session.ensure_fresh(need));
             let res = match res {
@@ -469,24 +553,13 @@ impl LeaseStore for EtcdStore {
                     lease: on,
                     fence,
                 } if h == holder.as_bytes() => {
-                    if on != session.id {
-                        // Our grant on another lease (another TTL, or a lapsed session whose
-                        // keys etcd has not deleted yet): a re-grant moves it onto this one.
-                        match self
-                            .move_grant(&lock, &counter, holder, fence, session.id)
-                            .await
-                        {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                self.grants().forget(&lock, holder.as_bytes(), generation);
-                                continue;
-                            }
-                            Err(f) if f.is_lease_not_found() => {
-                                session.mark_lost();
-                                continue;
-                            }
-                            Err(f) => return Err(f.into_store(&what)),
-                        }
+                    // Our grant on another lease (another TTL, or a lapsed session whose keys
+                    // etcd has not deleted yet): a re-grant moves it onto this one.
+                    if !self
+                        .regrant_here(key, holder, fence, on, &session, generation, &what)
+                        .await?
+                    {
+                        continue;
                     }
                     fence
                 }
@@ -495,25 +568,10 @@ impl LeaseStore for EtcdStore {
                     return Ok(None);
                 }
             };
-            // The grant stays tracked even if the keepalive failed: should the caller never come
-            // back for it, the sweep deletes it once its lease has passed.
-            if !self
-                .grants()
-                .confirm_acquire(&lock, holder, session.id, call + lease, fence)
-            {
-                return Err(StoreError::transient(
-                    NAME,
-                    format!("{what}: the answer came after the lease had passed"),
-                ));
-            }
-            match fresh {
-                Ok(true) => {
-                    debug!(key, fence, lease_id = session.id, "granted");
-                    return Ok(Some(to_fence(key, fence)?));
-                }
+            match self.finish_grant(key, holder, &session, call + lease, fence, fresh, &what)? {
+                Some(f) => return Ok(Some(f)),
                 // The session lapsed under the grant: retry on a new one.
-                Ok(false) => continue,
-                Err(e) => return Err(e),
+                None => continue,
             }
         }
         Err(StoreError::transient(

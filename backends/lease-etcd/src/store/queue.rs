@@ -466,10 +466,8 @@ impl EtcdStore {
                 ])
                 .or_else(otherwise);
             let generation = self
-                .grants()
-                .track_acquire(&lock, holder, call + lease, session.id)
-                .await
-                .map_err(|e| StoreError::new(e.kind(), NAME, format!("{what}: {}", e.message())))?;
+                .track_acquire(&lock, holder, call + lease, session.id, &what)
+                .await?;
             if let Some(p) = patience {
                 self.grants()
                     .mark_waiter(&lock, holder, generation, waiter.clone(), call + p);
@@ -520,22 +518,9 @@ impl EtcdStore {
                     Settled::Again => continue,
                 }
             };
-            if !self
-                .grants()
-                .confirm_acquire(&lock, holder, session.id, call + lease, fence)
-            {
-                return Err(StoreError::transient(
-                    NAME,
-                    format!("{what}: the answer came after the lease had passed"),
-                ));
-            }
-            match fresh {
-                Ok(true) => {
-                    debug!(key, fence, lease_id = session.id, "granted");
-                    return Ok(Enqueued::Granted(to_fence(key, fence)?));
-                }
-                Ok(false) => continue,
-                Err(e) => return Err(e),
+            match self.finish_grant(key, holder, &session, call + lease, fence, fresh, &what)? {
+                Some(f) => return Ok(Enqueued::Granted(f)),
+                None => continue,
             }
         }
         Err(StoreError::transient(
@@ -558,7 +543,7 @@ impl EtcdStore {
         view: View,
         what: &str,
     ) -> Result<Settled, StoreError> {
-        let (lock, counter) = (self.lock_key(key), self.fence_key(key));
+        let lock = self.lock_key(key);
         if let Some(l) = view.lock.as_ref().filter(|_| view.held_by(holder)) {
             let Some(fence) = view.fence() else {
                 return Err(StoreError::new(
@@ -572,22 +557,11 @@ impl EtcdStore {
             };
             // Re-entry through the queue: the waiter key just put is not needed.
             self.skip_own(waiter, what).await?;
-            if l.lease() != session.id {
-                match self
-                    .move_grant(&lock, &counter, holder, fence, session.id)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.grants().forget(&lock, holder.as_bytes(), generation);
-                        return Ok(Settled::Again);
-                    }
-                    Err(f) if f.is_lease_not_found() => {
-                        session.mark_lost();
-                        return Ok(Settled::Again);
-                    }
-                    Err(f) => return Err(f.into_store(what)),
-                }
+            if !self
+                .regrant_here(key, holder, fence, l.lease(), session, generation, what)
+                .await?
+            {
+                return Ok(Settled::Again);
             }
             return Ok(Settled::Mine(fence));
         }
