@@ -230,6 +230,19 @@ impl Grants {
         Ok(())
     }
 
+    /// Removes the entry of `holder` on `lock` if it is still the one of `generation`, unless
+    /// the holder is queued through this store: then it stays, as the waiter it was.
+    pub(crate) fn forget_unless_queued(&self, lock: &[u8], holder: &[u8], generation: u64) {
+        let mut held = self.held();
+        let slot = slot(lock, holder);
+        if held
+            .get(&slot)
+            .is_some_and(|e| e.generation == generation && e.waiter.is_none())
+        {
+            held.remove(&slot);
+        }
+    }
+
     /// Removes the entry of `holder` on `lock` if it is still the one of `generation`.
     pub(crate) fn forget(&self, lock: &[u8], holder: &[u8], generation: u64) {
         let mut held = self.held();
@@ -260,7 +273,10 @@ impl Grants {
                 let slot = slot(lock, holder.as_bytes());
                 match held.get(&slot) {
                     Some(h) if h.doomed => h.clone(),
-                    _ => {
+                    current => {
+                        // A queued holder stays queued (its waiter key may still be granted)
+                        // until its entry says otherwise.
+                        let waiter = current.and_then(|h| h.waiter.clone());
                         let generation = self.next_generation();
                         held.insert(
                             slot,
@@ -271,7 +287,7 @@ impl Grants {
                                 session,
                                 doomed: false,
                                 generation,
-                                waiter: None,
+                                waiter,
                             },
                         );
                         return Ok(generation);

@@ -504,7 +504,11 @@ impl EtcdStore {
                     Settled::Mine(f) => f,
                     Settled::Waiting(f) => {
                         if patience.is_none() {
-                            self.grants().forget(&lock, holder.as_bytes(), generation);
+                            self.grants().forget_unless_queued(
+                                &lock,
+                                holder.as_bytes(),
+                                generation,
+                            );
                         }
                         match fresh {
                             Ok(false) => continue,
