@@ -491,3 +491,48 @@ async fn a_waiter_whose_patience_ran_out_is_deleted_by_its_store() {
     assert!(a.release(key, "alice", f).await.unwrap());
     assert_eq!(record(&a, key).await.0.as_deref(), Some("carol"));
 }
+
+/// A waiter granted the key while it no longer asks (its process lives, and keeps the session
+/// alive for another key) holds it only until its last `enqueue` + its lease: its store's sweep
+/// deletes the grant, and the next waiter gets the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_to_a_waiter_that_stopped_asking_lapses_while_its_session_lives() {
+    let Some(endpoint) = common::endpoint() else {
+        return;
+    };
+    let (a, b) = two_stores(&endpoint, "stopped-asking").await;
+    let short = Duration::from_secs(2);
+    // `keeper` renews another key through b's session for this TTL all along.
+    let keeper = b.try_lock(short, "other", "keeper").await.unwrap().unwrap();
+    let renewing = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            loop {
+                assert!(b.renew(short, "other", "keeper", keeper).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let key = "k";
+    let f = a.try_lock(LONG, key, "alice").await.unwrap().unwrap();
+    assert!(matches!(
+        b.enqueue(short, key, "bob", LONG).await.unwrap(),
+        Enqueued::Waiting { .. }
+    ));
+    waiting(&a, key, "carol").await;
+    assert!(a.release(key, "alice", f).await.unwrap());
+    assert_eq!(record(&a, key).await.0.as_deref(), Some("bob"));
+    let started = Instant::now();
+    let c = loop {
+        if let Enqueued::Granted(c) = enqueue(&a, key, "carol").await {
+            break c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "bob's grant did not lapse although bob stopped asking"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(c > f);
+    renewing.abort();
+}
