@@ -171,8 +171,10 @@
 //! both on one watch stream from that revision: a counter event whose value is the holder is its
 //! grant, with the event's version as the fence, so a handoff costs one Raft write and one watch
 //! event; a delete of the lock key (an expiry, a plain release) returns `None`, and the waiter's
-//! next `enqueue` hands the key to the head. Every waiter of a key watches it; only the one
-//! granted acts.
+//! next `enqueue` hands the key to the head. Every waiter of a key watches it: a handover is
+//! one event to each of them, and only the one granted acts; a delete wakes them all, and each
+//! refreshes its entry (the first call hands the key to the head), which is the one herd left,
+//! on expiry only.
 //!
 //! *Liveness of waiters.* Waiter keys live on the session leases, so a process's entries die
 //! with its session (a crash, a `SIGKILL`, a pause longer than the TTL): nothing is left
