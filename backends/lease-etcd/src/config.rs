@@ -27,6 +27,7 @@ pub struct EtcdStoreBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) tls: bool,
+    pub(crate) queued_grants: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls_options: Option<etcd_client::TlsOptions>,
 }
@@ -44,6 +45,7 @@ impl EtcdStoreBuilder {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
             tls: false,
+            queued_grants: false,
             #[cfg(feature = "tls")]
             tls_options: None,
         }
@@ -51,13 +53,14 @@ impl EtcdStoreBuilder {
 
     /// Reads endpoints, credentials and key prefix from a URL:
     ///
-    /// `etcd://[user[:password]@]host1:port1[,host2:port2…][/prefix]`
+    /// `etcd://[user[:password]@]host1:port1[,host2:port2…][/prefix][?queued_grants=true]`
     ///
     /// `etcds://` is the same over TLS (feature `tls`). User, password and prefix may be
     /// percent-encoded (`%40` for `@`). Without a path the prefix is [`DEFAULT_PREFIX`]; a path is
     /// used verbatim as the prefix after its leading `/` (so `etcd://h:2379/app/locks/` gives the
     /// prefix `app/locks/`, and `etcd://h:2379/` the empty prefix). A host without a port gets
-    /// etcd's client port 2379.
+    /// etcd's client port 2379. The query takes one option, `queued_grants=true|false|1|0`
+    /// ([`queued_grants`](Self::queued_grants)); a `?` in the prefix is written `%3F`.
     ///
     /// # Errors
     ///
@@ -92,6 +95,17 @@ impl EtcdStoreBuilder {
     /// The lock's renewal retries within the lease, so keep this well below the lease.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Queued grants (default off): waiting locks queue in etcd, in the order they first
+    /// asked, and a release hands the key to the oldest live waiter in the same transaction
+    /// ([`Capabilities::queued_grants`](lease_core::Capabilities::queued_grants); the
+    /// [crate docs](crate) give the protocol). The URL option `?queued_grants=true` (or `1`;
+    /// `false`/`0` for off) of [`from_url`](Self::from_url) sets the same. Stores with and
+    /// without it may share keys: they never both hold one, and fences keep increasing.
+    pub fn queued_grants(mut self, yes: bool) -> Self {
+        self.queued_grants = yes;
         self
     }
 
@@ -164,6 +178,7 @@ impl fmt::Debug for EtcdStoreBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("tls", &self.tls)
+            .field("queued_grants", &self.queued_grants)
             .finish()
     }
 }
@@ -192,6 +207,13 @@ fn parse_url(url: &str) -> Result<EtcdStoreBuilder, StoreError> {
             "it must start with `etcd://` or `etcds://` (form: etcd://[user:password@]host:port[,host:port…][/prefix])",
         ));
     };
+    // The query starts at the first `?` after the user info (a password may hold one).
+    let query_from = rest.rfind('@').map_or(0, |i| i + 1);
+    let (rest, query) = match rest[query_from..].find('?') {
+        Some(i) => (&rest[..query_from + i], Some(&rest[query_from + i + 1..])),
+        None => (rest, None),
+    };
+    let queued_grants = query.map(parse_query).transpose()?.unwrap_or(false);
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
@@ -248,7 +270,31 @@ fn parse_url(url: &str) -> Result<EtcdStoreBuilder, StoreError> {
         b.prefix = prefix;
     }
     b.user = user;
+    b.queued_grants = queued_grants;
     Ok(b)
+}
+
+/// The URL's query: `queued_grants=true|false|1|0`, the only option.
+fn parse_query(query: &str) -> Result<bool, StoreError> {
+    let mut queued = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("queued_grants", "true" | "1")) => queued = true,
+            Some(("queued_grants", "false" | "0")) => queued = false,
+            Some(("queued_grants", _)) | None if pair.starts_with("queued_grants") => {
+                return Err(bad_url(format!(
+                    "`{pair}`: queued_grants takes true, false, 1 or 0"
+                )));
+            }
+            _ => {
+                let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+                return Err(bad_url(format!(
+                    "unknown option `{name}` (the one option is `queued_grants`)"
+                )));
+            }
+        }
+    }
+    Ok(queued)
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -296,6 +342,31 @@ mod tests {
     }
 
     #[test]
+    fn the_queued_grants_option_is_read_from_the_query() {
+        let b = EtcdStoreBuilder::from_url("etcd://h:1/app/?queued_grants=true").unwrap();
+        assert!(b.queued_grants);
+        assert_eq!(b.prefix, b"app/");
+        let b = EtcdStoreBuilder::from_url("etcd://h:1?queued_grants=1").unwrap();
+        assert!(b.queued_grants);
+        assert_eq!(b.endpoints, ["h:1"]);
+        assert_eq!(b.prefix, DEFAULT_PREFIX.as_bytes());
+        let b = EtcdStoreBuilder::from_url("etcd://h:1/app/?queued_grants=false").unwrap();
+        assert!(!b.queued_grants);
+        let b = EtcdStoreBuilder::from_url("etcd://h:1/app/").unwrap();
+        assert!(!b.queued_grants, "off by default");
+        // A `?` in a password is not the query; one in the prefix is written `%3F`.
+        let b = EtcdStoreBuilder::from_url("etcd://u:a?b@h:1/x%3Fy/?queued_grants=true").unwrap();
+        assert_eq!(b.user, Some(("u".into(), "a?b".into())));
+        assert_eq!(b.prefix, b"x?y/");
+        assert!(b.queued_grants);
+        let b = EtcdStoreBuilder::from_url("etcd://h:1/")
+            .unwrap()
+            .queued_grants(true);
+        assert!(b.queued_grants);
+        assert!(format!("{b:?}").contains("queued_grants: true"));
+    }
+
+    #[test]
     fn bad_urls_name_the_problem_and_never_show_the_password() {
         for (url, what) in [
             ("redis://u:hunter2@h:1", "must start with `etcd://`"),
@@ -305,6 +376,15 @@ mod tests {
             ("etcd://u:hunter2@h:0", "is not a port number"),
             ("etcd://:hunter2@h:1", "user name"),
             ("etcd://u:hunter2@h:1/%zz", "escape"),
+            (
+                "etcd://u:hunter2@h:1/p/?queued_grants=maybe",
+                "queued_grants=maybe",
+            ),
+            (
+                "etcd://u:hunter2@h:1/p/?queued=true",
+                "unknown option `queued`",
+            ),
+            ("etcd://u:hunter2@h:1?queued_grants", "queued_grants takes"),
         ] {
             let e = EtcdStoreBuilder::from_url(url).unwrap_err();
             assert_eq!(e.kind(), StoreErrorKind::InvalidInput);

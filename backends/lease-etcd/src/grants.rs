@@ -48,6 +48,17 @@ pub(crate) struct Held {
     pub(crate) doomed: bool,
     /// Tells this entry from later ones of the same key.
     pub(crate) generation: u64,
+    /// Set while `holder` is queued for the key through this store (queued grants): its waiter
+    /// key, which a release may turn into a grant on `session` at any moment.
+    pub(crate) waiter: Option<Waiter>,
+}
+
+/// A waiter key of this store, and until when its holder wants it (the patience of its last
+/// `enqueue`, on this process's boot clock).
+#[derive(Debug, Clone)]
+pub(crate) struct Waiter {
+    pub(crate) key: Vec<u8>,
+    pub(crate) live_until: Duration,
 }
 
 /// The grants of one store, shared by the store and the keepalive tasks of its sessions.
@@ -99,15 +110,19 @@ impl Grants {
     /// The first delete that etcd did not confirm: the caller must not send a keepalive then.
     pub(crate) async fn sweep(&self, session: i64) -> Result<(), StoreError> {
         let now = BootClock.now();
-        let stale: Vec<(Vec<u8>, Held)> = {
+        let (stale, impatient) = {
             let mut held = self.held();
-            held.iter_mut()
-                .filter(|(_, h)| h.session == session && (h.doomed || h.valid_until <= now))
-                .map(|((lock, _), h)| {
+            let mut stale = Vec::new();
+            let mut impatient = Vec::new();
+            for ((lock, _), h) in held.iter_mut().filter(|(_, h)| h.session == session) {
+                if h.doomed || h.valid_until <= now {
                     h.doomed = true;
-                    (lock.clone(), h.clone())
-                })
-                .collect()
+                    stale.push((lock.clone(), h.clone()));
+                } else if h.waiter.as_ref().is_some_and(|w| w.live_until <= now) {
+                    impatient.push(h.clone());
+                }
+            }
+            (stale, impatient)
         };
         let mut first = None;
         for (lock, h) in stale {
@@ -116,7 +131,32 @@ impl Grants {
                 first.get_or_insert(e);
             }
         }
+        for h in impatient {
+            if let Err(e) = self.delete_impatient(&h).await {
+                debug!(error = %e, "could not delete a waiter whose patience ran out; will retry");
+                first.get_or_insert(e);
+            }
+        }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Deletes the waiter key of `h`, whose patience ran out: no release can grant it the key
+    /// from then on. A grant made before stays tracked, and lapses with its lease.
+    async fn delete_impatient(&self, h: &Held) -> Result<(), StoreError> {
+        let Some(w) = &h.waiter else { return Ok(()) };
+        let txn = Txn::new().and_then([TxnOp::delete(w.key.clone(), None)]);
+        self.etcd
+            .txn(txn)
+            .await
+            .map_err(|f| f.into_store("deleting a waiter whose patience ran out"))?;
+        let mut held = self.held();
+        if let Some(e) = held
+            .values_mut()
+            .find(|e| e.generation == h.generation && e.waiter.is_some())
+        {
+            e.waiter = None;
+        }
+        Ok(())
     }
 
     /// Deletes the grant `h` of `lock` if it is still on its session lease, and forgets it once
@@ -128,6 +168,23 @@ impl Grants {
             self.forget(lock, &h.holder, h.generation);
             return Ok(());
         };
+        if let (None, Some(w)) = (h.fence, &h.waiter) {
+            // A waiter whose grant (if a release made one) lapses: delete that grant and the
+            // waiter key in one step, so no release can grant it after this.
+            let txn = Txn::new()
+                .when([
+                    Compare::value(lock.to_vec(), CompareOp::Equal, h.holder.clone()),
+                    Compare::lease(lock.to_vec(), CompareOp::Equal, h.session),
+                ])
+                .and_then([
+                    TxnOp::delete(lock.to_vec(), None),
+                    TxnOp::delete(w.key.clone(), None),
+                ])
+                .or_else([TxnOp::delete(w.key.clone(), None)]);
+            self.etcd.txn(txn).await.map_err(|f| f.into_store(what))?;
+            self.forget(lock, &h.holder, h.generation);
+            return Ok(());
+        }
         let fence = match h.fence {
             Some(f) => f,
             None => {
@@ -173,6 +230,19 @@ impl Grants {
         Ok(())
     }
 
+    /// Removes the entry of `holder` on `lock` if it is still the one of `generation`, unless
+    /// the holder is queued through this store: then it stays, as the waiter it was.
+    pub(crate) fn forget_unless_queued(&self, lock: &[u8], holder: &[u8], generation: u64) {
+        let mut held = self.held();
+        let slot = slot(lock, holder);
+        if held
+            .get(&slot)
+            .is_some_and(|e| e.generation == generation && e.waiter.is_none())
+        {
+            held.remove(&slot);
+        }
+    }
+
     /// Removes the entry of `holder` on `lock` if it is still the one of `generation`.
     pub(crate) fn forget(&self, lock: &[u8], holder: &[u8], generation: u64) {
         let mut held = self.held();
@@ -203,7 +273,10 @@ impl Grants {
                 let slot = slot(lock, holder.as_bytes());
                 match held.get(&slot) {
                     Some(h) if h.doomed => h.clone(),
-                    _ => {
+                    current => {
+                        // A queued holder stays queued (its waiter key may still be granted)
+                        // until its entry says otherwise.
+                        let waiter = current.and_then(|h| h.waiter.clone());
                         let generation = self.next_generation();
                         held.insert(
                             slot,
@@ -214,6 +287,7 @@ impl Grants {
                                 session,
                                 doomed: false,
                                 generation,
+                                waiter,
                             },
                         );
                         return Ok(generation);
@@ -246,6 +320,7 @@ impl Grants {
             Some(h) if !h.doomed => {
                 // Ours, or a concurrent acquire's of the same holder: the same grant either way.
                 h.fence = Some(fence);
+                h.waiter = None;
                 h.session = session;
                 h.valid_until = h.valid_until.max(valid_until);
                 true
@@ -262,11 +337,54 @@ impl Grants {
                         session,
                         doomed: true,
                         generation,
+                        waiter: None,
                     },
                 );
                 false
             }
         }
+    }
+}
+
+impl Grants {
+    /// Notes that `holder`, tracked as an acquire or a waiter of generation `generation`, is
+    /// now queued under `key` until `live_until`.
+    pub(crate) fn mark_waiter(
+        &self,
+        lock: &[u8],
+        holder: &str,
+        generation: u64,
+        key: Vec<u8>,
+        live_until: Duration,
+    ) {
+        if let Some(h) = self
+            .held()
+            .get_mut(&slot(lock, holder.as_bytes()))
+            .filter(|h| h.generation == generation && !h.doomed)
+        {
+            h.waiter = Some(Waiter { key, live_until });
+        }
+    }
+
+    /// Records the fence of a grant a release made to the waiter `holder`, seen by its watch.
+    pub(crate) fn learned(&self, lock: &[u8], holder: &str, fence: i64) {
+        if let Some(h) = self
+            .held()
+            .get_mut(&slot(lock, holder.as_bytes()))
+            .filter(|h| !h.doomed && h.fence.is_none())
+        {
+            h.fence = Some(fence);
+            h.waiter = None;
+        }
+    }
+
+    /// Whether `key` is the waiter key of a waiter of this store whose patience ran out.
+    pub(crate) fn is_impatient(&self, key: &[u8], now: Duration) -> bool {
+        self.held().values().any(|h| {
+            h.waiter
+                .as_ref()
+                .is_some_and(|w| w.key == key && w.live_until <= now)
+        })
     }
 }
 

@@ -121,6 +121,72 @@
 //! at once if it is vacant), and after `max_wait` at the latest. A failed watch waits out
 //! `max_wait`, so it costs latency, never a busy loop.
 //!
+//! # Queued grants
+//!
+//! With [`EtcdStoreBuilder::queued_grants`] (URL `?queued_grants=true`; off by default),
+//! waiting locks queue in etcd and a release hands the key to the oldest live waiter in its own
+//! transaction ([`Capabilities::queued_grants`](lease_core::Capabilities::queued_grants), the
+//! rules in [`Enqueued`](lease_core::Enqueued)).
+//!
+//! *Keys.* A queued holder has a **waiter key** `<prefix>q/<len>/k/<lease id>/<holder>` (`len`:
+//! the byte length of `k`, so the queues of `a` and `a/b` stay apart; `lease id`: its store's
+//! session lease, 16 hex digits), whose value is the holder, put on that session lease. The
+//! queue's order is the waiter keys' create revision; `enqueue` again puts the same key, which
+//! keeps its create revision, so a waiter keeps its place. Nothing else changes: the holder is
+//! still the lock key `<prefix>l/k`, and the fence the counter's version, on every path (plain
+//! acquire, handover, claim after an expiry, break). So a store with queued grants and one
+//! without may share keys: every compare of both still guards the same lock key (the plain
+//! store does not queue: its `try_lock` can take a free key past a queue, but never a held one),
+//! fences keep increasing across both, and a deployment with today's records (counter versions
+//! 1, 2, 3…) carries on from its last fence. (A fence from create revisions, as in etcd's
+//! `concurrency.Mutex`, would need every path and every record to move to revisions at once.)
+//!
+//! *Acquire* (`try_lock`, `enqueue`) is one transaction: `If CreateRevision(lock) == 0` and the
+//! queue is empty (a range compare `CreateRevision([q, q_end)) == 0`: etcd compares an empty
+//! range as a key with revision 0, checked by the tests against the real server) `Then` grant as
+//! a plain acquire does, `Else` put the waiter key (for `enqueue`) and read the lock key, the
+//! counter and the head of the queue (a range sorted by create revision, limit 1). A key held
+//! by the caller is extended with its fence; held by another, the answer is
+//! [`Waiting`](lease_core::Enqueued::Waiting) with the counter's version, the key's latest fence.
+//! A vacant key with a queue (its holder's lease expired, or a plain store released it) is
+//! handed to the head at once, whoever called: newcomers never barge past a live waiter.
+//!
+//! *Release* is one transaction when the head is known: `If Value(lock) == holder,
+//! Version(counter) == fence, CreateRevision(head) == its revision Then Put(counter, head's
+//! holder), Put(lock, head's holder, lease = head's lease), Delete(head), Get(next head)`. The
+//! head comes from the grant's last look at the queue: the handover that made the grant, each
+//! renewal (which reads the head in its own transaction) or, for a grant learnt by watch, one
+//! read made off the handover's path; failing those, a member-local read. A stale head only
+//! costs a failed compare, whose `Else` branch reads the true head, and another try. A put on a
+//! lease etcd no longer has fails the whole transaction ("requested lease not found"): that
+//! waiter's process is gone, so its key is deleted and the next one tried. With an empty queue
+//! (`If` … `CreateRevision([q, q_end)) == 0`) the release deletes the lock key as a plain
+//! release does. [`leave_queue`](lease_core::LeaseStore::leave_queue) deletes the holder's
+//! waiter keys in one transaction and, if the key was handed to it meanwhile, releases that
+//! grant with handover.
+//!
+//! *The waiter's wake-up.* The counter is put with the new holder as its value by every queued
+//! grant (plain grants and breaks put an empty value), so [`wait_for_grant`](
+//! lease_core::LeaseStore::wait_for_grant) reads the lock key and the counter, then watches
+//! both on one watch stream from that revision: a counter event whose value is the holder is its
+//! grant, with the event's version as the fence, so a handoff costs one Raft write and one watch
+//! event; a delete of the lock key (an expiry, a plain release) returns `None`, and the waiter's
+//! next `enqueue` hands the key to the head. Every waiter of a key watches it: a handover is
+//! one event to each of them, and only the one granted acts; a delete wakes them all, and each
+//! refreshes its entry (the first call hands the key to the head), which is the one herd left,
+//! on expiry only.
+//!
+//! *Liveness of waiters.* Waiter keys live on the session leases, so a process's entries die
+//! with its session (a crash, a `SIGKILL`, a pause longer than the TTL): nothing is left
+//! behind, and a release skips them because etcd has deleted them. While the process lives, its
+//! store deletes a waiter key once the waiter's patience (from its last `enqueue`, on this
+//! host's boot clock) has passed, before each keepalive of the session and when a release of
+//! its own comes to it; a waiter that has not called `enqueue` for longer than its lease is taken
+//! out too, together with any grant made to it meanwhile, so a grant to a waiter that stopped
+//! asking lapses like a grant its holder stopped renewing (see above). A grant made to a waiter
+//! lasts until *its last `enqueue` + lease* by its store's sweep, which is what the lock counts
+//! on when it adopts a grant reported by `wait_for_grant`.
+//!
 //! *Cluster.* Requests go to any member (with "require leader", so a member cut off from the
 //! leader refuses rather than hangs); transactions and lease operations are linearized by the
 //! leader, so a leader change never grants a key twice. A request that never reached a member
@@ -142,6 +208,7 @@
 //! transaction: compare `Value(store.lock_key(k)) == holder` and
 //! `Version(store.fence_key(k)) == fence`, then put. For data elsewhere, store the fence beside
 //! the data and compare it there ([`lease_core::FenceGate`] and the recipes in lease-core).
+//! Compare the counter's version only: its value is the last queued grant's holder, or empty.
 //!
 //! # Features
 //!

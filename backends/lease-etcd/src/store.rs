@@ -12,7 +12,7 @@ use etcd_client::{
 };
 use lease_core::input::{validate, validate_key};
 use lease_core::{
-    BootClock, BrokenLock, Capabilities, Clock, Fence, KeyState, LeaseStore, StoreError,
+    BootClock, BrokenLock, Capabilities, Clock, Enqueued, Fence, KeyState, LeaseStore, StoreError,
 };
 use tracing::debug;
 
@@ -21,6 +21,8 @@ use crate::config::EtcdStoreBuilder;
 use crate::error::NAME;
 use crate::grants::{Grants, Held, slot};
 use crate::session::Session;
+
+mod queue;
 
 /// A [`LeaseStore`] in etcd; see the [crate docs](crate) for the protocol.
 ///
@@ -42,7 +44,15 @@ struct Inner {
     grants: Arc<Grants>,
     /// Keepalive requests sent, for [`EtcdStore::keepalives_sent`]; counted by the sessions.
     keepalives: Arc<AtomicU64>,
+    /// Whether this store keeps waiter queues ([`EtcdStoreBuilder::queued_grants`]).
+    queued: bool,
+    /// Queued grants: the head of each held key's queue as its grant last saw it (lock key →
+    /// fence, head), so a release can hand over without reading the queue first.
+    heads: std::sync::Mutex<HashMap<Vec<u8>, KnownHead>>,
 }
+
+/// A grant's fence and the head of its key's queue as that grant last saw it.
+type KnownHead = (i64, Option<KeyValue>);
 
 /// What the acquire transaction found.
 enum Found {
@@ -135,6 +145,8 @@ impl EtcdStore {
                 endpoints: b.endpoints,
                 user: b.user.map(|(u, _)| u),
                 sessions: tokio::sync::Mutex::new(HashMap::new()),
+                queued: b.queued_grants,
+                heads: std::sync::Mutex::new(HashMap::new()),
                 keepalives: Arc::new(AtomicU64::new(0)),
             }),
         })
@@ -338,6 +350,92 @@ impl EtcdStore {
         Ok(self.etcd().txn(txn).await?.succeeded())
     }
 
+    /// A grant of `holder`'s own (with `fence`) found on lease `on`: moved onto `session` if
+    /// that is another lease. `false`: it is gone, or `session` lapsed (start over).
+    #[allow(clippy::too_many_arguments)]
+    async fn regrant_here(
+        &self,
+        key: &str,
+        holder: &str,
+        fence: i64,
+        on: i64,
+        session: &Session,
+        generation: u64,
+        what: &str,
+    ) -> Result<bool, StoreError> {
+        if on == session.id {
+            return Ok(true);
+        }
+        let (lock, counter) = (self.lock_key(key), self.fence_key(key));
+        match self
+            .move_grant(&lock, &counter, holder, fence, session.id)
+            .await
+        {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.grants().forget(&lock, holder.as_bytes(), generation);
+                Ok(false)
+            }
+            Err(f) if f.is_lease_not_found() => {
+                session.mark_lost();
+                Ok(false)
+            }
+            Err(f) => Err(f.into_store(what)),
+        }
+    }
+
+    /// Tracks an acquire before it is sent ([`Grants::track_acquire`]): if the answer is lost,
+    /// etcd may still apply it, and the sweep must then find the key.
+    async fn track_acquire(
+        &self,
+        lock: &[u8],
+        holder: &str,
+        valid_until: Duration,
+        session: i64,
+        what: &str,
+    ) -> Result<u64, StoreError> {
+        self.grants()
+            .track_acquire(lock, holder, valid_until, session)
+            .await
+            .map_err(|e| StoreError::new(e.kind(), NAME, format!("{what}: {}", e.message())))
+    }
+
+    /// The end of every grant: records its fence for the sweep (it stays tracked even if the
+    /// keepalive failed: should the caller never come back for it, the sweep deletes it once its
+    /// lease has passed), then answers once the keepalive beside it (`fresh`) confirmed that the
+    /// session covers the lease. `Ok(None)`: the session lapsed under the grant; retry on a new
+    /// one.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_grant(
+        &self,
+        key: &str,
+        holder: &str,
+        session: &Session,
+        valid_until: Duration,
+        fence: i64,
+        fresh: Result<bool, StoreError>,
+        what: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        let lock = self.lock_key(key);
+        if !self
+            .grants()
+            .confirm_acquire(&lock, holder, session.id, valid_until, fence)
+        {
+            return Err(StoreError::transient(
+                NAME,
+                format!("{what}: the answer came after the lease had passed"),
+            ));
+        }
+        match fresh {
+            Ok(true) => {
+                debug!(key, fence, lease_id = session.id, "granted");
+                Ok(Some(to_fence(key, fence)?))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn etcd(&self) -> &Etcd {
         &self.inner.etcd
     }
@@ -397,8 +495,18 @@ impl LeaseStore for EtcdStore {
     ) -> Result<Option<Fence>, StoreError> {
         validate(NAME, key, holder)?;
         if lease.is_zero() {
-            self.release_any(key, holder).await?;
+            if self.inner.queued {
+                self.release_any_queued(key, holder).await?;
+            } else {
+                self.release_any(key, holder).await?;
+            }
             return Ok(None);
+        }
+        if self.inner.queued {
+            return Ok(match self.acquire_queued(lease, key, holder, None).await? {
+                Enqueued::Granted(f) => Some(f),
+                _ => None,
+            });
         }
         let what = format!("acquire of `{}`", key.escape_debug());
         let (lock, counter) = (self.lock_key(key), self.fence_key(key));
@@ -425,10 +533,8 @@ impl LeaseStore for EtcdStore {
             // Tracked before it is sent: if the answer is lost, etcd may still apply it, and
             // the sweep must then find the key (and delete it once its lease has passed).
             let generation = self
-                .grants()
-                .track_acquire(&lock, holder, call + lease, session.id)
-                .await
-                .map_err(|e| StoreError::new(e.kind(), NAME, format!("{what}: {}", e.message())))?;
+                .track_acquire(&lock, holder, call + lease, session.id, &what)
+                .await?;
             // The keepalive runs beside the transaction, so an acquire costs one round trip.
             let (res, fresh) = tokio::join!(self.etcd().txn(txn), session.ensure_fresh(need));
             let res = match res {
@@ -447,24 +553,13 @@ impl LeaseStore for EtcdStore {
                     lease: on,
                     fence,
                 } if h == holder.as_bytes() => {
-                    if on != session.id {
-                        // Our grant on another lease (another TTL, or a lapsed session whose
-                        // keys etcd has not deleted yet): a re-grant moves it onto this one.
-                        match self
-                            .move_grant(&lock, &counter, holder, fence, session.id)
-                            .await
-                        {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                self.grants().forget(&lock, holder.as_bytes(), generation);
-                                continue;
-                            }
-                            Err(f) if f.is_lease_not_found() => {
-                                session.mark_lost();
-                                continue;
-                            }
-                            Err(f) => return Err(f.into_store(&what)),
-                        }
+                    // Our grant on another lease (another TTL, or a lapsed session whose keys
+                    // etcd has not deleted yet): a re-grant moves it onto this one.
+                    if !self
+                        .regrant_here(key, holder, fence, on, &session, generation, &what)
+                        .await?
+                    {
+                        continue;
                     }
                     fence
                 }
@@ -473,25 +568,10 @@ impl LeaseStore for EtcdStore {
                     return Ok(None);
                 }
             };
-            // The grant stays tracked even if the keepalive failed: should the caller never come
-            // back for it, the sweep deletes it once its lease has passed.
-            if !self
-                .grants()
-                .confirm_acquire(&lock, holder, session.id, call + lease, fence)
-            {
-                return Err(StoreError::transient(
-                    NAME,
-                    format!("{what}: the answer came after the lease had passed"),
-                ));
-            }
-            match fresh {
-                Ok(true) => {
-                    debug!(key, fence, lease_id = session.id, "granted");
-                    return Ok(Some(to_fence(key, fence)?));
-                }
+            match self.finish_grant(key, holder, &session, call + lease, fence, fresh, &what)? {
+                Some(f) => return Ok(Some(f)),
                 // The session lapsed under the grant: retry on a new one.
-                Ok(false) => continue,
-                Err(e) => return Err(e),
+                None => continue,
             }
         }
         Err(StoreError::transient(
@@ -538,7 +618,7 @@ impl LeaseStore for EtcdStore {
                 Compare::value(lock.clone(), CompareOp::Equal, holder),
                 Compare::version(counter.clone(), CompareOp::Equal, f),
             ])
-            .and_then([TxnOp::get(lock.clone(), None)]);
+            .and_then(self.renew_ops(key));
         let (res, fresh) = tokio::join!(self.etcd().txn(txn), session.ensure_fresh(need));
         let untrack = || {
             let mut held = self.grants().held();
@@ -552,6 +632,9 @@ impl LeaseStore for EtcdStore {
             Some(TxnOpResponse::Get(g)) if res.succeeded() => g.kvs().first().map(|kv| kv.lease()),
             _ => None,
         };
+        if self.inner.queued && res.succeeded() {
+            self.remember_renewed_head(&lock, f, &res);
+        }
         let Some(on) = on else {
             untrack();
             return Ok(false);
@@ -612,6 +695,7 @@ impl LeaseStore for EtcdStore {
                                 session: session.id,
                                 doomed: false,
                                 generation,
+                                waiter: None,
                             },
                         );
                         Ok(true)
@@ -638,6 +722,9 @@ impl LeaseStore for EtcdStore {
         let Some(f) = fence.to_i64() else {
             return Ok(false);
         };
+        if self.inner.queued {
+            return self.release_queued(key, holder, f).await;
+        }
         let txn = Txn::new()
             .when([
                 Compare::value(lock.clone(), CompareOp::Equal, holder),
@@ -677,6 +764,46 @@ impl LeaseStore for EtcdStore {
             }
         };
         let _ = tokio::time::timeout(max_wait, watch).await;
+    }
+
+    /// See the [crate docs](crate) ("Queued grants"); without queued grants, `try_lock`.
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.inner.queued || lease.is_zero() {
+            return Ok(Enqueued::from_try_lock(
+                self.try_lock(lease, key, holder).await?,
+            ));
+        }
+        self.acquire_queued(lease, key, holder, Some(patience))
+            .await
+    }
+
+    /// See the [crate docs](crate) ("Queued grants"); without queued grants,
+    /// [`wait_for_change`](LeaseStore::wait_for_change), then `None`.
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        if !self.inner.queued {
+            self.wait_for_change(key, max_wait).await;
+            return None;
+        }
+        if validate(NAME, key, holder).is_err() {
+            return None;
+        }
+        self.wait_for_grant_queued(key, holder, max_wait).await
+    }
+
+    /// See the [crate docs](crate) ("Queued grants"); without queued grants, `false`.
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.inner.queued {
+            return Ok(false);
+        }
+        self.leave_queue_queued(key, holder).await
     }
 
     /// Reads the lock key and the fence counter in one read-only transaction (one revision),
@@ -801,6 +928,7 @@ impl LeaseStore for EtcdStore {
             .with_durable_fences(true)
             .with_stable_retake(false)
             .with_batched_renewals(true)
+            .with_queued_grants(self.inner.queued)
     }
 }
 

@@ -36,3 +36,19 @@ pub(crate) async fn conformance_store() -> EtcdStore {
     let endpoint = endpoint().expect("the etcd conformance suite needs `etcd` installed");
     store_on(&endpoint, "conformance").await
 }
+
+/// A store with queued grants on `endpoint` under `prefix`.
+pub(crate) async fn queued_store_at(endpoint: &str, prefix: &str) -> EtcdStore {
+    EtcdStore::builder([endpoint])
+        .prefix(prefix)
+        .queued_grants(true)
+        .connect()
+        .await
+        .expect("connect to the test etcd")
+}
+
+/// A fresh store with queued grants for the conformance suite.
+pub(crate) async fn queued_conformance_store() -> EtcdStore {
+    let endpoint = endpoint().expect("the etcd conformance suite needs `etcd` installed");
+    queued_store_at(&endpoint, &unique_prefix("conformance-queued")).await
+}
