@@ -25,6 +25,7 @@ need=(
   /usr/bin/unshare:util-linux
   /usr/bin/setpriv:util-linux
   /usr/bin/python3:python3
+  /usr/lib/python3/dist-packages/redis/__init__.py:python3-redis
 )
 packages=()
 for entry in "${need[@]}"; do

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::backend;
 use crate::fleet::Fleet;
-use crate::proto::{Imp, Job, Msg, Role, StoreTarget};
+use crate::proto::{Imp, Job, Kind, Msg, Role, StoreTarget};
 use crate::stats::{self, jain, summarize};
 use crate::worker::now_ns;
 
@@ -65,6 +65,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) runs: usize,
     pub(crate) log: &'a std::fs::File,
     pub(crate) imps: Vec<Imp>,
+    /// What each peer in `imps` is (e.g. `rslock 0.7.0`), for its records.
+    pub(crate) peer_versions: BTreeMap<Imp, String>,
     /// The store's floor p50 (µs), once measured.
     pub(crate) floor_p50: Option<f64>,
     /// A counter for unique key names.
@@ -138,18 +140,15 @@ impl Ctx<'_> {
     /// Our lock in each mode the store has (queued, and barging beside it on a store with
     /// queued grants), then the ancestor configuration.
     fn locks(&self) -> Vec<Imp> {
-        self.imps
-            .iter()
-            .copied()
-            .filter(|i| matches!(i, Imp::Ours | Imp::OursBarging | Imp::Ancestor))
-            .collect()
+        self.of_kind(Kind::Lock).collect()
     }
 
     fn peers(&self) -> impl Iterator<Item = Imp> + '_ {
-        self.imps
-            .iter()
-            .copied()
-            .filter(|i| matches!(i, Imp::Rslock | Imp::EtcdLockRpc))
+        self.of_kind(Kind::Peer)
+    }
+
+    fn of_kind(&self, kind: Kind) -> impl Iterator<Item = Imp> + '_ {
+        self.imps.iter().copied().filter(move |i| i.kind() == kind)
     }
 }
 
@@ -180,7 +179,7 @@ pub(crate) fn cells(scenario: &str, quick: bool, imps: usize, locks: usize, peer
         "uncontended" => imps,
         "reentrant" => 2,
         "handoff" => handoff_grid(quick).len() * (locks + peers),
-        "one-key" => one_key_grid(quick).len() * locks,
+        "one-key" => one_key_grid(quick).len() * (locks + peers),
         "many-keys" => many_keys_grid(quick).len() * 2,
         "renewal" => renewal_grid(quick).len() * 2,
         "fairness" | "crash" => locks + if quick { 0 } else { peers },
@@ -201,8 +200,14 @@ fn handoff_grid(quick: bool) -> Vec<(u64, usize)> {
         .collect()
 }
 
-fn one_key_grid(quick: bool) -> &'static [usize] {
-    if quick { &[1, 4] } else { &[1, 2, 4, 8] }
+/// Processes × hold (ms): back-to-back acquisitions at every process count, and the goal's
+/// cell of the most processes with 1 ms holds.
+fn one_key_grid(quick: bool) -> &'static [(usize, u64)] {
+    if quick {
+        &[(1, 0), (4, 0), (4, 1)]
+    } else {
+        &[(1, 0), (2, 0), (4, 0), (8, 0), (8, 1)]
+    }
 }
 
 fn many_keys_grid(quick: bool) -> &'static [u32] {
@@ -250,10 +255,14 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, scenario: &str, progress: Progress<'_
             }
         }
         "one-key" => {
-            for imp in ctx.locks() {
-                for &n in one_key_grid(ctx.quick) {
-                    progress(&format!("one key {} × {n} processes", imp.name()));
-                    let r = one_key(ctx, imp, n).await;
+            let imps: Vec<Imp> = ctx.locks().into_iter().chain(ctx.peers()).collect();
+            for imp in imps {
+                for &(n, hold_ms) in one_key_grid(ctx.quick) {
+                    progress(&format!(
+                        "one key {} × {n} processes, hold {hold_ms} ms",
+                        imp.name()
+                    ));
+                    let r = one_key(ctx, imp, n, hold_ms).await;
                     push(ctx, &mut out, "one-key", imp.name(), r);
                 }
             }
@@ -316,8 +325,20 @@ fn push(
     imp: &str,
     r: anyhow::Result<Vec<Record>>,
 ) {
+    let version = ctx
+        .imps
+        .iter()
+        .find(|i| i.name() == imp)
+        .and_then(|i| ctx.peer_versions.get(i));
     match r {
-        Ok(rs) => out.extend(rs),
+        Ok(mut rs) => {
+            if let Some(v) = version {
+                for r in &mut rs {
+                    r.extra.insert("version".into(), json!(v));
+                }
+            }
+            out.extend(rs)
+        }
         Err(e) => {
             let mut r = ctx.record(scenario, imp, "-", "-");
             r.error = Some(format!("{e:#}"));
@@ -383,11 +404,7 @@ async fn uncontended(ctx: &mut Ctx<'_>, imp: Imp) -> anyhow::Result<Vec<Record>>
         ctx.record("uncontended", imp.name(), "release latency", "us"),
         &rel,
     );
-    if matches!(
-        imp,
-        Imp::Ours | Imp::OursBarging | Imp::Ancestor | Imp::StoreTryLock
-    ) && iters > 0
-    {
+    if matches!(imp.kind(), Kind::Lock | Kind::Raw) && iters > 0 {
         let per = ops as f64 / iters as f64;
         a.extra
             .insert("store_ops_per_acquire_release".into(), json!(per));
@@ -429,7 +446,7 @@ async fn handoff(
     hold_ms: u64,
     waiters: usize,
 ) -> anyhow::Result<Vec<Record>> {
-    let slow = matches!(imp, Imp::Ancestor | Imp::Rslock) || hold_ms >= 100;
+    let slow = matches!(imp, Imp::Ancestor | Imp::Rslock | Imp::RedisPy) || hold_ms >= 100;
     let (n, warmup) = match (ctx.quick, slow) {
         (true, _) => (10, 2),
         (false, true) => (30, 3),
@@ -588,13 +605,18 @@ async fn free_run(
     Ok(out)
 }
 
-async fn one_key(ctx: &mut Ctx<'_>, imp: Imp, procs: usize) -> anyhow::Result<Vec<Record>> {
+async fn one_key(
+    ctx: &mut Ctx<'_>,
+    imp: Imp,
+    procs: usize,
+    hold_ms: u64,
+) -> anyhow::Result<Vec<Record>> {
     let ms = if ctx.quick { 1000 } else { 3000 };
     let mut rates = Vec::new();
     let mut ops = 0;
     let mut total = 0;
     for _ in 0..ctx.runs {
-        let f = free_run(ctx, imp, procs, 1, 0, ms).await?;
+        let f = free_run(ctx, imp, procs, 1, hold_ms * 1000, ms).await?;
         let sum: u64 = f.counts.iter().sum();
         rates.push(sum as f64 / f.elapsed_s.max(1e-9));
         ops += f.store_ops;
@@ -602,6 +624,7 @@ async fn one_key(ctx: &mut Ctx<'_>, imp: Imp, procs: usize) -> anyhow::Result<Ve
     }
     let mut r = ctx.record("one-key", imp.name(), "acquisitions/s", "per s");
     r.params.insert("processes".into(), json!(procs));
+    r.params.insert("hold_ms".into(), json!(hold_ms));
     r.params.insert("duration_ms".into(), json!(ms));
     r.value = stats::median(&rates);
     r.samples = total as usize;
@@ -709,10 +732,12 @@ async fn fairness(ctx: &mut Ctx<'_>, imp: Imp) -> anyhow::Result<Vec<Record>> {
 
 async fn crash(ctx: &mut Ctx<'_>, imp: Imp) -> anyhow::Result<Vec<Record>> {
     let tries = if ctx.quick { 1 } else { 2 };
-    // Ours with a 2 s lease (etcd's minimum) instead of the 10 s default, so a takeover takes
-    // seconds, not ten; the ancestor keeps its 500 ms (etcd rounds it up to 2 s).
-    let lease_ms = match imp {
-        Imp::Ancestor => None,
+    // Ours with the store's crash lease (2 s, etcd's minimum, instead of the 10 s default, so a
+    // takeover takes seconds, not ten; SQLite with process liveness keeps the 10 s), the peers
+    // with 2 s; the ancestor keeps its 500 ms (etcd rounds it up to 2 s).
+    let lease_ms = match imp.kind() {
+        Kind::Lock if imp == Imp::Ancestor => None,
+        Kind::Lock => Some(backend::of(ctx.target.scheme).crash_lease_ms()),
         _ => Some(2000),
     };
     // The lease the store grants for it (the ancestor's own is 500 ms): on etcd, two seconds.

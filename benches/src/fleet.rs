@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
+use crate::backend;
 use crate::proto::{Job, Msg};
 
 /// How long the parent waits for any message before it gives up on a cell.
@@ -22,22 +23,28 @@ pub(crate) struct Fleet {
 
 impl Fleet {
     /// Starts one worker per job (this binary, re-executed with the hidden `worker`
-    /// subcommand); their stderr goes to `log`.
+    /// subcommand, or a peer's own process); their stderr goes to `log`.
     pub(crate) fn spawn(jobs: &[Job], log: &std::fs::File) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding the harness binary to re-execute")?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut children = Vec::new();
         let mut stdins = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
-            let mut child = Command::new(&exe)
-                .arg("worker")
-                .arg(serde_json::to_string(job)?)
+            let mut cmd = match backend::of(job.store.scheme).peer_process(job) {
+                Some(peer) => peer?,
+                None => {
+                    let mut cmd = Command::new(&exe);
+                    cmd.arg("worker").arg(serde_json::to_string(job)?);
+                    cmd
+                }
+            };
+            let mut child = cmd
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(log.try_clone()?)
                 .kill_on_drop(true)
                 .spawn()
-                .with_context(|| format!("starting worker process {}", exe.display()))?;
+                .with_context(|| format!("starting the {} worker process", job.imp.name()))?;
             let stdout = child.stdout.take().context("worker stdout")?;
             stdins.push(child.stdin.take());
             let tx = tx.clone();

@@ -16,6 +16,7 @@ mod store;
 mod svg;
 mod worker;
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ use leasehold::Scheme;
 
 use crate::bench::{Ctx, Record, SCENARIOS};
 use crate::output::Machine;
-use crate::proto::{Imp, StoreTarget};
+use crate::proto::{Imp, Kind, StoreTarget};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -227,13 +228,11 @@ async fn resolve(spec: &str) -> anyhow::Result<Resolved> {
         }
     };
     // Our own server or database: with the waiter queue, so that both modes are measured.
-    let own_option = rest
-        .is_none()
-        .then(|| backend::of(scheme).queued_grants_option())
-        .flatten();
-    if let Some(option) = own_option {
-        location.push(if location.contains('?') { '&' } else { '?' });
-        location.push_str(option);
+    if rest.is_none() {
+        for option in backend::of(scheme).queued_grants_options() {
+            location.push(if location.contains('?') { '&' } else { '?' });
+            location.push_str(option);
+        }
     }
     let caps = leasehold::open(&location)
         .await
@@ -335,9 +334,22 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             imps.push(Imp::OursBarging);
         }
         imps.extend([Imp::Ancestor, Imp::StoreTryLock]);
-        let locks = imps.len() - 1;
-        imps.extend(backend.peer());
-        let peers = imps.len() - locks - 1;
+        let mut peer_versions = BTreeMap::new();
+        for &peer in backend.peers() {
+            match backend.peer_version(peer) {
+                Ok(v) => {
+                    imps.push(peer);
+                    peer_versions.insert(peer, v);
+                }
+                Err(e) => eprintln!(
+                    "lease-bench: {} leaves out the {} peer: {e:#}",
+                    r.target.scheme.name(),
+                    peer.name()
+                ),
+            }
+        }
+        let count = |kind: Kind| imps.iter().filter(|i| i.kind() == kind).count();
+        let (locks, peers) = (count(Kind::Lock), count(Kind::Peer));
         let total: u64 = scenarios
             .iter()
             .map(|s| bench::cells(s, cli.quick, imps.len(), locks, peers))
@@ -353,6 +365,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             runs,
             log: &log,
             imps,
+            peer_versions,
             floor_p50: None,
             seq: 0,
         };

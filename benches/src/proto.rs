@@ -51,6 +51,22 @@ pub(crate) enum Imp {
     EtcdLockRpc,
     /// The `rslock` crate (Redlock over one server).
     Rslock,
+    /// redis-py's `Lock` (Python), in a `python3` process of its own that speaks the worker
+    /// protocol (`benches/peers/redis_py.py`).
+    RedisPy,
+}
+
+/// What an [`Imp`] is, for the scenarios that pick their contenders by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A raw store round trip (`floor`, `floor-fastest`).
+    Floor,
+    /// Our lock, in one of its modes or as the ancestor design.
+    Lock,
+    /// The store's own calls without the lock.
+    Raw,
+    /// A lock a user would pick instead of ours.
+    Peer,
 }
 
 impl Imp {
@@ -64,6 +80,16 @@ impl Imp {
             Imp::StoreTryLock => "store-try-lock",
             Imp::EtcdLockRpc => "etcd-lock-rpc",
             Imp::Rslock => "rslock",
+            Imp::RedisPy => "redis-py",
+        }
+    }
+
+    pub(crate) fn kind(self) -> Kind {
+        match self {
+            Imp::Floor | Imp::FloorFastest => Kind::Floor,
+            Imp::Ours | Imp::OursBarging | Imp::Ancestor => Kind::Lock,
+            Imp::StoreTryLock => Kind::Raw,
+            Imp::EtcdLockRpc | Imp::Rslock | Imp::RedisPy => Kind::Peer,
         }
     }
 }

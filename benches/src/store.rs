@@ -182,7 +182,8 @@ impl Opened {
                 holder: format!("bench/{}/{}", std::process::id(), rand::random::<u64>()),
                 lease: Duration::from_millis(lease_ms.unwrap_or(10_000)),
             },
-            Imp::EtcdLockRpc | Imp::Rslock if self.backend.peer() == Some(imp) => Locker::Peer(
+            Imp::RedisPy => bail!("redis-py runs in a Python process, not in this worker"),
+            Imp::EtcdLockRpc | Imp::Rslock if self.backend.peers().contains(&imp) => Locker::Peer(
                 self.backend
                     .peer_lock(&self.target.location, key, lease_ms)
                     .await?,

@@ -194,6 +194,19 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The URL the store connects to: the one given to [`RedisStore::builder`] without the
+    /// store's own options (`queued_grants`), as redis-rs and other Redis clients take it; `None`
+    /// for a builder made from a client.
+    ///
+    /// For other clients of the same server beside the store (scripts, tools, benchmarks), so
+    /// that one URL configures both.
+    pub fn connection_url(&self) -> Option<&str> {
+        match &self.source {
+            Source::Url(url) => Some(url),
+            Source::Client(_) => None,
+        }
+    }
+
     /// Connects, checks that the server answers and its eviction policy cannot evict the lease
     /// records, and subscribes to release announcements.
     ///
@@ -346,10 +359,7 @@ mod tests {
             "redis+unix:///s.sock?db=2&queued_grants=1&user=u".into(),
         ));
         assert!(b.queued_grants);
-        match &b.source {
-            Source::Url(u) => assert_eq!(u, "redis+unix:///s.sock?db=2&user=u"),
-            Source::Client(_) => unreachable!(),
-        }
+        assert_eq!(b.connection_url(), Some("redis+unix:///s.sock?db=2&user=u"));
         assert_eq!(
             b.client()
                 .unwrap()
@@ -360,6 +370,9 @@ mod tests {
         );
         let b = RedisStoreBuilder::new(Source::Url("redis://h/?queued_grants=false".into()));
         assert!(!b.queued_grants);
+        assert_eq!(b.connection_url(), Some("redis://h/"));
+        let b = RedisStore::builder_with_client(b.client().unwrap());
+        assert_eq!(b.connection_url(), None);
         // The method overrides the URL.
         let b = RedisStoreBuilder::new(Source::Url("redis://h/?queued_grants=true".into()))
             .queued_grants(false);

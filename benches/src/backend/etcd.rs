@@ -17,7 +17,7 @@ impl Backend for Etcd {
     }
 
     // The waiter queue of lease-etcd is not there yet: once `etcd://…?queued_grants=true` is
-    // parsed, return `Some("queued_grants=true")` from `queued_grants_option` here, and the
+    // parsed, return `&[super::QUEUED_GRANTS]` from `queued_grants_options` here, and the
     // harness's own etcd gets `ours` queued and `ours-barging` beside it. A URL given with
     // `--store` already gets both rows as soon as the store it opens declares the queue.
 
@@ -37,8 +37,8 @@ impl Backend for Etcd {
         })
     }
 
-    fn peer(&self) -> Option<Imp> {
-        Some(Imp::EtcdLockRpc)
+    fn peers(&self) -> &'static [Imp] {
+        &[Imp::EtcdLockRpc]
     }
 
     fn peer_lock<'a>(

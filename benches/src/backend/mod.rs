@@ -12,7 +12,10 @@ use futures::future::LocalBoxFuture;
 use lease_core::{DynStore, LeaseStore};
 use leasehold::Scheme;
 
-use crate::proto::Imp;
+use crate::proto::{Imp, Job};
+
+/// The URL option of our stores that turns their waiter queue on.
+pub(crate) const QUEUED_GRANTS: &str = "queued_grants=true";
 
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -50,12 +53,26 @@ pub(crate) trait Backend: Sync {
     /// The store's version, e.g. `Redis 7.2.4`.
     fn version<'a>(&'a self, location: &'a str) -> Fut<'a, String>;
 
-    /// The peer a user would pick instead of us for this store, if the bench has one.
-    fn peer(&self) -> Option<Imp> {
+    /// The peers a user would pick instead of us for this store, that the bench has.
+    fn peers(&self) -> &'static [Imp] {
+        &[]
+    }
+
+    /// What a [`peer`](Backend::peers) is in this build and on this machine, e.g. `rslock
+    /// 0.7.0`, asked by the harness before it measures: an error says why the peer cannot run
+    /// here (a missing interpreter or package), and the harness then leaves it out.
+    fn peer_version(&self, peer: Imp) -> anyhow::Result<String> {
+        Ok(peer.name().to_owned())
+    }
+
+    /// The process that runs `job` for a peer that is not this binary's worker (a peer in
+    /// another language), speaking the same protocol; `None` for this binary's own worker.
+    fn peer_process(&self, job: &Job) -> Option<anyhow::Result<tokio::process::Command>> {
+        let _ = job;
         None
     }
 
-    /// The [`peer`](Backend::peer)'s lock on `key`; `lease_ms` overrides its lease.
+    /// A [`peer`](Backend::peers)'s lock on `key`; `lease_ms` overrides its lease.
     fn peer_lock<'a>(
         &'a self,
         location: &'a str,
@@ -66,12 +83,19 @@ pub(crate) trait Backend: Sync {
         Box::pin(async { bail!("the bench has no peer for this store") })
     }
 
-    /// The URL query option that turns the store's waiter queue on (`queued_grants=true`), if
-    /// the store has one. The harness adds it to the location of a store it sets up itself
-    /// (throwaway server or temp database), so that `ours` runs queued and `ours-barging` beside
-    /// it; a URL given with `--store` is measured as written.
-    fn queued_grants_option(&self) -> Option<&'static str> {
-        None
+    /// The URL query options that turn the store's waiter queue on ([`QUEUED_GRANTS`], and
+    /// what the queue is measured with), if the store has one. The harness adds them to the
+    /// location of a store it sets up itself (throwaway server or temp database), so that `ours`
+    /// runs queued and `ours-barging` beside it; a URL given with `--store` is measured as
+    /// written.
+    fn queued_grants_options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The lease of our lock in the crash scenario (ms): long enough to be a lease, short
+    /// enough that a takeover which waits for it is measured in seconds.
+    fn crash_lease_ms(&self) -> u64 {
+        2000
     }
 
     /// How long a waiter takes to park once its first `try_lock` was refused (it then waits for

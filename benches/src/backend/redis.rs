@@ -1,35 +1,74 @@
 //! Redis: the floor is one EVALSHA of a one-line `SET` script on a multiplexed connection; the
-//! peer is the `rslock` crate (Redlock over one server). The harness's own server gets the
+//! peers are the `rslock` crate (Redlock over one server) and redis-py's `Lock` (Python, in
+//! a process of its own). The harness's own server gets the
 //! waiter queue (`?queued_grants=true`).
 
 use std::time::Duration;
 
+use anyhow::{Context as _, bail};
 use lease_core::DynStore;
 use lease_redis::redis;
 
-use super::{Backend, Floor, Fut, PeerHeld, PeerLock};
-use crate::proto::Imp;
+use super::{Backend, Floor, Fut, PeerHeld, PeerLock, QUEUED_GRANTS};
+use crate::proto::{Imp, Job};
+
+/// The rslock release the bench is built with (pinned in Cargo.toml).
+const RSLOCK_VERSION: &str = "0.7.0";
 
 pub(super) struct Redis;
 
-/// lease-redis's URL option for its waiter queue.
-const QUEUED_GRANTS: &str = "queued_grants=true";
+/// `location` as the clients that are not our store take it (the floor, the version query, the
+/// peers): lease-redis's own URL options taken out, so that they connect to the same server as
+/// it does.
+fn server_url(location: &str) -> anyhow::Result<String> {
+    lease_redis::RedisStore::builder(location)
+        .connection_url()
+        .map(str::to_owned)
+        .context("a builder made from a URL has a connection URL")
+}
 
-/// `location` without lease-redis's own URL option, for the clients that are not our store (the
-/// floor, the version query, rslock), so that they connect to the same server as it does.
-fn server_url(location: &str) -> String {
-    let Some((base, query)) = location.split_once('?') else {
-        return location.to_owned();
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|p| !p.starts_with("queued_grants="))
-        .collect();
-    if kept.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    }
+/// The redis-py peer's worker, run as `python3 -c <script> <job>`.
+const REDIS_PY: &str = include_str!("../../peers/redis_py.py");
+
+/// The Python interpreters tried for the redis-py peer, in order: `LEASE_BENCH_PYTHON` if set,
+/// the `python3` on `PATH`, then the system's (where Debian's `python3-redis` installs).
+fn python_candidates() -> Vec<String> {
+    let mut v: Vec<String> = std::env::var("LEASE_BENCH_PYTHON").into_iter().collect();
+    v.extend(["python3".to_owned(), "/usr/bin/python3".to_owned()]);
+    v
+}
+
+/// The first interpreter that imports `redis`, and redis-py's and Python's versions; asked once
+/// per harness process.
+fn redis_py() -> &'static Result<(String, String), String> {
+    static FOUND: std::sync::OnceLock<Result<(String, String), String>> =
+        std::sync::OnceLock::new();
+    FOUND.get_or_init(|| {
+        let probe = "import platform, redis; print(redis.__version__, platform.python_version())";
+        let mut tried = Vec::new();
+        for python in python_candidates() {
+            let out = std::process::Command::new(&python)
+                .args(["-c", probe])
+                .stdin(std::process::Stdio::null())
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {
+                    let text = String::from_utf8_lossy(&o.stdout);
+                    let mut words = text.split_whitespace();
+                    let redis = words.next().unwrap_or("unknown");
+                    let py = words.next().unwrap_or("unknown");
+                    return Ok((python, format!("redis-py {redis} (Python {py})")));
+                }
+                Ok(_) => tried.push(format!("{python}: no `redis` module")),
+                Err(e) => tried.push(format!("{python}: {e}")),
+            }
+        }
+        Err(format!(
+            "no Python with the `redis` package ({}); install it (Debian: apt-get install \
+             python3-redis) or name an interpreter in LEASE_BENCH_PYTHON",
+            tried.join("; ")
+        ))
+    })
 }
 
 impl Backend for Redis {
@@ -37,13 +76,13 @@ impl Backend for Redis {
         "EVALSHA of a one-line SET script"
     }
 
-    fn queued_grants_option(&self) -> Option<&'static str> {
-        Some(QUEUED_GRANTS)
+    fn queued_grants_options(&self) -> &'static [&'static str] {
+        &[QUEUED_GRANTS]
     }
 
     fn floor<'a>(&'a self, location: &'a str, _store: &'a DynStore) -> Fut<'a, Box<dyn Floor>> {
         Box::pin(async move {
-            let client = redis::Client::open(server_url(location))?;
+            let client = redis::Client::open(server_url(location)?)?;
             let conn = redis::aio::ConnectionManager::new(client).await?;
             let script = redis::Script::new("return redis.call('SET', KEYS[1], ARGV[1])");
             Ok(Box::new(Evalsha(conn, script)) as Box<dyn Floor>)
@@ -57,7 +96,7 @@ impl Backend for Redis {
         Some((
             "EVALSHA of a one-line SET script, dedicated blocking connection",
             Box::pin(async move {
-                let client = redis::Client::open(server_url(location))?;
+                let client = redis::Client::open(server_url(location)?)?;
                 let conn = client.get_connection()?;
                 let script = redis::Script::new("return redis.call('SET', KEYS[1], ARGV[1])");
                 Ok(
@@ -70,7 +109,7 @@ impl Backend for Redis {
 
     fn version<'a>(&'a self, location: &'a str) -> Fut<'a, String> {
         Box::pin(async move {
-            let client = redis::Client::open(server_url(location))?;
+            let client = redis::Client::open(server_url(location)?)?;
             let mut conn = client.get_multiplexed_async_connection().await?;
             let info: String = redis::cmd("INFO")
                 .arg("server")
@@ -84,8 +123,38 @@ impl Backend for Redis {
         })
     }
 
-    fn peer(&self) -> Option<Imp> {
-        Some(Imp::Rslock)
+    fn peers(&self) -> &'static [Imp] {
+        &[Imp::Rslock, Imp::RedisPy]
+    }
+
+    fn peer_version(&self, peer: Imp) -> anyhow::Result<String> {
+        match peer {
+            Imp::Rslock => Ok(format!("rslock {RSLOCK_VERSION}")),
+            Imp::RedisPy => match redis_py() {
+                Ok((_, version)) => Ok(version.clone()),
+                Err(e) => bail!("{e}"),
+            },
+            other => bail!("{} is no peer of Redis", other.name()),
+        }
+    }
+
+    fn peer_process(&self, job: &Job) -> Option<anyhow::Result<tokio::process::Command>> {
+        if job.imp != Imp::RedisPy {
+            return None;
+        }
+        Some((|| {
+            let python = match redis_py() {
+                Ok((python, _)) => python,
+                Err(e) => bail!("{e}"),
+            };
+            let mut job = job.clone();
+            job.store.location = server_url(&job.store.location)?;
+            let mut cmd = tokio::process::Command::new(python);
+            cmd.arg("-c")
+                .arg(REDIS_PY)
+                .arg(serde_json::to_string(&job)?);
+            Ok(cmd)
+        })())
     }
 
     fn peer_lock<'a>(
@@ -96,7 +165,7 @@ impl Backend for Redis {
     ) -> Fut<'a, Box<dyn PeerLock>> {
         Box::pin(async move {
             Ok(Box::new(Rslock {
-                lm: rslock::LockManager::new(vec![server_url(location)]),
+                lm: rslock::LockManager::new(vec![server_url(location)?]),
                 resource: format!("bench-rslock:{key}").into_bytes(),
                 ttl: Duration::from_millis(lease_ms.unwrap_or(10_000)),
             }) as Box<dyn PeerLock>)

@@ -1,6 +1,7 @@
 //! SQLite: the floor is one `BEGIN IMMEDIATE` transaction writing one row, `synchronous=FULL`
 //! on WAL, on a blocking thread (as the store runs its transactions), in a database beside the
-//! store's.
+//! store's. The harness's own database has the waiter queue and process liveness
+//! (`?queued_grants=true&process_liveness=true`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use anyhow::Context;
 use lease_core::DynStore;
 use leasehold::sqlite::SqliteStore;
 
-use super::{Backend, Floor, Fut};
+use super::{Backend, Floor, Fut, QUEUED_GRANTS};
 
 pub(super) struct Sqlite;
 
@@ -18,8 +19,15 @@ impl Backend for Sqlite {
         "BEGIN IMMEDIATE write, synchronous=FULL, WAL"
     }
 
-    fn queued_grants_option(&self) -> Option<&'static str> {
-        Some("queued_grants=true")
+    /// With the queue, process liveness: a SIGKILLed holder's key passes to the next waiter as
+    /// soon as its process is gone, not at the end of its lease (the crash scenario's goal).
+    fn queued_grants_options(&self) -> &'static [&'static str] {
+        &[QUEUED_GRANTS, "process_liveness=true"]
+    }
+
+    /// The default lease: with process liveness a takeover does not wait for it.
+    fn crash_lease_ms(&self) -> u64 {
+        10_000
     }
 
     fn floor<'a>(&'a self, _location: &'a str, store: &'a DynStore) -> Fut<'a, Box<dyn Floor>> {
