@@ -235,7 +235,7 @@ async fn driven(
         send(&Msg::Acquired { t_req, t_acq });
         let cmd = cmds.next().await;
         if cmd == "release" {
-            tokio::time::sleep(Duration::from_micros(hold_us)).await;
+            hold(hold_us).await;
         }
         let t_rel = now_ns();
         locker.release(held).await?;
@@ -248,6 +248,19 @@ async fn driven(
             "stop" => return Ok(()),
             other => bail!("expected `go` or `stop`, got `{other}`"),
         }
+    }
+}
+
+/// Holds the lock for `hold_us`: on a blocking thread, since tokio's timer rounds a sleep up to
+/// its next millisecond tick (a 1 ms hold would last about 2 ms, against the peers' exact
+/// `time.sleep`), so the hold is what the scenario says.
+async fn hold(hold_us: u64) {
+    let d = Duration::from_micros(hold_us);
+    if tokio::task::spawn_blocking(move || std::thread::sleep(d))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(d).await;
     }
 }
 
@@ -298,7 +311,7 @@ async fn free_run(
         count += 1;
         waits.push(t_acq - t_req);
         if hold_us > 0 {
-            tokio::time::sleep(Duration::from_micros(hold_us)).await;
+            hold(hold_us).await;
         }
         locker.release(held).await?;
     }

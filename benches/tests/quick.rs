@@ -108,23 +108,14 @@ fn quick(store: &str, version_prefix: &str, peers: &[Peer]) {
         assert!(r["params"]["hold_ms"].is_u64() && r["params"]["waiters"].is_u64());
     }
 
-    // The harness's own Redis and SQLite run with the waiter queue: `ours` is queued and
-    // `ours-barging` beside it in every scenario that compares the two modes. etcd has no queue
-    // yet, so it has no barging rows.
-    let queued = store != "etcd";
+    // The harness's own Redis, SQLite and etcd run with the waiter queue: `ours` is queued and
+    // `ours-barging` beside it in every scenario that compares the two modes.
     for scenario in ["handoff", "one-key", "fairness", "crash"] {
         let barging = find(scenario, "ours-barging").len();
-        if queued {
-            assert!(
-                barging > 0 && barging == find(scenario, "ours").len(),
-                "{scenario}: one ours-barging record per ours record"
-            );
-        } else {
-            assert_eq!(
-                barging, 0,
-                "{scenario}: ours-barging on a store without a queue"
-            );
-        }
+        assert!(
+            barging > 0 && barging == find(scenario, "ours").len(),
+            "{scenario}: one ours-barging record per ours record"
+        );
     }
     for r in find("handoff", "ours-barging") {
         assert_eq!(r["samples"], 10, "{r}");

@@ -16,10 +16,9 @@ impl Backend for Etcd {
         "put"
     }
 
-    // The waiter queue of lease-etcd is not there yet: once `etcd://…?queued_grants=true` is
-    // parsed, return `&[super::QUEUED_GRANTS]` from `queued_grants_options` here, and the
-    // harness's own etcd gets `ours` queued and `ours-barging` beside it. A URL given with
-    // `--store` already gets both rows as soon as the store it opens declares the queue.
+    fn queued_grants_options(&self) -> &'static [&'static str] {
+        &[super::QUEUED_GRANTS]
+    }
 
     fn floor<'a>(&'a self, location: &'a str, _store: &'a DynStore) -> Fut<'a, Box<dyn Floor>> {
         Box::pin(async move {
@@ -88,11 +87,13 @@ impl Backend for Etcd {
     }
 }
 
-/// `etcd://host:port[,host:port][/prefix]` → endpoints and prefix.
+/// `etcd://host:port[,host:port][/prefix][?options]` → endpoints and prefix (the store's own
+/// options are not the peers' business).
 fn endpoints(url: &str) -> anyhow::Result<(Vec<String>, String)> {
     let rest = url
         .strip_prefix("etcd://")
         .with_context(|| format!("`{url}` is not an etcd:// URL"))?;
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
     let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if hosts.contains('@') {
         bail!("the harness's etcd peers take no credentials in the URL");
