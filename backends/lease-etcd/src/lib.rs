@@ -128,6 +128,14 @@
 //! transaction ([`Capabilities::queued_grants`](lease_core::Capabilities::queued_grants), the
 //! rules in [`Enqueued`](lease_core::Enqueued)).
 //!
+//! It stays **off by default** while the Redis and SQLite stores have it on: in one bench run
+//! (2026-12-02, `benches/README.md`) it was as fair (Jain 1.000) but slower on one key, 8
+//! processes × 1 ms holds doing 133/s queued against 241/s barging, with a handoff p50 of
+//! 2.2–3.3 ms (3.3–5× a put) where barging's waiters race on the lock key's delete event. Each
+//! handover is a transaction that must also compare and move the waiter keys, and the granted
+//! waiter learns of it through a watch event on the counter; until that path is faster the
+//! barging mode keeps more throughput.
+//!
 //! *Keys.* A queued holder has a **waiter key** `<prefix>q/<len>/k/<lease id>/<holder>` (`len`:
 //! the byte length of `k`, so the queues of `a` and `a/b` stay apart; `lease id`: its store's
 //! session lease, 16 hex digits), whose value is the holder, put on that session lease. The

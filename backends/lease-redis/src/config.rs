@@ -83,7 +83,7 @@ impl RedisStoreBuilder {
             client => (client, Ok(None)),
         };
         let (queued_grants, url_error) = match option {
-            Ok(v) => (v.unwrap_or(false), None),
+            Ok(v) => (v.unwrap_or(true), None),
             Err(e) => (false, Some(e)),
         };
         Self {
@@ -142,7 +142,8 @@ impl RedisStoreBuilder {
     }
 
     /// Whether the store keeps a queue of waiters per key and a release hands the key to the
-    /// oldest live one, in the same script (default false). On, the store declares
+    /// oldest live one, in the same script (default **true**; see the crate docs for why). On,
+    /// the store declares
     /// [`Capabilities::queued_grants`](lease_core::Capabilities::queued_grants), so the lock's
     /// waiting calls queue ([`enqueue`](lease_core::LeaseStore::enqueue)) instead of all racing
     /// for the key at every release; see [`Enqueued`](lease_core::Enqueued) for the rules.
@@ -378,7 +379,7 @@ mod tests {
             .queued_grants(false);
         assert!(!b.queued_grants);
         let b = RedisStoreBuilder::new(Source::Url("redis://h/".into()));
-        assert!(!b.queued_grants);
+        assert!(b.queued_grants, "on by default");
         let b = RedisStoreBuilder::new(Source::Url("redis://h/?queued_grants=maybe".into()));
         let e = b.validate().unwrap_err().to_string();
         assert!(e.contains("queued_grants=maybe"), "{e}");

@@ -25,7 +25,8 @@ static REDIS: LazyLock<Option<RedisServer>> = LazyLock::new(|| {
         acl_users: vec![format!(
             "user locker on >{APP_PASSWORD} resetkeys ~locks:* resetchannels &locks:* \
              -@all +@scripting +subscribe +publish +ping +hello +auth +client \
-             +hmget +hget +hset +hincrby +exists +time"
+             +hmget +hget +hset +hincrby +exists +time \
+             +lindex +lpop +rpush +lrem +lrange +zscore +zadd +zrem +hdel"
         )],
         ..RedisOptions::default()
     })

@@ -64,20 +64,21 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// Whether the store declares [`Capabilities::queued_grants`] (default `false`), so that
+    /// Whether the store declares [`Capabilities::queued_grants`] (default `true`; the crate
+    /// docs say why), so that
     /// the lock's waiting calls queue in the database instead of polling `try_lock`.
     ///
     /// With it, a key keeps a queue of waiters (table `waiters`): a waiting call enqueues
     /// ([`LeaseStore::enqueue`]), and a release hands the key, in the same transaction, to the
     /// oldest waiter still live (fence + 1, the lease it asked for); the granted waiter's
-    /// process is woken through the key's wake-up flock (or, failing that, by its poll) and
-    /// confirms the grant with its next `enqueue`. No newcomer overtakes a live waiter, not even
+    /// process is woken by its store's doorbell (or, failing that, by a re-read of the row) and
+    /// takes the grant it finds in the row. No newcomer overtakes a live waiter, not even
     /// the process that just released the key, so waiters are served in the order they came and
     /// the releaser does not win the key back by racing its own waiters. An entry not refreshed
     /// within its patience (the lock refreshes it at every poll) is skipped, as is one written
     /// before a reboot.
     ///
-    /// Without it (the default for now), `enqueue` is `try_lock` and the store makes no queue
+    /// Without it (`false`, or `?queued_grants=false`), `enqueue` is `try_lock` and the store makes no queue
     /// entries, but it still honours the entries of stores that share the database with the
     /// option on: it grants nobody past a live waiter, and its releases hand the key to the
     /// oldest one. Processes that share a database should still agree on the option: a process
@@ -173,7 +174,7 @@ impl SqliteStore {
             durability: Durability::Full,
             busy_budget: Duration::from_secs(2),
             create_dirs: false,
-            queued_grants: false,
+            queued_grants: true,
             process_liveness: false,
         }
     }
