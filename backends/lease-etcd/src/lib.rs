@@ -129,12 +129,14 @@
 //! rules in [`Enqueued`](lease_core::Enqueued)).
 //!
 //! It stays **off by default** while the Redis and SQLite stores have it on: in one bench run
-//! (2026-12-02, `benches/README.md`) it was as fair (Jain 1.000) but slower on one key, 8
-//! processes × 1 ms holds doing 133/s queued against 241/s barging, with a handoff p50 of
-//! 2.2–3.3 ms (3.3–5× a put) where barging's waiters race on the lock key's delete event. Each
-//! handover is a transaction that must also compare and move the waiter keys, and the granted
-//! waiter learns of it through a watch event on the counter; until that path is faster the
-//! barging mode keeps more throughput.
+//! (2026-12-02, `benches/README.md`) it was fairer than the barging mode (Jain 1.000 against
+//! 0.987, worst wait 108 ms against 709 ms) and handed over faster at 1 ms holds (p50 1.1–1.9 ms
+//! against 2.1–3.2 ms for 1–8 waiters), but one key shared by 8 processes × 1 ms holds did 133
+//! acquisitions/s queued against 241/s barging: each handover is a transaction that also
+//! compares and moves the waiter keys, and the granted waiter learns of it by a watch event,
+//! while a barging releaser that loops back takes the key in one transaction. The default is
+//! the mode that keeps one-key throughput; turn the queue on where order and tail waits matter
+//! more.
 //!
 //! *Keys.* A queued holder has a **waiter key** `<prefix>q/<len>/k/<lease id>/<holder>` (`len`:
 //! the byte length of `k`, so the queues of `a` and `a/b` stay apart; `lease id`: its store's
