@@ -96,6 +96,13 @@ impl<S> Inner<S> {
     pub(crate) fn queued_under(&self, nonce: u64) {
         self.queue().queued = Some(nonce);
     }
+
+    /// No waiting call of this process is on the key, and it has no entry in the store's queue
+    /// that a queue exit has yet to take out.
+    pub(crate) fn queue_idle(&self) -> bool {
+        let q = self.queue();
+        q.waiting == 0 && q.queued.is_none()
+    }
 }
 
 /// One waiting call of this process on a queued key, for as long as it waits. When the last

@@ -407,6 +407,46 @@ impl<S: LeaseStore> CrossProcessLock<S> {
         }
     }
 
+    /// Waits until the store calls this process still has in flight for the key in tasks of
+    /// their own have been answered, or `within` has passed; returns whether they all were.
+    ///
+    /// Those calls are the release of a dropped last guard, the removal of this process's queue
+    /// entry after its last waiting call gave up (timed out, or was dropped), and the release
+    /// of a grant that raced in meanwhile. They run as tasks on the runtime, so a program that
+    /// is about to end, and with it its runtime, calls this first: otherwise they may never
+    /// reach the store, and a queue entry left behind can be granted the key after the
+    /// process is gone, which then stays held until that lease lapses. A lease still held by a
+    /// live guard is not released by this; release the guards first.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only waits.
+    pub async fn settle(&self, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            // A store acquisition still running on its own holds the single-flight permit (its
+            // grant, with the caller gone, is released when it lands), and a queue exit takes
+            // the permit before it counts itself as a pending release.
+            let idle = match self.inner.acquiring.try_lock() {
+                Ok(_permit) => self.inner.queue_idle() && self.inner.state.pending_releases() == 0,
+                Err(_) => false,
+            };
+            if idle {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            // Not every end of such a call wakes `changed` (an acquisition that got nothing),
+            // so look again after a short pause as well.
+            let next = until.min(Instant::now() + Duration::from_millis(10));
+            let _ = tokio::time::timeout_at(next, changed).await;
+        }
+    }
+
     async fn wait(&self, timeout: Option<Duration>) -> Result<LockGuard<S>, Error> {
         let started = Instant::now();
         let deadline = timeout.map(|t| started + t);

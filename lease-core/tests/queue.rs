@@ -141,6 +141,46 @@ async fn a_waiter_that_times_out_leaves_the_queue() {
     assert_eq!(label, "c");
 }
 
+/// A program about to end calls `settle`: the queue exit of a waiter that gave up, and the
+/// release of a dropped guard, run as tasks of their own, and are landed by the time it returns.
+#[tokio::test(start_paused = true)]
+async fn settle_lands_the_queue_exit_and_the_release_sent_in_tasks() {
+    let s = store();
+    let (a, b) = (lock(&s, "a"), lock(&s, "b"));
+    let held = a.try_lock_once().await.unwrap();
+    assert!(matches!(
+        b.lock_timeout(Duration::from_millis(300)).await,
+        Err(Error::TimedOut { .. })
+    ));
+    assert!(b.settle(Duration::from_secs(1)).await);
+    assert_eq!(s.calls().leave_queue, 1, "B's queue exit was sent");
+    assert!(
+        waiters(&s).is_empty(),
+        "and it landed before settle returned"
+    );
+    drop(held);
+    assert!(a.settle(Duration::from_secs(1)).await);
+    assert_eq!(
+        s.calls().release,
+        1,
+        "A's release landed before settle returned"
+    );
+    let state = lease_core::LeaseStore::inspect(s.inner(), "k")
+        .await
+        .unwrap();
+    assert!(state.holder.is_none(), "the key is free");
+    // A call that never answers: settle gives up at its bound and says so.
+    let held = a.try_lock_once().await.unwrap();
+    let mut fault = lease_core::testing::Fault::none();
+    fault.only = Some(lease_core::testing::Call::Release);
+    fault.hang_next = 1;
+    s.set(fault);
+    drop(held);
+    let started = Instant::now();
+    assert!(!a.settle(Duration::from_millis(200)).await);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dropped_waiter_granted_meanwhile_passes_the_key_on() {
     let s = store();
