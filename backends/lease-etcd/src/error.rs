@@ -123,8 +123,53 @@ pub(crate) fn map(what: &str, e: etcd_client::Error) -> StoreError {
     } else {
         StoreError::permanent(NAME, msg)
     };
-    err.with_source(e)
+    err.with_source(Cause::of(&e))
 }
+
+/// The readable account of an etcd-client error, kept as a [`StoreError`]'s source instead of
+/// the error itself: a gRPC status prints its own cause with `Debug` (tonic's
+/// `source: tonic::transport::Error(Transport, ConnectError(…))`), which is not for operators.
+/// This is the status's code and message, then each cause's `Display`, each said once.
+#[derive(Debug)]
+struct Cause(String);
+
+impl Cause {
+    fn of(e: &etcd_client::Error) -> Cause {
+        let mut text = match e {
+            etcd_client::Error::GRpcStatus(s) => {
+                let message = s.message();
+                let code = s.code().description();
+                if message.is_empty() {
+                    code.to_owned()
+                } else {
+                    format!("{message} ({code})")
+                }
+            }
+            e => e.to_string(),
+        };
+        let mut cause = match e {
+            etcd_client::Error::GRpcStatus(s) => std::error::Error::source(s),
+            e => std::error::Error::source(e),
+        };
+        while let Some(c) = cause {
+            let said = c.to_string();
+            if !said.is_empty() && !text.contains(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
+            cause = c.source();
+        }
+        Cause(text)
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Cause {}
 
 /// A request that took longer than the store's request timeout.
 pub(crate) fn timed_out(what: &str, after: std::time::Duration) -> StoreError {

@@ -66,7 +66,13 @@ pub(crate) fn classify(what: &str, e: RedisError) -> StoreError {
             } else {
                 "temporarily unavailable"
             };
-            (StoreErrorKind::Transient, format!("{what}: {why}"))
+            // The cause is printed after the message: say the reason only if it does not.
+            let message = if e.to_string().to_ascii_lowercase().contains(why) {
+                what.to_owned()
+            } else {
+                format!("{what}: {why}")
+            };
+            (StoreErrorKind::Transient, message)
         }
         _ if is_permission_error(&e) => (
             StoreErrorKind::Permanent,
