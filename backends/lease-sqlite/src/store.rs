@@ -215,6 +215,13 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// Whether this store's leases end with its process
+    /// ([`SqliteStoreBuilder::process_liveness`]): other processes treat a key it holds as free
+    /// as soon as the process is gone, without waiting for the lease to run out.
+    pub fn process_liveness(&self) -> bool {
+        self.inner.liveness.id().is_some()
+    }
+
     /// Runs `op` in one `BEGIN IMMEDIATE` transaction on a blocking thread, retrying busy
     /// attempts with jittered sleeps until the busy budget; then, on the same thread, `after`
     /// with the committed result, or `None` after an error (to take or drop the key's wake-up
