@@ -158,7 +158,7 @@ pub(crate) struct RunArgs {
     /// The exit status when the key is busy.
     #[arg(short = 'E', long, value_name = "N", default_value_t = exit::BUSY)]
     pub(crate) conflict_exit_code: u8,
-    /// Say nothing when the key is busy or the wait timed out.
+    /// Say nothing when the key is busy or the wait timed out, and print no notes.
     #[arg(short, long)]
     pub(crate) quiet: bool,
     /// Log the acquire, a loss and the release on stderr; -vv also every renewal, -vvv all

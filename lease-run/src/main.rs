@@ -9,6 +9,7 @@
 
 mod cli;
 mod group;
+mod notes;
 mod ops;
 
 use std::ffi::OsString;
@@ -18,7 +19,6 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use cli::{Action, Cli, RunArgs, StoreArgs, exit};
 use group::Group;
-use leasehold::redact::redact_url;
 use leasehold::{CrossProcessLock, DynStore, Error, LeaseStore, LockGuard, StoreErrorKind};
 use rustix::process::Signal;
 use tokio::signal::unix::signal;
@@ -29,6 +29,8 @@ use tracing::{info, warn};
 const KILL_SLACK: Duration = Duration::from_millis(250);
 /// The longest default grace period.
 const MAX_DEFAULT_GRACE: Duration = Duration::from_secs(5);
+/// How long lease-run waits, before it exits, for the store calls its lock still has in flight.
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// A failure: the exit code and the message (printed once, prefixed with `lease-run: `).
 pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
@@ -207,6 +209,19 @@ pub(crate) fn store_url(args: &StoreArgs) -> Result<String, Failure> {
     Ok(url)
 }
 
+/// Why the store could not be opened, said once: every [`leasehold::OpenError`] names the URL
+/// (redacted) or the store and where it was looking, so lease-run adds nothing but the context.
+pub(crate) fn open_failed(e: &leasehold::OpenError) -> String {
+    match e {
+        // lease-run's features carry the same names as leasehold's.
+        leasehold::OpenError::NotBuilt { feature, .. } => format!(
+            "cannot open the store: {e} (for lease-run: cargo install lease-run --features \
+             {feature})"
+        ),
+        e => format!("cannot open the store: {e}"),
+    }
+}
+
 /// How long to wait for the key.
 #[derive(Debug, Clone, Copy)]
 enum Wait {
@@ -256,7 +271,6 @@ where
 
 async fn run(args: RunArgs) -> Result<u8, Failure> {
     let url = store_url(&args.store)?;
-    let shown = redact_url(&url);
     let key = args.key.clone().unwrap_or_default();
     let (timing, note) =
         Timing::new(args.lease, args.margin, args.grace).map_err(|m| Failure(exit::USAGE, m))?;
@@ -282,9 +296,10 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
     let store = tokio::select! {
         s = retrying(wait, "opening the store", |e: &leasehold::OpenError| {
             matches!(e, leasehold::OpenError::Store(s) if s.kind() == StoreErrorKind::Transient)
-        }, || leasehold::open(&url)) => s.map_err(|e| Failure(exit::STORE, format!("cannot open {shown}: {e}")))?,
+        }, || leasehold::open(&url)) => s.map_err(|e| Failure(exit::STORE, open_failed(&e)))?,
         (sig, _) = next_signal(&mut signals) => return Ok(128 + sig),
     };
+    notes::refuse_unsafe(&store)?;
     let caps = store.capabilities();
     let granted = caps.effective_lease(timing.lease);
     if granted != timing.lease && !args.quiet {
@@ -296,12 +311,10 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
             humantime::format_duration(timing.lease)
         );
     }
-    if !caps.durable_fences {
-        info!(
-            store = caps.name,
-            "the store's fences are not durable: after a restart that loses its data it may hand \
-             out fences it handed out before (see the store's documentation)"
-        );
+    if !args.quiet
+        && let Some(note) = notes::durability(&store).await
+    {
+        eprintln!("lease-run: note: {note}");
     }
     let lock = CrossProcessLock::builder(store, key.clone())
         .lease(timing.lease)
@@ -310,16 +323,36 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
         .holder_label("lease-run")
         .build()
         .map_err(|e| Failure(exit::USAGE, e.to_string()))?;
+    let result = run_locked(&args, &lock, wait, timing, &mut signals).await;
+    // Whatever ended the run, the store calls the lock sent in tasks of their own (a queue
+    // exit after a wait that gave up, the release of a grant that raced in) must land before
+    // the runtime goes with lease-run: a queue entry left behind could be granted the key
+    // after lease-run is gone, and the key would then stay held for a whole lease.
+    if !lock.settle(SETTLE).await {
+        warn!(key = %key, "a release or queue exit did not land in time; it lapses by itself");
+    }
+    result
+}
+
+/// Takes the lease and runs the command under it.
+async fn run_locked(
+    args: &RunArgs,
+    lock: &CrossProcessLock<DynStore>,
+    wait: Wait,
+    timing: Timing,
+    signals: &mut [(tokio::signal::unix::Signal, Signal, &'static str)],
+) -> Result<u8, Failure> {
+    let key = lock.key();
     let acquired = tokio::select! {
-        g = acquire(&lock, wait, args.quiet, args.conflict_exit_code) => g,
-        (sig, _) = next_signal(&mut signals) => return Ok(128 + sig),
+        g = acquire(lock, wait, args.quiet, args.conflict_exit_code) => g,
+        (sig, _) = next_signal(signals) => return Ok(128 + sig),
     };
     let guard = match acquired {
         Ok(g) => g,
         Err(Failure(code, msg)) if code == args.conflict_exit_code && !msg.is_empty() => {
             // Name the holder, if the store can say.
-            let msg = match ops::holder_of(lock.store(), &key).await {
-                Some(holder) => format!("{msg}: {holder}"),
+            let msg = match ops::holder_of(lock.store(), key).await {
+                Some(holder) => format!("`{key}` is busy: {holder}"),
                 None => msg,
             };
             return Err(Failure(code, msg));
@@ -327,7 +360,7 @@ async fn run(args: RunArgs) -> Result<u8, Failure> {
         Err(f) => return Err(f),
     };
     info!(key = %key, fence = guard.fence().get(), "lease acquired");
-    let outcome = supervise(&args, &key, &guard, timing, &mut signals).await;
+    let outcome = supervise(args, key, &guard, timing, signals).await;
     let lost = !guard.is_held();
     match guard.release().await {
         Ok(()) => info!(key = %key, "lease released"),

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use leasehold::redact::redact_url;
 use leasehold::{DynStore, KeyState, LeaseStore};
 
 use crate::cli::{BreakArgs, StatusArgs, exit};
@@ -13,12 +12,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 async fn open(args: &crate::cli::StoreArgs) -> Result<DynStore, Failure> {
     let url = store_url(args)?;
-    leasehold::open(&url).await.map_err(|e| {
-        Failure(
-            exit::STORE,
-            format!("cannot open {}: {e}", redact_url(&url)),
-        )
-    })
+    leasehold::open(&url)
+        .await
+        .map_err(|e| Failure(exit::STORE, crate::open_failed(&e)))
 }
 
 /// `held by host/pid/lease-run, fence 2, 7s left` or `free (last fence 3)`.

@@ -163,7 +163,7 @@ fn busy_timed_out_and_their_conventions(store: Store) {
     let busy = output(lease_run(&store).args(["--key", "k", "--", "true"]));
     assert_eq!(busy.status.code(), Some(75));
     assert!(
-        text(&busy.stderr).contains("held by another holder"),
+        text(&busy.stderr).contains("`k` is busy: held by "),
         "{}",
         text(&busy.stderr)
     );
@@ -202,6 +202,61 @@ fn a_failed_start_leaves_the_key_free(store: Store) {
             next.status.code(),
             Some(0),
             "after {program}: {}",
+            text(&next.stderr)
+        );
+    }
+}
+
+/// A run that gives up waiting (its --timeout passed, or a signal ended the wait) leaves nothing
+/// in the store's queue that the holder's release could hand the key to after it is gone (with
+/// `--lease 30m`, the key would then stay held for half an hour).
+fn a_run_that_gives_up_waiting_leaves_the_key_free(store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let give_ups: [(&str, &dyn Fn() -> Option<i32>); 2] = [
+        ("--timeout", &|| {
+            let out = output(
+                lease_run(&store)
+                    .args(["--lease", "30m", "-k", "k", "-w", "0.5"])
+                    .args(["--", "true"]),
+            );
+            assert!(
+                text(&out.stderr).contains("timed out") || text(&out.stderr).contains("held"),
+                "{}",
+                text(&out.stderr)
+            );
+            out.status.code()
+        }),
+        ("SIGTERM", &|| {
+            let mut waiting = spawn(&store, "k", &["--lease", "30m", "--wait"], "true");
+            std::thread::sleep(Duration::from_millis(500));
+            kill(&waiting, rustix::process::Signal::TERM);
+            waiting.wait().unwrap().code()
+        }),
+    ];
+    for (i, (how, give_up)) in give_ups.iter().enumerate() {
+        let ready = dir.path().join(format!("ready{i}"));
+        let go = dir.path().join(format!("go{i}"));
+        let mut holder = spawn(
+            &store,
+            "k",
+            &[],
+            &format!(
+                "echo $$ > {}; while [ ! -e {} ]; do sleep 0.01; done",
+                ready.display(),
+                go.display()
+            ),
+        );
+        read_pid(&ready);
+        let code = give_up();
+        assert_eq!(code, Some(if i == 0 { 124 } else { 128 + 15 }), "{how}");
+        // The holder releases at once; the key must be free, not granted to the run that left.
+        std::fs::write(&go, b"").unwrap();
+        assert_eq!(holder.wait().unwrap().code(), Some(0));
+        let next = output(lease_run(&store).args(["-n", "-k", "k", "--", "true"]));
+        assert_eq!(
+            next.status.code(),
+            Some(0),
+            "after a run that gave up by {how}, the key went to it: {}",
             text(&next.stderr)
         );
     }
@@ -256,7 +311,7 @@ fn signals_are_forwarded_and_sigterm_escalates(store: Store) {
     let ready = dir.path().join("ready");
     let pidfile = dir.path().join("grandchild");
     let cmd = format!(
-        "trap 'echo HUP >> {g}' HUP; trap 'echo USR1 >> {g}' USR1; trap 'echo TERM >> {g}' TERM; \
+        "for s in HUP INT QUIT USR1 USR2 TERM; do trap \"echo $s >> {g}\" $s; done; \
          sleep 600 >/dev/null 2>&1 & echo $! > {p}; echo $$ > {r}; while :; do sleep 0.05; done",
         g = got.display(),
         p = pidfile.display(),
@@ -265,23 +320,32 @@ fn signals_are_forwarded_and_sigterm_escalates(store: Store) {
     let mut run = spawn(&store, "k", &["--grace", "0.5"], &cmd);
     let shell = read_pid(&ready);
     let grandchild = read_pid(&pidfile);
-    kill(&run, rustix::process::Signal::HUP);
-    kill(&run, rustix::process::Signal::USR1);
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&got)
-        .unwrap_or_default()
-        .lines()
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < until, "HUP and USR1 were not forwarded");
-        std::thread::sleep(Duration::from_millis(20));
+    use rustix::process::Signal;
+    // One at a time: a shell runs its traps between commands, and may fold a signal that comes
+    // again before its trap ran into one.
+    for (sig, name) in [
+        (Signal::HUP, "HUP"),
+        (Signal::INT, "INT"),
+        (Signal::QUIT, "QUIT"),
+        (Signal::USR1, "USR1"),
+        (Signal::USR2, "USR2"),
+    ] {
+        kill(&run, sig);
+        let until = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&got)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == name)
+        {
+            assert!(Instant::now() < until, "SIG{name} was not forwarded");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     // The group got them: the shell trapped them and runs on (its untrapping `sleep` child died
     // of HUP, as it would in a terminal's process group).
     assert!(
         alive(shell),
-        "HUP and USR1 do not stop a command that traps them"
+        "forwarded signals do not stop a command that traps them"
     );
     // The command traps SIGTERM and goes on: SIGKILL follows after --grace.
     let started = Instant::now();
@@ -378,13 +442,17 @@ fn status_names_the_holder_and_break_takes_the_key_away(store: Store) {
         !json.contains('#'),
         "only the holder's label is shown: {json}"
     );
-    // The busy message names the holder.
+    // The busy message names the holder, its fence and the time left.
     let busy = output(lease_run(&store).args(["--key", "k", "--", "true"]));
     assert_eq!(busy.status.code(), Some(75));
+    let stderr = text(&busy.stderr);
+    // The last line (a note about the store may come first).
+    let said = stderr.lines().last().unwrap_or_default();
     assert!(
-        text(&busy.stderr).contains("held by "),
-        "{}",
-        text(&busy.stderr)
+        said.starts_with("lease-run: `k` is busy: held by ")
+            && said.contains("/lease-run, fence ")
+            && said.trim_end().ends_with(" left"),
+        "{said}"
     );
     // break needs --force, then frees the key and raises the fence: the holder's next renewal
     // fails and its command is stopped.
@@ -413,44 +481,187 @@ fn status_names_the_holder_and_break_takes_the_key_away(store: Store) {
     );
 }
 
+/// The lines of `--help` that start (after indentation) with `prefix`.
+fn help_lines(prefix: &str) -> Vec<String> {
+    let help = output(Command::new(env!("CARGO_BIN_EXE_lease-run")).arg("--help"));
+    text(&help.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The crontab line and the systemd unit that `--help` (and the README) show, run as written:
+/// only their paths and the store's URL are replaced by the test's own.
 fn the_cron_line_and_the_systemd_unit_run_as_written(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let store_file = dir.path().join("store");
     std::fs::write(&store_file, format!("{}\n", store.url)).unwrap();
-    let bin = Path::new(env!("CARGO_BIN_EXE_lease-run")).parent().unwrap();
+    let lease_run = Path::new(env!("CARGO_BIN_EXE_lease-run"));
+    let bin = lease_run.parent().unwrap();
     let out_file = dir.path().join("out");
-    // The crontab line of `--help`, with cron's bare environment.
-    let cron = format!(
-        "lease-run -q --store-file {} --key sync -- sh -c 'echo $LEASE_FENCE >> {}'",
-        store_file.display(),
-        out_file.display()
+    let script = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$LEASE_KEY $LEASE_FENCE\" >> {}\n",
+                out_file.display()
+            ),
+        )
+        .unwrap();
+        let mut perms = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+        std::fs::set_permissions(&path, perms).unwrap();
+        path.display().to_string()
+    };
+    // The crontab line: five schedule fields, then the command, run by cron's `sh -c` with its
+    // bare environment.
+    let cron_lines = help_lines("*/5 ");
+    assert_eq!(
+        cron_lines.len(),
+        1,
+        "one crontab line in --help: {cron_lines:?}"
     );
+    let command = cron_lines[0]
+        .split_whitespace()
+        .skip(5)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(&command),
+        "the README shows the same line: {command}"
+    );
+    let command = command
+        .replace("/etc/lease-run/store", &store_file.display().to_string())
+        .replace("/usr/local/bin/sync.sh", &script("sync.sh"));
     for _ in 0..2 {
         let out = Command::new("/bin/sh")
-            .args(["-c", &cron])
+            .args(["-c", &command])
             .env_clear()
             .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{command}: {}",
+            text(&out.stderr)
+        );
     }
+    // The unit: its Environment= and ExecStart= lines. Through `systemd-run --scope` where
+    // systemd runs; elsewhere the ExecStart line is run as systemd would, without a shell.
+    let env_lines = help_lines("Environment=LEASE_STORE=");
+    let exec_lines = help_lines("ExecStart=");
     assert_eq!(
-        std::fs::read_to_string(&out_file).unwrap().lines().count(),
-        2
+        (env_lines.len(), exec_lines.len()),
+        (1, 1),
+        "{env_lines:?} {exec_lines:?}"
     );
-    // The unit's ExecStart line, with its Environment= (systemd-run needs a running systemd,
-    // which a test machine may not have; the line is run as systemd would, without a shell).
-    let exec_start = ["lease-run", "--key", "reindex", "--wait", "--", "/bin/true"];
-    let out = Command::new(bin.join(exec_start[0]))
-        .args(&exec_start[1..])
+    for line in env_lines.iter().chain(&exec_lines) {
+        assert!(
+            readme.contains(line.as_str()),
+            "the README shows the same unit: {line}"
+        );
+    }
+    let reindex = script("reindex");
+    let exec_start: Vec<String> = exec_lines[0]
+        .trim_start_matches("ExecStart=")
+        .split_whitespace()
+        .map(|w| match w {
+            "/usr/local/bin/lease-run" => lease_run.display().to_string(),
+            "/usr/local/bin/reindex" => reindex.clone(),
+            w => w.to_owned(),
+        })
+        .collect();
+    let systemd = Path::new("/run/systemd/system").is_dir()
+        && Command::new("systemd-run")
+            .arg("--version")
+            .output()
+            .is_ok();
+    let mut unit = if systemd {
+        let mut c = Command::new("systemd-run");
+        c.args(["--scope", "--quiet", "--"]).args(&exec_start);
+        c
+    } else {
+        let mut c = Command::new(&exec_start[0]);
+        c.args(&exec_start[1..]);
+        c
+    };
+    let out = unit
         .env_clear()
         .env("LEASE_STORE", &store.url)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{exec_start:?}: {}",
+        text(&out.stderr)
+    );
+    let ran = std::fs::read_to_string(&out_file).unwrap();
+    let keys: Vec<_> = ran.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(keys, ["sync", "sync", "reindex"], "{ran}");
 }
 
-/// `--wait` rides out a store that does not answer (paused), also for the first connection.
+/// SIGHUP to lease-run ends a command that does not trap it; what the command started that
+/// ignores SIGHUP is stopped before lease-run exits, with the status of a death by SIGHUP.
+fn a_sighup_that_ends_the_command_leaves_nothing_running(store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild");
+    let ready = dir.path().join("ready");
+    let cmd = format!(
+        "(trap '' HUP; exec sleep 600) >/dev/null 2>&1 & echo $! > {}; echo $$ > {}; wait",
+        pidfile.display(),
+        ready.display()
+    );
+    let mut run = spawn(&store, "k", &[], &cmd);
+    let shell = read_pid(&ready);
+    let grandchild = read_pid(&pidfile);
+    kill(&run, rustix::process::Signal::HUP);
+    let status = run.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 1), "the command died of SIGHUP");
+    assert!(
+        !alive(shell) && !alive(grandchild),
+        "nothing of the group runs on"
+    );
+    let next = output(lease_run(&store).args(["-n", "-k", "k", "--", "true"]));
+    assert_eq!(next.status.code(), Some(0), "{}", text(&next.stderr));
+}
+
+/// `-v` logs the acquire and the release, `-vv` every renewal too; `RUST_LOG` overrides.
+fn verbose_shows_the_lease_s_life(store: Store) {
+    let run = |extra: &[&str], rust_log: Option<&str>| {
+        let mut c = lease_run(&store);
+        c.args(["-k", "k", "--lease", "3s"])
+            .args(extra)
+            .args(["--", "sleep", "1.5"]);
+        c.env_remove("RUST_LOG");
+        if let Some(l) = rust_log {
+            c.env("RUST_LOG", l);
+        }
+        let out = output(&mut c);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let quiet = run(&[], None);
+    assert!(!quiet.contains("lease acquired"), "{quiet}");
+    let v = run(&["-v"], None);
+    assert!(
+        v.contains("lease acquired") && v.contains("lease released"),
+        "{v}"
+    );
+    assert!(!v.contains("lease renewed"), "renewals are -vv: {v}");
+    let vv = run(&["-vv"], None);
+    assert!(vv.contains("lease renewed"), "{vv}");
+    let env = run(&[], Some("lease_run=info"));
+    assert!(env.contains("lease acquired"), "RUST_LOG overrides: {env}");
+}
+
+/// `--wait` rides out a store that does not answer (paused), also for the first connection./// `--wait` rides out a store that does not answer (paused), also for the first connection.
 #[cfg(feature = "redis")]
 #[test]
 fn wait_retries_through_a_store_outage() {
@@ -493,12 +704,15 @@ macro_rules! store_tests {
             case!(exports_the_fence_and_passes_the_status_through);
             case!(busy_timed_out_and_their_conventions);
             case!(a_failed_start_leaves_the_key_free);
+            case!(a_run_that_gives_up_waiting_leaves_the_key_free);
             case!(nothing_of_the_group_outlives_a_sigkilled_lease_run);
             case!(what_the_command_leaves_behind_is_stopped);
             case!(signals_are_forwarded_and_sigterm_escalates);
             case!(a_lost_lease_stops_the_group_before_the_lease_lapses);
             case!(the_cron_line_and_the_systemd_unit_run_as_written);
             case!(status_names_the_holder_and_break_takes_the_key_away);
+            case!(a_sighup_that_ends_the_command_leaves_nothing_running);
+            case!(verbose_shows_the_lease_s_life);
         }
     };
 }
@@ -553,4 +767,140 @@ fn bad_urls_and_settings_are_clear_errors() {
         "{}",
         text(&out.stderr)
     );
+    // A store whose leases end with lease-run's process could pass the key on before the
+    // command's group is stopped.
+    let dir = tempfile::tempdir().unwrap();
+    let liveness = format!(
+        "sqlite://{}?process_liveness=true",
+        dir.path().join("l.db").display()
+    );
+    let out = run(&["--store", &liveness, "--key", "k", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("process_liveness"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// An unreachable server: one line that says what failed and why, once, with no internal
+/// `Debug` text of the client libraries and no password.
+#[cfg(any(feature = "redis", feature = "etcd"))]
+#[test]
+fn an_unreachable_store_is_one_clear_line() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut urls = Vec::new();
+    if cfg!(feature = "redis") {
+        urls.push(format!("redis://u:s3cret@127.0.0.1:{port}"));
+    }
+    if cfg!(feature = "etcd") {
+        urls.push(format!("etcd://u:s3cret@127.0.0.1:{port}"));
+    }
+    for url in urls {
+        let out = output(
+            Command::new(env!("CARGO_BIN_EXE_lease-run"))
+                .args(["--store", &url, "--key", "k", "--", "true"]),
+        );
+        assert_eq!(out.status.code(), Some(69));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("refused"), "{err}");
+        assert_eq!(
+            err.matches("127.0.0.1").count(),
+            1,
+            "the address once: {err}"
+        );
+        assert_eq!(
+            err.to_lowercase().matches("refused").count(),
+            1,
+            "the cause once: {err}"
+        );
+        for internal in ["s3cret", "Os {", "tonic::", "source:", "kind:"] {
+            assert!(!err.contains(internal), "`{internal}` in: {err}");
+        }
+    }
+}
+
+/// `--version`, and `--help` with the examples, the exit codes and the exported variables.
+#[test]
+fn help_and_version() {
+    let version = output(Command::new(env!("CARGO_BIN_EXE_lease-run")).arg("--version"));
+    assert_eq!(version.status.code(), Some(0));
+    assert_eq!(
+        text(&version.stdout).trim(),
+        format!("lease-run {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = output(Command::new(env!("CARGO_BIN_EXE_lease-run")).arg("--help"));
+    assert_eq!(help.status.code(), Some(0));
+    let help = text(&help.stdout);
+    for needed in [
+        "Examples:",
+        "lease-run status",
+        "lease-run break",
+        "Exit status:",
+        "75 (-E N to change)",
+        "124",
+        "126",
+        "127",
+        "LEASE_FENCE",
+        "LEASE_KEY",
+        "--store-file",
+        "--nonblock",
+        "--conflict-exit-code",
+    ] {
+        assert!(help.contains(needed), "--help lacks `{needed}`");
+    }
+}
+
+/// A Redis server that can lose its fence counters in a restart is noted (not with `-q`); one
+/// with an append-only file fsynced on every write is not.
+#[cfg(feature = "redis")]
+#[test]
+fn a_redis_without_durable_persistence_is_noted() {
+    let note = "lease-run: note: the Redis server keeps no append-only file";
+    let Some(plain) = redis() else {
+        return;
+    };
+    let out = output(lease_run(&plain).args(["-k", "k", "--", "true"]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stderr).contains(note), "{}", text(&out.stderr));
+    let out = output(lease_run(&plain).args(["-q", "-k", "k", "--", "true"]));
+    assert_eq!(text(&out.stderr), "", "-q: no notes");
+    let durable = lease_testkit::RedisServer::start(lease_testkit::RedisOptions {
+        aof_always: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let out = output(Command::new(env!("CARGO_BIN_EXE_lease-run")).args([
+        "--store",
+        &durable.url(),
+        "-k",
+        "k",
+        "--",
+        "true",
+    ]));
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!text(&out.stderr).contains("note"), "{}", text(&out.stderr));
+}
+
+/// etcd grants whole seconds: a lease it rounds up is said, since a dead lease-run's key then
+/// frees later than asked.
+#[cfg(feature = "etcd")]
+#[test]
+fn an_etcd_lease_rounded_up_is_noted() {
+    let Some(store) = etcd() else {
+        return;
+    };
+    let out = output(lease_run(&store).args(["--lease", "3500ms", "-k", "k", "--", "true"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("grants a lease of 4s for --lease 3s 500ms"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = output(lease_run(&store).args(["--lease", "4s", "-k", "k", "--", "true"]));
+    assert_eq!(text(&out.stderr), "", "a whole-second lease is not rounded");
 }
