@@ -66,8 +66,10 @@ impl Scheme {
     /// # Errors
     ///
     /// [`OpenError::UnknownScheme`] for a scheme no store takes; [`OpenError::BadUrl`] for an
-    /// empty string or a URL-like string without `//` (`sqlite:locks.db`), which would otherwise
-    /// open a file of that name.
+    /// empty string, a URL-like string without `//` (`sqlite:locks.db`), which would otherwise
+    /// open a file of that name, or a string without a scheme that has an `@` and does not start
+    /// with `/`, `.` or `~` (`user:pw@host`: user info to
+    /// [`redact_url`](lease_core::redact::redact_url), which hides it).
     pub fn of(url: &str) -> Result<Scheme, OpenError> {
         Ok(classify(url)?.0)
     }
@@ -155,7 +157,8 @@ pub enum OpenError {
 /// Opens the store `url` names, connected and checked, behind a [`DynStore`].
 ///
 /// - `sqlite:///abs/path.db`, `sqlite://rel/path.db`, or a plain path: the embedded SQLite store
-///   (feature `sqlite`, the default);
+///   (feature `sqlite`, the default). A plain path with an `@` starts with `/`, `.` or `~`
+///   (`./a@b.db`): `user:pw@host` is refused rather than opened as a file;
 /// - `redis://…`, `redis+unix://…`, `unix://…`, `valkey://…` (feature `redis`), `rediss://…`,
 ///   `valkeys://…` (feature `redis-tls`);
 /// - `etcd://…` (feature `etcd`), `etcds://…` (feature `etcd-tls`).
@@ -206,6 +209,15 @@ fn classify(url: &str) -> Result<(Scheme, String), OpenError> {
         return Err(bad(format!("it is empty; {FORMS}")));
     }
     let Some((scheme, rest)) = url.split_once("://") else {
+        // `redact_url` reads `user:pw@host` (no scheme, an `@`, not starting like a path) as
+        // user info and a host: it is no file name here either.
+        if url.contains('@') && !url.starts_with(['/', '.', '~']) {
+            return Err(bad(format!(
+                "it has no `scheme://` but an `@`, so it may hold user info: write the store's \
+                 URL (`redis://…`, `etcd://…`), or `./…` for a file whose name has an `@`; \
+                 {FORMS}"
+            )));
+        }
         if let Some((prefix, _)) = url.split_once(':')
             && is_scheme(prefix)
             && !prefix.contains(['/', '.'])
@@ -272,6 +284,9 @@ mod tests {
             ("/tmp/a.db", Scheme::Sqlite),
             ("rel/a.db", Scheme::Sqlite),
             ("./odd:name.db", Scheme::Sqlite),
+            ("/tmp/a@b.db", Scheme::Sqlite),
+            ("./a@b.db", Scheme::Sqlite),
+            ("~/a@b.db", Scheme::Sqlite),
             ("redis://h:6379", Scheme::Redis),
             ("Redis://h", Scheme::Redis),
             ("redis+unix:///run/redis.sock", Scheme::Redis),
@@ -323,13 +338,19 @@ mod tests {
             ("redis:h:6379", "no `//` after `redis:`"),
             ("1redis://u:s3cret@h", "is not a URL scheme"),
             ("re dis://u:s3cret@h", "is not a URL scheme"),
+            // No scheme and an `@`: user info by `redact_url`'s reading, not a file name.
+            ("s3cret@h:6379", "may hold user info"),
+            (":s3cret@h", "may hold user info"),
+            ("u:s3cret@h", "may hold user info"),
+            // Not "no `//` after `s3:`": that is a piece of the token `s3:cret`.
+            ("s3:cret@h", "may hold user info"),
         ] {
             let e = classify(url).unwrap_err();
             let text = e.to_string();
             assert!(matches!(e, OpenError::BadUrl { .. }), "{url}: {e:?}");
             assert!(text.contains(expect), "{url}: {text}");
             assert!(
-                !text.contains("s3cret") && !format!("{e:?}").contains("s3cret"),
+                !text.contains("s3") && !format!("{e:?}").contains("s3"),
                 "{text}"
             );
         }

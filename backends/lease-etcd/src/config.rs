@@ -18,7 +18,7 @@ pub const DEFAULT_PREFIX: &str = "lease/";
 ///
 /// Start from [`EtcdStore::builder`](crate::EtcdStore::builder) (endpoints) or
 /// [`EtcdStoreBuilder::from_url`]. The builder's
-/// `Debug` output never shows the password.
+/// `Debug` output shows neither the user name nor the password.
 #[derive(Clone)]
 pub struct EtcdStoreBuilder {
     pub(crate) endpoints: Vec<String>,
@@ -56,7 +56,11 @@ impl EtcdStoreBuilder {
     /// `etcd://[user[:password]@]host1:port1[,host2:port2…][/prefix][?queued_grants=true]`
     ///
     /// `etcds://` is the same over TLS (feature `tls`). User, password and prefix may be
-    /// percent-encoded (`%40` for `@`). Without a path the prefix is [`DEFAULT_PREFIX`]; a path is
+    /// percent-encoded (`%40` for `@`). The user info ends at the *last* `@`, as
+    /// [`redact_url`](lease_core::redact::redact_url) reads it, so a password may hold `/`, `:`
+    /// and `@` unencoded, while an `@` in the prefix or the query must be written `%40`; a `?`
+    /// in the user info must be written `%3F` (unencoded, it could as well start a query whose
+    /// value holds the `@`, and such a URL is refused). Without a path the prefix is [`DEFAULT_PREFIX`]; a path is
     /// used verbatim as the prefix after its leading `/` (so `etcd://h:2379/app/locks/` gives the
     /// prefix `app/locks/`, and `etcd://h:2379/` the empty prefix). A host without a port gets
     /// etcd's client port 2379. The query takes one option, `queued_grants=true|false|1|0`
@@ -65,7 +69,8 @@ impl EtcdStoreBuilder {
     /// # Errors
     ///
     /// A [`StoreErrorKind::InvalidInput`](lease_core::StoreErrorKind::InvalidInput) error naming
-    /// what is wrong with the URL. The message never contains the password.
+    /// what is wrong with the URL. The message never contains the user name, the password nor
+    /// a value of the query.
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
         parse_url(url)
     }
@@ -174,21 +179,13 @@ impl fmt::Debug for EtcdStoreBuilder {
         f.debug_struct("EtcdStoreBuilder")
             .field("endpoints", &self.endpoints)
             .field("prefix", &String::from_utf8_lossy(&self.prefix))
-            .field("user", &self.user.as_ref().map(|(u, _)| Redacted(u)))
+            // Not even the user name: a token passed as `etcd://TOKEN@host` is one.
+            .field("user", &self.user.as_ref().map(|_| "***"))
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("tls", &self.tls)
             .field("queued_grants", &self.queued_grants)
             .finish()
-    }
-}
-
-/// Shows a user name with its password replaced.
-struct Redacted<'a>(&'a str);
-
-impl fmt::Debug for Redacted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} (password redacted)", self.0)
     }
 }
 
@@ -207,20 +204,30 @@ fn parse_url(url: &str) -> Result<EtcdStoreBuilder, StoreError> {
             "it must start with `etcd://` or `etcds://` (form: etcd://[user:password@]host:port[,host:port…][/prefix])",
         ));
     };
-    // The query starts at the first `?` after the user info (a password may hold one).
-    let query_from = rest.rfind('@').map_or(0, |i| i + 1);
-    let (rest, query) = match rest[query_from..].find('?') {
-        Some(i) => (&rest[..query_from + i], Some(&rest[query_from + i + 1..])),
+    // The user info ends at the last `@`, as `redact_url` reads it (so messages and `Debug`,
+    // which show what follows it, never show a piece of it): a password may hold `/`, `:` and
+    // `@` unencoded; an `@` in the prefix or the query is written `%40`. A path (`etcd:///p`)
+    // has none.
+    let (userinfo, rest) = match rest.rfind('@').filter(|_| !rest.starts_with('/')) {
+        Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
+        None => (None, rest),
+    };
+    // A `?` before that `@` is either in the password or starts a query whose value has an `@`,
+    // and then what follows the `@` would be a secret's tail read as a host: refused.
+    if userinfo.is_some_and(|info| info.contains('?')) {
+        return Err(bad_url(
+            "a `?` comes before the last `@`: write a `?` of the user name or password as \
+             `%3F`, an `@` in the prefix or the query as `%40`",
+        ));
+    }
+    let (rest, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
         None => (rest, None),
     };
     let queued_grants = query.map(parse_query).transpose()?.unwrap_or(false);
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+    let (hosts, path) = match rest.split_once('/') {
+        Some((hosts, path)) => (hosts, Some(path)),
         None => (rest, None),
-    };
-    let (userinfo, hosts) = match authority.rfind('@') {
-        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
-        None => (None, authority),
     };
     let user = match userinfo {
         None => None,
@@ -274,23 +281,29 @@ fn parse_url(url: &str) -> Result<EtcdStoreBuilder, StoreError> {
     Ok(b)
 }
 
-/// The URL's query: `queued_grants=true|false|1|0`, the only option.
+/// The URL's query: `queued_grants=true|false|1|0`, the only option. Messages name options,
+/// never values (`redact_url` hides every value, and a parameter without `=`).
 fn parse_query(query: &str) -> Result<bool, StoreError> {
     let mut queued = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("queued_grants", "true" | "1")) => queued = true,
             Some(("queued_grants", "false" | "0")) => queued = false,
-            Some(("queued_grants", _)) | None if pair.starts_with("queued_grants") => {
-                return Err(bad_url(format!(
-                    "`{pair}`: queued_grants takes true, false, 1 or 0"
-                )));
+            Some(("queued_grants", _)) => {
+                return Err(bad_url("queued_grants takes true, false, 1 or 0"));
             }
-            _ => {
-                let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            None if pair == "queued_grants" => {
+                return Err(bad_url("queued_grants takes true, false, 1 or 0"));
+            }
+            Some((name, _)) => {
                 return Err(bad_url(format!(
                     "unknown option `{name}` (the one option is `queued_grants`)"
                 )));
+            }
+            None => {
+                return Err(bad_url(
+                    "an option without `=` (the one option is `queued_grants=true|false`)",
+                ));
             }
         }
     }
@@ -339,6 +352,15 @@ mod tests {
         assert_eq!(b.prefix, b"");
         let b = EtcdStoreBuilder::from_url("etcds://h:1").unwrap();
         assert!(b.tls);
+        // The user info ends at the last `@`, as `redact_url` reads it: a password may hold
+        // `/`, `:` and `@` unencoded; an `@` in the prefix is written `%40`.
+        let b = EtcdStoreBuilder::from_url("etcd://u:pa/ss:w@rd@h:1/p%40q/").unwrap();
+        assert_eq!(b.user, Some(("u".into(), "pa/ss:w@rd".into())));
+        assert_eq!(b.endpoints, ["h:1"]);
+        assert_eq!(b.prefix, b"p@q/");
+        // A path (`etcd:///p`) has no user info, even with an `@`.
+        let e = EtcdStoreBuilder::from_url("etcd:///p@h:1").unwrap_err();
+        assert!(e.to_string().contains("no host"), "{e}");
     }
 
     #[test]
@@ -354,8 +376,8 @@ mod tests {
         assert!(!b.queued_grants);
         let b = EtcdStoreBuilder::from_url("etcd://h:1/app/").unwrap();
         assert!(!b.queued_grants, "off by default");
-        // A `?` in a password is not the query; one in the prefix is written `%3F`.
-        let b = EtcdStoreBuilder::from_url("etcd://u:a?b@h:1/x%3Fy/?queued_grants=true").unwrap();
+        // A `?` in a password or the prefix is written `%3F`.
+        let b = EtcdStoreBuilder::from_url("etcd://u:a%3Fb@h:1/x%3Fy/?queued_grants=true").unwrap();
         assert_eq!(b.user, Some(("u".into(), "a?b".into())));
         assert_eq!(b.prefix, b"x?y/");
         assert!(b.queued_grants);
@@ -378,30 +400,53 @@ mod tests {
             ("etcd://u:hunter2@h:1/%zz", "escape"),
             (
                 "etcd://u:hunter2@h:1/p/?queued_grants=maybe",
-                "queued_grants=maybe",
+                "queued_grants takes",
             ),
             (
                 "etcd://u:hunter2@h:1/p/?queued=true",
                 "unknown option `queued`",
             ),
             ("etcd://u:hunter2@h:1?queued_grants", "queued_grants takes"),
+            ("etcd://h:1?queued_grants=hunter2", "queued_grants takes"),
+            ("etcd://h:1/p?hunter2", "an option without `=`"),
+            // The user info ends at the last `@`, not at a `/` of the password.
+            ("etcd://u:hunter2/x@h:notaport", "is not a port number"),
+            ("etcd://u:hunter2/x@h:1,,h:2", "empty host"),
+            // A `?` before the last `@`: a password with a `?`, or a query value with an `@`
+            // (then `x` is the tail of a secret, not a host). Refused, naming neither.
+            ("etcd://u:hunter?2@h:1", "`%3F`"),
+            ("etcd://h:1/p?password=hunter2@x", "`%3F`"),
         ] {
             let e = EtcdStoreBuilder::from_url(url).unwrap_err();
             assert_eq!(e.kind(), StoreErrorKind::InvalidInput);
             let msg = e.to_string();
             assert!(msg.contains(what), "{url}: {msg}");
-            assert!(!msg.contains("hunter2"), "{url}: {msg}");
+            assert!(!msg.contains("hunter"), "{url}: {msg}");
+            assert!(!format!("{e:?}").contains("hunter"), "{url}: {e:?}");
         }
     }
 
+    /// The user name is hidden too: a token passed as user-only user info (`etcd://TOKEN@h`)
+    /// is a user name here.
     #[test]
-    fn debug_redacts_the_password() {
-        let b = EtcdStoreBuilder::from_url("etcd://ann:hunter2@h:1/p/").unwrap();
-        let shown = format!("{b:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("ann"), "{shown}");
+    fn debug_hides_the_credentials() {
+        for url in ["etcd://ann:hunter2@h:1/p/", "etcd://hunter2@h:1/p/"] {
+            let b = EtcdStoreBuilder::from_url(url).unwrap();
+            let shown = format!("{b:?}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("ann"),
+                "{shown}"
+            );
+            assert!(shown.contains(r#"user: Some("***")"#), "{shown}");
+        }
         let b = EtcdStoreBuilder::new(["h:1"]).user("bob", "hunter2");
-        assert!(!format!("{b:?}").contains("hunter2"));
+        let shown = format!("{b:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("bob"),
+            "{shown}"
+        );
+        let b = EtcdStoreBuilder::new(["h:1"]);
+        assert!(format!("{b:?}").contains("user: None"));
     }
 
     #[test]

@@ -210,7 +210,7 @@
 //! default, `--auth-token-ttl`). A request refused for an expired token is re-authenticated and
 //! retried once; if that fails the error reaches the caller (a renewal retries it until the
 //! lock's deadline, then the lock reports the loss). Passwords never appear in `Debug` output,
-//! errors or logs.
+//! errors or logs, nor do user names (a token passed as `etcd://TOKEN@host` is one).
 //!
 //! # Fenced writes in etcd
 //!

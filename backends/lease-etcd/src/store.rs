@@ -36,7 +36,8 @@ struct Inner {
     etcd: Etcd,
     prefix: Vec<u8>,
     endpoints: Vec<String>,
-    user: Option<String>,
+    /// Whether the store authenticates (shown in `Debug` as such, without the name).
+    has_user: bool,
     /// The live session lease per requested TTL in whole seconds.
     sessions: tokio::sync::Mutex<HashMap<i64, Arc<Session>>>,
     /// The grants this store made (or may have made), and their sweep. Shared with the sessions'
@@ -71,14 +72,8 @@ impl fmt::Debug for EtcdStore {
         f.debug_struct("EtcdStore")
             .field("endpoints", &self.inner.endpoints)
             .field("prefix", &String::from_utf8_lossy(&self.inner.prefix))
-            .field(
-                "user",
-                &self
-                    .inner
-                    .user
-                    .as_deref()
-                    .map(|u| format!("{u} (password redacted)")),
-            )
+            // Not even the user name: a token passed as `etcd://TOKEN@host` is one.
+            .field("user", &self.inner.has_user.then_some("***"))
             .finish_non_exhaustive()
     }
 }
@@ -143,7 +138,7 @@ impl EtcdStore {
                 etcd,
                 prefix: b.prefix,
                 endpoints: b.endpoints,
-                user: b.user.map(|(u, _)| u),
+                has_user: b.user.is_some(),
                 sessions: tokio::sync::Mutex::new(HashMap::new()),
                 queued: b.queued_grants,
                 heads: std::sync::Mutex::new(HashMap::new()),

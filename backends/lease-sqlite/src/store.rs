@@ -192,12 +192,18 @@ impl SqliteStore {
     /// `sqlite://relative/path.db`, optionally with the settings
     /// `?queued_grants=true|false` ([`SqliteStoreBuilder::queued_grants`]) and
     /// `process_liveness=true|false` ([`SqliteStoreBuilder::process_liveness`]), so that a URL
-    /// alone (for example `LEASE_STORE` of lease-run) can choose them.
+    /// alone (for example `LEASE_STORE` of lease-run) can choose them. Percent escapes are
+    /// decoded.
+    ///
+    /// An `@` is allowed in an absolute URL (`sqlite:///tmp/a@b.db`) but not in a relative one:
+    /// `sqlite://u:pw/x@h/a.db` reads as user info up to the last `@` (which
+    /// [`redact_url`](lease_core::redact::redact_url) hides), and a sqlite:// URL takes none.
+    /// Write such an `@` as `%40`, or open a plain path.
     ///
     /// # Errors
     ///
-    /// An invalid-input error for another scheme, an empty path, or a setting that is unknown
-    /// or not `true`/`false`; else as [`SqliteStoreBuilder::open`].
+    /// An invalid-input error for another scheme, an empty path, an `@` in a relative URL, or a
+    /// setting that is unknown or not `true`/`false`; else as [`SqliteStoreBuilder::open`].
     pub async fn from_url(url: &str) -> Result<SqliteStore, StoreError> {
         let (path, settings) = path_from_url(url)?;
         let mut builder = Self::builder(path);
@@ -587,6 +593,16 @@ fn settings_of(query: &str, shown: &str) -> Result<Vec<(Setting, bool)>, StoreEr
         let setting = match name {
             "queued_grants" => Setting::QueuedGrants,
             "process_liveness" => Setting::ProcessLiveness,
+            // Without `=` it may be a value (`redact_url` hides it): not named.
+            _ if !param.contains('=') => {
+                return Err(StoreError::invalid_input(
+                    NAME,
+                    format!(
+                        "the URL `{shown}` has an unknown setting without `=` (a sqlite:// URL \
+                         takes queued_grants and process_liveness)"
+                    ),
+                ));
+            }
             _ => {
                 return Err(StoreError::invalid_input(
                     NAME,
@@ -633,13 +649,17 @@ fn path_from_url(url: &str) -> Result<(PathBuf, Vec<(Setting, bool)>), StoreErro
             format!("the URL `{shown}` names no file"),
         ));
     }
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.contains('@') {
+    // `redact_url` reads everything up to the last `@` of a URL not of the form `sqlite:///…`
+    // as user info: refused whole, wherever the `@` is (`sqlite://u:pw/x@h/a.db` has a
+    // password with a `/`), so that no message shows a piece of it. An absolute path has no
+    // user info, and keeps its `@`s.
+    if !rest.starts_with('/') && rest.contains('@') {
         return Err(StoreError::invalid_input(
             NAME,
             format!(
-                "the URL `{shown}` has a user or password; a sqlite:// URL takes none (open a \
-                 plain path for a directory whose name has an `@`)"
+                "the URL `{shown}` may have a user or password (an `@` not in an absolute \
+                 path); a sqlite:// URL takes none: for a file whose relative path has an `@`, \
+                 write it `%40`, use sqlite:///abs/path, or open a plain path"
             ),
         ));
     }
@@ -1255,6 +1275,9 @@ mod tests {
             ok("sqlite:///tmp/my%20locks.db"),
             Path::new("/tmp/my locks.db")
         );
+        // An `@` in an absolute path is a file name's; in a relative one it is written `%40`.
+        assert_eq!(ok("sqlite:///tmp/a@b/c@d.db"), Path::new("/tmp/a@b/c@d.db"));
+        assert_eq!(ok("sqlite://rel/a%40b.db"), Path::new("rel/a@b.db"));
     }
 
     #[test]
@@ -1288,6 +1311,19 @@ mod tests {
             ("sqlite:///tmp/locks.db#x", "fragment"),
             ("sqlite:///tmp/locks%2.db", "percent escape"),
             ("sqlite://:memory:", "in-memory"),
+            // Whatever `redact_url` reads as user info (up to the last `@` of a URL that is not
+            // `sqlite:///…`) is refused, and shown by no message.
+            ("sqlite://u:hunter2@h/a.db", "user or password"),
+            ("sqlite://hunter2@h/a.db", "user or password"),
+            ("sqlite://u:hunter2/x@h/a.db", "user or password"),
+            ("sqlite://u:hun/ter2@[::1]:1/a.db", "user or password"),
+            ("sqlite://rel/a@b.db", "user or password"),
+            ("sqlite://rel/a.db?token=hunter2@x", "user or password"),
+            (
+                "sqlite:///tmp/a.db?token=hunter2",
+                "unknown setting `token`",
+            ),
+            ("sqlite:///tmp/a.db?hunter2", "unknown setting"),
         ] {
             let err = path_from_url(url).expect_err(url);
             assert_eq!(
@@ -1296,6 +1332,10 @@ mod tests {
                 "{url}"
             );
             assert!(err.to_string().contains(says), "{url}: {err}");
+            assert!(
+                !format!("{err} {err:?}").contains("hunter"),
+                "{url}: {err} {err:?}"
+            );
         }
     }
 }
