@@ -2,17 +2,21 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A TCP proxy on loopback in front of one server whose answers (server to client) can be held
 /// back while requests still pass: the server applies a request, and the client times out
-/// waiting for its answer — an outcome the client cannot know.
+/// waiting for its answer — an outcome the client cannot know. It can also be pointed at
+/// another server ([`retarget`](Self::retarget)), as a failover moves a service address.
 #[derive(Debug)]
 pub struct HoldingProxy {
     port: u16,
     hold: Arc<AtomicBool>,
+    target: Arc<Mutex<String>>,
+    /// Both sockets of every connection made so far, to cut them on a retarget.
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl HoldingProxy {
@@ -26,14 +30,22 @@ impl HoldingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let hold = Arc::new(AtomicBool::new(false));
-        let target = target.to_owned();
-        let held = hold.clone();
+        let target = Arc::new(Mutex::new(target.to_owned()));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (held, to, opened) = (hold.clone(), target.clone(), open.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(&target) else {
+                let now = to.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let Ok(server) = TcpStream::connect(&now) else {
                     continue;
                 };
+                if let (Ok(c), Ok(s)) = (client.try_clone(), server.try_clone()) {
+                    opened
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend([c, s]);
+                }
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 let (c2, s2) = (
@@ -45,7 +57,27 @@ impl HoldingProxy {
                 std::thread::spawn(move || pump(s2, c2, Some(held)));
             }
         });
-        Self { port, hold }
+        Self {
+            port,
+            hold,
+            target,
+            open,
+        }
+    }
+
+    /// Sends new connections to `target` (`host:port`) from now on, and cuts every connection
+    /// made so far, as a failover moves the service's address to another server: clients
+    /// reconnect and reach the new one.
+    pub fn retarget(&self, target: &str) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target.to_owned();
+        for socket in self
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
     }
 
     /// `127.0.0.1:PORT` of the proxy.
