@@ -14,6 +14,9 @@ pub const DEFAULT_PREFIX: &str = "lease:";
 /// The longest accepted key prefix, in bytes.
 pub const MAX_PREFIX_LEN: usize = 256;
 
+/// How long a write waits for its replicas when the URL option `wait_replicas=N` asks for them.
+const DEFAULT_REPLICA_WAIT: Duration = Duration::from_millis(500);
+
 /// Builds a [`RedisStore`]: server, key prefix, timeouts, and what to declare about fences.
 ///
 /// Start from [`RedisStore::builder`] (a URL) or [`RedisStore::builder_with_client`] (an existing
@@ -28,6 +31,9 @@ pub struct RedisStoreBuilder {
     pub(crate) notifications: bool,
     pub(crate) allow_allkeys_eviction: bool,
     pub(crate) queued_grants: bool,
+    /// Replicas every write must reach before its outcome is reported, and how long to wait
+    /// for them ([`RedisStoreBuilder::wait_for_replicas`]).
+    pub(crate) wait_replicas: Option<(u32, Duration)>,
     /// A bad value of a store option in the URL's query, reported by `connect`.
     pub(crate) url_error: Option<String>,
 }
@@ -36,27 +42,52 @@ pub struct RedisStoreBuilder {
 /// out of the URL before redis-rs parses the rest, so its own options (and its handling of
 /// unknown ones) are unchanged.
 const QUEUED_GRANTS_OPTION: &str = "queued_grants";
+/// `wait_replicas=N`: [`RedisStoreBuilder::wait_for_replicas`] with N replicas.
+const WAIT_REPLICAS_OPTION: &str = "wait_replicas";
 
-/// Takes `queued_grants=true|false|1|0` out of `url`'s query: the URL without it, and its value
-/// (`Err` for a value that is neither).
-fn take_store_options(url: &str) -> (String, Result<Option<bool>, String>) {
+/// The store's own options found in a URL's query.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct UrlOptions {
+    queued_grants: Option<bool>,
+    wait_replicas: Option<u32>,
+}
+
+/// Takes `queued_grants=true|false|1|0` and `wait_replicas=N` out of `url`'s query: the URL
+/// without them, and their values (`Err` for a value that does not parse, naming the option but
+/// not the value: `redact_url` hides every value of a query, and so do messages).
+fn take_store_options(url: &str) -> (String, Result<UrlOptions, String>) {
     let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), Ok(None));
+        return (url.to_owned(), Ok(UrlOptions::default()));
     };
-    let mut value = Ok(None);
+    let mut options = Ok(UrlOptions::default());
     let mut kept = Vec::new();
+    let mut set = |f: &mut dyn FnMut(&mut UrlOptions) -> Result<(), String>| {
+        if let Ok(o) = &mut options
+            && let Err(e) = f(o)
+        {
+            options = Err(e);
+        }
+    };
     for pair in query.split('&') {
         match pair.split_once('=') {
-            Some((QUEUED_GRANTS_OPTION, v)) => {
-                value = match v.to_ascii_lowercase().as_str() {
-                    "true" | "1" => Ok(Some(true)),
-                    "false" | "0" => Ok(Some(false)),
-                    // Not the value: messages show no value of the query (`redact_url`).
-                    _ => Err(format!(
-                        "URL option `{QUEUED_GRANTS_OPTION}`: expected true, false, 1 or 0"
-                    )),
-                };
-            }
+            Some((QUEUED_GRANTS_OPTION, v)) => set(&mut |o| {
+                o.queued_grants = Some(match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => {
+                        return Err(format!(
+                            "URL option `{QUEUED_GRANTS_OPTION}`: expected true, false, 1 or 0"
+                        ));
+                    }
+                });
+                Ok(())
+            }),
+            Some((WAIT_REPLICAS_OPTION, v)) => set(&mut |o| {
+                o.wait_replicas = Some(v.parse().map_err(|_| {
+                    format!("URL option `{WAIT_REPLICAS_OPTION}`: expected a number of replicas")
+                })?);
+                Ok(())
+            }),
             _ => kept.push(pair),
         }
     }
@@ -65,7 +96,7 @@ fn take_store_options(url: &str) -> (String, Result<Option<bool>, String>) {
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    (url, value)
+    (url, options)
 }
 
 #[derive(Clone)]
@@ -81,11 +112,11 @@ impl RedisStoreBuilder {
                 let (url, option) = take_store_options(&url);
                 (Source::Url(url), option)
             }
-            client => (client, Ok(None)),
+            client => (client, Ok(UrlOptions::default())),
         };
-        let (queued_grants, url_error) = match option {
-            Ok(v) => (v.unwrap_or(true), None),
-            Err(e) => (false, Some(e)),
+        let (options, url_error) = match option {
+            Ok(o) => (o, None),
+            Err(e) => (UrlOptions::default(), Some(e)),
         };
         Self {
             source,
@@ -95,7 +126,11 @@ impl RedisStoreBuilder {
             durable_fences: false,
             notifications: true,
             allow_allkeys_eviction: false,
-            queued_grants,
+            queued_grants: url_error.is_none() && options.queued_grants.unwrap_or(true),
+            wait_replicas: options
+                .wait_replicas
+                .filter(|n| *n > 0)
+                .map(|n| (n, DEFAULT_REPLICA_WAIT)),
             url_error,
         }
     }
@@ -182,6 +217,38 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Every write of the store (a grant, a renewal, a release that hands the key to the next
+    /// waiter, a break) is reported only once `replicas` replicas have it (Redis `WAIT`), so
+    /// that a failover to one of them cannot lose it (default: off, as `replicas == 0`).
+    ///
+    /// Without it a failover to an asynchronous replica can lose the last grants: the new
+    /// primary may hand out a fence again that a holder already has, and a lease a holder was
+    /// told it has may be granted to another. Each store remembers the fences it saw and
+    /// reports such a fence as [`FenceRegressed`](lease_core::StoreErrorKind::FenceRegressed),
+    /// never as a grant; with this option the lost grant was never reported in the first place.
+    ///
+    /// - **Cost.** One more round trip per write, plus the replication delay (a replica's
+    ///   acknowledgement): measured on loopback, see the crate docs. `WAIT` blocks the store's
+    ///   multiplexed connection while it waits, so other calls of the same store queue behind
+    ///   it.
+    /// - **When replicas lag.** A write that fewer than `replicas` replicas acknowledge within
+    ///   `timeout` is reported as a transient error; it stays applied on the primary (a grant
+    ///   taken again by the same holder keeps its fence; the lock retries renewals until its
+    ///   deadline). With fewer live replicas than `replicas`, every acquisition fails.
+    /// - **Grants announced to a queued waiter** are confirmed by the waiter's store with a
+    ///   write of its own (which orders after the grant on the primary) and its `WAIT` before
+    ///   the waiter is told, so a waiter never takes a grant its replicas may not have.
+    /// - **What it does not cover.** `WAIT` counts replicas that received the write, not ones
+    ///   that wrote it to disk (`WAITAOF`, Redis 7.2, would), and it does not stop a failover
+    ///   from promoting a replica that was not among them (configure the failover, e.g.
+    ///   Sentinel, to promote the most up-to-date replica).
+    ///
+    /// The URL option `?wait_replicas=N` sets `N` replicas with a 500 ms timeout.
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Whether to connect to a server whose `maxmemory-policy` is an `allkeys-*` policy
     /// (default false: [`connect`](Self::connect) refuses it with a permanent error).
     ///
@@ -197,7 +264,7 @@ impl RedisStoreBuilder {
     }
 
     /// The URL the store connects to: the one given to [`RedisStore::builder`] without the
-    /// store's own options (`queued_grants`), as redis-rs and other Redis clients take it; `None`
+    /// store's own options (`queued_grants`, `wait_replicas`), as redis-rs and other Redis clients take it; `None`
     /// for a builder made from a client.
     ///
     /// For other clients of the same server beside the store (scripts, tools, benchmarks), so
@@ -228,6 +295,18 @@ impl RedisStoreBuilder {
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
         if let Some(e) = &self.url_error {
             return Err(StoreError::invalid_input(NAME, e.clone()));
+        }
+        if let Some((_, wait)) = self.wait_replicas
+            && (wait.is_zero() || wait >= self.response_timeout)
+        {
+            return Err(StoreError::invalid_input(
+                NAME,
+                format!(
+                    "waiting {wait:?} for replicas does not fit in the response timeout {:?}: \
+                     a `WAIT` must be answered before the call gives up on it",
+                    self.response_timeout
+                ),
+            ));
         }
         if self.prefix.contains(['{', '}']) {
             return Err(StoreError::invalid_input(
@@ -328,6 +407,7 @@ impl fmt::Debug for RedisStoreBuilder {
             .field("notifications", &self.notifications)
             .field("allow_allkeys_eviction", &self.allow_allkeys_eviction)
             .field("queued_grants", &self.queued_grants)
+            .field("wait_replicas", &self.wait_replicas)
             .finish()
     }
 }
@@ -337,6 +417,25 @@ use lease_core::redact::redact_url;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wait_replicas_url_option_is_taken_out_and_checked() {
+        let b = RedisStoreBuilder::new(Source::Url(
+            "redis://h:1/0?wait_replicas=2&queued_grants=false".into(),
+        ));
+        assert_eq!(b.wait_replicas, Some((2, DEFAULT_REPLICA_WAIT)));
+        assert!(!b.queued_grants && b.validate().is_ok());
+        assert_eq!(b.connection_url(), Some("redis://h:1/0"));
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/?wait_replicas=0".into()));
+        assert_eq!(b.wait_replicas, None, "0 replicas: off");
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/?wait_replicas=s3cret".into()));
+        let e = b.validate().unwrap_err().to_string();
+        assert!(e.contains("wait_replicas") && !e.contains("s3cret"), "{e}");
+        let b = RedisStoreBuilder::new(Source::Url("redis://h/".into()))
+            .wait_for_replicas(1, Duration::from_secs(2));
+        let e = b.validate().unwrap_err().to_string();
+        assert!(e.contains("does not fit in the response timeout"), "{e}");
+    }
 
     #[test]
     fn builder_debug_hides_the_password() {

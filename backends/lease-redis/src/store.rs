@@ -61,6 +61,8 @@ struct Inner {
     holder_hash: RandomState,
     notifier: Option<Notifier>,
     eviction_policy: EvictionPolicy,
+    /// Replicas every write must reach before it is reported, and how long to wait for them.
+    wait_replicas: Option<(u32, Duration)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -221,6 +223,7 @@ impl RedisStore {
                 holder_hash: RandomState::new(),
                 notifier,
                 eviction_policy,
+                wait_replicas: b.wait_replicas,
             }),
         })
     }
@@ -332,14 +335,18 @@ impl RedisStore {
         if replies.len() != leases.len() {
             return Err(bad_reply(&what, "reply count differs from request count"));
         }
-        Ok(leases
+        let outcomes: Vec<_> = leases
             .iter()
             .zip(replies)
             .zip(before)
             .map(|(((key, holder, fence), (status, counter)), before)| {
                 self.renew_outcome(key, holder, *fence, status, counter, before)
             })
-            .collect())
+            .collect();
+        if outcomes.iter().any(|o| matches!(o, Ok(true))) {
+            self.replicated(&what).await?;
+        }
+        Ok(outcomes)
     }
 
     fn renew_outcome(
@@ -522,7 +529,43 @@ impl RedisStore {
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| classify(what, e))?;
+        if status == 1 {
+            self.replicated(what).await?;
+        }
         Ok((status, parse_counter(what, counter)?, before))
+    }
+
+    /// With [`wait_for_replicas`](crate::RedisStoreBuilder::wait_for_replicas): waits until
+    /// enough replicas have every write this store's connection made so far (Redis `WAIT`),
+    /// and fails as transient if they do not within the timeout. The write itself stays
+    /// applied on the primary.
+    async fn replicated(&self, what: &str) -> Result<(), StoreError> {
+        let Some((replicas, timeout)) = self.inner.wait_replicas else {
+            return Ok(());
+        };
+        let ms = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(ms)
+            .query_async(&mut self.inner.conn.clone())
+            .await
+            .map_err(|e| classify(&format!("{what}: waiting for replicas"), e))?;
+        if acked < i64::from(replicas) {
+            warn!(
+                acked,
+                replicas, "a write did not reach enough replicas in time"
+            );
+            return Err(StoreError::transient(
+                NAME,
+                format!(
+                    "{what}: {acked} of {replicas} replicas acknowledged it within {timeout:?}; \
+                     it is applied on the primary, but a failover could lose it"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The release script of this store, with its keys and arguments.
@@ -669,7 +712,11 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| classify(&format!("renew of {key:?}"), e))?;
-        self.renew_outcome(key, holder, fence, status, counter, before)
+        let renewed = self.renew_outcome(key, holder, fence, status, counter, before)?;
+        if renewed {
+            self.replicated(&format!("renew of {key:?}")).await?;
+        }
+        Ok(renewed)
     }
 
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
@@ -681,7 +728,12 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| classify(&what(), e))?;
-        self.released(&what(), key, status, counter, before)
+        let released = self.released(&what(), key, status, counter, before)?;
+        if released {
+            // A release of a queued key grants the next waiter.
+            self.replicated(&what()).await?;
+        }
+        Ok(released)
     }
 
     async fn wait_for_change(&self, key: &str, max_wait: Duration) {
@@ -783,6 +835,7 @@ impl LeaseStore for RedisStore {
                 self.check_grant(key, "", fence.get(), before)?;
                 let previous: String = reply_field(&what, &reply, 2)?;
                 let was_live = reply_field::<i64>(&what, &reply, 3)? == 1;
+                self.replicated(&what).await?;
                 debug!(key, fence = fence.get(), was_live, "lock broken");
                 Ok(Some(BrokenLock::new(
                     fence,
@@ -848,10 +901,14 @@ impl LeaseStore for RedisStore {
     /// notifications), as the trait's default.
     async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
         match (&self.inner.notifier, &self.inner.grant_channel) {
+            // Waiting for replicas, a grant is confirmed by the waiter's own acquire (a write
+            // ordered after the grant, then `WAIT`) before it is taken: the announcement only
+            // ends the wait.
             (Some(n), Some(_)) => n
                 .wait_grant(key, holder, max_wait)
                 .await
-                .and_then(Fence::new),
+                .and_then(Fence::new)
+                .filter(|_| self.inner.wait_replicas.is_none()),
             _ => {
                 self.wait_for_change(key, max_wait).await;
                 None
@@ -884,7 +941,11 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.inner.conn.clone())
             .await
             .map_err(|e| classify(&what(), e))?;
-        self.released(&what(), key, status, counter, before)
+        let passed_on = self.released(&what(), key, status, counter, before)?;
+        if passed_on {
+            self.replicated(&what()).await?;
+        }
+        Ok(passed_on)
     }
 
     fn capabilities(&self) -> Capabilities {
