@@ -24,8 +24,10 @@ use proptest::test_runner::TestCaseError;
 /// Checked case-insensitively (a host name may be lower-cased), raw and percent-encoded.
 const MARK: &str = "Zq";
 
-/// The delimiters of URLs and the characters people put in passwords.
-const DELIMITERS: &str = "[/@:?#%+=&.,;_~!$*\\[\\]-]";
+/// The delimiters that decide where user info ends (`/ @ : ?`), and more characters people put
+/// in passwords.
+const DELIMITERS: &str = "[/@:?]";
+const OTHER_DELIMITERS: &str = "[#%+=&.,;_~!$*\\[\\]-]";
 
 /// Where no Unix socket or SQLite file can be, so that nothing is created or reached.
 const NOWHERE: &str = "/nonexistent-leasehold-secrets-test";
@@ -35,7 +37,13 @@ const NOWHERE: &str = "/nonexistent-leasehold-secrets-test";
 fn secret() -> impl Strategy<Value = String> {
     (
         "[A-Za-z0-9]{6,10}",
-        proptest::collection::vec((DELIMITERS, "[A-Za-z0-9]{1,6}"), 0..4),
+        proptest::collection::vec(
+            (
+                prop_oneof![3 => DELIMITERS, 2 => OTHER_DELIMITERS],
+                "[A-Za-z0-9]{1,6}",
+            ),
+            0..4,
+        ),
     )
         .prop_map(|(first, rest)| {
             let mut s = format!("{MARK}{first}");
@@ -260,7 +268,9 @@ fn leaks(text: &str) -> bool {
     text.contains(&mark) || text.contains(&encoded)
 }
 
-/// Fails on any log line written since the last call that holds a piece of a secret.
+/// Fails on any log line written since the last call that holds a piece of a secret. A line
+/// that a background task (a connection attempt) writes after its case ended is caught by a
+/// later case: then the failing input proptest reports is not the culprit, the line is.
 fn check_logs() -> Result<(), TestCaseError> {
     let text = {
         let mut logs = LOGS.lock().unwrap_or_else(|e| e.into_inner());
@@ -340,9 +350,9 @@ proptest! {
         scheme in proptest::sample::select(&SCHEMES[..]),
         position in position(),
         encoding in prop_oneof![
-            Just(Encoding::Raw),
-            Just(Encoding::Full),
-            Just(Encoding::Delimiters),
+            2 => Just(Encoding::Raw),
+            1 => Just(Encoding::Full),
+            1 => Just(Encoding::Delimiters),
         ],
         pick in 0..3usize,
     ) {
