@@ -14,6 +14,8 @@ step() { printf '\n==> %s\n' "$*"; }
 # not commands: `protoc` alone is not enough (etcd-client's build also needs the well-known
 # `.proto` includes, which are in libprotobuf-dev, a package `--no-install-recommends` leaves out).
 need=(
+  /usr/bin/cc:gcc  # bundled SQLite and ring compile C, lease-testkit's faketime shim too; rustc links with cc
+  /usr/include/stdlib.h:libc6-dev  # C headers and crt files: gcc only recommends it
   /usr/bin/redis-server:redis-server
   /usr/bin/etcd:etcd-server
   /usr/bin/etcdctl:etcd-client

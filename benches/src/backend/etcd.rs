@@ -90,21 +90,24 @@ impl Backend for Etcd {
 /// `etcd://host:port[,host:port][/prefix][?options]` → endpoints and prefix (the store's own
 /// options are not the peers' business).
 fn endpoints(url: &str) -> anyhow::Result<(Vec<String>, String)> {
+    let shown = crate::store::redact(url);
     let rest = url
         .strip_prefix("etcd://")
-        .with_context(|| format!("`{url}` is not an etcd:// URL"))?;
-    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
-    let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if hosts.contains('@') {
+        .with_context(|| format!("`{shown}` is not an etcd:// URL"))?;
+    // Any `@` (user info runs to the last one, as `redact_url` reads it, so a password may
+    // hold a `/`), not only one before the first `/`.
+    if rest.contains('@') {
         bail!("the harness's etcd peers take no credentials in the URL");
     }
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    let (hosts, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let endpoints: Vec<String> = hosts
         .split(',')
         .filter(|h| !h.is_empty())
         .map(|h| format!("http://{h}"))
         .collect();
     if endpoints.is_empty() {
-        bail!("`{url}` names no etcd host");
+        bail!("`{shown}` names no etcd host");
     }
     Ok((endpoints, prefix.to_owned()))
 }
