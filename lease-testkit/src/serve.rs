@@ -10,9 +10,10 @@ use crate::{EtcdCluster, EtcdOptions, PostgresOptions, PostgresServer, RedisOpti
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
     /// Every write reaches the disk before it is answered, so fences survive a restart (Redis:
-    /// AOF with an fsync per write; etcd always does so).
+    /// AOF with an fsync per write; etcd and PostgreSQL always do so).
     pub durable: bool,
-    /// The key prefix, for the stores whose URL carries one (etcd: `etcd://HOST:PORT/PREFIX`).
+    /// The key prefix, for the stores whose URL carries one (etcd: `etcd://HOST:PORT/PREFIX`;
+    /// PostgreSQL: the schema, `?schema=PREFIX`, cut to 63 bytes).
     pub prefix: String,
 }
 
