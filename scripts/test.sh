@@ -26,6 +26,10 @@ need=(
   /usr/bin/setpriv:util-linux
   /usr/bin/python3:python3
   /usr/lib/python3/dist-packages/redis/__init__.py:python3-redis
+  # The PostgreSQL server (the metapackage pulls in the current postgresql-NN, whose programs
+  # live in /usr/lib/postgresql/NN/bin with pg_isready from its client) and PgBouncer.
+  /usr/share/doc/postgresql/copyright:postgresql
+  /usr/sbin/pgbouncer:pgbouncer
 )
 packages=()
 for entry in "${need[@]}"; do
