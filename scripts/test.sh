@@ -67,9 +67,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --lock
 step "tests (unit, integration and doc; 10,000 simulated schedules)"
 LEASE_SIM_SCHEDULES=10000 cargo test --workspace --all-features --locked --no-fail-fast
 
-step "tests of feature choices: leasehold with no store built, lease-redis TLS without tls-ring"
+step "tests of feature choices: leasehold with no store built, lease-redis and lease-postgres TLS without tls-ring"
 cargo test -p leasehold --no-default-features --lib --tests --locked
 cargo test -p lease-redis --features tls --test tls --locked
+cargo test -p lease-postgres --features tls --test tls --locked
 
 step "loom model checks"
 RUSTFLAGS="--cfg lease_loom" CARGO_TARGET_DIR=target/loom \

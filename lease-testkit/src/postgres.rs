@@ -25,6 +25,10 @@ pub const POSTGRES_PASSWORD: &str = "lease-test-secret";
 pub struct PostgresOptions {
     /// Further `-c name=value` settings (e.g. `synchronous_commit=off`).
     pub settings: Vec<String>,
+    /// TLS (`ssl=on`) with this certificate and key (PEM files, e.g. from
+    /// [`make_test_certs`](crate::make_test_certs)): copied into the server's dir, readable by
+    /// its user only, as PostgreSQL demands.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A PostgreSQL server on a free loopback port, its data and socket in its own temp dir;
@@ -182,6 +186,29 @@ impl PostgresServer {
             ];
             for s in &options.settings {
                 args.extend(["-c".into(), s.clone()]);
+            }
+            if let Some((cert, key)) = &options.tls {
+                let copy = |from: &Path, name: &str| {
+                    let to = dir.path().join(name);
+                    std::fs::copy(from, &to)
+                        .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+                    std::fs::set_permissions(
+                        &to,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                    )
+                    .expect("chmod the TLS file");
+                    hand_over(&to);
+                    to.display().to_string()
+                };
+                let (cert, key) = (copy(cert, "server.crt"), copy(key, "server.key"));
+                args.extend([
+                    "-c".into(),
+                    "ssl=on".into(),
+                    "-c".into(),
+                    format!("ssl_cert_file={cert}"),
+                    "-c".into(),
+                    format!("ssl_key_file={key}"),
+                ]);
             }
             let (program, args) = as_user(&bin.join("postgres"), args);
             let check = bin.clone();

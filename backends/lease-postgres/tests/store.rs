@@ -222,6 +222,7 @@ async fn an_immediate_restart_keeps_the_fences() {
 async fn fences_are_not_declared_durable_without_synchronous_commit() {
     let Some(server) = PostgresServer::start(PostgresOptions {
         settings: vec!["synchronous_commit=off".into()],
+        ..PostgresOptions::default()
     }) else {
         return;
     };
