@@ -42,6 +42,7 @@ const STORE_OPTIONS: &[&str] = &[
     "schema",
     "statement_timeout",
     "notifications",
+    "queued_grants",
     "sslrootcert",
 ];
 
@@ -57,6 +58,7 @@ const STORE_OPTIONS: &[&str] = &[
 /// | `schema=NAME` | [`schema`](Self::schema) |
 /// | `statement_timeout=MS` | [`statement_timeout`](Self::statement_timeout), in milliseconds (or with a unit: `500ms`, `2s`) |
 /// | `notifications=true\|false` | [`notifications`](Self::notifications) |
+/// | `queued_grants=true\|false` | [`queued_grants`](Self::queued_grants) |
 /// | `sslrootcert=PATH` | with feature `tls`: the CA certificate (PEM) that signed the server's |
 ///
 /// Any other option is an error naming it. The builder's `Debug` output, and every message of
@@ -72,6 +74,7 @@ pub struct PostgresStoreBuilder {
     pub(crate) statement_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) notifications: bool,
+    pub(crate) queued_grants: bool,
     pub(crate) root_cert: Option<std::path::PathBuf>,
 }
 
@@ -81,6 +84,7 @@ struct Parsed {
     schema: Option<String>,
     statement_timeout: Option<Duration>,
     notifications: Option<bool>,
+    queued_grants: Option<bool>,
     root_cert: Option<std::path::PathBuf>,
 }
 
@@ -116,17 +120,8 @@ fn parse(url: &str) -> Result<(tokio_postgres::Config, Parsed), String> {
                     )
                 })?);
             }
-            "notifications" => {
-                parsed.notifications = Some(match value.to_ascii_lowercase().as_str() {
-                    "true" | "1" => true,
-                    "false" | "0" => false,
-                    _ => {
-                        return Err(format!(
-                            "URL option `notifications={value}`: expected true, false, 1 or 0"
-                        ));
-                    }
-                });
-            }
+            "notifications" => parsed.notifications = Some(yes_or_no(name, &value)?),
+            "queued_grants" => parsed.queued_grants = Some(yes_or_no(name, &value)?),
             "sslrootcert" => parsed.root_cert = Some(value.into()),
             _ if DRIVER_OPTIONS.contains(&name) => kept.push(pair),
             _ => {
@@ -153,6 +148,17 @@ fn parse(url: &str) -> Result<(tokio_postgres::Config, Parsed), String> {
         return Err(format!("the URL `{shown}` names no host"));
     }
     Ok((config, parsed))
+}
+
+/// `true`/`1` or `false`/`0` (any case).
+fn yes_or_no(name: &str, value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!(
+            "URL option `{name}={value}`: expected true, false, 1 or 0"
+        )),
+    }
 }
 
 /// `500`, `500ms`, `2s` → a duration; `None` for anything else.
@@ -197,6 +203,7 @@ impl PostgresStoreBuilder {
             statement_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             notifications: true,
+            queued_grants: false,
             root_cert: None,
         };
         b.config = parse(url).map(|(config, parsed)| {
@@ -208,6 +215,9 @@ impl PostgresStoreBuilder {
             }
             if let Some(n) = parsed.notifications {
                 b.notifications = n;
+            }
+            if let Some(q) = parsed.queued_grants {
+                b.queued_grants = q;
             }
             b.root_cert = parsed.root_cert;
             config
@@ -255,6 +265,39 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Whether the store keeps a queue of waiters per key and a release hands the key to the
+    /// oldest live one in the same statement (default **false**; `?queued_grants=true` in the
+    /// URL sets it too). On, the store declares
+    /// [`Capabilities::queued_grants`](lease_core::Capabilities::queued_grants), so the lock's
+    /// waiting calls queue ([`enqueue`](lease_core::LeaseStore::enqueue)) instead of all
+    /// racing for the key at every release; see [`Enqueued`](lease_core::Enqueued) for the
+    /// rules.
+    ///
+    /// - **Table.** `<schema>.waiters`: one entry per (key, holder), in the order of an
+    ///   identity column, with the lease the waiter asked for and a liveness deadline on the
+    ///   server's clock (`clock_timestamp()` + patience, refreshed by every `enqueue`).
+    /// - **Grants.** Every operation is one call of a PL/pgSQL function of the schema
+    ///   (`lease_acquire`, `lease_release`, `lease_leave`) that locks the key's lease row
+    ///   first, drops dead entries, and grants a free key to the oldest live entry (fence + 1,
+    ///   the lease it asked for): a release, or any call that finds the lease expired, hands
+    ///   the key over in its own transaction. The grant is announced with `pg_notify` (at
+    ///   commit) to the granted waiter, whose
+    ///   [`wait_for_grant`](lease_core::LeaseStore::wait_for_grant) returns its fence.
+    /// - **No barging.** While a live entry is queued, nobody else is granted the key, the
+    ///   holder that just released it included.
+    /// - **Mixed settings.** Give every process that shares a schema the same setting: a store
+    ///   without queued grants ignores the queue (it can be granted a key ahead of the waiters,
+    ///   and its releases do not hand over; the queued waiters then take the key at their next
+    ///   call, woken by its release announcement).
+    ///
+    /// Off by default: without a bench run of this store to weigh it (the Redis and SQLite
+    /// stores have it on by default for the fairness and handoff their bench runs measured),
+    /// the plain statements, one `INSERT … ON CONFLICT` per acquire, stay the default.
+    pub fn queued_grants(mut self, yes: bool) -> Self {
+        self.queued_grants = yes;
+        self
+    }
+
     /// The server the listening connection (see [`notifications`](Self::notifications))
     /// connects to, when it differs from the store's URL: the PostgreSQL server itself while
     /// the statements go through a transaction-pooling PgBouncer. Same URL forms; the store's
@@ -264,6 +307,7 @@ impl PostgresStoreBuilder {
             if parsed.schema.is_some()
                 || parsed.statement_timeout.is_some()
                 || parsed.notifications.is_some()
+                || parsed.queued_grants.is_some()
             {
                 Err(format!(
                     "the listen URL `{}` carries store options; give them on the store's URL",
@@ -352,6 +396,7 @@ impl fmt::Debug for PostgresStoreBuilder {
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("notifications", &self.notifications)
+            .field("queued_grants", &self.queued_grants)
             .field("root_cert", &self.root_cert)
             .finish()
     }
@@ -365,12 +410,13 @@ mod tests {
     fn store_options_are_taken_out_and_the_rest_goes_to_the_driver() {
         let b = PostgresStoreBuilder::new(
             "postgres://app:hunter2@db.internal:6432/locks?schema=My%20Locks&statement_timeout=750\
-             &notifications=false&application_name=jobs",
+             &notifications=false&application_name=jobs&queued_grants=1",
         );
         b.validate().expect("valid");
         assert_eq!(b.schema, "My Locks");
         assert_eq!(b.statement_timeout, Duration::from_millis(750));
         assert!(!b.notifications);
+        assert!(b.queued_grants);
         let config = b.config.as_ref().unwrap();
         assert_eq!(config.get_dbname(), Some("locks"));
         assert_eq!(config.get_user(), Some("app"));

@@ -61,8 +61,9 @@ fn by_sqlstate(code: &SqlState) -> (StoreErrorKind, String) {
         ),
         _ if *code == SqlState::INSUFFICIENT_PRIVILEGE => (
             Permanent,
-            "permission denied: the user needs USAGE on the store's schema and SELECT, \
-             INSERT, UPDATE on its tables (and CREATE for the first migration)"
+            "permission denied: the user needs USAGE on the store's schema, SELECT, INSERT, \
+             UPDATE on its tables (and DELETE on `waiters` for queued grants), and CREATE for \
+             the first migration"
                 .to_owned(),
         ),
         _ if *code == SqlState::INVALID_CATALOG_NAME => {

@@ -45,6 +45,21 @@
 //! - *inspect* ([`inspect`](lease_core::LeaseStore::inspect)): one `SELECT` with the server's
 //!   clock; writes nothing.
 //!
+//! **Queued grants** ([`PostgresStoreBuilder::queued_grants`], off by default): a table
+//! `<schema>.waiters` keeps one entry per waiting (key, holder) in arrival order, with the
+//! lease it asked for and a liveness deadline on the server's clock. The operations are then
+//! calls of PL/pgSQL functions of the schema (`lease_acquire`, `lease_release`,
+//! `lease_leave`), each one statement that locks the key's lease row before it touches the
+//! key's queue. Every call that may find the key free first drops the key's dead entries and
+//! grants a free key to the oldest live one (fence + 1, the lease it asked for), announcing the
+//! grant (`pg_notify`, at commit) to the granted waiter: a release hands the key over in its
+//! own transaction, and no newcomer, not even the releasing holder, overtakes a live waiter.
+//! [`wait_for_grant`](lease_core::LeaseStore::wait_for_grant) returns the fence of the
+//! announced grant, or `None` when the key is free or the holder's lease ran out (the lock's
+//! next [`enqueue`](lease_core::LeaseStore::enqueue) settles it); a waiter that gives up
+//! [leaves the queue](lease_core::LeaseStore::leave_queue) and passes a grant that raced in
+//! to the next waiter.
+//!
 //! **One clock.** Expiry is `clock_timestamp()` of the server, when the statement runs:
 //! clients' clocks never matter. A step of the *server's* wall clock moves every lease with it
 //! (as Redis's `TIME` does); keep it disciplined (NTP slewing, not stepping).
@@ -124,6 +139,7 @@ mod config;
 mod conn;
 mod error;
 mod notify;
+mod queue;
 mod schema;
 mod store;
 #[cfg(feature = "tls")]

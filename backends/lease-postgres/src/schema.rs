@@ -21,6 +21,131 @@ const MIGRATIONS: &[&str] = &[
          fence bigint NOT NULL CHECK (fence > 0),
          expires_at timestamptz NOT NULL
      ) WITH (fillfactor = 50);",
+    // Queued grants (see `queue.rs`): one entry per waiting (key, holder), in the order of
+    // `seq` (an identity: never reused), with the lease it asked for and a liveness deadline on
+    // the server's clock. The functions are the operations of a store with queued grants, each
+    // one statement (so one transaction) that locks the key's lease row first: every change of
+    // a key's queue happens under that lock.
+    "CREATE TABLE {s}.waiters (
+         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+         key bytea NOT NULL,
+         holder bytea NOT NULL,
+         lease interval NOT NULL,
+         live_until timestamptz NOT NULL,
+         UNIQUE (key, holder)
+     );
+     CREATE INDEX waiters_in_order ON {s}.waiters (key, seq);
+
+     -- Locks the key's row, drops its dead entries and, if the key is free, grants it to the
+     -- oldest live entry (fence + 1, the lease it asked for) and announces the grant on
+     -- `chan` as `g <fence> <hex key> <hex holder>`. Returns the row as it is now (all NULL
+     -- for a key never granted).
+     CREATE FUNCTION {s}.lease_settle(p_key bytea, chan text) RETURNS {s}.leases
+     LANGUAGE plpgsql AS $$
+     DECLARE
+         r {s}.leases;
+         w {s}.waiters;
+         now_ timestamptz := clock_timestamp();
+     BEGIN
+         SELECT * INTO r FROM {s}.leases l WHERE l.key = p_key FOR UPDATE;
+         IF r.key IS NULL THEN
+             RETURN r;
+         END IF;
+         DELETE FROM {s}.waiters q WHERE q.key = p_key AND q.live_until <= now_;
+         IF r.holder IS NOT NULL AND r.expires_at > now_ THEN
+             RETURN r;
+         END IF;
+         SELECT * INTO w FROM {s}.waiters q WHERE q.key = p_key ORDER BY q.seq LIMIT 1;
+         IF w.seq IS NULL THEN
+             RETURN r;
+         END IF;
+         DELETE FROM {s}.waiters q WHERE q.seq = w.seq;
+         UPDATE {s}.leases l SET holder = w.holder, fence = l.fence + 1,
+                expires_at = now_ + w.lease
+          WHERE l.key = p_key RETURNING * INTO r;
+         PERFORM pg_notify(chan, 'g ' || r.fence || ' ' || encode(p_key, 'hex') || ' '
+                                 || encode(w.holder, 'hex'));
+         RETURN r;
+     END $$;
+
+     -- Acquire in order: settles the key, then grants or extends it for `p_holder` when no
+     -- live waiter is ahead, else (with `queue`) queues it or refreshes its entry, which keeps
+     -- its place. Returns whether it holds the key now, and the key's fence.
+     CREATE FUNCTION {s}.lease_acquire(p_key bytea, p_holder bytea, p_lease interval,
+                                       p_patience interval, queue boolean, chan text)
+     RETURNS TABLE (granted boolean, fence bigint)
+     LANGUAGE plpgsql AS $$
+     DECLARE
+         r {s}.leases;
+         now_ timestamptz;
+     BEGIN
+         r := {s}.lease_settle(p_key, chan);
+         IF r.key IS NULL THEN
+             INSERT INTO {s}.leases AS l (key, holder, fence, expires_at)
+             VALUES (p_key, p_holder, 1, clock_timestamp() + p_lease)
+             ON CONFLICT (key) DO NOTHING RETURNING * INTO r;
+             IF r.key IS NOT NULL THEN
+                 RETURN QUERY SELECT true, r.fence;
+                 RETURN;
+             END IF;
+             -- Inserted by a concurrent call since: settle what it committed.
+             r := {s}.lease_settle(p_key, chan);
+         END IF;
+         now_ := clock_timestamp();
+         IF r.holder = p_holder THEN
+             -- Its own key: live, or expired with nobody live queued (else it was settled on).
+             UPDATE {s}.leases l SET expires_at = now_ + p_lease WHERE l.key = p_key;
+             DELETE FROM {s}.waiters q WHERE q.key = p_key AND q.holder = p_holder;
+             RETURN QUERY SELECT true, r.fence;
+             RETURN;
+         END IF;
+         IF r.holder IS NOT NULL AND r.expires_at > now_ THEN
+             IF queue THEN
+                 INSERT INTO {s}.waiters AS q (key, holder, lease, live_until)
+                 VALUES (p_key, p_holder, p_lease, now_ + p_patience)
+                 ON CONFLICT (key, holder) DO UPDATE
+                     SET lease = excluded.lease, live_until = excluded.live_until;
+             END IF;
+             RETURN QUERY SELECT false, r.fence;
+             RETURN;
+         END IF;
+         -- Free, and nobody live queued.
+         UPDATE {s}.leases l SET holder = p_holder, fence = l.fence + 1,
+                expires_at = now_ + p_lease
+          WHERE l.key = p_key RETURNING * INTO r;
+         DELETE FROM {s}.waiters q WHERE q.key = p_key AND q.holder = p_holder;
+         RETURN QUERY SELECT true, r.fence;
+     END $$;
+
+     -- Release with grant: frees the key if `p_holder` holds it (with `p_fence`, unless NULL),
+     -- then grants it to the oldest live waiter; announces the key free if nobody was.
+     CREATE FUNCTION {s}.lease_release(p_key bytea, p_holder bytea, p_fence bigint, chan text)
+     RETURNS boolean
+     LANGUAGE plpgsql AS $$
+     DECLARE
+         r {s}.leases;
+     BEGIN
+         UPDATE {s}.leases l SET holder = NULL
+          WHERE l.key = p_key AND l.holder = p_holder AND (p_fence IS NULL OR l.fence = p_fence);
+         IF NOT FOUND THEN
+             RETURN false;
+         END IF;
+         r := {s}.lease_settle(p_key, chan);
+         IF r.holder IS NULL THEN
+             PERFORM pg_notify(chan, encode(p_key, 'hex'));
+         END IF;
+         RETURN true;
+     END $$;
+
+     -- A waiter gives up: its entry goes, and a grant made to it meanwhile is released to the
+     -- next waiter.
+     CREATE FUNCTION {s}.lease_leave(p_key bytea, p_holder bytea, chan text) RETURNS boolean
+     LANGUAGE plpgsql AS $$
+     BEGIN
+         PERFORM 1 FROM {s}.leases l WHERE l.key = p_key FOR UPDATE;
+         DELETE FROM {s}.waiters q WHERE q.key = p_key AND q.holder = p_holder;
+         RETURN {s}.lease_release(p_key, p_holder, NULL, chan);
+     END $$;",
 ];
 
 /// The schema version this build writes.

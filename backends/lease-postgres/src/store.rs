@@ -13,6 +13,7 @@ use crate::config::PostgresStoreBuilder;
 use crate::conn::{self, Shared, Tls};
 use crate::error::{bad_answer, classify, timed_out};
 use crate::notify::{self, EVERY_KEY, Listener};
+use crate::queue::QueueStatements;
 use crate::schema::{self, quote_ident};
 
 /// The oldest server the statements run on (`ON CONFLICT`, `to_regclass(text)`).
@@ -40,6 +41,8 @@ struct Inner {
     channel: String,
     listener: Option<Listener>,
     durable_fences: bool,
+    /// The statements of queued grants, when the store has them.
+    queue: Option<QueueStatements>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -48,6 +51,7 @@ impl std::fmt::Debug for PostgresStore {
             .field("server", &self.inner.shown)
             .field("schema", &self.inner.schema)
             .field("notifications", &self.inner.listener.is_some())
+            .field("queued_grants", &self.inner.queue.is_some())
             .finish()
     }
 }
@@ -193,6 +197,7 @@ impl PostgresStore {
         } else {
             None
         };
+        let queue = b.queued_grants.then(|| QueueStatements::new(&b.schema));
         Ok(PostgresStore {
             inner: Arc::new(Inner {
                 conn: Shared::new(config, tls, b.connect_timeout, shown.clone(), client),
@@ -203,6 +208,7 @@ impl PostgresStore {
                 channel,
                 listener,
                 durable_fences,
+                queue,
             }),
         })
     }
@@ -229,7 +235,7 @@ impl PostgresStore {
     ///
     /// Dropped at any await, it leaves nothing behind: tokio-postgres matches each answer to
     /// its own request, and discards the answer of a dropped one.
-    async fn query(
+    pub(crate) async fn query(
         &self,
         what: &(dyn Fn() -> String + Sync),
         sql: &str,
@@ -289,12 +295,12 @@ async fn check_server(client: &tokio_postgres::Client, shown: &str) -> Result<bo
 }
 
 /// A lease in microseconds, rounded up, at most [`MAX_LEASE`].
-fn micros(lease: Duration) -> f64 {
+pub(crate) fn micros(lease: Duration) -> f64 {
     let lease = lease.min(MAX_LEASE);
     lease.as_nanos().div_ceil(1000) as f64
 }
 
-fn to_fence(what: &(dyn Fn() -> String + Sync), n: i64) -> Result<Fence, StoreError> {
+pub(crate) fn to_fence(what: &(dyn Fn() -> String + Sync), n: i64) -> Result<Fence, StoreError> {
     Fence::from_i64(n).ok_or_else(|| {
         StoreError::new(
             lease_core::StoreErrorKind::FenceRegressed,
@@ -310,7 +316,7 @@ fn holder_string(bytes: Vec<u8>) -> String {
 }
 
 /// The fence counter cannot go up: a permanent error, never a repeated fence.
-fn out_of_fences(what: &(dyn Fn() -> String + Sync), e: StoreError) -> StoreError {
+pub(crate) fn out_of_fences(what: &(dyn Fn() -> String + Sync), e: StoreError) -> StoreError {
     let overflow = std::error::Error::source(&e)
         .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
         .and_then(tokio_postgres::Error::code)
@@ -329,6 +335,28 @@ fn out_of_fences(what: &(dyn Fn() -> String + Sync), e: StoreError) -> StoreErro
 }
 
 impl PostgresStore {
+    /// The statements of queued grants.
+    ///
+    /// # Panics
+    ///
+    /// In a store without them: callers check [`Self::is_queued`] first.
+    pub(crate) fn queue_sql(&self) -> &QueueStatements {
+        self.inner
+            .queue
+            .as_ref()
+            .expect("only called by a store with queued grants")
+    }
+
+    /// Whether the store has queued grants.
+    fn is_queued(&self) -> bool {
+        self.inner.queue.is_some()
+    }
+
+    /// The listening connection, if the store has one.
+    pub(crate) fn listener(&self) -> Option<&Listener> {
+        self.inner.listener.as_ref()
+    }
+
     /// The key's live holder and the time left, if any, for waiters: `None` when the key is
     /// free.
     async fn live_lease(&self, key: &str) -> Result<Option<Duration>, StoreError> {
@@ -393,6 +421,16 @@ impl LeaseStore for PostgresStore {
         holder: &str,
     ) -> Result<Option<Fence>, StoreError> {
         validate(NAME, key, holder)?;
+        if self.is_queued() {
+            if lease.is_zero() {
+                self.queued_release(key, holder, None).await?;
+                return Ok(None);
+            }
+            let (granted, fence) = self
+                .queued_acquire(lease, key, holder, Duration::ZERO, false)
+                .await?;
+            return Ok(granted.then_some(fence));
+        }
         if lease.is_zero() {
             self.release_where(key, holder, None).await?;
             return Ok(None);
@@ -453,6 +491,9 @@ impl LeaseStore for PostgresStore {
         let Some(f) = fence.to_i64() else {
             return Ok(false);
         };
+        if self.is_queued() {
+            return self.queued_release(key, holder, Some(f)).await;
+        }
         self.release_where(key, holder, Some(f)).await
     }
 
@@ -557,8 +598,49 @@ impl LeaseStore for PostgresStore {
         )))
     }
 
+    /// With queued grants: one call of `lease_acquire`, which settles the key, then grants it,
+    /// confirms a grant made to `holder`, or queues `holder` (see the crate docs). Without
+    /// them: `try_lock`.
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<lease_core::Enqueued, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.is_queued() || lease.is_zero() {
+            return Ok(lease_core::Enqueued::from_try_lock(
+                self.try_lock(lease, key, holder).await?,
+            ));
+        }
+        self.queued_enqueue(lease, key, holder, patience).await
+    }
+
+    /// With queued grants: returns the fence of a grant to `holder` when it is announced (or
+    /// found in the row), `None` when the key is free or the holder's lease ran out (the next
+    /// `enqueue` settles it), or after `max_wait`. Without them: `wait_for_change`, then `None`.
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        if !self.is_queued() {
+            self.wait_for_change(key, max_wait).await;
+            return None;
+        }
+        self.queued_wait_for_grant(key, holder, max_wait).await
+    }
+
+    /// With queued grants: one call of `lease_leave` (the entry goes; a grant made to `holder`
+    /// meanwhile goes to the next waiter). Without them: `false`.
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        validate(NAME, key, holder)?;
+        if !self.is_queued() {
+            return Ok(false);
+        }
+        self.queued_leave(key, holder).await
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(NAME)
+            .with_queued_grants(self.is_queued())
             .with_leases(Duration::from_micros(1), Duration::from_micros(1))
             .with_notifications(self.inner.listener.is_some())
             .with_durable_fences(self.inner.durable_fences)

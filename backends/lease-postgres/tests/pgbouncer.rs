@@ -1,7 +1,8 @@
 //! The store through PgBouncer in transaction pool mode (Debian's, 1.18: no support for named
 //! prepared statements), with a pool of two server connections shared by every store: the
-//! whole conformance suite, migrations included, and many stores at once. The listening
-//! connection goes to the server directly (`listen_url`), as the crate docs advise.
+//! whole conformance suite (with and without queued grants), migrations included, and many
+//! stores at once. The listening connection goes to the server directly (`listen_url`), as the
+//! crate docs advise.
 
 mod common;
 
@@ -40,6 +41,24 @@ async fn conformance_store() -> PostgresStore {
 }
 
 lease_core::conformance_tests!(conformance_store());
+
+/// The same with queued grants: the schema's functions through the pooler.
+mod queued {
+    use super::*;
+
+    async fn store() -> PostgresStore {
+        let bouncer = bouncer().expect("the pgbouncer suite needs PostgreSQL and PgBouncer");
+        PostgresStore::builder(&bouncer.url())
+            .schema("pooled-queued")
+            .queued_grants(true)
+            .listen_url(&common::url().expect("PostgreSQL"))
+            .connect()
+            .await
+            .expect("connect through pgbouncer")
+    }
+
+    lease_core::conformance_tests!(store());
+}
 
 /// Twenty stores (twenty client connections) on two server connections, four keys, locks
 /// taken and released in turn: no statement depends on a session.
