@@ -124,6 +124,13 @@
 //! with `synchronous_standby_names`) where a failover must keep fences. A server restored
 //! from an older backup goes back in time the same way.
 //!
+//! **Fence regressions are detected, not silently reused** (within one store instance): the
+//! store remembers the highest fence it saw per key (up to [`MAX_TRACKED_KEYS`] keys), and a
+//! grant below it (or equal to it for another holder), or a key's fence below it in any other
+//! answer, fails with [`StoreErrorKind::FenceRegressed`](lease_core::StoreErrorKind::FenceRegressed),
+//! which the lock treats as a loss. A process that starts after the data loss cannot tell;
+//! fenced resources still refuse the repeated fences.
+//!
 //! # Features
 //!
 //! | feature | what it adds |
@@ -141,11 +148,13 @@ mod error;
 mod notify;
 mod queue;
 mod schema;
+mod seen;
 mod store;
 #[cfg(feature = "tls")]
 mod tls;
 
 pub use config::{DEFAULT_SCHEMA, PostgresStoreBuilder};
+pub use seen::MAX_TRACKED_KEYS;
 pub use store::PostgresStore;
 pub use tokio_postgres;
 

@@ -67,6 +67,7 @@ impl PostgresStore {
         let (k, h) = (key.as_bytes(), holder.as_bytes());
         let (us, patience) = (micros(lease), micros(patience));
         let sql = &self.queue_sql().acquire;
+        let before = self.seen().before(key);
         let rows = self
             .query(
                 &what,
@@ -85,8 +86,13 @@ impl PostgresStore {
         let row = rows.first().ok_or_else(|| bad_answer(&what(), "no row"))?;
         let bad = |e| bad_answer(&what(), e);
         let granted: bool = row.try_get(0).map_err(bad)?;
-        let fence = to_fence(&what, row.try_get(1).map_err(bad)?)?;
-        Ok((granted, fence))
+        let n: i64 = row.try_get(1).map_err(bad)?;
+        if granted {
+            self.seen().granted(key, Some(holder), n, before)?;
+        } else {
+            self.seen().current(key, Some(n), before)?;
+        }
+        Ok((granted, to_fence(&what, n)?))
     }
 
     /// `lease_release`: frees the key if `holder` holds it (with `fence`, if given) and grants

@@ -15,6 +15,7 @@ use crate::error::{bad_answer, classify, timed_out};
 use crate::notify::{self, EVERY_KEY, Listener};
 use crate::queue::QueueStatements;
 use crate::schema::{self, quote_ident};
+use crate::seen::Seen;
 
 /// The oldest server the statements run on (`ON CONFLICT`, `to_regclass(text)`).
 const MIN_SERVER_VERSION: i32 = 100_000;
@@ -43,6 +44,8 @@ struct Inner {
     durable_fences: bool,
     /// The statements of queued grants, when the store has them.
     queue: Option<QueueStatements>,
+    /// The highest fence seen per key, to notice a server that lost grants.
+    seen: Seen,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -209,6 +212,7 @@ impl PostgresStore {
                 listener,
                 durable_fences,
                 queue,
+                seen: Seen::default(),
             }),
         })
     }
@@ -352,6 +356,11 @@ impl PostgresStore {
         self.inner.queue.is_some()
     }
 
+    /// The fences this store has seen.
+    pub(crate) fn seen(&self) -> &Seen {
+        &self.inner.seen
+    }
+
     /// The listening connection, if the store has one.
     pub(crate) fn listener(&self) -> Option<&Listener> {
         self.inner.listener.as_ref()
@@ -437,6 +446,7 @@ impl LeaseStore for PostgresStore {
         }
         let what = || format!("try_lock of `{key}`");
         let (k, h, us) = (key.as_bytes(), holder.as_bytes(), micros(lease));
+        let before = self.inner.seen.before(key);
         let rows = self
             .query(
                 &what,
@@ -449,6 +459,7 @@ impl LeaseStore for PostgresStore {
             None => Ok(None),
             Some(row) => {
                 let n: i64 = row.try_get(0).map_err(|e| bad_answer(&what(), e))?;
+                self.inner.seen.granted(key, Some(holder), n, before)?;
                 to_fence(&what, n).map(Some)
             }
         }
@@ -544,15 +555,19 @@ impl LeaseStore for PostgresStore {
         validate_key(NAME, key)?;
         let what = || format!("inspect of `{key}`");
         let k = key.as_bytes();
+        let before = self.inner.seen.before(key);
         let rows = self
             .query(&what, &self.inner.sql.inspect, &[(&k, Type::BYTEA)])
             .await?;
         let Some(row) = rows.first() else {
+            self.inner.seen.current(key, None, before)?;
             return Ok(KeyState::free(None));
         };
         let bad = |e| bad_answer(&what(), e);
         let holder: Option<Vec<u8>> = row.try_get(0).map_err(bad)?;
-        let fence = to_fence(&what, row.try_get(1).map_err(bad)?)?;
+        let n: i64 = row.try_get(1).map_err(bad)?;
+        self.inner.seen.current(key, Some(n), before)?;
+        let fence = to_fence(&what, n)?;
         let live: bool = row.try_get(2).map_err(bad)?;
         let left_us: i64 = row.try_get(3).map_err(bad)?;
         match holder {
@@ -572,6 +587,7 @@ impl LeaseStore for PostgresStore {
         let what = || format!("break_lock of `{key}`");
         let k = key.as_bytes();
         let payload = notify::payload_of(key);
+        let before = self.inner.seen.before(key);
         let rows = self
             .query(
                 &what,
@@ -588,7 +604,9 @@ impl LeaseStore for PostgresStore {
             return Ok(None);
         };
         let bad = |e| bad_answer(&what(), e);
-        let fence = to_fence(&what, row.try_get(0).map_err(bad)?)?;
+        let n: i64 = row.try_get(0).map_err(bad)?;
+        self.inner.seen.granted(key, None, n, before)?;
+        let fence = to_fence(&what, n)?;
         let previous: Option<Vec<u8>> = row.try_get(1).map_err(bad)?;
         let was_live: bool = row.try_get(2).map_err(bad)?;
         Ok(Some(BrokenLock::new(

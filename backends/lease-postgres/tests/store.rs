@@ -319,3 +319,37 @@ async fn a_user_without_create_uses_a_migrated_schema() {
     assert_eq!(e.kind(), StoreErrorKind::Permanent, "{e}");
     assert!(e.to_string().contains("permission denied"), "{e}");
 }
+
+/// The server loses committed grants (here: the table is set back as a restored older backup
+/// would have it): the store that saw the later fences says so instead of handing one out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_that_goes_back_is_reported_not_reused() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("regressed");
+    let store = common::store_in(&url, &schema).await;
+    let mut last = None;
+    for holder in ["a", "b", "c"] {
+        let f = store.try_lock(LEASE, "k", holder).await.unwrap().unwrap();
+        assert!(store.release("k", holder, f).await.unwrap());
+        last = Some(f);
+    }
+    assert_eq!(last.map(|f| f.get()), Some(3));
+    let admin = session(&url).await;
+    admin
+        .execute(
+            &format!("UPDATE \"{schema}\".leases SET fence = 1, holder = NULL"),
+            &[],
+        )
+        .await
+        .expect("set the fence back");
+    let e = store
+        .try_lock(LEASE, "k", "d")
+        .await
+        .expect_err("fence 2 again");
+    assert_eq!(e.kind(), StoreErrorKind::FenceRegressed, "{e}");
+    let e = store.inspect("k").await.expect_err("below the fence seen");
+    assert_eq!(e.kind(), StoreErrorKind::FenceRegressed, "{e}");
+    // A store that starts after the loss cannot tell; fenced resources still refuse.
+    let fresh = common::store_in(&url, &schema).await;
+    assert!(fresh.inspect("k").await.is_ok());
+}
