@@ -84,7 +84,11 @@
 //! retries it until the lease's deadline), the store sends PostgreSQL a cancel request for it,
 //! and drops the connection: statements queued behind a stuck one (a row locked by an
 //! operator's open transaction, a paused server) are not held up, and the next call opens a
-//! fresh connection. Connecting is bounded by [`PostgresStoreBuilder::connect_timeout`].
+//! fresh connection. Connecting is bounded by [`PostgresStoreBuilder::connect_timeout`]. The
+//! timeout is the client's, not a session's `statement_timeout` or `lock_timeout`: a session
+//! setting does not survive transaction pooling, and a pooler may refuse the startup option
+//! that carries it. On a direct connection the server's own can be added with the driver's
+//! `options` (`?options=-c%20lock_timeout%3D1000`), so that the server too gives up a wait.
 //!
 //! **Connections.** A store holds *one* connection for statements, shared by every call and
 //! clone: tokio-postgres pipelines concurrent statements on it, so the heartbeats of many keys

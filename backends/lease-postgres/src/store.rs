@@ -26,7 +26,13 @@ const MAX_LEASE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The PostgreSQL store; see the [crate docs](crate) for the protocol and its limits.
 ///
-/// Clones share one connection for statements and one listening connection.
+/// Clones share one connection for statements, one listening connection and the memory of
+/// fences seen. A lost connection is opened again by the next call; calls made while the
+/// server is unreachable fail with transient errors.
+///
+/// `Debug` shows the server without its password. The connections' tasks run on the tokio
+/// runtime that called [`connect`](PostgresStoreBuilder::connect); use the store within that
+/// runtime.
 #[derive(Clone)]
 pub struct PostgresStore {
     inner: Arc<Inner>,
