@@ -353,3 +353,40 @@ async fn a_fence_that_goes_back_is_reported_not_reused() {
     let fresh = common::store_in(&url, &schema).await;
     assert!(fresh.inspect("k").await.is_ok());
 }
+
+/// On a direct connection the server's own `lock_timeout` can be added through the driver's
+/// `options`: the server gives up the wait itself, and the error is transient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_lock_timeout_through_the_driver_options_is_transient() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("lock-timeout");
+    let store = PostgresStore::builder(&format!("{url}?options=-c%20lock_timeout%3D200"))
+        .schema(&schema)
+        .statement_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("connect");
+    let f = store.try_lock(LEASE, "k", "alice").await.unwrap().unwrap();
+    let mut other = session(&url).await;
+    let tx = other.transaction().await.expect("begin");
+    tx.execute(
+        &format!("SELECT 1 FROM \"{schema}\".leases WHERE key = 'k'::bytea FOR UPDATE"),
+        &[],
+    )
+    .await
+    .expect("lock the row");
+    let started = Instant::now();
+    let e = store
+        .renew(LEASE, "k", "alice", f)
+        .await
+        .expect_err("locked");
+    assert_eq!(e.kind(), StoreErrorKind::Transient, "{e}");
+    assert!(e.to_string().contains("locked by another session"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    tx.rollback().await.expect("rollback");
+    assert!(store.renew(LEASE, "k", "alice", f).await.unwrap());
+}
