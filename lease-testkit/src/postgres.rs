@@ -118,6 +118,26 @@ fn hand_over(path: &Path) {
     }
 }
 
+/// Removes `dir` once this test process is gone (a server kept in a `static` is never dropped,
+/// and a PostgreSQL data directory is tens of megabytes): a detached shell that waits for the
+/// process, gives the watchdog time to kill the server, and removes the directory. A directory
+/// removed on drop before then is simply gone already.
+fn remove_when_gone(dir: &Path) {
+    const CLEANER: &str =
+        r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; sleep 2; rm -rf -- "$2""#;
+    let spawned = Command::new("/bin/sh")
+        .args(["-c", CLEANER, "postgres-cleaner"])
+        .arg(std::process::id().to_string())
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("cannot start the cleaner of {}: {e}", dir.display());
+    }
+}
+
 /// Whether a server (PostgreSQL or PgBouncer) accepts connections on `port`.
 fn accepting(bin: &Path, port: u16) -> bool {
     Command::new(bin.join("pg_isready"))
@@ -136,6 +156,7 @@ impl PostgresServer {
     pub fn start(options: PostgresOptions) -> Option<PostgresServer> {
         let bin = bin_dir()?;
         let dir = tempfile::tempdir().expect("temp dir for PostgreSQL");
+        remove_when_gone(dir.path());
         hand_over(dir.path());
         let pwfile = dir.path().join("pwfile");
         std::fs::write(&pwfile, format!("{POSTGRES_PASSWORD}\n")).expect("write the pwfile");
@@ -154,6 +175,8 @@ impl PostgresServer {
                 "--encoding=UTF8".into(),
                 "--no-locale".into(),
                 "--no-sync".into(),
+                // 1 MB WAL segments instead of 16: a throwaway cluster of a few MB.
+                "--wal-segsize=1".into(),
             ],
         );
         let out = Command::new(&program)
@@ -183,6 +206,10 @@ impl PostgresServer {
                 "max_connections=300".into(),
                 "-c".into(),
                 "shared_buffers=16MB".into(),
+                "-c".into(),
+                "min_wal_size=4MB".into(),
+                "-c".into(),
+                "max_wal_size=32MB".into(),
             ];
             for s in &options.settings {
                 args.extend(["-c".into(), s.clone()]);
@@ -318,6 +345,7 @@ impl PgBouncer {
             .find(|p| p.is_file())
             .or_else(|| require_binary("pgbouncer", "pgbouncer"))?;
         let dir = tempfile::tempdir().expect("temp dir for pgbouncer");
+        remove_when_gone(dir.path());
         hand_over(dir.path());
         let users = dir.path().join("users.txt");
         std::fs::write(
