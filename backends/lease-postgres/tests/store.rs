@@ -390,3 +390,50 @@ async fn the_servers_lock_timeout_through_the_driver_options_is_transient() {
     tx.rollback().await.expect("rollback");
     assert!(store.renew(LEASE, "k", "alice", f).await.unwrap());
 }
+
+/// The listening connection is killed: it comes back by itself, and releases wake waiters
+/// again, long before their bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listening_connection_comes_back_after_it_was_killed() {
+    let Some(url) = common::url() else { return };
+    let name = common::unique_schema("deaf");
+    let schema = common::unique_schema("relisten");
+    let waiter = std::sync::Arc::new(
+        PostgresStore::builder(&format!("{url}?application_name={name}"))
+            .schema(&schema)
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let holder = common::store_in(&url, &schema).await;
+    let admin = session(&url).await;
+    // Both of the waiter's connections (statements and listening) go.
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .expect("terminate");
+    assert_eq!(killed.len(), 2, "a statement and a listening connection");
+    // The listener's first pause is at most 50 ms; the statement connection comes back at the
+    // waiter's next call.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = waiter.inspect("k").await;
+    let f = holder.try_lock(LEASE, "k", "alice").await.unwrap().unwrap();
+    let task = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            waiter.wait_for_change("k", Duration::from_secs(20)).await;
+            started.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(holder.release("k", "alice", f).await.unwrap());
+    let waited = task.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the release was not heard: waited {waited:?}"
+    );
+}
