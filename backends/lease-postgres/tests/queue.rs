@@ -75,6 +75,10 @@ async fn locks_are_served_in_order() {
         .build()
         .unwrap();
     let guard = lock.lock_timeout(Duration::from_secs(5)).await.unwrap();
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for i in 0..4 {
@@ -91,7 +95,11 @@ async fn locks_are_served_in_order() {
             g.release().await.unwrap();
         }));
         // Each one queued before the next starts.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while queued(&admin, &schema).await < i + 1 {
+            assert!(Instant::now() < deadline, "waiter {i} never queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let mut last = guard.fence();
     guard.release().await.unwrap();
@@ -104,6 +112,16 @@ async fn locks_are_served_in_order() {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// How many entries the schema's queue has.
+async fn queued(admin: &tokio_postgres::Client, schema: &str) -> usize {
+    let n: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".waiters"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    usize::try_from(n).unwrap()
 }
 
 /// A schema written by the first version (leases only) is migrated to the queue and keeps its
