@@ -28,6 +28,10 @@ need=(
   /usr/bin/setpriv:util-linux
   /usr/bin/python3:python3
   /usr/lib/python3/dist-packages/redis/__init__.py:python3-redis
+  # The PostgreSQL server (the metapackage pulls in the current postgresql-NN, whose programs
+  # live in /usr/lib/postgresql/NN/bin with pg_isready from its client) and PgBouncer.
+  /usr/share/doc/postgresql/copyright:postgresql
+  /usr/sbin/pgbouncer:pgbouncer
 )
 packages=()
 for entry in "${need[@]}"; do
@@ -65,9 +69,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --lock
 step "tests (unit, integration and doc; 10,000 simulated schedules)"
 LEASE_SIM_SCHEDULES=10000 cargo test --workspace --all-features --locked --no-fail-fast
 
-step "tests of feature choices: leasehold with no store built, lease-redis TLS without tls-ring"
+step "tests of feature choices: leasehold with no store built, lease-redis and lease-postgres TLS without tls-ring"
 cargo test -p leasehold --no-default-features --lib --tests --locked
 cargo test -p lease-redis --features tls --test tls --locked
+cargo test -p lease-postgres --features tls --test tls --locked
 
 step "loom model checks"
 RUSTFLAGS="--cfg lease_loom" CARGO_TARGET_DIR=target/loom \

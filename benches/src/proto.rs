@@ -54,6 +54,9 @@ pub(crate) enum Imp {
     /// redis-py's `Lock` (Python), in a `python3` process of its own that speaks the worker
     /// protocol (`benches/peers/redis_py.py`).
     RedisPy,
+    /// PostgreSQL's session advisory lock (`pg_advisory_lock`), on a connection of its own:
+    /// queued in the server, FIFO, handed over by the server at unlock.
+    PgAdvisoryLock,
 }
 
 /// What an [`Imp`] is, for the scenarios that pick their contenders by it.
@@ -81,6 +84,7 @@ impl Imp {
             Imp::EtcdLockRpc => "etcd-lock-rpc",
             Imp::Rslock => "rslock",
             Imp::RedisPy => "redis-py",
+            Imp::PgAdvisoryLock => "pg-advisory-lock",
         }
     }
 
@@ -89,7 +93,7 @@ impl Imp {
             Imp::Floor | Imp::FloorFastest => Kind::Floor,
             Imp::Ours | Imp::OursBarging | Imp::Ancestor => Kind::Lock,
             Imp::StoreTryLock => Kind::Raw,
-            Imp::EtcdLockRpc | Imp::Rslock | Imp::RedisPy => Kind::Peer,
+            Imp::EtcdLockRpc | Imp::Rslock | Imp::RedisPy | Imp::PgAdvisoryLock => Kind::Peer,
         }
     }
 }

@@ -183,12 +183,16 @@ impl Opened {
                 lease: Duration::from_millis(lease_ms.unwrap_or(10_000)),
             },
             Imp::RedisPy => bail!("redis-py runs in a Python process, not in this worker"),
-            Imp::EtcdLockRpc | Imp::Rslock if self.backend.peers().contains(&imp) => Locker::Peer(
-                self.backend
-                    .peer_lock(&self.target.location, key, lease_ms)
-                    .await?,
-            ),
-            Imp::EtcdLockRpc | Imp::Rslock => bail!(
+            Imp::EtcdLockRpc | Imp::Rslock | Imp::PgAdvisoryLock
+                if self.backend.peers().contains(&imp) =>
+            {
+                Locker::Peer(
+                    self.backend
+                        .peer_lock(&self.target.location, key, lease_ms)
+                        .await?,
+                )
+            }
+            Imp::EtcdLockRpc | Imp::Rslock | Imp::PgAdvisoryLock => bail!(
                 "{} is no peer of the {} store in this build",
                 imp.name(),
                 self.target.scheme.name()

@@ -1,5 +1,5 @@
 //! Test support shared by every backend: start a real server binary on a free loopback port in a
-//! temp dir, wait until it answers, stop it on drop.
+//! temp dir (redis-server, etcd, PostgreSQL and PgBouncer), wait until it answers, stop it on drop.
 //!
 //! When the `CI` environment variable is set, a missing server binary is a test failure (a panic
 //! naming the package to install); otherwise the test prints why it is skipped and returns.
@@ -17,6 +17,7 @@
 //! a shared server, and [`HoldingProxy`] to hold a server's answers back.
 
 mod etcd;
+mod postgres;
 mod prefix;
 mod process;
 pub mod process_suite;
@@ -26,6 +27,7 @@ mod serve;
 mod tls;
 
 pub use etcd::{EtcdCluster, EtcdOptions, EtcdServer};
+pub use postgres::{POSTGRES_PASSWORD, POSTGRES_USER, PgBouncer, PostgresOptions, PostgresServer};
 pub use prefix::unique_prefix;
 pub use process::{Server, free_port, require_binary};
 pub use proxy::HoldingProxy;

@@ -176,6 +176,25 @@ impl Server {
         }
     }
 
+    /// Sends `signal` (e.g. SIGTERM or SIGQUIT: a server's own shutdown) and waits up to
+    /// `grace` for the process to exit; kills it (SIGKILL) if it has not by then. Reaps it
+    /// either way. Idempotent.
+    pub fn stop(&mut self, signal: Signal, grace: Duration) {
+        self.signal(signal);
+        let deadline = Instant::now() + grace;
+        while let Some(child) = self.child.as_mut() {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => {
+                    self.child = None;
+                    return;
+                }
+                Ok(None) if Instant::now() >= deadline => break,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        self.kill();
+    }
+
     /// Starts the process again with the same arguments (same port, same data dir), after a
     /// [`kill`](Self::kill) or on its own, and waits until `ready`.
     pub fn restart(&mut self, timeout: Duration, ready: &dyn Fn() -> bool) -> Result<(), String> {

@@ -4,15 +4,16 @@
 
 use std::time::Duration;
 
-use crate::{EtcdCluster, EtcdOptions, RedisOptions, RedisServer};
+use crate::{EtcdCluster, EtcdOptions, PostgresOptions, PostgresServer, RedisOptions, RedisServer};
 
 /// How [`serve`] starts a server.
 #[derive(Debug, Clone, Default)]
 pub struct ServeOptions {
     /// Every write reaches the disk before it is answered, so fences survive a restart (Redis:
-    /// AOF with an fsync per write; etcd always does so).
+    /// AOF with an fsync per write; etcd and PostgreSQL always do so).
     pub durable: bool,
-    /// The key prefix, for the stores whose URL carries one (etcd: `etcd://HOST:PORT/PREFIX`).
+    /// The key prefix, for the stores whose URL carries one (etcd: `etcd://HOST:PORT/PREFIX`;
+    /// PostgreSQL: the schema, `?schema=PREFIX`, cut to 63 bytes).
     pub prefix: String,
 }
 
@@ -28,14 +29,17 @@ pub struct Served {
 enum Server {
     Redis(RedisServer),
     Etcd(EtcdCluster),
+    Postgres(PostgresServer),
 }
 
-/// The program that serves `store`, when test support can start one (`redis-server`, `etcd`);
+/// The program that serves `store`, when test support can start one (`redis-server`, `etcd`,
+/// `postgres`);
 /// `None` for a store it has no server for (an embedded store such as SQLite).
 pub fn server_program(store: &str) -> Option<&'static str> {
     match store {
         "redis" => Some("redis-server"),
         "etcd" => Some("etcd"),
+        "postgres" => Some("postgres"),
         _ => None,
     }
 }
@@ -65,8 +69,39 @@ pub fn serve(store: &str, options: &ServeOptions) -> Option<Served> {
                 server: Server::Etcd(cluster),
             })
         }
+        "postgres" => {
+            // Commits are always durable (fsync on, synchronous_commit on). The prefix, if
+            // any, names the store's schema (at most 63 bytes).
+            let server = PostgresServer::start(PostgresOptions::default())?;
+            let mut url = server.url();
+            if !options.prefix.is_empty() {
+                let mut schema: String = options.prefix.clone();
+                while schema.len() > 63 {
+                    schema.pop();
+                }
+                url.push_str("?schema=");
+                url.push_str(&percent_encode(&schema));
+            }
+            Some(Served {
+                url,
+                server: Server::Postgres(server),
+            })
+        }
         _ => None,
     }
+}
+
+/// Every byte but unreserved ones as `%XX`, for a URL's query value.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 impl Served {
@@ -98,6 +133,10 @@ impl Served {
                 } else {
                     Err("etcd did not become healthy within 20 s of its restart".to_owned())
                 }
+            }
+            Server::Postgres(s) => {
+                s.restart_immediate();
+                Ok(())
             }
         }
     }

@@ -1,9 +1,9 @@
-//! Cross-process lease locks with fencing tokens, over SQLite, Redis or etcd: the one dependency
+//! Cross-process lease locks with fencing tokens, over SQLite, Redis, etcd or PostgreSQL: the one dependency
 //! an application needs.
 //!
 //! This crate re-exports the lock and the store contract of [`lease_core`] (everything at the
 //! root: [`CrossProcessLock`], [`LockGuard`], [`Fence`], [`LeaseStore`] …), the stores its
-//! features enable (as the modules [`sqlite`], [`redis`], [`etcd`]), and [`open`], which opens
+//! features enable (as the modules [`sqlite`], [`redis`], [`etcd`], [`postgres`]), and [`open`], which opens
 //! the store a URL names:
 //!
 //! ```
@@ -41,6 +41,9 @@
 //! | `redis-tls-ring` | … with ring installed by the store when the application installed none | as `redis-tls` |
 //! | `etcd` | etcd v3 (building needs `protoc` and the protobuf includes: Debian's `protobuf-compiler libprotobuf-dev`) | `etcd://[user:pw@]host:port[,host:port…][/prefix]` |
 //! | `etcd-tls` | … over TLS | `etcds://…` |
+//! | `postgres` | PostgreSQL (10 or later), also through PgBouncer in transaction mode | `postgres://[user:pw@]host[:port]/database[?schema=…]`, `postgresql://…` |
+//! | `postgres-tls` | … over TLS through rustls; the application installs the crypto provider | `postgres://…?sslmode=require[&sslrootcert=PATH]` |
+//! | `postgres-tls-ring` | … with ring installed by the store when the application installed none | as `postgres-tls` |
 //! | `testing` | the store conformance suite and the fault-injecting store ([`testing`]) | |
 //!
 //! A URL whose store is not built gives [`OpenError::NotBuilt`], naming the feature to enable.
@@ -48,7 +51,8 @@
 //! ([`redact::redact_url`]).
 //!
 //! Each store documents what it guarantees (one host for SQLite; the Redis server's clock and
-//! durability; etcd's Raft-durable fences): read its module before choosing it.
+//! durability; etcd's Raft-durable fences; PostgreSQL's server clock and commit durability):
+//! read its module before choosing it.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The README's example compiles as a doc test.
@@ -77,6 +81,13 @@ pub mod redis {
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub mod etcd {
     pub use lease_etcd::*;
+}
+
+/// The PostgreSQL store ([`lease_postgres`]).
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    pub use lease_postgres::*;
 }
 
 mod open;

@@ -14,11 +14,14 @@ pub enum Scheme {
     Redis,
     /// `etcd://`, `etcds://`.
     Etcd,
+    /// `postgres://`, `postgresql://`.
+    Postgres,
 }
 
 /// What every error about an unknown URL lists.
-const FORMS: &str = "use sqlite://PATH (or a plain path), redis://HOST[:PORT] or \
-                     etcd://HOST:PORT[,HOST:PORT…][/PREFIX]";
+const FORMS: &str = "use sqlite://PATH (or a plain path), redis://HOST[:PORT], \
+                     etcd://HOST:PORT[,HOST:PORT…][/PREFIX] or \
+                     postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE";
 
 /// What the programs and the test support know of one store, besides how to open it.
 struct Facts {
@@ -31,7 +34,12 @@ struct Facts {
 
 impl Scheme {
     /// Every store, in the order the docs list them.
-    pub const ALL: [Scheme; 3] = [Scheme::Sqlite, Scheme::Redis, Scheme::Etcd];
+    pub const ALL: [Scheme; 4] = [
+        Scheme::Sqlite,
+        Scheme::Redis,
+        Scheme::Etcd,
+        Scheme::Postgres,
+    ];
 
     /// The one list of per-store facts: adding a store adds its line here, its URL schemes in
     /// `classify` and its arm in [`open`].
@@ -58,6 +66,13 @@ impl Scheme {
                 built: cfg!(feature = "etcd"),
                 server: true,
             },
+            Scheme::Postgres => Facts {
+                name: "postgres",
+                label: "PostgreSQL",
+                feature: "postgres",
+                built: cfg!(feature = "postgres"),
+                server: true,
+            },
         }
     }
 
@@ -74,7 +89,8 @@ impl Scheme {
         Ok(classify(url)?.0)
     }
 
-    /// The store with this [`name`](Scheme::name) (`"sqlite"`, `"redis"`, `"etcd"`), as a
+    /// The store with this [`name`](Scheme::name) (`"sqlite"`, `"redis"`, `"etcd"`,
+    /// `"postgres"`), as a
     /// program's `--store NAME` flag takes it.
     pub fn named(name: &str) -> Option<Scheme> {
         Scheme::ALL.into_iter().find(|s| s.name() == name)
@@ -85,7 +101,8 @@ impl Scheme {
         self.facts().name
     }
 
-    /// The store's name in prose, as its makers spell it: `SQLite`, `Redis`, `etcd`.
+    /// The store's name in prose, as its makers spell it: `SQLite`, `Redis`, `etcd`,
+    /// `PostgreSQL`.
     pub fn label(self) -> &'static str {
         self.facts().label
     }
@@ -100,7 +117,8 @@ impl Scheme {
         self.facts().built
     }
 
-    /// Whether the store is a server that processes connect to (Redis, etcd), rather than one
+    /// Whether the store is a server that processes connect to (Redis, etcd, PostgreSQL), rather
+    /// than one
     /// embedded in every process that opens it (SQLite's database file). Test support and the
     /// example programs can start a throwaway server of such a store, and restart it; an
     /// embedded store has no server to start or restart.
@@ -161,7 +179,9 @@ pub enum OpenError {
 ///   (`./a@b.db`): `user:pw@host` is refused rather than opened as a file;
 /// - `redis://…`, `redis+unix://…`, `unix://…`, `valkey://…` (feature `redis`), `rediss://…`,
 ///   `valkeys://…` (feature `redis-tls`);
-/// - `etcd://…` (feature `etcd`), `etcds://…` (feature `etcd-tls`).
+/// - `etcd://…` (feature `etcd`), `etcds://…` (feature `etcd-tls`);
+/// - `postgres://…`, `postgresql://…` (feature `postgres`; with `sslmode=require`, feature
+///   `postgres-tls`).
 ///
 /// Each store's own `connect`/`open` and builder take the same URL and more settings; use them
 /// where the store is known at compile time. [`DynStore::downcast_ref`] gives the concrete store
@@ -189,6 +209,10 @@ pub async fn open(url: &str) -> Result<DynStore, OpenError> {
         Scheme::Redis => Ok(DynStore::new(lease_redis::RedisStore::connect(url).await?)),
         #[cfg(feature = "etcd")]
         Scheme::Etcd => Ok(DynStore::new(lease_etcd::EtcdStore::connect(url).await?)),
+        #[cfg(feature = "postgres")]
+        Scheme::Postgres => Ok(DynStore::new(
+            lease_postgres::PostgresStore::connect(url).await?,
+        )),
         #[allow(unreachable_patterns)] // every store built
         other => Err(OpenError::NotBuilt {
             scheme: other,
@@ -246,6 +270,12 @@ fn classify(url: &str) -> Result<(Scheme, String), OpenError> {
         ),
         "etcd" => (Scheme::Etcd, None),
         "etcds" => (Scheme::Etcd, Some(("etcd-tls", cfg!(feature = "etcd-tls")))),
+        // TLS is asked for in the query, not by the scheme.
+        "postgres" | "postgresql" if asks_for_tls(rest) => (
+            Scheme::Postgres,
+            Some(("postgres-tls", cfg!(feature = "postgres-tls"))),
+        ),
+        "postgres" | "postgresql" => (Scheme::Postgres, None),
         _ => {
             return Err(OpenError::UnknownScheme {
                 scheme: scheme.to_owned(),
@@ -263,6 +293,15 @@ fn classify(url: &str) -> Result<(Scheme, String), OpenError> {
         });
     }
     Ok((kind, format!("{lower}://{rest}")))
+}
+
+/// Whether a PostgreSQL URL's query asks for TLS (`sslmode=require`).
+fn asks_for_tls(rest: &str) -> bool {
+    rest.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|p| p.eq_ignore_ascii_case("sslmode=require"))
+    })
 }
 
 /// RFC 3986: `ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )`.
@@ -293,6 +332,8 @@ mod tests {
             ("unix:///run/redis.sock", Scheme::Redis),
             ("valkey://h", Scheme::Redis),
             ("etcd://h:2379,h2:2379/app", Scheme::Etcd),
+            ("postgres://u:pw@h/db", Scheme::Postgres),
+            ("PostgreSQL://h:5432/db?sslmode=disable", Scheme::Postgres),
         ] {
             assert_eq!(classify(url).unwrap().0, scheme, "{url}");
         }
@@ -358,11 +399,13 @@ mod tests {
 
     #[test]
     fn an_unknown_scheme_is_named_with_the_forms_and_no_secret() {
-        let e = classify("postgres://app:s3cret@db/locks?password=s3cret").unwrap_err();
+        let e = classify("mysql://app:s3cret@db/locks?password=s3cret").unwrap_err();
         let text = e.to_string();
-        assert!(matches!(e, OpenError::UnknownScheme { ref scheme, .. } if scheme == "postgres"));
+        assert!(matches!(e, OpenError::UnknownScheme { ref scheme, .. } if scheme == "mysql"));
         assert!(
-            text.contains("`postgres://`") && text.contains("redis://HOST"),
+            text.contains("`mysql://`")
+                && text.contains("redis://HOST")
+                && text.contains("postgres://"),
             "{text}"
         );
         assert!(
@@ -383,6 +426,12 @@ mod tests {
             ("redis://u:s3cret@h", None, false),
             ("etcd://u:s3cret@h:2379", None, false),
             ("sqlite:///nonexistent-dir/x.db", None, false),
+            ("postgres://u:s3cret@h/db", None, false),
+            (
+                "postgres://u:s3cret@h/db?sslmode=require",
+                Some("postgres-tls"),
+                cfg!(feature = "postgres-tls"),
+            ),
             (
                 "rediss://u:s3cret@h",
                 Some("redis-tls"),

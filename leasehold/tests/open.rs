@@ -1,4 +1,4 @@
-//! `leasehold::open` against real stores: a SQLite file, a `redis-server` and an `etcd` started
+//! `leasehold::open` against real stores: a SQLite file, a `redis-server`, an `etcd` and a PostgreSQL started
 //! by lease-testkit (for the stores this build includes).
 #![allow(unused_imports)] // which parts are used depends on the features
 
@@ -126,5 +126,38 @@ mod etcd {
         let text = format!("{e} {e:?}");
         assert!(matches!(&e, OpenError::Store(_)), "{e:?}");
         assert!(!text.contains("s3cret"), "{text}");
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use lease_testkit::{POSTGRES_PASSWORD, PostgresOptions, PostgresServer};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_postgres_url_opens_the_postgres_store_and_a_wrong_password_is_refused_unseen() {
+        let Some(server) = PostgresServer::start(PostgresOptions::default()) else {
+            return;
+        };
+        let url = format!("{}?schema=leasehold-test", server.url());
+        let store = leasehold::open(&url.replace("postgres://", "postgresql://"))
+            .await
+            .expect("open postgres");
+        assert_eq!(store.capabilities().name, "postgres");
+        let concrete = store
+            .downcast_ref::<leasehold::postgres::PostgresStore>()
+            .expect("the postgres store");
+        assert_eq!(concrete.schema(), "leasehold-test");
+        lock_works(store, "postgres-lock").await;
+
+        let e = leasehold::open(&url.replace(POSTGRES_PASSWORD, "wrong-s3cret"))
+            .await
+            .unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(matches!(&e, OpenError::Store(_)), "{e:?}");
+        assert!(
+            !text.contains("s3cret") && !text.contains(POSTGRES_PASSWORD),
+            "{text}"
+        );
     }
 }

@@ -19,6 +19,8 @@ pub(crate) const QUEUED_GRANTS: &str = "queued_grants=true";
 
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
 mod sqlite;
@@ -127,12 +129,18 @@ pub(crate) trait PeerLock {
 
 /// A held peer lock, of the type its [`PeerLock`] knows.
 // Only the peers of the redis and etcd features make and read one.
-#[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "redis", feature = "etcd", feature = "postgres")),
+    allow(dead_code)
+)]
 pub(crate) struct PeerHeld(pub(crate) Box<dyn Any>);
 
 impl PeerHeld {
     /// The held lock as the `T` it was made of.
-    #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "etcd", feature = "postgres")),
+        allow(dead_code)
+    )]
     pub(crate) fn downcast<T: 'static>(self) -> anyhow::Result<T> {
         match self.0.downcast() {
             Ok(held) => Ok(*held),
@@ -149,6 +157,8 @@ pub(crate) fn of(scheme: Scheme) -> &'static dyn Backend {
         Scheme::Redis => &redis::Redis,
         #[cfg(feature = "etcd")]
         Scheme::Etcd => &etcd::Etcd,
+        #[cfg(feature = "postgres")]
+        Scheme::Postgres => &postgres::Postgres,
         // A store without measurement code of its own, or one this build leaves out (which the
         // harness refuses before it measures).
         _ => &Plain,

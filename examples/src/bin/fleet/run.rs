@@ -35,8 +35,9 @@ pub(crate) struct RunArgs {
     /// How long the workers run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// The lock store: sqlite://PATH (default: a temp database), redis://…, etcd://…, or `redis`
-    /// / `etcd` alone to start a throwaway local server (needed for --chaos store-restart).
+    /// The lock store: sqlite://PATH (default: a temp database), redis://…, etcd://…,
+    /// postgres://…, or `redis` / `etcd` / `postgres` alone to start a throwaway local server
+    /// (needed for --chaos store-restart).
     #[arg(long)]
     store: Option<String>,
     /// The lease of each job lock.
