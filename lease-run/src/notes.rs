@@ -44,8 +44,11 @@ pub(crate) async fn durability(store: &DynStore) -> Option<String> {
     if let Some(redis) = store.downcast_ref::<leasehold::redis::RedisStore>() {
         return redis_persistence(redis).await;
     }
-    let _ = store;
-    None
+    Some(format!(
+        "the {} store's fences may not survive a restart of the store with its settings (see \
+         its documentation): fences handed out before may be handed out again",
+        store.capabilities().name
+    ))
 }
 
 /// Reads `aof_enabled` (`INFO persistence`) and `appendfsync` (`CONFIG GET`, which an ACL may

@@ -47,13 +47,49 @@ fn etcd() -> Option<Store> {
     })
 }
 
-#[cfg(any(feature = "redis", feature = "etcd"))]
+#[cfg(feature = "postgres")]
+fn postgres() -> Option<Store> {
+    let mut server =
+        lease_testkit::PostgresServer::start(lease_testkit::PostgresOptions::default())?;
+    let url = server.url();
+    let pid = server_pid(server.process().pid());
+    Some(Store {
+        url,
+        // The postmaster and its backends: a stopped postmaster alone still lets the backends
+        // of open connections answer.
+        server: Some(Box::new(move |run| {
+            for child in children(pid) {
+                pause(child, run);
+            }
+            pause(pid, run);
+        })),
+        _keep: Box::new(server),
+    })
+}
+
+/// The pids of `parent`'s children.
+#[cfg(feature = "postgres")]
+fn children(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+#[cfg(any(feature = "redis", feature = "etcd", feature = "postgres"))]
 fn server_pid(pid: Option<u32>) -> i32 {
     i32::try_from(pid.expect("the server runs")).unwrap()
 }
 
 /// SIGSTOP (`run == false`) or SIGCONT the server.
-#[cfg(any(feature = "redis", feature = "etcd"))]
+#[cfg(any(feature = "redis", feature = "etcd", feature = "postgres"))]
 fn pause(pid: i32, run: bool) {
     let pid = rustix::process::Pid::from_raw(pid).unwrap();
     let sig = if run {
@@ -722,6 +758,8 @@ store_tests!(sqlite);
 store_tests!(redis);
 #[cfg(feature = "etcd")]
 store_tests!(etcd);
+#[cfg(feature = "postgres")]
+store_tests!(postgres);
 
 #[test]
 fn bad_urls_and_settings_are_clear_errors() {
@@ -785,7 +823,7 @@ fn bad_urls_and_settings_are_clear_errors() {
 
 /// An unreachable server: one line that says what failed and why, once, with no internal
 /// `Debug` text of the client libraries and no password.
-#[cfg(any(feature = "redis", feature = "etcd"))]
+#[cfg(any(feature = "redis", feature = "etcd", feature = "postgres"))]
 #[test]
 fn an_unreachable_store_is_one_clear_line() {
     let port = {
@@ -798,6 +836,9 @@ fn an_unreachable_store_is_one_clear_line() {
     }
     if cfg!(feature = "etcd") {
         urls.push(format!("etcd://u:s3cret@127.0.0.1:{port}"));
+    }
+    if cfg!(feature = "postgres") {
+        urls.push(format!("postgres://u:s3cret@127.0.0.1:{port}/db"));
     }
     for url in urls {
         let out = output(

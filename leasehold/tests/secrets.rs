@@ -114,7 +114,7 @@ fn position() -> impl Strategy<Value = Position> {
 }
 
 /// The URL schemes, and `""` for a string without one.
-const SCHEMES: [&str; 8] = [
+const SCHEMES: [&str; 10] = [
     "sqlite",
     "redis",
     "rediss",
@@ -122,6 +122,8 @@ const SCHEMES: [&str; 8] = [
     "unix",
     "etcd",
     "etcds",
+    "postgres",
+    "postgresql",
     "",
 ];
 
@@ -320,6 +322,16 @@ async fn try_everything(url: &str, scheme: &str) -> Shown {
                 .await;
             shown.result("EtcdStoreBuilder::connect", &r);
         }
+    }
+    #[cfg(feature = "postgres")]
+    if scheme.is_empty() || scheme.starts_with("postgres") {
+        let b = leasehold::postgres::PostgresStore::builder(url);
+        shown.debug("PostgresStoreBuilder", &b);
+        let r = b
+            .connect_timeout(Duration::from_millis(500))
+            .connect()
+            .await;
+        shown.result("PostgresStoreBuilder::connect", &r);
     }
     let r = leasehold::open(url).await;
     shown.result("leasehold::open", &r);

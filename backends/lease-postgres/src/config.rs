@@ -107,17 +107,22 @@ fn parse(url: &str) -> Result<(tokio_postgres::Config, Parsed), String> {
     let mut parsed = Parsed::default();
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // A parameter without `=` is not echoed: `redact_url` hides it whole, as it may be a
+        // secret written where a value was meant.
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(format!(
+                "the URL `{shown}` has a query parameter without `=` (options are NAME=VALUE)"
+            ));
+        };
         let value = percent_decode(value)
             .ok_or_else(|| format!("the URL `{shown}` has a bad percent escape in `{name}`"))?;
         match name {
             "schema" => parsed.schema = Some(value),
             "statement_timeout" => {
                 parsed.statement_timeout = Some(parse_duration(&value).ok_or_else(|| {
-                    format!(
-                        "URL option `statement_timeout={value}`: expected milliseconds, or a \
-                         number with `ms` or `s`"
-                    )
+                    "URL option `statement_timeout`: expected milliseconds, or a number with \
+                     `ms` or `s`"
+                        .to_owned()
                 })?);
             }
             "notifications" => parsed.notifications = Some(yes_or_no(name, &value)?),
@@ -155,9 +160,8 @@ fn yes_or_no(name: &str, value: &str) -> Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(format!(
-            "URL option `{name}={value}`: expected true, false, 1 or 0"
-        )),
+        // Not the value: messages show no value of the query, as `redact_url` does not.
+        _ => Err(format!("URL option `{name}`: expected true, false, 1 or 0")),
     }
 }
 
@@ -463,12 +467,16 @@ mod tests {
                 "unknown option `lease_ttl`",
             ),
             (
-                "postgres://u:hunter2@h/db?notifications=maybe",
-                "notifications=maybe",
+                "postgres://u:hunter2@h/db?notifications=hunter2",
+                "URL option `notifications`: expected true",
             ),
             (
-                "postgres://u:hunter2@h/db?statement_timeout=soon",
-                "statement_timeout=soon",
+                "postgres://u:hunter2@h/db?statement_timeout=hunter2",
+                "URL option `statement_timeout`: expected milliseconds",
+            ),
+            (
+                "postgres://u:hunter2@h/db?hunter2",
+                "a query parameter without `=`",
             ),
             (
                 "postgres://u:hunter2@h:notaport/db",

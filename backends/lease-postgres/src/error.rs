@@ -15,8 +15,49 @@ pub(crate) fn classify(what: &str, e: tokio_postgres::Error) -> StoreError {
         Some(code) => by_sqlstate(code),
         None => by_driver_kind(&e),
     };
-    StoreError::new(kind, NAME, format!("{what}: {why}")).with_source(e)
+    StoreError::new(kind, NAME, format!("{what}: {why}")).with_source(Cause::of(&e))
 }
+
+/// The driver's error with its causes, each said once: tokio-postgres's own `Display` names
+/// only the kind of failure ("error connecting to server"), and the reason (a refused
+/// connection, a timeout) is in its `source()`, which a `StoreError`'s message would not show.
+#[derive(Debug)]
+pub(crate) struct Cause {
+    text: String,
+    code: Option<SqlState>,
+}
+
+impl Cause {
+    /// The SQLSTATE the server answered with, if it answered.
+    pub(crate) fn code(&self) -> Option<&SqlState> {
+        self.code.as_ref()
+    }
+
+    fn of(e: &tokio_postgres::Error) -> Cause {
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let said = c.to_string();
+            if !said.is_empty() && !text.contains(&said) {
+                text.push_str(": ");
+                text.push_str(&said);
+            }
+            cause = c.source();
+        }
+        Cause {
+            text,
+            code: e.code().cloned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Cause {}
 
 /// Errors the server sent, by their SQLSTATE.
 fn by_sqlstate(code: &SqlState) -> (StoreErrorKind, String) {

@@ -328,8 +328,8 @@ fn holder_string(bytes: Vec<u8>) -> String {
 /// The fence counter cannot go up: a permanent error, never a repeated fence.
 pub(crate) fn out_of_fences(what: &(dyn Fn() -> String + Sync), e: StoreError) -> StoreError {
     let overflow = std::error::Error::source(&e)
-        .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
-        .and_then(tokio_postgres::Error::code)
+        .and_then(|s| s.downcast_ref::<crate::error::Cause>())
+        .and_then(crate::error::Cause::code)
         .is_some_and(|c| *c == tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE);
     if overflow {
         StoreError::permanent(

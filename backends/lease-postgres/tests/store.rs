@@ -354,6 +354,32 @@ async fn a_fence_that_goes_back_is_reported_not_reused() {
     assert!(fresh.inspect("k").await.is_ok());
 }
 
+/// A key whose fence is at its maximum cannot be granted again: a permanent error saying so,
+/// never a repeated or wrapped fence.
+#[tokio::test]
+async fn a_fence_at_its_maximum_is_a_permanent_error() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("maxfence");
+    let store = common::store_in(&url, &schema).await;
+    let f = store.try_lock(LEASE, "k", "a").await.unwrap().unwrap();
+    assert!(store.release("k", "a", f).await.unwrap());
+    session(&url)
+        .await
+        .execute(
+            &format!("UPDATE \"{schema}\".leases SET fence = {}", i64::MAX),
+            &[],
+        )
+        .await
+        .expect("set the fence to its maximum");
+    let fresh = common::store_in(&url, &schema).await;
+    let e = fresh
+        .try_lock(LEASE, "k", "b")
+        .await
+        .expect_err("no fence above the maximum");
+    assert_eq!(e.kind(), StoreErrorKind::Permanent, "{e}");
+    assert!(e.to_string().contains("maximum"), "{e}");
+}
+
 /// On a direct connection the server's own `lock_timeout` can be added through the driver's
 /// `options`: the server gives up the wait itself, and the error is transient.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
