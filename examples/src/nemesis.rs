@@ -4,7 +4,8 @@
 //! healing phase, in which the fleet must recover. Pauses alternate between 3× the lease (the
 //! lease expires while the worker is stopped, so another worker takes its job over and the
 //! paused one comes back with a stale fence) and 0.5× the lease (the lease must survive it). The
-//! first pause is a long one, so every run with pauses forces at least one lease expiry.
+//! first pause is a long one, so every run with pauses forces at least one lease expiry. Store
+//! pauses (the store server stopped) alternate the same way.
 
 use std::time::Duration;
 
@@ -23,10 +24,18 @@ pub enum Fault {
     StoreRestart,
     /// Delay some workers' store replies (after the store acted) for a while.
     Slow,
+    /// SIGSTOP the store server for a while, then SIGCONT.
+    StorePause,
 }
 
 /// Every fault, in the order the command line lists them.
-const ALL: [Fault; 4] = [Fault::Kill, Fault::Pause, Fault::StoreRestart, Fault::Slow];
+pub const ALL: [Fault; 5] = [
+    Fault::Kill,
+    Fault::Pause,
+    Fault::StoreRestart,
+    Fault::Slow,
+    Fault::StorePause,
+];
 
 impl Fault {
     /// The name on the command line.
@@ -36,11 +45,22 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::StoreRestart => "store-restart",
             Fault::Slow => "slow",
+            Fault::StorePause => "store-pause",
         }
+    }
+
+    /// Whether the fault needs a store server the fleet started itself.
+    pub fn needs_own_server(self) -> bool {
+        matches!(self, Fault::StoreRestart | Fault::StorePause)
     }
 }
 
-/// Parses `kill,pause,store-restart,slow` (any non-empty subset, any order).
+/// `kill, pause, …`: every fault's name.
+fn names() -> String {
+    ALL.map(Fault::name).join(", ")
+}
+
+/// Parses `kill,pause,store-restart,slow,store-pause` (any non-empty subset, any order).
 ///
 /// # Errors
 ///
@@ -48,16 +68,17 @@ impl Fault {
 pub fn parse_faults(list: &str) -> Result<Vec<Fault>, String> {
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let f = ALL.into_iter().find(|f| f.name() == name).ok_or_else(|| {
-            format!("unknown fault `{name}` in --chaos: use kill, pause, store-restart, slow")
-        })?;
+        let f = ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| format!("unknown fault `{name}` in --chaos: use {}", names()))?;
         if out.contains(&f) {
             return Err(format!("`{name}` appears twice in --chaos"));
         }
         out.push(f);
     }
     if out.is_empty() {
-        return Err("--chaos needs at least one of kill, pause, store-restart, slow".into());
+        return Err(format!("--chaos needs at least one of {}", names()));
     }
     Ok(out)
 }
@@ -85,6 +106,11 @@ pub enum Action {
         /// Worker slots (0-based).
         slots: Vec<usize>,
         /// Reply delay in leases.
+        factor: f64,
+    },
+    /// Stop the store server for `factor` × the lease.
+    StorePause {
+        /// Pause length in leases.
         factor: f64,
     },
 }
@@ -126,6 +152,8 @@ pub fn plan(
     // Slow replies alternate between 1.5× the lease (every grant arrives past its deadline) and
     // 0.3× (renewals still land in time).
     let mut late_next = true;
+    // Store pauses alternate as worker pauses do, each kind on its own.
+    let mut store_long_next = true;
     let mut round: Vec<Fault> = Vec::new();
     while t < end && workers > 0 && !faults.is_empty() {
         // Every fault once per round, in a shuffled order.
@@ -153,6 +181,11 @@ pub fn plan(
                 late_next = !late_next;
                 let slots = some_slots(&mut rng, workers);
                 (Action::Slow { slots, factor }, lease.mul_f64(SLOW_FOR))
+            }
+            Fault::StorePause => {
+                let factor = if store_long_next { 3.0 } else { 0.5 };
+                store_long_next = !store_long_next;
+                (Action::StorePause { factor }, lease.mul_f64(factor))
             }
         };
         if t + len > end && !steps.is_empty() {
@@ -194,6 +227,7 @@ mod tests {
                         | (Action::Pause { .. }, Fault::Pause)
                         | (Action::StoreRestart, Fault::StoreRestart)
                         | (Action::Slow { .. }, Fault::Slow)
+                        | (Action::StorePause { .. }, Fault::StorePause)
                 )),
                 "{f:?} missing from {a:?}"
             );
@@ -207,6 +241,14 @@ mod tests {
         let (factor, n) = first_pause.unwrap();
         assert_eq!(factor, 3.0);
         assert!((1..=2).contains(&n));
+        let store_pauses: Vec<f64> = a
+            .iter()
+            .filter_map(|s| match s.action {
+                Action::StorePause { factor } => Some(factor),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(store_pauses[..2], [3.0, 0.5], "{store_pauses:?}");
         // A short run still gets its one long pause.
         let short = plan(1, &[Fault::Pause], Duration::from_secs(5), lease, 2);
         assert!(matches!(short[0].action, Action::Pause { factor: 3.0, .. }));

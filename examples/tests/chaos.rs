@@ -12,6 +12,17 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Runs a chaos fleet and returns its checker line. In `store`, `{dir}` stands for the run's
 /// directory.
 fn chaos(store: Option<&str>, faults: &str, duration: &str, lease: &str) -> String {
+    chaos_with(store, faults, duration, lease, &[])
+}
+
+/// [`chaos`] with more arguments for the fleet.
+fn chaos_with(
+    store: Option<&str>,
+    faults: &str,
+    duration: &str,
+    lease: &str,
+    extra: &[&str],
+) -> String {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet"));
@@ -25,6 +36,7 @@ fn chaos(store: Option<&str>, faults: &str, duration: &str, lease: &str) -> Stri
         "--lease",
         lease,
     ])
+    .args(extra)
     .arg("--dir")
     .arg(dir.path());
     if let Some(s) = store {
@@ -174,4 +186,53 @@ fn etcd_survives_kills_pauses_and_restarts() {
     println!("{line}");
     assert_enough(&line);
     assert!(count(&line, " store restarts") >= 1, "{line}");
+}
+
+/// Store pauses: work longer than the lease, so holders are mid-job when the store stops; a
+/// stopped store renews nothing and each holder must give its lease up by its deadline, and
+/// takeovers after kills count from the store's return.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_survives_store_pauses() {
+    if lease_testkit::require_binary("redis-server", "redis-server").is_none() {
+        return;
+    }
+    let line = chaos_with(
+        Some("redis"),
+        "kill,store-pause",
+        "15s",
+        "500ms",
+        &["--work", "1s"],
+    );
+    println!("{line}");
+    assert!(line.contains("/kill+store-pause: "), "{line}");
+    assert!(count(&line, " store pauses") >= 2, "{line}");
+    assert!(
+        count(&line, " leases lost") >= 1,
+        "no lease outlived: {line}"
+    );
+    assert!(count(&line, " kills") >= 1, "{line}");
+    assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
+    assert_eq!(count(&line, " lost updates"), 0, "{line}");
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_survives_store_pauses() {
+    if lease_testkit::require_binary("etcd", "etcd-server").is_none() {
+        return;
+    }
+    let line = chaos_with(
+        Some("etcd"),
+        "kill,store-pause",
+        "20s",
+        "2s",
+        &["--work", "4s"],
+    );
+    println!("{line}");
+    assert!(line.starts_with("etcd/kill+store-pause: "), "{line}");
+    assert!(count(&line, " store pauses") >= 1, "{line}");
+    assert!(count(&line, " kills") >= 1, "{line}");
+    assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
+    assert_eq!(count(&line, " lost updates"), 0, "{line}");
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::queue::QueueIndex;
 use super::{Meta, Run};
-use crate::history::{Event, Kind, Op};
+use crate::history::{Event, Kind, Op, STORE};
 use crate::jobs::JobRow;
 
 /// A grant: an acquire answered with a fence.
@@ -108,6 +108,8 @@ pub(super) struct RunIndex<'a> {
     pub(super) pauses: Vec<Pause>,
     /// When the store came back from each restart.
     pub(super) restarts: Vec<u64>,
+    /// Each time the store server was stopped (proc 0 in the pause; never a worker's).
+    pub(super) store_pauses: Vec<Pause>,
     /// Per key, in the order answered.
     pub(super) grants: BTreeMap<&'a str, Vec<Grant>>,
     /// Per key, (process, time) of every acquire sent.
@@ -142,6 +144,7 @@ impl<'a> RunIndex<'a> {
             kills: Vec::new(),
             pauses: Vec::new(),
             restarts: Vec::new(),
+            store_pauses: Vec::new(),
             grants: BTreeMap::new(),
             wants: HashMap::new(),
             tenures: BTreeMap::new(),
@@ -160,7 +163,8 @@ impl<'a> RunIndex<'a> {
         ix
     }
 
-    /// Kills, pauses (a pause never resumed lasts as planned) and store restarts.
+    /// Kills, pauses (a pause never resumed lasts as planned; one of proc 0 stops the store
+    /// server) and store restarts.
     fn nemesis(&mut self, events: &[&'a Event]) {
         let mut open_pauses: HashMap<u64, (u64, u64)> = HashMap::new(); // proc -> (from, planned)
         for e in events {
@@ -171,7 +175,7 @@ impl<'a> RunIndex<'a> {
                 }
                 Op::Resume => {
                     if let Some((from, _)) = open_pauses.remove(&e.proc) {
-                        self.pauses.push(Pause {
+                        self.add_pause(Pause {
                             proc: e.proc,
                             from,
                             to: e.t_ns,
@@ -183,11 +187,19 @@ impl<'a> RunIndex<'a> {
             }
         }
         for (proc, (from, planned)) in open_pauses {
-            self.pauses.push(Pause {
+            self.add_pause(Pause {
                 proc,
                 from,
                 to: from + planned.max(1),
             });
+        }
+    }
+
+    fn add_pause(&mut self, p: Pause) {
+        if p.proc == STORE {
+            self.store_pauses.push(p);
+        } else {
+            self.pauses.push(p);
         }
     }
 

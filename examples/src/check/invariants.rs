@@ -489,7 +489,7 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
             .iter()
             .filter(|p| embedded && p.proc != proc && p.from <= died + bound)
             .map(|p| p.to);
-        let killed = ix
+        let restarted = ix
             .restarts
             .iter()
             .copied()
@@ -497,6 +497,14 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
             .filter(|&t| t > died && t <= died + bound)
             .max()
             .unwrap_or(died);
+        // So does a store stopped within the bound, from its end however long it lasted: the
+        // store expires nothing and grants nothing while stopped.
+        let killed = ix
+            .store_pauses
+            .iter()
+            .filter(|p| p.from <= died + bound && p.to > died)
+            .map(|p| p.to)
+            .fold(restarted, u64::max);
         let held: Vec<&Tenure<'_>> = ix
             .tenures
             .values()

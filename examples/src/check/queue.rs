@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::history::{Event, Kind, Op};
+use crate::history::{Event, Kind, Op, STORE};
 
 /// A queue entry a process certainly had, see the module docs.
 #[derive(Debug, Clone)]
@@ -120,7 +120,9 @@ impl<'a> QueueIndex<'a> {
         for &e in events {
             match (e.op, e.kind) {
                 (Op::Kill | Op::Pause | Op::Exit, _) | (Op::Restart, Kind::Invoke) => {
-                    let all = e.op == Op::Restart;
+                    // A restart may lose the queue; while the store is stopped nobody can
+                    // refresh an entry, which may then lapse: the order after either is new.
+                    let all = e.op == Op::Restart || (e.op == Op::Pause && e.proc == STORE);
                     for ((proc, _), s) in &mut slots {
                         if all || *proc == e.proc {
                             s.close(e.t_ns, &mut done);

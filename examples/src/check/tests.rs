@@ -254,6 +254,36 @@ fn i8_on_sqlite_counts_from_the_end_of_another_process_pause() {
     assert!(r.ok(), "{:?}", r.violations);
 }
 
+/// A stopped store grants and expires nothing: the takeover clock starts again when the store
+/// resumes, however long it was stopped.
+#[test]
+fn i8_counts_from_the_end_of_a_store_pause() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    for t in [1200, 1500, 2000, 3000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    h.extend(tenure(2, 2, 3500, Some(3600)));
+    assert_eq!(invariants(h.clone()), ["I8"]);
+    let mut stopped = h.clone();
+    let mut p = ev(200, 0, Op::Pause, Kind::Info, None);
+    p.dur_ns = Some(3000 * MS);
+    stopped.push(p);
+    stopped.push(ev(3200, 0, Op::Resume, Kind::Info, None));
+    let r = run(stopped.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    // A store pause is not a worker's.
+    assert_eq!((r.store_pauses, r.pauses, r.long_pauses), (1, 0, 0));
+    // Still due once the store is back: asked after it resumed, never granted.
+    let mut never = stopped[..stopped.len() - 4].to_vec();
+    for t in [4300, 4600] {
+        never.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        never.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    assert_eq!(invariants(never), ["I8"]);
+}
+
 #[test]
 fn i9_flags_a_process_that_exits_holding_a_key() {
     let mut h = tenure(1, 1, 0, Some(100));

@@ -17,6 +17,7 @@ pub(crate) struct Injected {
     pub(crate) pauses: u64,
     pub(crate) restarts: u64,
     pub(crate) slowed: u64,
+    pub(crate) store_pauses: u64,
 }
 
 /// The worker processes' tallies, summed, and how the processes ended.
@@ -184,10 +185,11 @@ pub(crate) fn print(
             pauses,
             restarts,
             slowed,
+            store_pauses,
         } = injected;
         println!(
             "nemesis                {kills} kills, {pauses} pauses, {restarts} store restarts, \
-             {slowed} slowed workers (seed {seed})"
+             {slowed} slowed workers, {store_pauses} store pauses (seed {seed})"
         );
     }
     let miscount = unreported.is_none_or(|n| n > cut);

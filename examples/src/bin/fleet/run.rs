@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lease_core::LeaseStore as _;
 use lease_examples::broken::Broken;
 use lease_examples::check::{self, Meta};
-use lease_examples::history::{Event, History, Kind, Op};
+use lease_examples::history::{Event, History, Kind, Op, STORE};
 use lease_examples::jobs::Jobs;
 use lease_examples::nemesis::{Action, Fault, parse_faults, plan};
 use lease_examples::redact;
@@ -142,7 +142,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|f| *f != Fault::StoreRestart || server.is_some())
+        .filter(|f| !f.needs_own_server() || server.is_some())
         .collect();
     let mut name = scheme.name().to_owned();
     if queued {
@@ -201,13 +201,15 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     .as_deref()
                     .map_or(String::new(), |h| h.display().to_string())
             );
-            if faults.contains(&Fault::StoreRestart) && server.is_none() {
-                println!("chaos: store-restart skipped: {}", no_restart(scheme));
+            for f in faults.iter().filter(|f| f.needs_own_server()) {
+                if server.is_none() {
+                    println!("chaos: {} skipped: {}", f.name(), no_server(scheme, *f));
+                }
             }
             let applied: Vec<Fault> = faults
                 .iter()
                 .copied()
-                .filter(|f| *f != Fault::StoreRestart || server.is_some())
+                .filter(|f| !f.needs_own_server() || server.is_some())
                 .collect();
             plan(seed, &applied, args.duration, lease, args.workers)
         }
@@ -251,6 +253,13 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let mut injected = Injected::default();
     // When to heal slowed workers, and which (proc, pid).
     let mut heal_slow: Option<(Instant, Vec<Paused>)> = None;
+    // When to resume the stopped store server.
+    let mut resume_store: Option<Instant> = None;
+    let store_ctl = |f: fn(&mut OwnedServer)| {
+        if let Some(server) = &server {
+            f(&mut server.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    };
     let set_slow = |proc: u64, pid: Option<u32>, delay: Duration| {
         if let Some(h) = &history {
             if lease_examples::slow::set_delay(h, proc, delay).is_ok() {
@@ -282,8 +291,14 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                 heal_slow = None;
             }
         }
+        if resume_store.is_some_and(|at| Instant::now() >= at) {
+            store_ctl(OwnedServer::resume);
+            log(Event::now(STORE, "", Op::Resume, Kind::Info));
+            resume_store = None;
+        }
         while resume.is_none()
             && heal_slow.is_none()
+            && resume_store.is_none()
             && steps.peek().is_some_and(|s| started.elapsed() >= s.at)
         {
             let step = steps.next().expect("peeked");
@@ -331,6 +346,17 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                         slowed,
                     ));
                 }
+                Action::StorePause { factor } => {
+                    if server.is_some() {
+                        let dur = lease.mul_f64(factor);
+                        let mut e = Event::now(STORE, "", Op::Pause, Kind::Info);
+                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
+                        store_ctl(OwnedServer::pause);
+                        log(e);
+                        injected.store_pauses += 1;
+                        resume_store = Some(Instant::now() + dur);
+                    }
+                }
                 Action::StoreRestart => {
                     if let Some(server) = &server {
                         log(Event::now(0, "", Op::Restart, Kind::Invoke));
@@ -357,8 +383,12 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         }
         if chaos.is_some() {
             bar.set_message(format!(
-                "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed",
-                injected.kills, injected.pauses, injected.restarts, injected.slowed
+                "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed, {} store pauses",
+                injected.kills,
+                injected.pauses,
+                injected.restarts,
+                injected.slowed,
+                injected.store_pauses
             ));
         } else {
             bar.set_message(format!("{done} jobs done"));
@@ -367,6 +397,10 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     }
     let elapsed = started.elapsed();
     // Heal: nothing may stay stopped or slow.
+    if resume_store.take().is_some() {
+        store_ctl(OwnedServer::resume);
+        log(Event::now(STORE, "", Op::Resume, Kind::Info));
+    }
     if let Some((_, slowed)) = heal_slow.take() {
         for (proc, pid) in slowed {
             set_slow(proc, pid, Duration::ZERO);
@@ -417,12 +451,17 @@ fn save_table(jobs: &Jobs, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
 }
 
-/// Why `--chaos store-restart` cannot restart the store of this run: `scheme`'s, which the fleet
-/// did not start.
-fn no_restart(scheme: Scheme) -> String {
+/// Why `--chaos store-restart` or `store-pause` cannot restart or stop the store of this run:
+/// `scheme`'s, which the fleet did not start.
+fn no_server(scheme: Scheme, fault: Fault) -> String {
+    let verb = if fault == Fault::StorePause {
+        "stop"
+    } else {
+        "restart"
+    };
     if !scheme.is_server() {
         return format!(
-            "the {} store is embedded in the workers, there is no server to restart",
+            "the {} store is embedded in the workers, there is no server to {verb}",
             scheme.label()
         );
     }
@@ -432,7 +471,7 @@ fn no_restart(scheme: Scheme) -> String {
         .map(|s| format!("--store {}", s.name()))
         .collect();
     format!(
-        "the fleet restarts only a server it started itself ({} without a URL)",
+        "the fleet {verb}s only a server it started itself ({} without a URL)",
         flags.join(" or ")
     )
 }

@@ -1,5 +1,5 @@
 //! A store server the fleet starts itself (`--store redis`, `--store etcd`: any store that runs
-//! as a server), so that the nemesis can restart it.
+//! as a server), so that the nemesis can restart or stop it.
 
 use anyhow::{Context, bail};
 use lease_testkit::{ServeOptions, Served};
@@ -40,6 +40,16 @@ impl OwnedServer {
         })?;
         let url = served.url().to_owned();
         Ok(Some((OwnedServer(served), url)))
+    }
+
+    /// Stops the server (SIGSTOP) until [`resume`](Self::resume).
+    pub(crate) fn pause(&mut self) {
+        self.0.pause();
+    }
+
+    /// Resumes a stopped server (SIGCONT).
+    pub(crate) fn resume(&mut self) {
+        self.0.resume();
     }
 
     /// Kills the server and starts it again with its data; returns once it serves again.
