@@ -63,6 +63,11 @@ pub enum Op {
     GrantWait,
     /// A waiter's `leave_queue`: ok when it gave a grant back, fail when it did not.
     LeaveQueue,
+    /// Nemesis: a worker was cut off the store server (`dur_ns` is the planned partition):
+    /// every byte between them is lost.
+    Partition,
+    /// Nemesis: a partitioned worker reaches the store again.
+    Heal,
 }
 
 /// Whether an event starts an operation, ends it, or stands alone.

@@ -5,7 +5,8 @@
 //! lease expires while the worker is stopped, so another worker takes its job over and the
 //! paused one comes back with a stale fence) and 0.5× the lease (the lease must survive it). The
 //! first pause is a long one, so every run with pauses forces at least one lease expiry. Store
-//! pauses (the store server stopped) alternate the same way.
+//! pauses (the store server stopped) and partitions (workers cut off the store) alternate the
+//! same way.
 
 use std::time::Duration;
 
@@ -26,15 +27,19 @@ pub enum Fault {
     Slow,
     /// SIGSTOP the store server for a while, then SIGCONT.
     StorePause,
+    /// Cut some workers off the store server for a while (each reaches it through a proxy of
+    /// its own), then heal.
+    Partition,
 }
 
 /// Every fault, in the order the command line lists them.
-pub const ALL: [Fault; 5] = [
+pub const ALL: [Fault; 6] = [
     Fault::Kill,
     Fault::Pause,
     Fault::StoreRestart,
     Fault::Slow,
     Fault::StorePause,
+    Fault::Partition,
 ];
 
 impl Fault {
@@ -46,6 +51,7 @@ impl Fault {
             Fault::StoreRestart => "store-restart",
             Fault::Slow => "slow",
             Fault::StorePause => "store-pause",
+            Fault::Partition => "partition",
         }
     }
 
@@ -60,7 +66,7 @@ fn names() -> String {
     ALL.map(Fault::name).join(", ")
 }
 
-/// Parses `kill,pause,store-restart,slow,store-pause` (any non-empty subset, any order).
+/// Parses `kill,pause,store-restart,slow,store-pause,partition` (any non-empty subset, any order).
 ///
 /// # Errors
 ///
@@ -81,6 +87,45 @@ pub fn parse_faults(list: &str) -> Result<Vec<Fault>, String> {
         return Err(format!("--chaos needs at least one of {}", names()));
     }
     Ok(out)
+}
+
+/// A worker's store URL through a proxy at `endpoint` (`host:port`) instead of the server it
+/// names: `(the server's host:port, the new URL)`. Only a plain TCP store naming one server
+/// with its port can be proxied.
+///
+/// # Errors
+///
+/// Why this URL cannot go through a proxy.
+pub fn proxied_url(url: &str, endpoint: &str) -> Result<(String, String), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| "the store URL has no scheme".to_owned())?;
+    let plain = ["redis", "valkey", "etcd", "postgres", "postgresql"];
+    if !plain.contains(&scheme.to_ascii_lowercase().as_str()) {
+        return Err(format!(
+            "a proxy can cut only a plain TCP store server ({}://), not {scheme}://",
+            plain.join("://, ")
+        ));
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    if host.contains(',') {
+        return Err("the store URL names several servers: one proxy cannot stand for them".into());
+    }
+    if !host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        return Err("the store URL names no port for the proxy to connect to".into());
+    }
+    Ok((
+        host.to_owned(),
+        format!("{scheme}://{user}{endpoint}{path}"),
+    ))
 }
 
 /// One step of the schedule.
@@ -111,6 +156,13 @@ pub enum Action {
     /// Stop the store server for `factor` × the lease.
     StorePause {
         /// Pause length in leases.
+        factor: f64,
+    },
+    /// Cut the workers in these slots off the store for `factor` × the lease.
+    Partition {
+        /// Worker slots (0-based).
+        slots: Vec<usize>,
+        /// Partition length in leases.
         factor: f64,
     },
 }
@@ -154,6 +206,7 @@ pub fn plan(
     let mut late_next = true;
     // Store pauses alternate as worker pauses do, each kind on its own.
     let mut store_long_next = true;
+    let mut cut_long_next = true;
     let mut round: Vec<Fault> = Vec::new();
     while t < end && workers > 0 && !faults.is_empty() {
         // Every fault once per round, in a shuffled order.
@@ -187,6 +240,12 @@ pub fn plan(
                 store_long_next = !store_long_next;
                 (Action::StorePause { factor }, lease.mul_f64(factor))
             }
+            Fault::Partition => {
+                let factor = if cut_long_next { 3.0 } else { 0.5 };
+                cut_long_next = !cut_long_next;
+                let slots = some_slots(&mut rng, workers);
+                (Action::Partition { slots, factor }, lease.mul_f64(factor))
+            }
         };
         if t + len > end && !steps.is_empty() {
             break;
@@ -200,6 +259,34 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_urls_go_through_a_proxy_and_others_say_why_not() {
+        let p = "127.0.0.1:9";
+        assert_eq!(
+            proxied_url("redis://u:pw@127.0.0.1:6379/2?wait_replicas=1", p).unwrap(),
+            (
+                "127.0.0.1:6379".to_owned(),
+                "redis://u:pw@127.0.0.1:9/2?wait_replicas=1".to_owned()
+            )
+        );
+        assert_eq!(
+            proxied_url("etcd://127.0.0.1:2379/fleet/", p).unwrap().1,
+            "etcd://127.0.0.1:9/fleet/"
+        );
+        assert_eq!(
+            proxied_url("redis://h:1", p).unwrap(),
+            ("h:1".to_owned(), "redis://127.0.0.1:9".to_owned())
+        );
+        for bad in [
+            "sqlite:///tmp/x.db",
+            "rediss://h:1",
+            "etcd://a:1,b:2/p",
+            "redis://h",
+        ] {
+            assert!(proxied_url(bad, p).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn fault_lists_parse_and_bad_ones_say_why() {
@@ -228,6 +315,7 @@ mod tests {
                         | (Action::StoreRestart, Fault::StoreRestart)
                         | (Action::Slow { .. }, Fault::Slow)
                         | (Action::StorePause { .. }, Fault::StorePause)
+                        | (Action::Partition { .. }, Fault::Partition)
                 )),
                 "{f:?} missing from {a:?}"
             );
@@ -249,6 +337,15 @@ mod tests {
             })
             .collect();
         assert_eq!(store_pauses[..2], [3.0, 0.5], "{store_pauses:?}");
+        let cuts: Vec<(f64, usize)> = a
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Partition { factor, slots } => Some((*factor, slots.len())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!([cuts[0].0, cuts[1].0], [3.0, 0.5], "{cuts:?}");
+        assert!(cuts.iter().all(|c| (1..=2).contains(&c.1)), "{cuts:?}");
         // A short run still gets its one long pause.
         let short = plan(1, &[Fault::Pause], Duration::from_secs(5), lease, 2);
         assert!(matches!(short[0].action, Action::Pause { factor: 3.0, .. }));

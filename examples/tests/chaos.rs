@@ -236,3 +236,80 @@ fn etcd_survives_store_pauses() {
     assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
     assert_eq!(count(&line, " lost updates"), 0, "{line}");
 }
+
+/// Partitions: each worker reaches the store through a proxy of its own, which the nemesis cuts
+/// (every byte lost) for 3× or 0.5× the lease; a worker cut off mid-job must give its lease up
+/// by its deadline, while the others take its keys over.
+#[cfg(feature = "redis")]
+#[test]
+fn redis_survives_partitions() {
+    if lease_testkit::require_binary("redis-server", "redis-server").is_none() {
+        return;
+    }
+    let line = chaos_with(
+        Some("redis"),
+        "kill,partition",
+        "15s",
+        "500ms",
+        &["--work", "1s"],
+    );
+    println!("{line}");
+    assert!(line.contains("/kill+partition: "), "{line}");
+    assert!(count(&line, " partitions") >= 2, "{line}");
+    assert!(
+        count(&line, " leases lost") >= 1,
+        "no lease cut off: {line}"
+    );
+    assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
+    assert_eq!(count(&line, " lost updates"), 0, "{line}");
+}
+
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_survives_partitions() {
+    if lease_testkit::require_binary("etcd", "etcd-server").is_none() {
+        return;
+    }
+    let line = chaos_with(
+        Some("etcd"),
+        "kill,partition",
+        "20s",
+        "2s",
+        &["--work", "4s"],
+    );
+    println!("{line}");
+    assert!(line.starts_with("etcd/kill+partition: "), "{line}");
+    assert!(count(&line, " partitions") >= 1, "{line}");
+    assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
+    assert_eq!(count(&line, " lost updates"), 0, "{line}");
+}
+
+/// The SQLite store has no network to cut: the fleet says so and runs the other faults.
+#[test]
+fn sqlite_skips_partitions_and_says_why() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .args([
+            "--chaos",
+            "kill,partition",
+            "--seed",
+            "1",
+            "--duration",
+            "3s",
+        ])
+        .args(["--lease", "500ms", "--workers", "2", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("chaos: partition skipped: the SQLite store is embedded"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sqlite-queued/kill: ") || stdout.contains("sqlite/kill: "),
+        "{stdout}"
+    );
+}

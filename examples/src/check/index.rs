@@ -110,6 +110,8 @@ pub(super) struct RunIndex<'a> {
     pub(super) restarts: Vec<u64>,
     /// Each time the store server was stopped (proc 0 in the pause; never a worker's).
     pub(super) store_pauses: Vec<Pause>,
+    /// A worker cut off the store from `from` to `to` (a partition, not a pause).
+    pub(super) partitions: Vec<Pause>,
     /// Per key, in the order answered.
     pub(super) grants: BTreeMap<&'a str, Vec<Grant>>,
     /// Per key, (process, time) of every acquire sent.
@@ -145,6 +147,7 @@ impl<'a> RunIndex<'a> {
             pauses: Vec::new(),
             restarts: Vec::new(),
             store_pauses: Vec::new(),
+            partitions: Vec::new(),
             grants: BTreeMap::new(),
             wants: HashMap::new(),
             tenures: BTreeMap::new(),
@@ -164,11 +167,24 @@ impl<'a> RunIndex<'a> {
     }
 
     /// Kills, pauses (a pause never resumed lasts as planned; one of proc 0 stops the store
-    /// server) and store restarts.
+    /// server), store restarts and partitions (one never healed lasts as planned).
     fn nemesis(&mut self, events: &[&'a Event]) {
         let mut open_pauses: HashMap<u64, (u64, u64)> = HashMap::new(); // proc -> (from, planned)
+        let mut open_cuts: HashMap<u64, (u64, u64)> = HashMap::new();
         for e in events {
             match e.op {
+                Op::Partition => {
+                    open_cuts.insert(e.proc, (e.t_ns, e.dur_ns.unwrap_or(0)));
+                }
+                Op::Heal => {
+                    if let Some((from, _)) = open_cuts.remove(&e.proc) {
+                        self.partitions.push(Pause {
+                            proc: e.proc,
+                            from,
+                            to: e.t_ns,
+                        });
+                    }
+                }
                 Op::Kill => self.kills.push((e.proc, e.t_ns)),
                 Op::Pause => {
                     open_pauses.insert(e.proc, (e.t_ns, e.dur_ns.unwrap_or(0)));
@@ -193,6 +209,21 @@ impl<'a> RunIndex<'a> {
                 to: from + planned.max(1),
             });
         }
+        for (proc, (from, planned)) in open_cuts {
+            self.partitions.push(Pause {
+                proc,
+                from,
+                to: from + planned.max(1),
+            });
+        }
+    }
+
+    /// Whether `proc` was cut off the store at `t`, or within `after` of its heal (its client
+    /// may take that long to connect again).
+    pub(super) fn cut_off(&self, proc: u64, t: u64, after: u64) -> bool {
+        self.partitions
+            .iter()
+            .any(|p| p.proc == proc && p.from <= t && t <= p.to + after)
     }
 
     fn add_pause(&mut self, p: Pause) {
@@ -211,7 +242,10 @@ impl<'a> RunIndex<'a> {
         let mut releases = Vec::new();
         let mut last_event: HashMap<u64, u64> = HashMap::new();
         for &e in events {
-            if !matches!(e.op, Op::Kill | Op::Pause | Op::Resume | Op::Restart) {
+            if !matches!(
+                e.op,
+                Op::Kill | Op::Pause | Op::Resume | Op::Restart | Op::Partition | Op::Heal
+            ) {
                 last_event.insert(e.proc, e.t_ns);
             }
             let slot = (e.proc, e.key.as_str(), e.op);

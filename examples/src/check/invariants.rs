@@ -517,9 +517,13 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
                     .map(|g| g.ok)
                     .min()
             });
+            // A process cut off the store asks in vain: only the others' asking counts.
             let asked_after_expiry = ix.wants.get(t.key).is_some_and(|ws| {
                 ws.iter().any(|&(p, w)| {
-                    p != proc && w > killed + lease + 50_000_000 && w + 250_000_000 < killed + bound
+                    p != proc
+                        && w > killed + lease + 50_000_000
+                        && w + 250_000_000 < killed + bound
+                        && !ix.cut_off(p, w, 1_000_000_000)
                 })
             });
             match taken {

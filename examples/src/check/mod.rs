@@ -22,7 +22,7 @@
 //! | I5 | no renewal is sent after the deadline (+ half a lease of slack); the loss signal fires by the deadline (with a tolerance of max(lease/2, 1 s) for the logging task; excused when the process was stopped over its deadline); no protected work starts after the deadline or the loss signal |
 //! | I6 | tenures of different processes, each up to its deadline, do not overlap (skipped for a tenure whose process was paused longer than half the lease) |
 //! | I7 | on a queued store, no process is granted a key while an earlier waiter's entry is certainly live and older: its first `Waiting` answer arrived before the other's first enqueue was sent, it was refreshed within its patience, and it was neither granted (with a smaller fence), nor left, killed, paused or wiped by a store restart (`queue.rs` says how each side is bounded) |
-//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart or a store pause in that time, and on SQLite from the end of another process's pause: a stopped process can hold the database's write lock) when another asked for it after the lease ran out |
+//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart or a store pause in that time, and on SQLite from the end of another process's pause: a stopped process can hold the database's write lock) when another, not cut off the store then, asked for it after the lease ran out |
 //! | I9 | a process that exits normally holds no key |
 //!
 //! [`load`] reads the runs; [`check`] indexes a run's events once (`index.rs`: the grants,
@@ -118,6 +118,8 @@ pub struct Report {
     pub restarts: u64,
     /// Times the store server was stopped.
     pub store_pauses: u64,
+    /// Workers cut off the store.
+    pub partitions: u64,
     /// Tenure pairs checked for I6, and skipped because of a pause.
     pub i6_checked: u64,
     /// Tenure pairs skipped for I6.
@@ -140,7 +142,7 @@ impl Report {
             "{}: {} acquisitions, {} overlaps, {}/{} stale writes rejected, {} accepted out of \
              order, {} lost updates, {} duplicate completions, {} leases lost, {}/{} stale \
              renews/releases refused, {} queue grants, {} kills (takeover p99 {}), {} pauses ({} \
-             longer than the lease), {} store restarts, {} store pauses: {}",
+             longer than the lease), {} store restarts, {} store pauses, {} partitions: {}",
             self.name,
             self.acquisitions,
             self.overlaps,
@@ -159,6 +161,7 @@ impl Report {
             self.long_pauses,
             self.restarts,
             self.store_pauses,
+            self.partitions,
             if self.ok() {
                 "ok".to_owned()
             } else {
@@ -217,6 +220,7 @@ pub fn check(run: &Run) -> Report {
         long_pauses: ix.long_pauses(),
         restarts: ix.restarts.len() as u64,
         store_pauses: ix.store_pauses.len() as u64,
+        partitions: ix.partitions.len() as u64,
         queue_grants: ix.queue.grants.len() as u64,
         ..Report::default()
     };

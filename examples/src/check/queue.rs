@@ -119,7 +119,9 @@ impl<'a> QueueIndex<'a> {
         let mut grants = Vec::new();
         for &e in events {
             match (e.op, e.kind) {
-                (Op::Kill | Op::Pause | Op::Exit, _) | (Op::Restart, Kind::Invoke) => {
+                // A waiter cut off the store cannot refresh its entry either.
+                (Op::Kill | Op::Pause | Op::Partition | Op::Exit, _)
+                | (Op::Restart, Kind::Invoke) => {
                     // A restart may lose the queue; while the store is stopped nobody can
                     // refresh an entry, which may then lapse: the order after either is new.
                     let all = e.op == Op::Restart || (e.op == Op::Pause && e.proc == STORE);

@@ -284,6 +284,29 @@ fn i8_counts_from_the_end_of_a_store_pause() {
     assert_eq!(invariants(never), ["I8"]);
 }
 
+/// A process cut off the store asks for a key in vain: its asking does not make the takeover
+/// due; a process that can reach the store still does.
+#[test]
+fn i8_does_not_count_asking_from_behind_a_partition() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    for t in [1200, 1500, 2000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    assert_eq!(invariants(h.clone()), ["I8"]);
+    let mut p = ev(1000, 0, Op::Partition, Kind::Info, None).tap_proc(2);
+    p.dur_ns = Some(1500 * MS);
+    h.push(p);
+    h.push(ev(2500, 0, Op::Heal, Kind::Info, None).tap_proc(2));
+    let r = run(h.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!((r.partitions, r.pauses), (1, 0));
+    h.push(ev(1300, 3, Op::Acquire, Kind::Invoke, None));
+    h.push(ev(1301, 3, Op::Acquire, Kind::Fail, None));
+    assert_eq!(invariants(h), ["I8"]);
+}
+
 #[test]
 fn i9_flags_a_process_that_exits_holding_a_key() {
     let mut h = tenure(1, 1, 0, Some(100));

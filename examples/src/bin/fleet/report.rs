@@ -18,6 +18,7 @@ pub(crate) struct Injected {
     pub(crate) restarts: u64,
     pub(crate) slowed: u64,
     pub(crate) store_pauses: u64,
+    pub(crate) partitions: u64,
 }
 
 /// The worker processes' tallies, summed, and how the processes ended.
@@ -186,10 +187,12 @@ pub(crate) fn print(
             restarts,
             slowed,
             store_pauses,
+            partitions,
         } = injected;
         println!(
             "nemesis                {kills} kills, {pauses} pauses, {restarts} store restarts, \
-             {slowed} slowed workers, {store_pauses} store pauses (seed {seed})"
+             {slowed} slowed workers, {store_pauses} store pauses, {partitions} partitioned \
+             workers (seed {seed})"
         );
     }
     let miscount = unreported.is_none_or(|n| n > cut);

@@ -23,6 +23,9 @@ use crate::report::{self, Ended, Injected};
 use crate::server::OwnedServer;
 use crate::spawn::{Paused, Slot, Spawner, signal};
 
+/// A partitioned worker: its proc id and its proxy to the store.
+type Cut = (u64, Arc<lease_testkit::HoldingProxy>);
+
 /// The lock's default backoff cap: the I8 bound is lease + this + 1 s.
 const BACKOFF_CAP: Duration = Duration::from_millis(250);
 
@@ -138,11 +141,24 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let seed = args
         .seed
         .unwrap_or_else(|| u64::from(rand::random::<u16>()));
+    // Partitions cut a worker's own proxy to the store server: only a server store can be
+    // cut, and only through a URL a proxy can stand in for.
+    let no_cut = if scheme.is_server() {
+        lease_examples::nemesis::proxied_url(&store_url, "127.0.0.1:1").err()
+    } else {
+        Some(format!(
+            "the {} store is embedded in the workers, there is no network to cut",
+            scheme.label()
+        ))
+    };
+    let applies = |f: &Fault| {
+        (!f.needs_own_server() || server.is_some()) && (*f != Fault::Partition || no_cut.is_none())
+    };
     let faults: Vec<Fault> = chaos
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|f| !f.needs_own_server() || server.is_some())
+        .filter(applies)
         .collect();
     let mut name = scheme.name().to_owned();
     if queued {
@@ -206,11 +222,16 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     println!("chaos: {} skipped: {}", f.name(), no_server(scheme, *f));
                 }
             }
-            let applied: Vec<Fault> = faults
-                .iter()
-                .copied()
-                .filter(|f| !f.needs_own_server() || server.is_some())
-                .collect();
+            if faults.contains(&Fault::Partition) {
+                match &no_cut {
+                    Some(why) => println!("chaos: partition skipped: {why}"),
+                    None => println!(
+                        "chaos: each worker reaches the store through a proxy of its own, which \
+                         a partition cuts"
+                    ),
+                }
+            }
+            let applied: Vec<Fault> = faults.iter().copied().filter(applies).collect();
             plan(seed, &applied, args.duration, lease, args.workers)
         }
         None => Vec::new(),
@@ -232,6 +253,10 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         history: history.clone(),
         chaos: chaos.is_some(),
         broken: args.broken,
+        proxied: chaos
+            .as_ref()
+            .is_some_and(|f| f.contains(&Fault::Partition))
+            && no_cut.is_none(),
     };
     let mut next_proc = 1;
     let mut slots = Vec::new();
@@ -255,6 +280,8 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let mut heal_slow: Option<(Instant, Vec<Paused>)> = None;
     // When to resume the stopped store server.
     let mut resume_store: Option<Instant> = None;
+    // When to heal the partitioned workers, and which (proc, proxy).
+    let mut heal_cut: Option<(Instant, Vec<Cut>)> = None;
     let store_ctl = |f: fn(&mut OwnedServer)| {
         if let Some(server) = &server {
             f(&mut server.lock().unwrap_or_else(|p| p.into_inner()));
@@ -296,9 +323,19 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             log(Event::now(STORE, "", Op::Resume, Kind::Info));
             resume_store = None;
         }
+        if let Some((at, cut)) = &heal_cut {
+            if Instant::now() >= *at {
+                for (proc, proxy) in cut {
+                    proxy.heal();
+                    log(Event::now(*proc, "", Op::Heal, Kind::Info));
+                }
+                heal_cut = None;
+            }
+        }
         while resume.is_none()
             && heal_slow.is_none()
             && resume_store.is_none()
+            && heal_cut.is_none()
             && steps.peek().is_some_and(|s| started.elapsed() >= s.at)
         {
             let step = steps.next().expect("peeked");
@@ -357,6 +394,26 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                         resume_store = Some(Instant::now() + dur);
                     }
                 }
+                Action::Partition {
+                    slots: which,
+                    factor,
+                } => {
+                    let dur = lease.mul_f64(factor);
+                    let mut cut = Vec::new();
+                    for i in which {
+                        let s = &slots[i];
+                        let Some(proxy) = &s.proxy else { continue };
+                        let mut e = Event::now(s.proc, "", Op::Partition, Kind::Info);
+                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
+                        // The open connections go silent, as behind a dropped route: the
+                        // worker finds out only by its calls timing out.
+                        proxy.cut(false);
+                        log(e);
+                        cut.push((s.proc, proxy.clone()));
+                        injected.partitions += 1;
+                    }
+                    heal_cut = Some((Instant::now() + dur, cut));
+                }
                 Action::StoreRestart => {
                     if let Some(server) = &server {
                         log(Event::now(0, "", Op::Restart, Kind::Invoke));
@@ -383,12 +440,14 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         }
         if chaos.is_some() {
             bar.set_message(format!(
-                "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed, {} store pauses",
+                "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed, {} store pauses, \
+                 {} cut",
                 injected.kills,
                 injected.pauses,
                 injected.restarts,
                 injected.slowed,
-                injected.store_pauses
+                injected.store_pauses,
+                injected.partitions
             ));
         } else {
             bar.set_message(format!("{done} jobs done"));
@@ -396,7 +455,13 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    // Heal: nothing may stay stopped or slow.
+    // Heal: nothing may stay stopped, slow or cut off.
+    if let Some((_, cut)) = heal_cut.take() {
+        for (proc, proxy) in cut {
+            proxy.heal();
+            log(Event::now(proc, "", Op::Heal, Kind::Info));
+        }
+    }
     if resume_store.take().is_some() {
         store_ctl(OwnedServer::resume);
         log(Event::now(STORE, "", Op::Resume, Kind::Info));
