@@ -116,9 +116,9 @@ pub fn proxied_url(url: &str, endpoint: &str) -> Result<(String, String), String
     if host.contains(',') {
         return Err("the store URL names several servers: one proxy cannot stand for them".into());
     }
-    if !host
+    if host
         .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
     {
         return Err("the store URL names no port for the proxy to connect to".into());
     }
