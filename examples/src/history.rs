@@ -68,6 +68,9 @@ pub enum Op {
     Partition,
     /// Nemesis: a partitioned worker reaches the store again.
     Heal,
+    /// Nemesis: a failover of the store (proc [`STORE`]): the invoke when the replica starts
+    /// missing the primary's writes, ok once the primary is dead and the replica promoted.
+    Failover,
 }
 
 /// Whether an event starts an operation, ends it, or stands alone.

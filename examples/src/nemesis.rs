@@ -30,16 +30,20 @@ pub enum Fault {
     /// Cut some workers off the store server for a while (each reaches it through a proxy of
     /// its own), then heal.
     Partition,
+    /// Hold the replication back for a while, kill the primary and promote its replica, which
+    /// the workers' proxies then lead to (once per run).
+    Failover,
 }
 
 /// Every fault, in the order the command line lists them.
-pub const ALL: [Fault; 6] = [
+pub const ALL: [Fault; 7] = [
     Fault::Kill,
     Fault::Pause,
     Fault::StoreRestart,
     Fault::Slow,
     Fault::StorePause,
     Fault::Partition,
+    Fault::Failover,
 ];
 
 impl Fault {
@@ -52,12 +56,16 @@ impl Fault {
             Fault::Slow => "slow",
             Fault::StorePause => "store-pause",
             Fault::Partition => "partition",
+            Fault::Failover => "failover",
         }
     }
 
     /// Whether the fault needs a store server the fleet started itself.
     pub fn needs_own_server(self) -> bool {
-        matches!(self, Fault::StoreRestart | Fault::StorePause)
+        matches!(
+            self,
+            Fault::StoreRestart | Fault::StorePause | Fault::Failover
+        )
     }
 }
 
@@ -66,7 +74,7 @@ fn names() -> String {
     ALL.map(Fault::name).join(", ")
 }
 
-/// Parses `kill,pause,store-restart,slow,store-pause,partition` (any non-empty subset, any order).
+/// Parses `kill,pause,store-restart,slow,store-pause,partition,failover` (any non-empty subset, any order).
 ///
 /// # Errors
 ///
@@ -158,6 +166,11 @@ pub enum Action {
         /// Pause length in leases.
         factor: f64,
     },
+    /// Hold the replication back for `lag` × the lease, then fail over to the replica.
+    Failover {
+        /// How long the replica misses the primary's writes before the primary dies, in leases.
+        lag: f64,
+    },
     /// Cut the workers in these slots off the store for `factor` × the lease.
     Partition {
         /// Worker slots (0-based).
@@ -166,6 +179,9 @@ pub enum Action {
         factor: f64,
     },
 }
+
+/// How long, in leases, the replica misses the primary's writes before a failover.
+pub const FAILOVER_LAG: f64 = 0.5;
 
 /// How long, in leases, a `slow` step lasts.
 pub const SLOW_FOR: f64 = 2.0;
@@ -208,13 +224,18 @@ pub fn plan(
     let mut store_long_next = true;
     let mut cut_long_next = true;
     let mut round: Vec<Fault> = Vec::new();
+    // A failover uses the one replica up: once per run.
+    let mut faults = faults.to_vec();
     while t < end && workers > 0 && !faults.is_empty() {
         // Every fault once per round, in a shuffled order.
         if round.is_empty() {
-            round = faults.to_vec();
+            round.clone_from(&faults);
             round.shuffle(&mut rng);
         }
         let fault = round.pop().expect("refilled above");
+        if fault == Fault::Failover {
+            faults.retain(|f| *f != Fault::Failover);
+        }
         let (action, len) = match fault {
             Fault::Kill => (
                 Action::Kill {
@@ -240,6 +261,10 @@ pub fn plan(
                 store_long_next = !store_long_next;
                 (Action::StorePause { factor }, lease.mul_f64(factor))
             }
+            Fault::Failover => (
+                Action::Failover { lag: FAILOVER_LAG },
+                lease.mul_f64(FAILOVER_LAG) + Duration::from_secs(1),
+            ),
             Fault::Partition => {
                 let factor = if cut_long_next { 3.0 } else { 0.5 };
                 cut_long_next = !cut_long_next;
@@ -316,6 +341,7 @@ mod tests {
                         | (Action::Slow { .. }, Fault::Slow)
                         | (Action::StorePause { .. }, Fault::StorePause)
                         | (Action::Partition { .. }, Fault::Partition)
+                        | (Action::Failover { .. }, Fault::Failover)
                 )),
                 "{f:?} missing from {a:?}"
             );
@@ -346,6 +372,13 @@ mod tests {
             .collect();
         assert_eq!([cuts[0].0, cuts[1].0], [3.0, 0.5], "{cuts:?}");
         assert!(cuts.iter().all(|c| (1..=2).contains(&c.1)), "{cuts:?}");
+        let failovers = a
+            .iter()
+            .filter(|s| matches!(s.action, Action::Failover { .. }))
+            .count();
+        assert_eq!(failovers, 1, "one replica, one failover: {a:?}");
+        let only = plan(7, &[Fault::Failover], d, lease, 4);
+        assert_eq!(only.len(), 1, "{only:?}");
         // A short run still gets its one long pause.
         let short = plan(1, &[Fault::Pause], Duration::from_secs(5), lease, 2);
         assert!(matches!(short[0].action, Action::Pause { factor: 3.0, .. }));

@@ -110,6 +110,11 @@ pub(super) struct RunIndex<'a> {
     pub(super) restarts: Vec<u64>,
     /// Each time the store server was stopped (proc 0 in the pause; never a worker's).
     pub(super) store_pauses: Vec<Pause>,
+    /// When the store's replica was promoted after each failover.
+    pub(super) failovers: Vec<u64>,
+    /// Store calls that failed because the store saw a fence go back (a failover or restart
+    /// that lost writes), as the store reported them.
+    pub(super) regressions: u64,
     /// A worker cut off the store from `from` to `to` (a partition, not a pause).
     pub(super) partitions: Vec<Pause>,
     /// Per key, in the order answered.
@@ -148,6 +153,8 @@ impl<'a> RunIndex<'a> {
             restarts: Vec::new(),
             store_pauses: Vec::new(),
             partitions: Vec::new(),
+            failovers: Vec::new(),
+            regressions: 0,
             grants: BTreeMap::new(),
             wants: HashMap::new(),
             tenures: BTreeMap::new(),
@@ -199,6 +206,7 @@ impl<'a> RunIndex<'a> {
                     }
                 }
                 Op::Restart if e.kind != Kind::Invoke => self.restarts.push(e.t_ns),
+                Op::Failover if e.kind != Kind::Invoke => self.failovers.push(e.t_ns),
                 _ => {}
             }
         }
@@ -244,9 +252,21 @@ impl<'a> RunIndex<'a> {
         for &e in events {
             if !matches!(
                 e.op,
-                Op::Kill | Op::Pause | Op::Resume | Op::Restart | Op::Partition | Op::Heal
+                Op::Kill
+                    | Op::Pause
+                    | Op::Resume
+                    | Op::Restart
+                    | Op::Partition
+                    | Op::Heal
+                    | Op::Failover
             ) {
                 last_event.insert(e.proc, e.t_ns);
+            }
+            if e.error
+                .as_deref()
+                .is_some_and(|m| m.contains(" store fence regression: "))
+            {
+                self.regressions += 1;
             }
             let slot = (e.proc, e.key.as_str(), e.op);
             match (e.op, e.kind) {

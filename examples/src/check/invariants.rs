@@ -489,9 +489,11 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
             .iter()
             .filter(|p| embedded && p.proc != proc && p.from <= died + bound)
             .map(|p| p.to);
+        // A failover likewise: the clients find the promoted replica only then.
         let restarted = ix
             .restarts
             .iter()
+            .chain(&ix.failovers)
             .copied()
             .chain(stalls)
             .filter(|&t| t > died && t <= died + bound)

@@ -121,10 +121,12 @@ impl<'a> QueueIndex<'a> {
             match (e.op, e.kind) {
                 // A waiter cut off the store cannot refresh its entry either.
                 (Op::Kill | Op::Pause | Op::Partition | Op::Exit, _)
-                | (Op::Restart, Kind::Invoke) => {
-                    // A restart may lose the queue; while the store is stopped nobody can
-                    // refresh an entry, which may then lapse: the order after either is new.
-                    let all = e.op == Op::Restart || (e.op == Op::Pause && e.proc == STORE);
+                | (Op::Restart | Op::Failover, Kind::Invoke) => {
+                    // A restart or failover may lose the queue; while the store is stopped
+                    // nobody can refresh an entry, which may then lapse: the order after any
+                    // of them is new.
+                    let all = matches!(e.op, Op::Restart | Op::Failover)
+                        || (e.op == Op::Pause && e.proc == STORE);
                     for ((proc, _), s) in &mut slots {
                         if all || *proc == e.proc {
                             s.close(e.t_ns, &mut done);

@@ -307,6 +307,29 @@ fn i8_does_not_count_asking_from_behind_a_partition() {
     assert_eq!(invariants(h), ["I8"]);
 }
 
+/// A failover restarts the takeover clock as a restart does; a fence regression the store
+/// reported is counted, not a violation.
+#[test]
+fn a_failover_restarts_the_takeover_clock_and_reported_regressions_are_counted() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    for t in [1200, 1500, 2000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    h.extend(tenure(2, 2, 2600, Some(2700)));
+    assert_eq!(invariants(h.clone()), ["I8"]);
+    h.push(ev(1000, 0, Op::Failover, Kind::Invoke, None));
+    h.push(ev(1500, 0, Op::Failover, Kind::Ok, None));
+    h.push(ev(2900, 3, Op::Acquire, Kind::Invoke, None));
+    let mut e = ev(2901, 3, Op::Acquire, Kind::Info, None);
+    e.error = Some("redis store fence regression: the fence of \"job/1\" went back".into());
+    h.push(e);
+    let r = run(h);
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!((r.failovers, r.regressions), (1, 1));
+}
+
 #[test]
 fn i9_flags_a_process_that_exits_holding_a_key() {
     let mut h = tenure(1, 1, 0, Some(100));

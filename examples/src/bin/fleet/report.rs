@@ -19,6 +19,7 @@ pub(crate) struct Injected {
     pub(crate) slowed: u64,
     pub(crate) store_pauses: u64,
     pub(crate) partitions: u64,
+    pub(crate) failovers: u64,
 }
 
 /// The worker processes' tallies, summed, and how the processes ended.
@@ -188,11 +189,12 @@ pub(crate) fn print(
             slowed,
             store_pauses,
             partitions,
+            failovers,
         } = injected;
         println!(
             "nemesis                {kills} kills, {pauses} pauses, {restarts} store restarts, \
              {slowed} slowed workers, {store_pauses} store pauses, {partitions} partitioned \
-             workers (seed {seed})"
+             workers, {failovers} failovers (seed {seed})"
         );
     }
     let miscount = unreported.is_none_or(|n| n > cut);

@@ -80,7 +80,20 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         bail!("--lease must be longer than zero");
     }
     let (dir, _temp) = run_dir(args.dir.as_deref())?;
-    let (server, store_url) = match args.store.as_deref().map(OwnedServer::start).transpose()? {
+    let chaos = args
+        .chaos
+        .as_deref()
+        .map(parse_faults)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    // A failover needs a replica: the fleet's own Redis then has one.
+    let replicated = chaos.as_ref().is_some_and(|f| f.contains(&Fault::Failover));
+    let (server, store_url) = match args
+        .store
+        .as_deref()
+        .map(|s| OwnedServer::start(s, replicated))
+        .transpose()?
+    {
         Some(Some((server, url))) => (Some(server), url),
         _ => (
             None,
@@ -113,12 +126,6 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         );
     }
     let scheme = Scheme::of(&store_url)?;
-    let chaos = args
-        .chaos
-        .as_deref()
-        .map(parse_faults)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!(e))?;
     let work = args.work.unwrap_or(if chaos.is_some() {
         Duration::from_millis(20)
     } else {
@@ -151,8 +158,13 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             scheme.label()
         ))
     };
-    let applies = |f: &Fault| {
-        (!f.needs_own_server() || server.is_some()) && (*f != Fault::Partition || no_cut.is_none())
+    let can_fail_over = server
+        .as_ref()
+        .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).can_fail_over());
+    let applies = |f: &Fault| match f {
+        Fault::Partition => no_cut.is_none(),
+        Fault::Failover => can_fail_over && no_cut.is_none(),
+        f => !f.needs_own_server() || server.is_some(),
     };
     let faults: Vec<Fault> = chaos
         .clone()
@@ -160,6 +172,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         .into_iter()
         .filter(applies)
         .collect();
+    let applied_failover = faults.contains(&Fault::Failover);
     let mut name = scheme.name().to_owned();
     if queued {
         // The workers wait in the store's queue: the run is checked for its order too (I7).
@@ -217,17 +230,21 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     .as_deref()
                     .map_or(String::new(), |h| h.display().to_string())
             );
-            for f in faults.iter().filter(|f| f.needs_own_server()) {
-                if server.is_none() {
-                    println!("chaos: {} skipped: {}", f.name(), no_server(scheme, *f));
-                }
+            for f in faults
+                .iter()
+                .filter(|f| f.needs_own_server() && !applies(f))
+            {
+                println!("chaos: {} skipped: {}", f.name(), no_server(scheme, *f));
             }
-            if faults.contains(&Fault::Partition) {
+            if faults.contains(&Fault::Partition) || applied_failover {
                 match &no_cut {
-                    Some(why) => println!("chaos: partition skipped: {why}"),
+                    Some(why) if faults.contains(&Fault::Partition) => {
+                        println!("chaos: partition skipped: {why}");
+                    }
+                    Some(_) => {}
                     None => println!(
                         "chaos: each worker reaches the store through a proxy of its own, which \
-                         a partition cuts"
+                         a partition cuts and a failover moves"
                     ),
                 }
             }
@@ -253,10 +270,12 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         history: history.clone(),
         chaos: chaos.is_some(),
         broken: args.broken,
-        proxied: chaos
+        proxied: (chaos
             .as_ref()
             .is_some_and(|f| f.contains(&Fault::Partition))
+            || applied_failover)
             && no_cut.is_none(),
+        moved_to: Mutex::new(None),
     };
     let mut next_proc = 1;
     let mut slots = Vec::new();
@@ -280,6 +299,8 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let mut heal_slow: Option<(Instant, Vec<Paused>)> = None;
     // When to resume the stopped store server.
     let mut resume_store: Option<Instant> = None;
+    // When the replica, missing the primary's writes since the failover began, takes over.
+    let mut fail_over_at: Option<Instant> = None;
     // When to heal the partitioned workers, and which (proc, proxy).
     let mut heal_cut: Option<(Instant, Vec<Cut>)> = None;
     let store_ctl = |f: fn(&mut OwnedServer)| {
@@ -332,10 +353,37 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                 heal_cut = None;
             }
         }
+        if fail_over_at.is_some_and(|at| Instant::now() >= at) {
+            fail_over_at = None;
+            if let Some(server) = &server {
+                let primary = server.clone();
+                let moved = tokio::task::spawn_blocking(move || {
+                    primary
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .fail_over()
+                })
+                .await
+                .context("fail the store over")??;
+                for proxy in slots.iter().filter_map(|s| s.proxy.as_ref()) {
+                    proxy.retarget(&moved);
+                }
+                *spawner.moved_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(moved);
+                log(Event::now(STORE, "", Op::Failover, Kind::Ok));
+                injected.failovers += 1;
+                let server = server.clone();
+                tokio::task::spawn_blocking(move || {
+                    server.lock().unwrap_or_else(|p| p.into_inner()).rejoin()
+                })
+                .await
+                .context("rejoin the failed primary as a replica")??;
+            }
+        }
         while resume.is_none()
             && heal_slow.is_none()
             && resume_store.is_none()
             && heal_cut.is_none()
+            && fail_over_at.is_none()
             && steps.peek().is_some_and(|s| started.elapsed() >= s.at)
         {
             let step = steps.next().expect("peeked");
@@ -414,6 +462,19 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     }
                     heal_cut = Some((Instant::now() + dur, cut));
                 }
+                Action::Failover { lag } => {
+                    if let Some(server) = &server {
+                        // From now on the replica misses the primary's writes: the grants
+                        // made until the failover are lost with the primary (unless each
+                        // write waits for its replica: `?wait_replicas=1`).
+                        server
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .hold_replication(true);
+                        log(Event::now(STORE, "", Op::Failover, Kind::Invoke));
+                        fail_over_at = Some(Instant::now() + lease.mul_f64(lag));
+                    }
+                }
                 Action::StoreRestart => {
                     if let Some(server) = &server {
                         log(Event::now(0, "", Op::Restart, Kind::Invoke));
@@ -441,13 +502,14 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         if chaos.is_some() {
             bar.set_message(format!(
                 "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed, {} store pauses, \
-                 {} cut",
+                 {} cut, {} failovers",
                 injected.kills,
                 injected.pauses,
                 injected.restarts,
                 injected.slowed,
                 injected.store_pauses,
-                injected.partitions
+                injected.partitions,
+                injected.failovers
             ));
         } else {
             bar.set_message(format!("{done} jobs done"));
@@ -455,7 +517,15 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    // Heal: nothing may stay stopped, slow or cut off.
+    // Heal: nothing may stay stopped, slow or cut off; a failover not done is called off.
+    if fail_over_at.take().is_some() {
+        if let Some(server) = &server {
+            server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .hold_replication(false);
+        }
+    }
     if let Some((_, cut)) = heal_cut.take() {
         for (proc, proxy) in cut {
             proxy.heal();
@@ -519,6 +589,11 @@ fn save_table(jobs: &Jobs, dir: &Path) -> anyhow::Result<()> {
 /// Why `--chaos store-restart` or `store-pause` cannot restart or stop the store of this run:
 /// `scheme`'s, which the fleet did not start.
 fn no_server(scheme: Scheme, fault: Fault) -> String {
+    if fault == Fault::Failover {
+        return "a failover needs a primary and a replica, which the fleet starts itself for \
+                `--store redis` (without a URL)"
+            .to_owned();
+    }
     let verb = if fault == Fault::StorePause {
         "stop"
     } else {

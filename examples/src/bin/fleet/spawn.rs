@@ -34,8 +34,10 @@ pub(crate) struct Spawner {
     pub(crate) chaos: bool,
     pub(crate) broken: Option<Broken>,
     /// Each worker reaches the store server through a proxy of its own, which a partition
-    /// cuts.
+    /// cuts and a failover retargets.
     pub(crate) proxied: bool,
+    /// Where the proxies lead once a failover moved the store (`host:port`).
+    pub(crate) moved_to: std::sync::Mutex<Option<String>>,
 }
 
 impl Spawner {
@@ -44,7 +46,12 @@ impl Spawner {
         let (proxy, store_url) = if self.proxied {
             let (server, _) =
                 proxied_url(&self.store_url, "127.0.0.1:1").map_err(anyhow::Error::msg)?;
-            let proxy = HoldingProxy::start(&server);
+            let moved = self
+                .moved_to
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let proxy = HoldingProxy::start(&moved.unwrap_or(server));
             let (_, url) =
                 proxied_url(&self.store_url, &proxy.endpoint()).map_err(anyhow::Error::msg)?;
             (Some(Arc::new(proxy)), url)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use lease_core::{CrossProcessLock, DynStore, Error, LeaseStore};
+use lease_core::{CrossProcessLock, DynStore, Error, LeaseStore, StoreErrorKind};
 use lease_examples::broken::{Broken, BrokenStore, SlowWallClock};
 use lease_examples::history::{Event, History, Kind, Op, RecordingStore, now_ns};
 use lease_examples::jobs::{Claim, Jobs, Write};
@@ -134,6 +134,15 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
             Ok(g) => g,
             Err(Error::Busy { .. } | Error::TimedOut { .. }) => {
                 tally(&mut report, Tally::Busy);
+                continue;
+            }
+            // The store saw a fence go back (a failover that lost writes): it refuses the key
+            // rather than hand out a fence that may repeat. Counted as an error; the worker
+            // moves on.
+            Err(Error::Store(e)) if e.kind() == StoreErrorKind::FenceRegressed => {
+                tally(&mut report, Tally::Error);
+                eprintln!("worker {proc}: {e}; moving on");
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
             Err(e) if e.is_retryable() => {
