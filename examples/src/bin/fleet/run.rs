@@ -173,6 +173,15 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         .filter(applies)
         .collect();
     let applied_failover = faults.contains(&Fault::Failover);
+    if let Some(b) = args.broken.filter(|b| b.needs_partition()) {
+        if !faults.contains(&Fault::Partition) {
+            bail!(
+                "--broken {} shows only when workers are cut off a store server: it needs \
+                 --chaos partition and a server store",
+                b.name()
+            );
+        }
+    }
     let mut name = scheme.name().to_owned();
     if queued {
         // The workers wait in the store's queue: the run is checked for its order too (I7).
