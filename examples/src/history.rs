@@ -69,7 +69,8 @@ pub enum Op {
     /// Nemesis: a partitioned worker reaches the store again.
     Heal,
     /// Nemesis: a failover of the store (proc [`STORE`]): the invoke when the replica starts
-    /// missing the primary's writes, ok once the primary is dead and the replica promoted.
+    /// missing the primary's writes, ok once the primary is dead, the replica promoted and the
+    /// old primary back as its replica, in sync.
     Failover,
 }
 

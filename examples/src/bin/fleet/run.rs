@@ -378,14 +378,16 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     proxy.retarget(&moved);
                 }
                 *spawner.moved_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(moved);
-                log(Event::now(STORE, "", Op::Failover, Kind::Ok));
-                injected.failovers += 1;
                 let server = server.clone();
                 tokio::task::spawn_blocking(move || {
                     server.lock().unwrap_or_else(|p| p.into_inner()).rejoin()
                 })
                 .await
                 .context("rejoin the failed primary as a replica")??;
+                // Done once the new primary has a replica again: until then a store that
+                // waits for one grants nothing (I8's clock starts here).
+                log(Event::now(STORE, "", Op::Failover, Kind::Ok));
+                injected.failovers += 1;
             }
         }
         while resume.is_none()

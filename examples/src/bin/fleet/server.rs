@@ -148,7 +148,8 @@ impl OwnedServer {
 
     /// After a [`fail_over`](Self::fail_over): starts the old primary again, as a replica of
     /// the new one (it drops what only it had), as a failover manager rejoins a failed primary,
-    /// so that writes that wait for a replica can be acknowledged again.
+    /// so that writes that wait for a replica can be acknowledged again; returns once it is in
+    /// sync.
     pub(crate) fn rejoin(&mut self) -> anyhow::Result<()> {
         let Inner::Replicated(r) = &mut self.0 else {
             return Ok(());
@@ -159,6 +160,17 @@ impl OwnedServer {
         let reply = redis_command(old.port(), &format!("REPLICAOF 127.0.0.1 {new_port}"))?;
         if !reply.starts_with("+OK") {
             bail!("REPLICAOF answered {reply:?}");
+        }
+        // Until it has synchronised, a write that waits for a replica cannot be acknowledged.
+        let until = Instant::now() + Duration::from_secs(20);
+        while !redis_command(old.port(), "INFO replication")
+            .unwrap_or_default()
+            .contains("master_link_status:up")
+        {
+            if Instant::now() > until {
+                bail!("the old primary did not synchronise as a replica within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }
