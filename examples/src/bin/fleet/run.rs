@@ -39,7 +39,8 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// The lock store: sqlite://PATH (default: a temp database), redis://…, etcd://…, or `redis`
-    /// / `etcd` alone to start a throwaway local server (needed for --chaos store-restart).
+    /// / `etcd` alone to start a throwaway local server (needed for --chaos store-restart,
+    /// store-pause and failover; `redis?wait_replicas=1` adds options to its URL).
     #[arg(long)]
     store: Option<String>,
     /// The lease of each job lock.
@@ -54,8 +55,9 @@ pub(crate) struct RunArgs {
     /// Directory for the job table and the default lock database (default: a temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Faults to inject: any of kill,pause,store-restart,slow. Workers then contend for few jobs and
-    /// write without checking their lease first, and the run is checked from its history.
+    /// Faults to inject: any of kill,pause,store-restart,slow,store-pause,partition,failover.
+    /// Workers then contend for few jobs and write without checking their lease first, and the
+    /// run is checked from its history.
     #[arg(long, value_name = "FAULTS")]
     chaos: Option<String>,
     /// Seed of the chaos schedule (default: random, printed).
