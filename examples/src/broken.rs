@@ -9,6 +9,7 @@
 //! | `no-vacancy-check` | acquire takes a held key without checking that it is free | I6 |
 //! | `wall-clock` | the local deadline is measured on a slow wall clock | I5 |
 //! | `lifo-queue` | a release hands the key to the newest waiter, not the oldest | I7 |
+//! | `renew-on-timeout` | a renewal that times out or fails in transit counts as done | I5 (under partitions) |
 //!
 //! The first, third and last edit the SQLite store's tables directly (they need a `sqlite://`
 //! store, the last one with `?queued_grants=true`); the others work with any store.
@@ -38,16 +39,20 @@ pub enum Broken {
     /// (e) A queue served last come, first served: a release grants the key to the newest live
     /// waiter (and wakes it, as the real queue wakes the oldest).
     LifoQueue,
+    /// (f) A renewal whose answer does not come within a quarter of the lease, or that fails
+    /// with a transient error, is taken as done: the lock keeps its lease through a partition.
+    RenewOnTimeout,
 }
 
 impl Broken {
     /// Every variant, in the order of the table above.
-    pub const ALL: [Broken; 5] = [
+    pub const ALL: [Broken; 6] = [
         Broken::ReleaseAnyHolder,
         Broken::FencePerProcess,
         Broken::NoVacancyCheck,
         Broken::WallClock,
         Broken::LifoQueue,
+        Broken::RenewOnTimeout,
     ];
 
     /// The name on the command line.
@@ -58,6 +63,7 @@ impl Broken {
             Broken::NoVacancyCheck => "no-vacancy-check",
             Broken::WallClock => "wall-clock",
             Broken::LifoQueue => "lifo-queue",
+            Broken::RenewOnTimeout => "renew-on-timeout",
         }
     }
 
@@ -90,6 +96,12 @@ impl Broken {
         self == Broken::LifoQueue
     }
 
+    /// Whether this variant shows only when workers are cut off a store server
+    /// (`--chaos partition`): elsewhere renewals do not time out.
+    pub fn needs_partition(self) -> bool {
+        self == Broken::RenewOnTimeout
+    }
+
     /// The invariants a run with this variant is expected to violate (any of them).
     pub fn expected(self) -> &'static [&'static str] {
         match self {
@@ -98,6 +110,7 @@ impl Broken {
             Broken::NoVacancyCheck => &["I6"],
             Broken::WallClock => &["I5"],
             Broken::LifoQueue => &["I7"],
+            Broken::RenewOnTimeout => &["I5", "I6"],
         }
     }
 }
@@ -128,6 +141,86 @@ impl Clock for SlowWallClock {
             .unwrap_or_default()
             / 4
             + Duration::from_secs(1)
+    }
+}
+
+/// The `renew-on-timeout` mistake, a wrapper between the lock and the (recorded) store: a
+/// renewal not answered within `patience`, or failed with a transient error, is reported to the
+/// lock as done. The history still shows what the store answered (nothing, or the error), so
+/// the checker's deadline does not move while the lock's does.
+pub struct TrustingRenewals {
+    inner: DynStore,
+    patience: Duration,
+}
+
+impl TrustingRenewals {
+    /// Wraps `inner`, trusting a renewal after `patience` without an answer.
+    pub fn new(inner: DynStore, patience: Duration) -> Self {
+        Self { inner, patience }
+    }
+}
+
+impl LeaseStore for TrustingRenewals {
+    async fn try_lock(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        self.inner.try_lock(lease, key, holder).await
+    }
+
+    async fn renew(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
+        match tokio::time::timeout(self.patience, self.inner.renew(lease, key, holder, fence)).await
+        {
+            Ok(Err(e)) if e.is_transient() => Ok(true),
+            Ok(answer) => answer,
+            Err(_) => Ok(true),
+        }
+    }
+
+    async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
+        self.inner.release(key, holder, fence).await
+    }
+
+    async fn wait_for_change(&self, key: &str, max_wait: Duration) {
+        self.inner.wait_for_change(key, max_wait).await
+    }
+
+    async fn enqueue(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+        patience: Duration,
+    ) -> Result<Enqueued, StoreError> {
+        self.inner.enqueue(lease, key, holder, patience).await
+    }
+
+    async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
+        self.inner.wait_for_grant(key, holder, max_wait).await
+    }
+
+    async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
+        self.inner.leave_queue(key, holder).await
+    }
+
+    async fn inspect(&self, key: &str) -> Result<KeyState, StoreError> {
+        self.inner.inspect(key).await
+    }
+
+    async fn break_lock(&self, key: &str) -> Result<Option<BrokenLock>, StoreError> {
+        self.inner.break_lock(key).await
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 }
 

@@ -22,6 +22,10 @@ use lease_core::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The `proc` of nemesis events aimed at the store server (a store pause, a restart); workers
+/// count from 1.
+pub const STORE: u64 = 0;
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,9 +46,10 @@ pub enum Op {
     Write,
     /// Nemesis: a worker was sent SIGKILL.
     Kill,
-    /// Nemesis: a worker was sent SIGSTOP (`dur_ns` is the planned pause).
+    /// Nemesis: a worker (or with proc [`STORE`], the store server) was sent SIGSTOP (`dur_ns`
+    /// is the planned pause).
     Pause,
-    /// Nemesis: a paused worker was sent SIGCONT.
+    /// Nemesis: a paused worker (or the store server) was sent SIGCONT.
     Resume,
     /// Nemesis: the store server was restarted.
     Restart,
@@ -58,6 +63,15 @@ pub enum Op {
     GrantWait,
     /// A waiter's `leave_queue`: ok when it gave a grant back, fail when it did not.
     LeaveQueue,
+    /// Nemesis: a worker was cut off the store server (`dur_ns` is the planned partition):
+    /// every byte between them is lost.
+    Partition,
+    /// Nemesis: a partitioned worker reaches the store again.
+    Heal,
+    /// Nemesis: a failover of the store (proc [`STORE`]): the invoke when the replica starts
+    /// missing the primary's writes, ok once the primary is dead, the replica promoted and the
+    /// old primary back as its replica, in sync.
+    Failover,
 }
 
 /// Whether an event starts an operation, ends it, or stands alone.

@@ -110,6 +110,32 @@ impl Served {
         &self.url
     }
 
+    /// Stops the server's process (SIGSTOP): it keeps its sockets and its data but answers
+    /// nothing, and its clocks run on, until [`resume`](Self::resume).
+    pub fn pause(&mut self) {
+        self.process().pause();
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    pub fn resume(&mut self) {
+        self.process().resume();
+    }
+
+    /// `host:port` the server listens on (for a proxy in front of it).
+    pub fn endpoint(&self) -> String {
+        match &self.server {
+            Server::Redis(s) => format!("127.0.0.1:{}", s.port()),
+            Server::Etcd(c) => c.endpoint(),
+        }
+    }
+
+    fn process(&mut self) -> &mut crate::Server {
+        match &mut self.server {
+            Server::Redis(s) => s.process(),
+            Server::Etcd(c) => c.members[0].process(),
+        }
+    }
+
     /// Kills the server and starts it again with the same port and data, and waits until it
     /// serves again.
     ///

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::queue::QueueIndex;
 use super::{Meta, Run};
-use crate::history::{Event, Kind, Op};
+use crate::history::{Event, Kind, Op, STORE};
 use crate::jobs::JobRow;
 
 /// A grant: an acquire answered with a fence.
@@ -108,6 +108,15 @@ pub(super) struct RunIndex<'a> {
     pub(super) pauses: Vec<Pause>,
     /// When the store came back from each restart.
     pub(super) restarts: Vec<u64>,
+    /// Each time the store server was stopped (proc 0 in the pause; never a worker's).
+    pub(super) store_pauses: Vec<Pause>,
+    /// When the store's replica was promoted after each failover.
+    pub(super) failovers: Vec<u64>,
+    /// Store calls that failed because the store saw a fence go back (a failover or restart
+    /// that lost writes), as the store reported them.
+    pub(super) regressions: u64,
+    /// A worker cut off the store from `from` to `to` (a partition, not a pause).
+    pub(super) partitions: Vec<Pause>,
     /// Per key, in the order answered.
     pub(super) grants: BTreeMap<&'a str, Vec<Grant>>,
     /// Per key, (process, time) of every acquire sent.
@@ -142,6 +151,10 @@ impl<'a> RunIndex<'a> {
             kills: Vec::new(),
             pauses: Vec::new(),
             restarts: Vec::new(),
+            store_pauses: Vec::new(),
+            partitions: Vec::new(),
+            failovers: Vec::new(),
+            regressions: 0,
             grants: BTreeMap::new(),
             wants: HashMap::new(),
             tenures: BTreeMap::new(),
@@ -160,18 +173,32 @@ impl<'a> RunIndex<'a> {
         ix
     }
 
-    /// Kills, pauses (a pause never resumed lasts as planned) and store restarts.
+    /// Kills, pauses (a pause never resumed lasts as planned; one of proc 0 stops the store
+    /// server), store restarts and partitions (one never healed lasts as planned).
     fn nemesis(&mut self, events: &[&'a Event]) {
         let mut open_pauses: HashMap<u64, (u64, u64)> = HashMap::new(); // proc -> (from, planned)
+        let mut open_cuts: HashMap<u64, (u64, u64)> = HashMap::new();
         for e in events {
             match e.op {
+                Op::Partition => {
+                    open_cuts.insert(e.proc, (e.t_ns, e.dur_ns.unwrap_or(0)));
+                }
+                Op::Heal => {
+                    if let Some((from, _)) = open_cuts.remove(&e.proc) {
+                        self.partitions.push(Pause {
+                            proc: e.proc,
+                            from,
+                            to: e.t_ns,
+                        });
+                    }
+                }
                 Op::Kill => self.kills.push((e.proc, e.t_ns)),
                 Op::Pause => {
                     open_pauses.insert(e.proc, (e.t_ns, e.dur_ns.unwrap_or(0)));
                 }
                 Op::Resume => {
                     if let Some((from, _)) = open_pauses.remove(&e.proc) {
-                        self.pauses.push(Pause {
+                        self.add_pause(Pause {
                             proc: e.proc,
                             from,
                             to: e.t_ns,
@@ -179,15 +206,39 @@ impl<'a> RunIndex<'a> {
                     }
                 }
                 Op::Restart if e.kind != Kind::Invoke => self.restarts.push(e.t_ns),
+                Op::Failover if e.kind != Kind::Invoke => self.failovers.push(e.t_ns),
                 _ => {}
             }
         }
         for (proc, (from, planned)) in open_pauses {
-            self.pauses.push(Pause {
+            self.add_pause(Pause {
                 proc,
                 from,
                 to: from + planned.max(1),
             });
+        }
+        for (proc, (from, planned)) in open_cuts {
+            self.partitions.push(Pause {
+                proc,
+                from,
+                to: from + planned.max(1),
+            });
+        }
+    }
+
+    /// Whether `proc` was cut off the store at `t`, or within `after` of its heal (its client
+    /// may take that long to connect again).
+    pub(super) fn cut_off(&self, proc: u64, t: u64, after: u64) -> bool {
+        self.partitions
+            .iter()
+            .any(|p| p.proc == proc && p.from <= t && t <= p.to + after)
+    }
+
+    fn add_pause(&mut self, p: Pause) {
+        if p.proc == STORE {
+            self.store_pauses.push(p);
+        } else {
+            self.pauses.push(p);
         }
     }
 
@@ -199,8 +250,23 @@ impl<'a> RunIndex<'a> {
         let mut releases = Vec::new();
         let mut last_event: HashMap<u64, u64> = HashMap::new();
         for &e in events {
-            if !matches!(e.op, Op::Kill | Op::Pause | Op::Resume | Op::Restart) {
+            if !matches!(
+                e.op,
+                Op::Kill
+                    | Op::Pause
+                    | Op::Resume
+                    | Op::Restart
+                    | Op::Partition
+                    | Op::Heal
+                    | Op::Failover
+            ) {
                 last_event.insert(e.proc, e.t_ns);
+            }
+            if e.error
+                .as_deref()
+                .is_some_and(|m| m.contains(" store fence regression: "))
+            {
+                self.regressions += 1;
             }
             let slot = (e.proc, e.key.as_str(), e.op);
             match (e.op, e.kind) {

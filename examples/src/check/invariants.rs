@@ -489,14 +489,24 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
             .iter()
             .filter(|p| embedded && p.proc != proc && p.from <= died + bound)
             .map(|p| p.to);
-        let killed = ix
+        // A failover likewise: the clients find the promoted replica only then.
+        let restarted = ix
             .restarts
             .iter()
+            .chain(&ix.failovers)
             .copied()
             .chain(stalls)
             .filter(|&t| t > died && t <= died + bound)
             .max()
             .unwrap_or(died);
+        // So does a store stopped within the bound, from its end however long it lasted: the
+        // store expires nothing and grants nothing while stopped.
+        let killed = ix
+            .store_pauses
+            .iter()
+            .filter(|p| p.from <= died + bound && p.to > died)
+            .map(|p| p.to)
+            .fold(restarted, u64::max);
         let held: Vec<&Tenure<'_>> = ix
             .tenures
             .values()
@@ -509,9 +519,13 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
                     .map(|g| g.ok)
                     .min()
             });
+            // A process cut off the store asks in vain: only the others' asking counts.
             let asked_after_expiry = ix.wants.get(t.key).is_some_and(|ws| {
                 ws.iter().any(|&(p, w)| {
-                    p != proc && w > killed + lease + 50_000_000 && w + 250_000_000 < killed + bound
+                    p != proc
+                        && w > killed + lease + 50_000_000
+                        && w + 250_000_000 < killed + bound
+                        && !ix.cut_off(p, w, 1_000_000_000)
                 })
             });
             match taken {

@@ -22,7 +22,7 @@
 //! | I5 | no renewal is sent after the deadline (+ half a lease of slack); the loss signal fires by the deadline (with a tolerance of max(lease/2, 1 s) for the logging task; excused when the process was stopped over its deadline); no protected work starts after the deadline or the loss signal |
 //! | I6 | tenures of different processes, each up to its deadline, do not overlap (skipped for a tenure whose process was paused longer than half the lease) |
 //! | I7 | on a queued store, no process is granted a key while an earlier waiter's entry is certainly live and older: its first `Waiting` answer arrived before the other's first enqueue was sent, it was refreshed within its patience, and it was neither granted (with a smaller fence), nor left, killed, paused or wiped by a store restart (`queue.rs` says how each side is bounded) |
-//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart in that time, and on SQLite from the end of another process's pause: a stopped process can hold the database's write lock) when another asked for it after the lease ran out |
+//! | I8 | after a kill, a key the dead process held is granted to another within lease + backoff cap + 1 s (counted from the end of a store restart, a store pause or a failover in that time, and on SQLite from the end of another process's pause: a stopped process can hold the database's write lock) when another, not cut off the store then, asked for it after the lease ran out |
 //! | I9 | a process that exits normally holds no key |
 //!
 //! [`load`] reads the runs; [`check`] indexes a run's events once (`index.rs`: the grants,
@@ -116,6 +116,15 @@ pub struct Report {
     pub long_pauses: u64,
     /// Store restarts.
     pub restarts: u64,
+    /// Times the store server was stopped.
+    pub store_pauses: u64,
+    /// Workers cut off the store.
+    pub partitions: u64,
+    /// Failovers of the store to its replica.
+    pub failovers: u64,
+    /// Store calls that failed reporting a fence regression (the store saw a fence go back):
+    /// the store's own alarm, counted, not a violation.
+    pub regressions: u64,
     /// Tenure pairs checked for I6, and skipped because of a pause.
     pub i6_checked: u64,
     /// Tenure pairs skipped for I6.
@@ -138,7 +147,8 @@ impl Report {
             "{}: {} acquisitions, {} overlaps, {}/{} stale writes rejected, {} accepted out of \
              order, {} lost updates, {} duplicate completions, {} leases lost, {}/{} stale \
              renews/releases refused, {} queue grants, {} kills (takeover p99 {}), {} pauses ({} \
-             longer than the lease), {} store restarts: {}",
+             longer than the lease), {} store restarts, {} store pauses, {} partitions, {} \
+             failovers ({} fence regressions reported): {}",
             self.name,
             self.acquisitions,
             self.overlaps,
@@ -156,6 +166,10 @@ impl Report {
             self.pauses,
             self.long_pauses,
             self.restarts,
+            self.store_pauses,
+            self.partitions,
+            self.failovers,
+            self.regressions,
             if self.ok() {
                 "ok".to_owned()
             } else {
@@ -213,6 +227,10 @@ pub fn check(run: &Run) -> Report {
         pauses: ix.pauses.len() as u64,
         long_pauses: ix.long_pauses(),
         restarts: ix.restarts.len() as u64,
+        store_pauses: ix.store_pauses.len() as u64,
+        partitions: ix.partitions.len() as u64,
+        failovers: ix.failovers.len() as u64,
+        regressions: ix.regressions,
         queue_grants: ix.queue.grants.len() as u64,
         ..Report::default()
     };

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::history::{Event, Kind, Op};
+use crate::history::{Event, Kind, Op, STORE};
 
 /// A queue entry a process certainly had, see the module docs.
 #[derive(Debug, Clone)]
@@ -119,8 +119,14 @@ impl<'a> QueueIndex<'a> {
         let mut grants = Vec::new();
         for &e in events {
             match (e.op, e.kind) {
-                (Op::Kill | Op::Pause | Op::Exit, _) | (Op::Restart, Kind::Invoke) => {
-                    let all = e.op == Op::Restart;
+                // A waiter cut off the store cannot refresh its entry either.
+                (Op::Kill | Op::Pause | Op::Partition | Op::Exit, _)
+                | (Op::Restart | Op::Failover, Kind::Invoke) => {
+                    // A restart or failover may lose the queue; while the store is stopped
+                    // nobody can refresh an entry, which may then lapse: the order after any
+                    // of them is new.
+                    let all = matches!(e.op, Op::Restart | Op::Failover)
+                        || (e.op == Op::Pause && e.proc == STORE);
                     for ((proc, _), s) in &mut slots {
                         if all || *proc == e.proc {
                             s.close(e.t_ns, &mut done);

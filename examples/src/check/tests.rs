@@ -254,6 +254,82 @@ fn i8_on_sqlite_counts_from_the_end_of_another_process_pause() {
     assert!(r.ok(), "{:?}", r.violations);
 }
 
+/// A stopped store grants and expires nothing: the takeover clock starts again when the store
+/// resumes, however long it was stopped.
+#[test]
+fn i8_counts_from_the_end_of_a_store_pause() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    for t in [1200, 1500, 2000, 3000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    h.extend(tenure(2, 2, 3500, Some(3600)));
+    assert_eq!(invariants(h.clone()), ["I8"]);
+    let mut stopped = h.clone();
+    let mut p = ev(200, 0, Op::Pause, Kind::Info, None);
+    p.dur_ns = Some(3000 * MS);
+    stopped.push(p);
+    stopped.push(ev(3200, 0, Op::Resume, Kind::Info, None));
+    let r = run(stopped.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    // A store pause is not a worker's.
+    assert_eq!((r.store_pauses, r.pauses, r.long_pauses), (1, 0, 0));
+    // Still due once the store is back: asked after it resumed, never granted.
+    let mut never = stopped[..stopped.len() - 4].to_vec();
+    for t in [4300, 4600] {
+        never.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        never.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    assert_eq!(invariants(never), ["I8"]);
+}
+
+/// A process cut off the store asks for a key in vain: its asking does not make the takeover
+/// due; a process that can reach the store still does.
+#[test]
+fn i8_does_not_count_asking_from_behind_a_partition() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    for t in [1200, 1500, 2000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    assert_eq!(invariants(h.clone()), ["I8"]);
+    let mut p = ev(1000, 0, Op::Partition, Kind::Info, None).tap_proc(2);
+    p.dur_ns = Some(1500 * MS);
+    h.push(p);
+    h.push(ev(2500, 0, Op::Heal, Kind::Info, None).tap_proc(2));
+    let r = run(h.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!((r.partitions, r.pauses), (1, 0));
+    h.push(ev(1300, 3, Op::Acquire, Kind::Invoke, None));
+    h.push(ev(1301, 3, Op::Acquire, Kind::Fail, None));
+    assert_eq!(invariants(h), ["I8"]);
+}
+
+/// A failover restarts the takeover clock as a restart does; a fence regression the store
+/// reported is counted, not a violation.
+#[test]
+fn a_failover_restarts_the_takeover_clock_and_reported_regressions_are_counted() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    for t in [1200, 1500, 2000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    h.extend(tenure(2, 2, 2600, Some(2700)));
+    assert_eq!(invariants(h.clone()), ["I8"]);
+    h.push(ev(1000, 0, Op::Failover, Kind::Invoke, None));
+    h.push(ev(1500, 0, Op::Failover, Kind::Ok, None));
+    h.push(ev(2900, 3, Op::Acquire, Kind::Invoke, None));
+    let mut e = ev(2901, 3, Op::Acquire, Kind::Info, None);
+    e.error = Some("redis store fence regression: the fence of \"job/1\" went back".into());
+    h.push(e);
+    let r = run(h);
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!((r.failovers, r.regressions), (1, 1));
+}
+
 #[test]
 fn i9_flags_a_process_that_exits_holding_a_key() {
     let mut h = tenure(1, 1, 0, Some(100));

@@ -17,6 +17,9 @@ pub(crate) struct Injected {
     pub(crate) pauses: u64,
     pub(crate) restarts: u64,
     pub(crate) slowed: u64,
+    pub(crate) store_pauses: u64,
+    pub(crate) partitions: u64,
+    pub(crate) failovers: u64,
 }
 
 /// The worker processes' tallies, summed, and how the processes ended.
@@ -184,10 +187,14 @@ pub(crate) fn print(
             pauses,
             restarts,
             slowed,
+            store_pauses,
+            partitions,
+            failovers,
         } = injected;
         println!(
             "nemesis                {kills} kills, {pauses} pauses, {restarts} store restarts, \
-             {slowed} slowed workers (seed {seed})"
+             {slowed} slowed workers, {store_pauses} store pauses, {partitions} partitioned \
+             workers, {failovers} failovers (seed {seed})"
         );
     }
     let miscount = unreported.is_none_or(|n| n > cut);

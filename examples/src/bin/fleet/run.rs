@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lease_core::LeaseStore as _;
 use lease_examples::broken::Broken;
 use lease_examples::check::{self, Meta};
-use lease_examples::history::{Event, History, Kind, Op};
+use lease_examples::history::{Event, History, Kind, Op, STORE};
 use lease_examples::jobs::Jobs;
 use lease_examples::nemesis::{Action, Fault, parse_faults, plan};
 use lease_examples::redact;
@@ -22,6 +22,9 @@ use rustix::process::Signal;
 use crate::report::{self, Ended, Injected};
 use crate::server::OwnedServer;
 use crate::spawn::{Paused, Slot, Spawner, signal};
+
+/// A partitioned worker: its proc id and its proxy to the store.
+type Cut = (u64, Arc<lease_testkit::HoldingProxy>);
 
 /// The lock's default backoff cap: the I8 bound is lease + this + 1 s.
 const BACKOFF_CAP: Duration = Duration::from_millis(250);
@@ -37,7 +40,8 @@ pub(crate) struct RunArgs {
     duration: Duration,
     /// The lock store: sqlite://PATH (default: a temp database), redis://…, etcd://…,
     /// postgres://…, or `redis` / `etcd` / `postgres` alone to start a throwaway local server
-    /// (needed for --chaos store-restart).
+    /// (needed for --chaos store-restart, store-pause and failover; `redis?wait_replicas=1`
+    /// adds options to its URL).
     #[arg(long)]
     store: Option<String>,
     /// The lease of each job lock.
@@ -52,8 +56,9 @@ pub(crate) struct RunArgs {
     /// Directory for the job table and the default lock database (default: a temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Faults to inject: any of kill,pause,store-restart,slow. Workers then contend for few jobs and
-    /// write without checking their lease first, and the run is checked from its history.
+    /// Faults to inject: any of kill,pause,store-restart,slow,store-pause,partition,failover.
+    /// Workers then contend for few jobs and write without checking their lease first, and the
+    /// run is checked from its history.
     #[arg(long, value_name = "FAULTS")]
     chaos: Option<String>,
     /// Seed of the chaos schedule (default: random, printed).
@@ -78,7 +83,20 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         bail!("--lease must be longer than zero");
     }
     let (dir, _temp) = run_dir(args.dir.as_deref())?;
-    let (server, store_url) = match args.store.as_deref().map(OwnedServer::start).transpose()? {
+    let chaos = args
+        .chaos
+        .as_deref()
+        .map(parse_faults)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    // A failover needs a replica: the fleet's own Redis then has one.
+    let replicated = chaos.as_ref().is_some_and(|f| f.contains(&Fault::Failover));
+    let (server, store_url) = match args
+        .store
+        .as_deref()
+        .map(|s| OwnedServer::start(s, replicated))
+        .transpose()?
+    {
         Some(Some((server, url))) => (Some(server), url),
         _ => (
             None,
@@ -111,12 +129,6 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         );
     }
     let scheme = Scheme::of(&store_url)?;
-    let chaos = args
-        .chaos
-        .as_deref()
-        .map(parse_faults)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!(e))?;
     let work = args.work.unwrap_or(if chaos.is_some() {
         Duration::from_millis(20)
     } else {
@@ -139,12 +151,40 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let seed = args
         .seed
         .unwrap_or_else(|| u64::from(rand::random::<u16>()));
+    // Partitions cut a worker's own proxy to the store server: only a server store can be
+    // cut, and only through a URL a proxy can stand in for.
+    let no_cut = if scheme.is_server() {
+        lease_examples::nemesis::proxied_url(&store_url, "127.0.0.1:1").err()
+    } else {
+        Some(format!(
+            "the {} store is embedded in the workers, there is no network to cut",
+            scheme.label()
+        ))
+    };
+    let can_fail_over = server
+        .as_ref()
+        .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).can_fail_over());
+    let applies = |f: &Fault| match f {
+        Fault::Partition => no_cut.is_none(),
+        Fault::Failover => can_fail_over && no_cut.is_none(),
+        f => !f.needs_own_server() || server.is_some(),
+    };
     let faults: Vec<Fault> = chaos
         .clone()
         .unwrap_or_default()
         .into_iter()
-        .filter(|f| *f != Fault::StoreRestart || server.is_some())
+        .filter(applies)
         .collect();
+    let applied_failover = faults.contains(&Fault::Failover);
+    if let Some(b) = args.broken.filter(|b| b.needs_partition()) {
+        if !faults.contains(&Fault::Partition) {
+            bail!(
+                "--broken {} shows only when workers are cut off a store server: it needs \
+                 --chaos partition and a server store",
+                b.name()
+            );
+        }
+    }
     let mut name = scheme.name().to_owned();
     if queued {
         // The workers wait in the store's queue: the run is checked for its order too (I7).
@@ -202,14 +242,25 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     .as_deref()
                     .map_or(String::new(), |h| h.display().to_string())
             );
-            if faults.contains(&Fault::StoreRestart) && server.is_none() {
-                println!("chaos: store-restart skipped: {}", no_restart(scheme));
-            }
-            let applied: Vec<Fault> = faults
+            for f in faults
                 .iter()
-                .copied()
-                .filter(|f| *f != Fault::StoreRestart || server.is_some())
-                .collect();
+                .filter(|f| f.needs_own_server() && !applies(f))
+            {
+                println!("chaos: {} skipped: {}", f.name(), no_server(scheme, *f));
+            }
+            if faults.contains(&Fault::Partition) || applied_failover {
+                match &no_cut {
+                    Some(why) if faults.contains(&Fault::Partition) => {
+                        println!("chaos: partition skipped: {why}");
+                    }
+                    Some(_) => {}
+                    None => println!(
+                        "chaos: each worker reaches the store through a proxy of its own, which \
+                         a partition cuts and a failover moves"
+                    ),
+                }
+            }
+            let applied: Vec<Fault> = faults.iter().copied().filter(applies).collect();
             plan(seed, &applied, args.duration, lease, args.workers)
         }
         None => Vec::new(),
@@ -231,6 +282,12 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         history: history.clone(),
         chaos: chaos.is_some(),
         broken: args.broken,
+        proxied: (chaos
+            .as_ref()
+            .is_some_and(|f| f.contains(&Fault::Partition))
+            || applied_failover)
+            && no_cut.is_none(),
+        moved_to: Mutex::new(None),
     };
     let mut next_proc = 1;
     let mut slots = Vec::new();
@@ -252,6 +309,17 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let mut injected = Injected::default();
     // When to heal slowed workers, and which (proc, pid).
     let mut heal_slow: Option<(Instant, Vec<Paused>)> = None;
+    // When to resume the stopped store server.
+    let mut resume_store: Option<Instant> = None;
+    // When the replica, missing the primary's writes since the failover began, takes over.
+    let mut fail_over_at: Option<Instant> = None;
+    // When to heal the partitioned workers, and which (proc, proxy).
+    let mut heal_cut: Option<(Instant, Vec<Cut>)> = None;
+    let store_ctl = |f: fn(&mut OwnedServer)| {
+        if let Some(server) = &server {
+            f(&mut server.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    };
     let set_slow = |proc: u64, pid: Option<u32>, delay: Duration| {
         if let Some(h) = &history {
             if lease_examples::slow::set_delay(h, proc, delay).is_ok() {
@@ -283,8 +351,53 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                 heal_slow = None;
             }
         }
+        if resume_store.is_some_and(|at| Instant::now() >= at) {
+            store_ctl(OwnedServer::resume);
+            log(Event::now(STORE, "", Op::Resume, Kind::Info));
+            resume_store = None;
+        }
+        if let Some((at, cut)) = &heal_cut {
+            if Instant::now() >= *at {
+                for (proc, proxy) in cut {
+                    proxy.heal();
+                    log(Event::now(*proc, "", Op::Heal, Kind::Info));
+                }
+                heal_cut = None;
+            }
+        }
+        if fail_over_at.is_some_and(|at| Instant::now() >= at) {
+            fail_over_at = None;
+            if let Some(server) = &server {
+                let primary = server.clone();
+                let moved = tokio::task::spawn_blocking(move || {
+                    primary
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .fail_over()
+                })
+                .await
+                .context("fail the store over")??;
+                for proxy in slots.iter().filter_map(|s| s.proxy.as_ref()) {
+                    proxy.retarget(&moved);
+                }
+                *spawner.moved_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(moved);
+                let server = server.clone();
+                tokio::task::spawn_blocking(move || {
+                    server.lock().unwrap_or_else(|p| p.into_inner()).rejoin()
+                })
+                .await
+                .context("rejoin the failed primary as a replica")??;
+                // Done once the new primary has a replica again: until then a store that
+                // waits for one grants nothing (I8's clock starts here).
+                log(Event::now(STORE, "", Op::Failover, Kind::Ok));
+                injected.failovers += 1;
+            }
+        }
         while resume.is_none()
             && heal_slow.is_none()
+            && resume_store.is_none()
+            && heal_cut.is_none()
+            && fail_over_at.is_none()
             && steps.peek().is_some_and(|s| started.elapsed() >= s.at)
         {
             let step = steps.next().expect("peeked");
@@ -332,6 +445,50 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                         slowed,
                     ));
                 }
+                Action::StorePause { factor } => {
+                    if server.is_some() {
+                        let dur = lease.mul_f64(factor);
+                        let mut e = Event::now(STORE, "", Op::Pause, Kind::Info);
+                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
+                        store_ctl(OwnedServer::pause);
+                        log(e);
+                        injected.store_pauses += 1;
+                        resume_store = Some(Instant::now() + dur);
+                    }
+                }
+                Action::Partition {
+                    slots: which,
+                    factor,
+                } => {
+                    let dur = lease.mul_f64(factor);
+                    let mut cut = Vec::new();
+                    for i in which {
+                        let s = &slots[i];
+                        let Some(proxy) = &s.proxy else { continue };
+                        let mut e = Event::now(s.proc, "", Op::Partition, Kind::Info);
+                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
+                        // The open connections go silent, as behind a dropped route: the
+                        // worker finds out only by its calls timing out.
+                        proxy.cut(false);
+                        log(e);
+                        cut.push((s.proc, proxy.clone()));
+                        injected.partitions += 1;
+                    }
+                    heal_cut = Some((Instant::now() + dur, cut));
+                }
+                Action::Failover { lag } => {
+                    if let Some(server) = &server {
+                        // From now on the replica misses the primary's writes: the grants
+                        // made until the failover are lost with the primary (unless each
+                        // write waits for its replica: `?wait_replicas=1`).
+                        server
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .hold_replication(true);
+                        log(Event::now(STORE, "", Op::Failover, Kind::Invoke));
+                        fail_over_at = Some(Instant::now() + lease.mul_f64(lag));
+                    }
+                }
                 Action::StoreRestart => {
                     if let Some(server) = &server {
                         log(Event::now(0, "", Op::Restart, Kind::Invoke));
@@ -358,8 +515,15 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         }
         if chaos.is_some() {
             bar.set_message(format!(
-                "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed",
-                injected.kills, injected.pauses, injected.restarts, injected.slowed
+                "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed, {} store pauses, \
+                 {} cut, {} failovers",
+                injected.kills,
+                injected.pauses,
+                injected.restarts,
+                injected.slowed,
+                injected.store_pauses,
+                injected.partitions,
+                injected.failovers
             ));
         } else {
             bar.set_message(format!("{done} jobs done"));
@@ -367,7 +531,25 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    // Heal: nothing may stay stopped or slow.
+    // Heal: nothing may stay stopped, slow or cut off; a failover not done is called off.
+    if fail_over_at.take().is_some() {
+        if let Some(server) = &server {
+            server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .hold_replication(false);
+        }
+    }
+    if let Some((_, cut)) = heal_cut.take() {
+        for (proc, proxy) in cut {
+            proxy.heal();
+            log(Event::now(proc, "", Op::Heal, Kind::Info));
+        }
+    }
+    if resume_store.take().is_some() {
+        store_ctl(OwnedServer::resume);
+        log(Event::now(STORE, "", Op::Resume, Kind::Info));
+    }
     if let Some((_, slowed)) = heal_slow.take() {
         for (proc, pid) in slowed {
             set_slow(proc, pid, Duration::ZERO);
@@ -418,12 +600,22 @@ fn save_table(jobs: &Jobs, dir: &Path) -> anyhow::Result<()> {
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
 }
 
-/// Why `--chaos store-restart` cannot restart the store of this run: `scheme`'s, which the fleet
-/// did not start.
-fn no_restart(scheme: Scheme) -> String {
+/// Why `--chaos store-restart` or `store-pause` cannot restart or stop the store of this run:
+/// `scheme`'s, which the fleet did not start.
+fn no_server(scheme: Scheme, fault: Fault) -> String {
+    if fault == Fault::Failover {
+        return "a failover needs a primary and a replica, which the fleet starts itself for \
+                `--store redis` (without a URL)"
+            .to_owned();
+    }
+    let verb = if fault == Fault::StorePause {
+        "stop"
+    } else {
+        "restart"
+    };
     if !scheme.is_server() {
         return format!(
-            "the {} store is embedded in the workers, there is no server to restart",
+            "the {} store is embedded in the workers, there is no server to {verb}",
             scheme.label()
         );
     }
@@ -433,7 +625,7 @@ fn no_restart(scheme: Scheme) -> String {
         .map(|s| format!("--store {}", s.name()))
         .collect();
     format!(
-        "the fleet restarts only a server it started itself ({} without a URL)",
+        "the fleet {verb}s only a server it started itself ({} without a URL)",
         flags.join(" or ")
     )
 }

@@ -2,10 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use lease_examples::broken::Broken;
+use lease_examples::nemesis::proxied_url;
+use lease_testkit::HoldingProxy;
 use rustix::process::{Pid, Signal, kill_process};
 
 /// A stopped worker: its proc id and pid.
@@ -15,6 +18,8 @@ pub(crate) type Paused = (u64, Option<u32>);
 pub(crate) struct Slot {
     pub(crate) proc: u64,
     pub(crate) pid: Option<u32>,
+    /// The worker's own way to the store server, when partitions may cut it.
+    pub(crate) proxy: Option<Arc<HoldingProxy>>,
     pub(crate) done: tokio::task::JoinHandle<std::io::Result<std::process::Output>>,
 }
 
@@ -28,14 +33,34 @@ pub(crate) struct Spawner {
     pub(crate) history: Option<PathBuf>,
     pub(crate) chaos: bool,
     pub(crate) broken: Option<Broken>,
+    /// Each worker reaches the store server through a proxy of its own, which a partition
+    /// cuts and a failover retargets.
+    pub(crate) proxied: bool,
+    /// Where the proxies lead once a failover moved the store (`host:port`).
+    pub(crate) moved_to: std::sync::Mutex<Option<String>>,
 }
 
 impl Spawner {
     pub(crate) fn spawn(&self, proc: u64, duration: Duration) -> anyhow::Result<Slot> {
         let fmt = |d: Duration| humantime::format_duration(d).to_string();
+        let (proxy, store_url) = if self.proxied {
+            let (server, _) =
+                proxied_url(&self.store_url, "127.0.0.1:1").map_err(anyhow::Error::msg)?;
+            let moved = self
+                .moved_to
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let proxy = HoldingProxy::start(&moved.unwrap_or(server));
+            let (_, url) =
+                proxied_url(&self.store_url, &proxy.endpoint()).map_err(anyhow::Error::msg)?;
+            (Some(Arc::new(proxy)), url)
+        } else {
+            (None, self.store_url.clone())
+        };
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.arg("worker")
-            .args(["--proc", &proc.to_string(), "--store", &self.store_url])
+            .args(["--proc", &proc.to_string(), "--store", &store_url])
             .arg("--jobs-db")
             .arg(&self.jobs_db)
             .args(["--duration", &fmt(duration)])
@@ -58,6 +83,7 @@ impl Spawner {
         Ok(Slot {
             proc,
             pid,
+            proxy,
             done: tokio::spawn(child.wait_with_output()),
         })
     }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use lease_core::{CrossProcessLock, DynStore, Error, LeaseStore};
-use lease_examples::broken::{Broken, BrokenStore, SlowWallClock};
+use lease_core::{CrossProcessLock, DynStore, Error, LeaseStore, StoreErrorKind};
+use lease_examples::broken::{Broken, BrokenStore, SlowWallClock, TrustingRenewals};
 use lease_examples::history::{Event, History, Kind, Op, RecordingStore, now_ns};
 use lease_examples::jobs::{Claim, Jobs, Write};
 use lease_examples::stats::WorkerReport;
@@ -63,7 +63,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         .map(|dir| lease_examples::slow::control_file(dir, proc));
     let history = history.map(|p| History::open(&p, proc)).transpose()?;
     let mut store = leasehold::open(&store_url).await?;
-    if let Some(b) = broken.filter(|b| *b != Broken::WallClock) {
+    if let Some(b) = broken.filter(|b| !matches!(b, Broken::WallClock | Broken::RenewOnTimeout)) {
         let path = if b.needs_sqlite() {
             Some(
                 lease_sqlite::SqliteStore::from_url(&store_url)
@@ -78,6 +78,11 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
     }
     if let Some(h) = &history {
         store = DynStore::new(RecordingStore::new(store, h.clone()));
+    }
+    // Between the lock and the recording: the history shows the store's answers, the lock
+    // believes its renewals.
+    if broken == Some(Broken::RenewOnTimeout) {
+        store = DynStore::new(TrustingRenewals::new(store, lease / 4));
     }
     // The slow link sits between the recording and the lock: the history keeps the store's own
     // order of events, and the lock gets the replies late.
@@ -134,6 +139,15 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
             Ok(g) => g,
             Err(Error::Busy { .. } | Error::TimedOut { .. }) => {
                 tally(&mut report, Tally::Busy);
+                continue;
+            }
+            // The store saw a fence go back (a failover that lost writes): it refuses the key
+            // rather than hand out a fence that may repeat. Counted as an error; the worker
+            // moves on.
+            Err(Error::Store(e)) if e.kind() == StoreErrorKind::FenceRegressed => {
+                tally(&mut report, Tally::Error);
+                eprintln!("worker {proc}: {e}; moving on");
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
             Err(e) if e.is_retryable() => {
