@@ -110,15 +110,15 @@ impl Served {
         &self.url
     }
 
-    /// Stops the server's process (SIGSTOP): it keeps its sockets and its data but answers
+    /// Stops the server's processes (SIGSTOP): it keeps its sockets and its data but answers
     /// nothing, and its clocks run on, until [`resume`](Self::resume).
     pub fn pause(&mut self) {
-        self.process().pause();
+        self.signal(rustix::process::Signal::STOP);
     }
 
     /// Resumes a paused server (SIGCONT).
     pub fn resume(&mut self) {
-        self.process().resume();
+        self.signal(rustix::process::Signal::CONT);
     }
 
     /// `host:port` the server listens on (for a proxy in front of it).
@@ -126,13 +126,31 @@ impl Served {
         match &self.server {
             Server::Redis(s) => format!("127.0.0.1:{}", s.port()),
             Server::Etcd(c) => c.endpoint(),
+            Server::Postgres(s) => format!("127.0.0.1:{}", s.port()),
         }
     }
 
-    fn process(&mut self) -> &mut crate::Server {
-        match &mut self.server {
+    /// Sends `sig` to the server: for PostgreSQL to its postmaster and every backend, since a
+    /// stopped postmaster alone still lets the backends of open connections answer.
+    fn signal(&mut self, sig: rustix::process::Signal) {
+        let process = match &mut self.server {
             Server::Redis(s) => s.process(),
             Server::Etcd(c) => c.members[0].process(),
+            Server::Postgres(s) => s.process(),
+        };
+        let Some(pid) = process
+            .pid()
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return;
+        };
+        let mut pids = vec![pid];
+        if matches!(self.server, Server::Postgres(_)) {
+            pids.extend(children(pid));
+        }
+        for p in pids {
+            let _ = rustix::process::kill_process(p, sig);
         }
     }
 
@@ -166,4 +184,21 @@ impl Served {
             }
         }
     }
+}
+
+/// The processes whose parent is `parent`.
+fn children(parent: rustix::process::Pid) -> Vec<rustix::process::Pid> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(parent.as_raw_nonzero().get())
+            })
+        })
+        .filter_map(rustix::process::Pid::from_raw)
+        .collect()
 }

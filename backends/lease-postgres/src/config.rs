@@ -207,7 +207,7 @@ impl PostgresStoreBuilder {
             statement_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             notifications: true,
-            queued_grants: false,
+            queued_grants: true,
             root_cert: None,
         };
         b.config = parse(url).map(|(config, parsed)| {
@@ -270,8 +270,8 @@ impl PostgresStoreBuilder {
     }
 
     /// Whether the store keeps a queue of waiters per key and a release hands the key to the
-    /// oldest live one in the same statement (default **false**; `?queued_grants=true` in the
-    /// URL sets it too). On, the store declares
+    /// oldest live one in the same statement (default **true**; `?queued_grants=false` in the
+    /// URL turns it off). On, the store declares
     /// [`Capabilities::queued_grants`](lease_core::Capabilities::queued_grants), so the lock's
     /// waiting calls queue ([`enqueue`](lease_core::LeaseStore::enqueue)) instead of all
     /// racing for the key at every release; see [`Enqueued`](lease_core::Enqueued) for the
@@ -294,13 +294,15 @@ impl PostgresStoreBuilder {
     ///   and its releases do not hand over; the queued waiters then take the key at their next
     ///   call, woken by its release announcement).
     ///
-    /// Off by default, until a full bench run weighs it. One quick run (`lease-bench --store
-    /// postgres --quick`, 2 cores, noisy) measured it fairer (8 processes, 1 ms holds: Jain's
-    /// index 1.000 queued against 0.941 barging, worst wait 57 ms against 317 ms) and faster
-    /// under contention (4 processes, 1 ms holds: 284 against 178 acquisitions/s), but slower
-    /// uncontended (acquire p50 3.98 ms against 2.61 ms: a PL/pgSQL call instead of one
-    /// `INSERT … ON CONFLICT`). The Redis and SQLite stores have it on by default on the
-    /// strength of their full runs.
+    /// On by default, as for the Redis and SQLite stores, because it was ahead of the barging
+    /// mode in every row of one bench run (`lease-bench --features postgres -- --store postgres
+    /// --scenario floor,uncontended,handoff,one-key --runs 1`, PostgreSQL 15, 2 cores under
+    /// load; floor 425 µs): uncontended acquire p50 602 µs against 737 µs; handoff p50 at 1 ms
+    /// holds 0.94–1.62 ms against 1.78–2.73 ms over 1 to 8 waiters; one key with 8 processes
+    /// and 1 ms holds 354 against 164 acquisitions/s (and 466 against 200 without holds). An
+    /// earlier quick run had it slower uncontended (3.98 ms against 2.61 ms on a busier
+    /// machine); the full run did not repeat that. `pg_advisory_lock` stays well ahead on
+    /// handoff (335 µs at 1 ms holds): the server hands it over without a commit.
     pub fn queued_grants(mut self, yes: bool) -> Self {
         self.queued_grants = yes;
         self

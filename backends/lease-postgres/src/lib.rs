@@ -45,7 +45,8 @@
 //! - *inspect* ([`inspect`](lease_core::LeaseStore::inspect)): one `SELECT` with the server's
 //!   clock; writes nothing.
 //!
-//! **Queued grants** ([`PostgresStoreBuilder::queued_grants`], off by default): a table
+//! **Queued grants** ([`PostgresStoreBuilder::queued_grants`], on by default; the figures
+//! behind that are in its docs): a table
 //! `<schema>.waiters` keeps one entry per waiting (key, holder) in arrival order, with the
 //! lease it asked for and a liveness deadline on the server's clock. The operations are then
 //! calls of PL/pgSQL functions of the schema (`lease_acquire`, `lease_release`,

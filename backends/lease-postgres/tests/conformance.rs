@@ -16,6 +16,7 @@ mod quiet {
         PostgresStore::builder(&url)
             .schema("quiet")
             .notifications(false)
+            .queued_grants(false)
             .connect()
             .await
             .expect("connect to the test PostgreSQL")

@@ -27,6 +27,7 @@ async fn store_behind_pgbouncer(schema: &str) -> Option<PostgresStore> {
     Some(
         PostgresStore::builder(&bouncer.url())
             .schema(schema)
+            .queued_grants(false)
             .listen_url(&direct)
             .connect()
             .await
@@ -109,6 +110,7 @@ async fn without_notifications_waiters_wake_at_the_lease_end() {
     let store = PostgresStore::builder(&bouncer.url())
         .schema(common::unique_schema("quiet"))
         .notifications(false)
+        .queued_grants(false)
         .connect()
         .await
         .expect("connect through pgbouncer");

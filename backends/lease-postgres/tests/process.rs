@@ -16,6 +16,8 @@ async fn open(target: String) -> PostgresStore {
 
 lease_testkit::process_conformance_tests!(
     lease: Duration::from_secs(1),
-    target: common::url().map(|url| common::with_schema(&url, &common::unique_schema("process"))),
+    target: common::url().map(|url| {
+        common::with_schema(&url, &common::unique_schema("process")) + "&queued_grants=false"
+    }),
     open: open,
 );

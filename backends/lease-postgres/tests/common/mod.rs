@@ -25,16 +25,20 @@ pub(crate) fn with_schema(url: &str, schema: &str) -> String {
 pub(crate) async fn store_in(url: &str, schema: &str) -> PostgresStore {
     PostgresStore::builder(url)
         .schema(schema)
+        .queued_grants(false)
         .connect()
         .await
         .expect("connect to the test PostgreSQL")
 }
 
 /// A fresh store for the conformance suite (which picks its own unique keys), in the default
-/// schema: the cases' concurrent first connections also exercise the migration lock.
+/// schema, without queued grants (the suite's `queued` module runs them): the cases' concurrent
+/// first connections also exercise the migration lock.
 pub(crate) async fn conformance_store() -> PostgresStore {
     let url = url().expect("the postgres conformance suite needs PostgreSQL installed");
-    PostgresStore::connect(&url)
+    PostgresStore::builder(&url)
+        .queued_grants(false)
+        .connect()
         .await
         .expect("connect to the test PostgreSQL")
 }
