@@ -122,6 +122,12 @@ pub struct Event {
     /// within it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patience_ns: Option<u64>,
+    /// For store calls: which lock object of the process made it (a hash of the holder string
+    /// the store was given). A process may wait for a key with several lock objects one after
+    /// the other, and the store queues each under its own holder: one's `leave_queue` does not
+    /// take the other's entry out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiter: Option<String>,
 }
 
 impl Event {
@@ -144,6 +150,7 @@ impl Event {
             dur_ns: None,
             error: None,
             patience_ns: None,
+            waiter: None,
         }
     }
 
@@ -219,21 +226,45 @@ impl History {
 pub struct RecordingStore {
     inner: DynStore,
     history: History,
+    /// Hashes holders into [`Event::waiter`] (the holder strings themselves stay out of the
+    /// history).
+    waiter_hash: std::hash::RandomState,
 }
 
 impl RecordingStore {
     /// Records the calls to `inner` in `history`.
     pub fn new(inner: DynStore, history: History) -> RecordingStore {
-        RecordingStore { inner, history }
+        RecordingStore {
+            inner,
+            history,
+            waiter_hash: std::hash::RandomState::new(),
+        }
     }
 
-    fn outcome(&self, key: &str, op: Op, result: Result<Option<u64>, &StoreError>, ok: bool) {
+    /// An event of a call made for `holder`, naming the lock object by a hash of it.
+    fn event(&self, key: &str, holder: &str, op: Op, kind: Kind) -> Event {
+        let mut e = self.history.event(key, op, kind);
+        e.waiter = Some(format!(
+            "{:016x}",
+            std::hash::BuildHasher::hash_one(&self.waiter_hash, holder)
+        ));
+        e
+    }
+
+    fn outcome(
+        &self,
+        key: &str,
+        holder: &str,
+        op: Op,
+        result: Result<Option<u64>, &StoreError>,
+        ok: bool,
+    ) {
         let kind = match (&result, ok) {
             (Err(_), _) => Kind::Info,
             (Ok(_), true) => Kind::Ok,
             (Ok(_), false) => Kind::Fail,
         };
-        let mut e = self.history.event(key, op, kind);
+        let mut e = self.event(key, holder, op, kind);
         match result {
             Ok(fence) => e.fence = fence,
             Err(err) => e.error = Some(err.to_string()),
@@ -252,16 +283,22 @@ impl LeaseStore for RecordingStore {
         if lease.is_zero() {
             // A release through try_lock: recorded as such, without a fence (none is given).
             self.history
-                .log(&self.history.event(key, Op::Release, Kind::Invoke));
+                .log(&self.event(key, holder, Op::Release, Kind::Invoke));
             let r = self.inner.try_lock(lease, key, holder).await;
-            self.outcome(key, Op::Release, r.as_ref().map(|_| None), true);
+            self.outcome(key, holder, Op::Release, r.as_ref().map(|_| None), true);
             return r;
         }
         self.history
-            .log(&self.history.event(key, Op::Acquire, Kind::Invoke));
+            .log(&self.event(key, holder, Op::Acquire, Kind::Invoke));
         let r = self.inner.try_lock(lease, key, holder).await;
         let fence = r.as_ref().ok().and_then(|f| f.map(Fence::get));
-        self.outcome(key, Op::Acquire, r.as_ref().map(|_| fence), fence.is_some());
+        self.outcome(
+            key,
+            holder,
+            Op::Acquire,
+            r.as_ref().map(|_| fence),
+            fence.is_some(),
+        );
         r
     }
 
@@ -280,7 +317,13 @@ impl LeaseStore for RecordingStore {
         );
         let r = self.inner.renew(lease, key, holder, fence).await;
         let ok = matches!(r, Ok(true));
-        self.outcome(key, Op::Renew, r.as_ref().map(|_| Some(fence.get())), ok);
+        self.outcome(
+            key,
+            holder,
+            Op::Renew,
+            r.as_ref().map(|_| Some(fence.get())),
+            ok,
+        );
         r
     }
 
@@ -293,7 +336,13 @@ impl LeaseStore for RecordingStore {
         );
         let r = self.inner.release(key, holder, fence).await;
         let ok = matches!(r, Ok(true));
-        self.outcome(key, Op::Release, r.as_ref().map(|_| Some(fence.get())), ok);
+        self.outcome(
+            key,
+            holder,
+            Op::Release,
+            r.as_ref().map(|_| Some(fence.get())),
+            ok,
+        );
         r
     }
 
@@ -304,7 +353,7 @@ impl LeaseStore for RecordingStore {
         holder: &str,
         patience: Duration,
     ) -> Result<Enqueued, StoreError> {
-        let mut e = self.history.event(key, Op::Enqueue, Kind::Invoke);
+        let mut e = self.event(key, holder, Op::Enqueue, Kind::Invoke);
         e.patience_ns = Some(u64::try_from(patience.as_nanos()).unwrap_or(u64::MAX));
         self.history.log(&e);
         let r = self.inner.enqueue(lease, key, holder, patience).await;
@@ -313,25 +362,25 @@ impl LeaseStore for RecordingStore {
             Ok(Enqueued::Waiting { fence }) => (fence.map(Fence::get), false),
             Ok(_) | Err(_) => (None, false),
         };
-        self.outcome(key, Op::Enqueue, r.as_ref().map(|_| fence), granted);
+        self.outcome(key, holder, Op::Enqueue, r.as_ref().map(|_| fence), granted);
         r
     }
 
     async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {
         self.history
-            .log(&self.history.event(key, Op::GrantWait, Kind::Invoke));
+            .log(&self.event(key, holder, Op::GrantWait, Kind::Invoke));
         let r = self.inner.wait_for_grant(key, holder, max_wait).await;
         let fence = r.map(Fence::get);
-        self.outcome(key, Op::GrantWait, Ok(fence), fence.is_some());
+        self.outcome(key, holder, Op::GrantWait, Ok(fence), fence.is_some());
         r
     }
 
     async fn leave_queue(&self, key: &str, holder: &str) -> Result<bool, StoreError> {
         self.history
-            .log(&self.history.event(key, Op::LeaveQueue, Kind::Invoke));
+            .log(&self.event(key, holder, Op::LeaveQueue, Kind::Invoke));
         let r = self.inner.leave_queue(key, holder).await;
         let ok = matches!(r, Ok(true));
-        self.outcome(key, Op::LeaveQueue, r.as_ref().map(|_| None), ok);
+        self.outcome(key, holder, Op::LeaveQueue, r.as_ref().map(|_| None), ok);
         r
     }
 

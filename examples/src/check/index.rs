@@ -110,8 +110,11 @@ pub(super) struct RunIndex<'a> {
     pub(super) restarts: Vec<u64>,
     /// Each time the store server was stopped (proc 0 in the pause; never a worker's).
     pub(super) store_pauses: Vec<Pause>,
-    /// When the store's replica was promoted after each failover.
+    /// When each failover was done (the replica promoted and a replica of it in sync again).
     pub(super) failovers: Vec<u64>,
+    /// Each failover from its start to its end: the store may grant nothing meanwhile (a
+    /// store that waits for a replica has none until the old primary is back in sync).
+    pub(super) failover_windows: Vec<Pause>,
     /// Store calls that failed because the store saw a fence go back (a failover or restart
     /// that lost writes), as the store reported them.
     pub(super) regressions: u64,
@@ -154,6 +157,7 @@ impl<'a> RunIndex<'a> {
             store_pauses: Vec::new(),
             partitions: Vec::new(),
             failovers: Vec::new(),
+            failover_windows: Vec::new(),
             regressions: 0,
             grants: BTreeMap::new(),
             wants: HashMap::new(),
@@ -177,6 +181,7 @@ impl<'a> RunIndex<'a> {
     /// server), store restarts and partitions (one never healed lasts as planned).
     fn nemesis(&mut self, events: &[&'a Event]) {
         let mut open_pauses: HashMap<u64, (u64, u64)> = HashMap::new(); // proc -> (from, planned)
+        let mut failing_over: Option<u64> = None;
         let mut open_cuts: HashMap<u64, (u64, u64)> = HashMap::new();
         for e in events {
             match e.op {
@@ -206,7 +211,17 @@ impl<'a> RunIndex<'a> {
                     }
                 }
                 Op::Restart if e.kind != Kind::Invoke => self.restarts.push(e.t_ns),
-                Op::Failover if e.kind != Kind::Invoke => self.failovers.push(e.t_ns),
+                Op::Failover if e.kind == Kind::Invoke => failing_over = Some(e.t_ns),
+                Op::Failover => {
+                    self.failovers.push(e.t_ns);
+                    if let Some(from) = failing_over.take() {
+                        self.failover_windows.push(Pause {
+                            proc: e.proc,
+                            from,
+                            to: e.t_ns,
+                        });
+                    }
+                }
                 _ => {}
             }
         }

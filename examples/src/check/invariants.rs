@@ -489,21 +489,22 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
             .iter()
             .filter(|p| embedded && p.proc != proc && p.from <= died + bound)
             .map(|p| p.to);
-        // A failover likewise: the clients find the promoted replica only then.
         let restarted = ix
             .restarts
             .iter()
-            .chain(&ix.failovers)
             .copied()
             .chain(stalls)
             .filter(|&t| t > died && t <= died + bound)
             .max()
             .unwrap_or(died);
         // So does a store stopped within the bound, from its end however long it lasted: the
-        // store expires nothing and grants nothing while stopped.
+        // store expires nothing and grants nothing while stopped. A failover likewise: the
+        // clients find the promoted replica only at its end, and a store that waits for a
+        // replica grants nothing until the old primary is back in sync.
         let killed = ix
             .store_pauses
             .iter()
+            .chain(&ix.failover_windows)
             .filter(|p| p.from <= died + bound && p.to > died)
             .map(|p| p.to)
             .fold(restarted, u64::max);

@@ -77,7 +77,8 @@ pub(super) struct QueueIndex<'a> {
     pub(super) grants: Vec<QueueGrant<'a>>,
 }
 
-/// One (process, key): the enqueues awaiting an answer, the entry being followed, the chain.
+/// One (process, key, lock object): the enqueues awaiting an answer, the entry being followed,
+/// the chain.
 #[derive(Default)]
 struct Slot<'a> {
     pending: VecDeque<&'a Event>,
@@ -114,7 +115,8 @@ impl<'a> QueueIndex<'a> {
     /// Indexes the queue calls of `events` (in time order); `lease` bounds an entry's certain
     /// life as the module docs say.
     pub(super) fn new(events: &[&'a Event], lease: u64) -> QueueIndex<'a> {
-        let mut slots: HashMap<(u64, &'a str), Slot<'a>> = HashMap::new();
+        // Per process, key and lock object: each lock object queues under its own holder.
+        let mut slots: HashMap<(u64, &'a str, Option<&'a str>), Slot<'a>> = HashMap::new();
         let mut done: Vec<Entry<'a>> = Vec::new();
         let mut grants = Vec::new();
         for &e in events {
@@ -127,7 +129,7 @@ impl<'a> QueueIndex<'a> {
                     // of them is new.
                     let all = matches!(e.op, Op::Restart | Op::Failover)
                         || (e.op == Op::Pause && e.proc == STORE);
-                    for ((proc, _), s) in &mut slots {
+                    for ((proc, _, _), s) in &mut slots {
                         if all || *proc == e.proc {
                             s.close(e.t_ns, &mut done);
                         }
@@ -137,7 +139,9 @@ impl<'a> QueueIndex<'a> {
                 (Op::Enqueue | Op::GrantWait | Op::LeaveQueue | Op::Release, _) => {}
                 _ => continue,
             }
-            let s = slots.entry((e.proc, e.key.as_str())).or_default();
+            let s = slots
+                .entry((e.proc, e.key.as_str(), e.waiter.as_deref()))
+                .or_default();
             match (e.op, e.kind) {
                 (Op::Enqueue, Kind::Invoke) => {
                     let lapsed = !s.chain_unknown

@@ -477,3 +477,41 @@ fn i7_needs_a_certain_order_of_the_two_enqueues() {
     }
     assert!(run(h).ok());
 }
+
+/// A process that waits with two lock objects one after the other has two entries, one per
+/// holder: the second object's `leave_queue` does not take the first one's entry out, so the
+/// first one, queued before proc 2, is rightly served first.
+#[test]
+fn i7_follows_each_lock_object_of_a_process_on_its_own() {
+    let waiter = |mut v: Vec<Event>, w: &str| {
+        for e in &mut v {
+            e.waiter = Some(w.to_owned());
+        }
+        v
+    };
+    let mut h = tenure(1, 1, 0, Some(500));
+    for t in [10, 200, 400] {
+        h.extend(waiter(enqueue(t, 2, 1000, Kind::Fail, Some(1)), "p2"));
+    }
+    for t in [5, 205, 405] {
+        h.extend(waiter(enqueue(t, 3, 1000, Kind::Fail, Some(1)), "a"));
+    }
+    h.extend(waiter(enqueue(50, 3, 1000, Kind::Fail, Some(1)), "b"));
+    h.extend(waiter(
+        vec![
+            ev(60, 3, Op::LeaveQueue, Kind::Invoke, None),
+            ev(61, 3, Op::LeaveQueue, Kind::Fail, None),
+        ],
+        "b",
+    ));
+    h.extend(waiter(reported_grant(450, 502, 3, 2, 590), "a"));
+    h.extend(waiter(reported_grant(480, 602, 2, 3, 700), "p2"));
+    let r = run(h.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    // Without telling the objects apart, b's leave would end a's entry too, and a's grant
+    // would look like an overtaking.
+    for e in &mut h {
+        e.waiter = None;
+    }
+    assert_eq!(run(h).invariants(), ["I7"]);
+}
