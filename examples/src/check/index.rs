@@ -257,11 +257,15 @@ impl<'a> RunIndex<'a> {
         }
     }
 
-    /// Pairs invokes with their outcomes, per process, key and operation, into grants, tenures
+    /// Pairs invokes with their outcomes, per process, key, operation and lock object, into
+    /// grants, tenures
     /// (not yet ended), writes and ownership calls. Returns the releases sent and each process's
     /// last event of its own, which end the tenures.
     fn operations(&mut self, events: &[&'a Event]) -> (Vec<Release<'a>>, HashMap<u64, u64>) {
-        let mut pending: HashMap<(u64, &str, Op), VecDeque<&Event>> = HashMap::new();
+        // Per lock object too (`waiter`): a process may have calls of two lock objects on one
+        // key in flight (a retry with a new object while the old call hangs on a stopped
+        // store), and the store may answer them in either order.
+        let mut pending: HashMap<(u64, &str, Op, Option<&str>), VecDeque<&Event>> = HashMap::new();
         let mut releases = Vec::new();
         let mut last_event: HashMap<u64, u64> = HashMap::new();
         for &e in events {
@@ -283,7 +287,7 @@ impl<'a> RunIndex<'a> {
             {
                 self.regressions += 1;
             }
-            let slot = (e.proc, e.key.as_str(), e.op);
+            let slot = (e.proc, e.key.as_str(), e.op, e.waiter.as_deref());
             match (e.op, e.kind) {
                 (op, Kind::Invoke) if is_call(op) => {
                     pending.entry(slot).or_default().push_back(e);

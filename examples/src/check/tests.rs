@@ -515,3 +515,35 @@ fn i7_follows_each_lock_object_of_a_process_on_its_own() {
     }
     assert_eq!(run(h).invariants(), ["I7"]);
 }
+
+/// Two lock objects of one process ask for the key while the store is stopped; it answers the
+/// later one first (a grant) and the earlier one after (busy). The grant's lease counts from its
+/// own call, so work right after it is no work past a deadline.
+#[test]
+fn calls_of_two_lock_objects_answered_out_of_order_pair_by_object() {
+    let waiter = |mut e: Event, w: &str| {
+        e.waiter = Some(w.to_owned());
+        e
+    };
+    let h = vec![
+        waiter(ev(0, 1, Op::Acquire, Kind::Invoke, None), "x"),
+        waiter(ev(900, 1, Op::Acquire, Kind::Invoke, None), "y"),
+        waiter(ev(1200, 1, Op::Acquire, Kind::Ok, Some(1)), "y"),
+        waiter(ev(1201, 1, Op::Acquire, Kind::Fail, None), "x"),
+        ev(1210, 1, Op::CsEnter, Kind::Info, Some(1)),
+        waiter(ev(1300, 1, Op::Release, Kind::Invoke, Some(1)), "y"),
+        waiter(ev(1301, 1, Op::Release, Kind::Ok, Some(1)), "y"),
+    ];
+    let r = run(h.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    // Paired in the order sent instead, the grant would count from 0 and the work at 1210
+    // would be past its deadline.
+    let blind: Vec<Event> = h
+        .into_iter()
+        .map(|mut e| {
+            e.waiter = None;
+            e
+        })
+        .collect();
+    assert_eq!(run(blind).invariants(), ["I5"]);
+}
