@@ -311,8 +311,7 @@ impl LeaseStore for RecordingStore {
     ) -> Result<bool, StoreError> {
         self.history.log(
             &self
-                .history
-                .event(key, Op::Renew, Kind::Invoke)
+                .event(key, holder, Op::Renew, Kind::Invoke)
                 .fence(fence.get()),
         );
         let r = self.inner.renew(lease, key, holder, fence).await;
@@ -330,8 +329,7 @@ impl LeaseStore for RecordingStore {
     async fn release(&self, key: &str, holder: &str, fence: Fence) -> Result<bool, StoreError> {
         self.history.log(
             &self
-                .history
-                .event(key, Op::Release, Kind::Invoke)
+                .event(key, holder, Op::Release, Kind::Invoke)
                 .fence(fence.get()),
         );
         let r = self.inner.release(key, holder, fence).await;
@@ -429,6 +427,37 @@ pub fn read_file(path: &Path) -> anyhow::Result<Vec<Event>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every call the recording store makes, invokes and outcomes alike, names its lock object,
+    /// and the same one for one holder: the checker pairs invokes with outcomes by it.
+    #[tokio::test]
+    async fn every_recorded_call_names_its_lock_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.jsonl");
+        let store = RecordingStore::new(
+            DynStore::new(lease_core::MemoryStore::new()),
+            History::open(&path, 1).unwrap(),
+        );
+        let lease = Duration::from_secs(5);
+        let f = store.try_lock(lease, "k", "a").await.unwrap().unwrap();
+        store.renew(lease, "k", "a", f).await.unwrap();
+        store.release("k", "a", f).await.unwrap();
+        store.try_lock(Duration::ZERO, "k", "a").await.unwrap();
+        store.enqueue(lease, "k", "a", lease).await.unwrap();
+        store.wait_for_grant("k", "a", Duration::ZERO).await;
+        store.leave_queue("k", "a").await.unwrap();
+        store.try_lock(lease, "k", "b").await.unwrap();
+        let events: Vec<Event> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 16, "{events:?}");
+        let of = |e: &Event| e.waiter.clone().expect("every call names its lock object");
+        let a = of(&events[0]);
+        assert!(events[..14].iter().all(|e| of(e) == a), "{events:?}");
+        assert!(events[14..].iter().all(|e| of(e) != a), "{events:?}");
+    }
 
     #[test]
     fn events_round_trip_in_the_documented_shape() {
