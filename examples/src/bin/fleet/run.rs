@@ -333,6 +333,10 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         }
     };
     let (mut done, mut next_count) = (0, Instant::now());
+    // How long the nemesis itself was held up (a failover waits for the old primary to be back
+    // in sync): later steps move by as much, so that they keep their spacing instead of all
+    // firing at once when it is over.
+    let mut held_up = Duration::ZERO;
     while !slots.iter().all(|s| s.done.is_finished()) {
         if let Some((at, paused)) = &resume {
             if Instant::now() >= *at {
@@ -367,6 +371,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         }
         if fail_over_at.is_some_and(|at| Instant::now() >= at) {
             fail_over_at = None;
+            let began = Instant::now();
             if let Some(server) = &server {
                 let primary = server.clone();
                 let moved = tokio::task::spawn_blocking(move || {
@@ -391,6 +396,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                 // waits for one grants nothing (I8's clock starts here).
                 log(Event::now(STORE, "", Op::Failover, Kind::Ok));
                 injected.failovers += 1;
+                held_up += began.elapsed();
             }
         }
         while resume.is_none()
@@ -398,7 +404,9 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             && resume_store.is_none()
             && heal_cut.is_none()
             && fail_over_at.is_none()
-            && steps.peek().is_some_and(|s| started.elapsed() >= s.at)
+            && steps
+                .peek()
+                .is_some_and(|s| started.elapsed() >= s.at + held_up)
         {
             let step = steps.next().expect("peeked");
             match step.action {
