@@ -547,3 +547,21 @@ fn calls_of_two_lock_objects_answered_out_of_order_pair_by_object() {
         .collect();
     assert_eq!(run(blind).invariants(), ["I5"]);
 }
+
+/// On a queued store the key goes to the oldest live waiter; one killed before it heard of its
+/// grant holds the key for that grant's lease, so each waiter killed meanwhile adds a lease to
+/// the takeover bound (only there: elsewhere a dead waiter holds nothing).
+#[test]
+fn i8_on_a_queued_store_allows_a_lease_per_waiter_killed_before_the_takeover() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    h.extend(enqueue(200, 2, 1000, Kind::Fail, Some(1)));
+    h.push(ev(1150, 0, Op::Kill, Kind::Info, None).tap_proc(2));
+    for t in [1200, 1700, 2200] {
+        h.extend(enqueue(t, 3, 1000, Kind::Fail, Some(2)));
+    }
+    h.extend(enqueue(2700, 3, 1000, Kind::Ok, Some(3)));
+    let r = run_named("redis-queued/kill", h.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!(run_named("redis/kill", h).invariants(), ["I8"]);
+}
