@@ -98,6 +98,20 @@ fn parse(url: &str) -> Result<(tokio_postgres::Config, Parsed), String> {
              postgres://[user[:password]@]host[:port][/database][?option=value&…] (or postgresql://)"
         ));
     }
+    // A `?` before the last `@` is either in the password or starts a query whose value holds
+    // an `@`; either way the query would start inside a secret, and an option named from it
+    // would show a piece of it (`redact_url` hides everything after `://` then): refused
+    // before anything of it is read.
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if after_scheme
+        .rfind('@')
+        .is_some_and(|at| after_scheme[..at].contains('?'))
+    {
+        return Err(format!(
+            "the URL `{shown}` has a `?` before its last `@`: write a `?` of the user name or \
+             password as `%3F`, an `@` in the query as `%40`"
+        ));
+    }
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     if query.contains('#') || base.contains('#') {
         return Err(format!(
@@ -479,6 +493,10 @@ mod tests {
             (
                 "postgres://u:hunter2@h/db?hunter2",
                 "a query parameter without `=`",
+            ),
+            (
+                "postgres://u:hunter2?x@h:1?pass=hunter2?x",
+                "a `?` before its last `@`",
             ),
             (
                 "postgres://u:hunter2@h:notaport/db",
