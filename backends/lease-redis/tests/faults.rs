@@ -1,10 +1,11 @@
 //! Faults of the real server: restarts with and without persistence, and a server paused past
 //! the lease. Each test starts its own redis-server, since it kills or pauses it.
 
-use std::future::Future;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use lease_core::{CrossProcessLock, Error, Fence, LeaseStore, StoreError, StoreErrorKind};
+use lease_core::{CrossProcessLock, Error, Fence, LeaseStore, StoreErrorKind};
 use lease_redis::RedisStore;
 use lease_testkit::{RedisOptions, RedisServer};
 
@@ -17,24 +18,6 @@ async fn store(server: &RedisServer, durable: bool) -> RedisStore {
         .connect()
         .await
         .expect("connect")
-}
-
-/// Retries `op` while it fails transiently (the connection coming back after a restart), for at
-/// most 15 s.
-async fn settled<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let give_up = Instant::now() + Duration::from_secs(15);
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && Instant::now() < give_up => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => return other,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,17 +39,19 @@ async fn with_aof_always_fences_keep_increasing_across_a_restart() {
 
     // The held leases survived with their fences: renewals go on, others are still refused.
     assert!(
-        settled(|| s.renew(LONG, "k", "bob", f2))
+        common::settled(|| s.renew(LONG, "k", "bob", f2))
             .await
             .expect("renew after restart")
     );
     assert!(
-        settled(|| s.renew(LONG, "other", "carol", other))
+        common::settled(|| s.renew(LONG, "other", "carol", other))
             .await
             .unwrap()
     );
     assert_eq!(
-        settled(|| s.try_lock(LONG, "k", "dave")).await.unwrap(),
+        common::settled(|| s.try_lock(LONG, "k", "dave"))
+            .await
+            .unwrap(),
         None
     );
     // The subscription came back too: a waiter is woken by the next release.
@@ -90,11 +75,13 @@ async fn with_aof_always_fences_keep_increasing_across_a_restart() {
 
     // A fresh process after the restart sees the same counters.
     server.restart();
-    let fresh = settled(|| async { Ok(store(&server, true).await) })
+    let fresh = common::settled(|| async { Ok(store(&server, true).await) })
         .await
         .unwrap();
     assert_eq!(
-        settled(|| fresh.try_lock(LONG, "k", "erin")).await.unwrap(),
+        common::settled(|| fresh.try_lock(LONG, "k", "erin"))
+            .await
+            .unwrap(),
         None
     );
     let f4 = fresh.renew(LONG, "k", "dave", f3).await.unwrap();
@@ -117,17 +104,17 @@ async fn without_persistence_a_restart_is_reported_as_fence_regression() {
     server.restart();
 
     // The holder's renewal learns that its fence is gone.
-    let err = settled(|| s.renew(LONG, "k", "alice", f2))
+    let err = common::settled(|| s.renew(LONG, "k", "alice", f2))
         .await
         .expect_err("renew after the data was lost");
     assert_eq!(err.kind(), StoreErrorKind::FenceRegressed, "{err}");
     // A new grant would reuse fence 1 of `g` for another holder: refused, not silently handed out.
-    let err = settled(|| s.try_lock(LONG, "g", "bob"))
+    let err = common::settled(|| s.try_lock(LONG, "g", "bob"))
         .await
         .expect_err("fence 1 again, for another holder");
     assert_eq!(err.kind(), StoreErrorKind::FenceRegressed, "{err}");
     // And a grant below the fence seen before.
-    let err = settled(|| s.try_lock(LONG, "k", "bob"))
+    let err = common::settled(|| s.try_lock(LONG, "k", "bob"))
         .await
         .expect_err("fence below 2");
     assert_eq!(err.kind(), StoreErrorKind::FenceRegressed, "{err}");

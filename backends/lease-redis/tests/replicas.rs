@@ -3,7 +3,8 @@
 //! store reports the fence that went back; with it, no grant is reported before the replica
 //! has it. Each test starts its own two servers.
 
-use std::future::Future;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use lease_core::{LeaseStore, StoreError, StoreErrorKind};
@@ -56,23 +57,6 @@ async fn fence_on(server: &RedisServer, store: &RedisStore, key: &str) -> Option
     let record = store.lock_key(key);
     let f: Option<String> = conn(server).await.hget(record, "f").await.unwrap();
     f.map(|f| f.parse().unwrap())
-}
-
-/// Retries `op` while it fails transiently (the store reconnecting after the failover).
-async fn settled<T, F, Fut>(mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let give_up = Instant::now() + Duration::from_secs(15);
-    loop {
-        match op().await {
-            Err(e) if e.is_transient() && Instant::now() < give_up => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => return other,
-        }
-    }
 }
 
 async fn store(url: &str, wait: bool) -> RedisStore {
@@ -146,7 +130,7 @@ async fn failover(wait: bool) -> Option<(Option<u64>, Result<Option<u64>, StoreE
         .await
         .unwrap();
     proxy.retarget(&format!("127.0.0.1:{}", replica.port()));
-    let after = settled(|| s.try_lock(LEASE, "k", "c"))
+    let after = common::settled(|| s.try_lock(LEASE, "k", "c"))
         .await
         .map(|f| f.map(|f| f.get()));
     Some((missed, after))

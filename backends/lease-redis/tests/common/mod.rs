@@ -34,3 +34,21 @@ pub(crate) async fn conformance_store() -> RedisStore {
     let url = url().expect("the redis conformance suite needs `redis-server` installed");
     store_on(&url, "conformance").await
 }
+
+/// Retries `op` while it fails transiently (the connection coming back after a restart or a
+/// failover), for at most 15 s.
+pub(crate) async fn settled<T, F, Fut>(mut op: F) -> Result<T, lease_core::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, lease_core::StoreError>>,
+{
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && std::time::Instant::now() < give_up => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
