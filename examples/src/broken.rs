@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use lease_core::{
-    BootClock, BrokenLock, Capabilities, Clock, DynStore, Enqueued, Fence, KeyState, LeaseStore,
-    SharedClock, StoreError,
+    BrokenLock, Capabilities, Clock, DynStore, Enqueued, Fence, KeyState, LeaseStore, SharedClock,
+    StoreError,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -300,7 +300,8 @@ impl BrokenStore {
         }
         let (key, holder) = (key.as_bytes().to_vec(), holder.as_bytes().to_vec());
         let fence = fence.map(|f| i64::try_from(f.get()).unwrap_or(i64::MAX));
-        let now = i64::try_from(BootClock.now().as_nanos()).unwrap_or(i64::MAX);
+        // The store's clock: the host's boot clock, whatever this process's time namespace.
+        let now = i64::try_from(crate::history::now_ns()).unwrap_or(i64::MAX);
         self.sql(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // `seq` orders every key's queue and is unique across keys: one below the lowest of
@@ -357,7 +358,8 @@ impl LeaseStore for BrokenStore {
                 // The mistake: take the key from its holder without asking whether it is free.
                 let (key, holder) = (key.as_bytes().to_vec(), holder.as_bytes().to_vec());
                 let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
-                let now = i64::try_from(BootClock.now().as_nanos()).unwrap_or(i64::MAX);
+                // The store's clock: the host's boot clock, whatever this process's time namespace.
+                let now = i64::try_from(crate::history::now_ns()).unwrap_or(i64::MAX);
                 let fence = self
                     .sql(move |conn| {
                         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

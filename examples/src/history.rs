@@ -13,7 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use lease_core::{
@@ -72,6 +72,9 @@ pub enum Op {
     /// missing the primary's writes, ok once the primary is dead, the replica promoted and the
     /// old primary back as its replica, in sync.
     Failover,
+    /// Nemesis: a worker's wall clock was stepped (`value` is its offset from the real time,
+    /// `+3600s`; `+0s` is the step back).
+    Clock,
 }
 
 /// Whether an event starts an operation, ends it, or stands alone.
@@ -106,7 +109,7 @@ pub struct Event {
     /// The fence the operation carries, where it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<u64>,
-    /// For writes: what was written (`claim` or `done`).
+    /// For writes: what was written (`claim` or `done`); for clock steps, the offset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// For writes: whether the fenced table accepted it.
@@ -161,9 +164,20 @@ impl Event {
     }
 }
 
-/// `CLOCK_BOOTTIME` in nanoseconds.
+/// The host's `CLOCK_BOOTTIME` in nanoseconds: this process's boot clock less its time
+/// namespace's offset (a worker of a `clock` run may live in a namespace whose boot clock is an
+/// hour off), so that every process's events are on one clock.
 pub fn now_ns() -> u64 {
-    u64::try_from(BootClock.now().as_nanos()).unwrap_or(u64::MAX)
+    static OFFSET_NS: OnceLock<i64> = OnceLock::new();
+    let offset = *OFFSET_NS.get_or_init(|| match lease_sqlite::HostClock::open() {
+        Ok(clock) => clock.offset_ns(),
+        Err(e) => {
+            eprintln!("history: {e}; events are stamped with this namespace's boot clock");
+            0
+        }
+    });
+    let raw = i64::try_from(BootClock.now().as_nanos()).unwrap_or(i64::MAX);
+    u64::try_from(raw.saturating_sub(offset)).unwrap_or(0)
 }
 
 /// An append-only history file shared by the tasks of one process.

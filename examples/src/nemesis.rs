@@ -33,10 +33,14 @@ pub enum Fault {
     /// Hold the replication back for a while, kill the primary and promote its replica, which
     /// the workers' proxies then lead to (once per run).
     Failover,
+    /// Step some workers' wall clocks an hour ahead or behind for a while (libfaketime), then
+    /// back; workers with an odd proc id also run in a time namespace whose boot and monotonic
+    /// clocks are an hour off the host's.
+    Clock,
 }
 
 /// Every fault, in the order the command line lists them.
-pub const ALL: [Fault; 7] = [
+pub const ALL: [Fault; 8] = [
     Fault::Kill,
     Fault::Pause,
     Fault::StoreRestart,
@@ -44,6 +48,7 @@ pub const ALL: [Fault; 7] = [
     Fault::StorePause,
     Fault::Partition,
     Fault::Failover,
+    Fault::Clock,
 ];
 
 impl Fault {
@@ -57,6 +62,7 @@ impl Fault {
             Fault::StorePause => "store-pause",
             Fault::Partition => "partition",
             Fault::Failover => "failover",
+            Fault::Clock => "clock",
         }
     }
 
@@ -74,7 +80,8 @@ fn names() -> String {
     ALL.map(Fault::name).join(", ")
 }
 
-/// Parses `kill,pause,store-restart,slow,store-pause,partition,failover` (any non-empty subset, any order).
+/// Parses `kill,pause,store-restart,slow,store-pause,partition,failover,clock` (any non-empty
+/// subset, any order).
 ///
 /// # Errors
 ///
@@ -178,7 +185,22 @@ pub enum Action {
         /// Partition length in leases.
         factor: f64,
     },
+    /// Step the wall clocks of the workers in these slots by `offset_secs` for [`CLOCK_FOR`]
+    /// leases, then back to the real time.
+    Clock {
+        /// Worker slots (0-based).
+        slots: Vec<usize>,
+        /// The step, in seconds (negative: back).
+        offset_secs: i64,
+    },
 }
+
+/// How far a `clock` step moves a wall clock, in seconds, and a time namespace's clocks.
+pub const CLOCK_STEP_SECS: i64 = 3600;
+
+/// How long, in leases, a worker's wall clock stays stepped: past a lease, so that renewals and
+/// grants happen on the stepped clock.
+pub const CLOCK_FOR: f64 = 3.0;
 
 /// How long, in leases, the replica misses the primary's writes before a failover.
 pub const FAILOVER_LAG: f64 = 0.5;
@@ -223,6 +245,8 @@ pub fn plan(
     // Store pauses alternate as worker pauses do, each kind on its own.
     let mut store_long_next = true;
     let mut cut_long_next = true;
+    // Wall clocks are stepped ahead, then back, in turn.
+    let mut ahead_next = true;
     let mut round: Vec<Fault> = Vec::new();
     // A failover uses the one replica up: once per run.
     let mut faults = faults.to_vec();
@@ -270,6 +294,19 @@ pub fn plan(
                 cut_long_next = !cut_long_next;
                 let slots = some_slots(&mut rng, workers);
                 (Action::Partition { slots, factor }, lease.mul_f64(factor))
+            }
+            Fault::Clock => {
+                let offset_secs = if ahead_next {
+                    CLOCK_STEP_SECS
+                } else {
+                    -CLOCK_STEP_SECS
+                };
+                ahead_next = !ahead_next;
+                let slots = some_slots(&mut rng, workers);
+                (
+                    Action::Clock { slots, offset_secs },
+                    lease.mul_f64(CLOCK_FOR),
+                )
             }
         };
         if t + len > end && !steps.is_empty() {
@@ -342,6 +379,7 @@ mod tests {
                         | (Action::StorePause { .. }, Fault::StorePause)
                         | (Action::Partition { .. }, Fault::Partition)
                         | (Action::Failover { .. }, Fault::Failover)
+                        | (Action::Clock { .. }, Fault::Clock)
                 )),
                 "{f:?} missing from {a:?}"
             );
@@ -377,6 +415,14 @@ mod tests {
             .filter(|s| matches!(s.action, Action::Failover { .. }))
             .count();
         assert_eq!(failovers, 1, "one replica, one failover: {a:?}");
+        let steps: Vec<i64> = a
+            .iter()
+            .filter_map(|s| match s.action {
+                Action::Clock { offset_secs, .. } => Some(offset_secs),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(steps[..2], [3600, -3600], "{steps:?}");
         let only = plan(7, &[Fault::Failover], d, lease, 4);
         assert_eq!(only.len(), 1, "{only:?}");
         // A short run still gets its one long pause.

@@ -23,6 +23,17 @@ fn chaos_with(
     lease: &str,
     extra: &[&str],
 ) -> String {
+    chaos_out(store, faults, duration, lease, extra).0
+}
+
+/// [`chaos_with`], returning the fleet's whole output beside its checker line.
+fn chaos_out(
+    store: Option<&str>,
+    faults: &str,
+    duration: &str,
+    lease: &str,
+    extra: &[&str],
+) -> (String, String) {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleet"));
@@ -72,7 +83,37 @@ fn chaos_with(
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );
-    line
+    (line, stdout.into_owned())
+}
+
+/// The number before `what` in the fleet's `nemesis` summary line.
+fn injected(stdout: &str, what: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("nemesis "))
+        .unwrap_or_else(|| panic!("no nemesis line:\n{stdout}"));
+    count(line, what)
+}
+
+/// The smoke of partitions and slow replies on a server store: each worker reaches the store
+/// through a proxy of its own, which the nemesis cuts (every byte lost) for 3× or 0.5× the
+/// lease, and some workers' replies come 1.5× or 0.3× the lease late. A worker cut off mid-job
+/// must give its lease up by its deadline, while the others take its keys over; a grant that
+/// arrives past its deadline is given back, never used.
+fn assert_partitions_and_slow_replies(store: &str, duration: &str, lease: &str, work: &str) {
+    let (line, out) = chaos_out(
+        Some(store),
+        "kill,partition,slow",
+        duration,
+        lease,
+        &["--work", work],
+    );
+    println!("{line}");
+    assert!(line.contains("/kill+partition+slow: "), "{line}");
+    assert!(count(&line, " partitions") >= 1, "{line}");
+    assert!(injected(&out, " slowed workers") >= 1, "{out}");
+    assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
+    assert_eq!(count(&line, " lost updates"), 0, "{line}");
 }
 
 /// The number before `what` in the checker line.
@@ -237,49 +278,50 @@ fn etcd_survives_store_pauses() {
     assert_eq!(count(&line, " lost updates"), 0, "{line}");
 }
 
-/// Partitions: each worker reaches the store through a proxy of its own, which the nemesis cuts
-/// (every byte lost) for 3× or 0.5× the lease; a worker cut off mid-job must give its lease up
-/// by its deadline, while the others take its keys over.
 #[cfg(feature = "redis")]
 #[test]
-fn redis_survives_partitions() {
+fn redis_survives_partitions_and_slow_replies() {
     if lease_testkit::require_binary("redis-server", "redis-server").is_none() {
         return;
     }
-    let line = chaos_with(
-        Some("redis"),
-        "kill,partition",
-        "15s",
-        "500ms",
-        &["--work", "1s"],
-    );
-    println!("{line}");
-    assert!(line.contains("/kill+partition: "), "{line}");
-    assert!(count(&line, " partitions") >= 2, "{line}");
-    assert!(
-        count(&line, " leases lost") >= 1,
-        "no lease cut off: {line}"
-    );
-    assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
-    assert_eq!(count(&line, " lost updates"), 0, "{line}");
+    assert_partitions_and_slow_replies("redis", "15s", "500ms", "1s");
 }
 
 #[cfg(feature = "etcd")]
 #[test]
-fn etcd_survives_partitions() {
+fn etcd_survives_partitions_and_slow_replies() {
     if lease_testkit::require_binary("etcd", "etcd-server").is_none() {
         return;
     }
-    let line = chaos_with(
-        Some("etcd"),
-        "kill,partition",
-        "20s",
-        "2s",
-        &["--work", "4s"],
-    );
+    // etcd's shortest lease is 2 s.
+    assert_partitions_and_slow_replies("etcd", "30s", "2s", "4s");
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_survives_partitions_and_slow_replies() {
+    // The fleet finds PostgreSQL's programs where Debian puts them (off `PATH`); without them it
+    // fails, naming the package.
+    assert_partitions_and_slow_replies("postgres", "15s", "500ms", "1s");
+}
+
+/// Slow replies on the embedded store, and clock faults: wall clocks stepped an hour either way
+/// (libfaketime), and workers in time namespaces whose boot clocks, on which the SQLite store
+/// keeps its expiries, are an hour off the host's (the store corrects for its namespace).
+#[test]
+fn sqlite_survives_slow_replies_clock_steps_and_time_namespaces() {
+    let (line, out) = chaos_out(None, "kill,slow,clock", "15s", "500ms", &[]);
     println!("{line}");
-    assert!(line.starts_with("etcd/kill+partition: "), "{line}");
-    assert!(count(&line, " partitions") >= 1, "{line}");
+    assert!(line.contains("/kill+slow+clock: "), "{line}");
+    assert!(count(&line, " clock steps") >= 2, "{line}");
+    assert!(injected(&out, " slowed workers") >= 1, "{out}");
+    assert!(count(&line, " acquisitions") >= 200, "{line}");
+    if rustix::process::geteuid().is_root() {
+        assert!(
+            out.contains("run in a time namespace 3600 s ahead"),
+            "{out}"
+        );
+    }
     assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
     assert_eq!(count(&line, " lost updates"), 0, "{line}");
 }

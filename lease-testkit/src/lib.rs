@@ -14,9 +14,11 @@
 //!
 //! Beside the servers: the process-fault suite every backend runs
 //! ([`process_conformance_tests!`], [`process_suite`]), [`unique_prefix`] to keep tests apart on
-//! a shared server, and [`HoldingProxy`] to hold a server's answers back.
+//! a shared server, [`HoldingProxy`] to hold a server's answers back, and [`faketime`] to step a
+//! process's wall clock while it runs.
 
 mod etcd;
+pub mod faketime;
 mod postgres;
 mod prefix;
 mod process;

@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 
+/// `program` on `PATH`, if it is there.
+pub(crate) fn find_binary(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
 /// Finds `program` on `PATH`. `None` (with a note on stderr) when it is missing and `CI` is unset.
 ///
 /// # Panics
@@ -16,12 +25,7 @@ use rustix::process::{Pid, Signal, kill_process};
 /// When the binary is missing and the `CI` environment variable is set: under CI a missing server
 /// fails the run instead of skipping it.
 pub fn require_binary(program: &str, package: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())
-    });
-    match found {
+    match find_binary(program) {
         Some(p) => Some(p),
         None if std::env::var_os("CI").is_some() => panic!(
             "`{program}` is not installed and CI is set: install the Debian package `{package}` \

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::faketime;
 use crate::process::{Server, free_port, require_binary, tcp_answers};
 
 /// How to start a [`RedisServer`].
@@ -56,8 +57,8 @@ impl RedisServer {
         std::fs::write(&conf_path, conf).expect("write redis.conf");
         let (clock_file, preload) = if options.faketime {
             let clock_file = dir.path().join("faketime");
-            std::fs::write(&clock_file, "+0\n").expect("write the faketime file");
-            let preload = faketime_preload(dir.path())?;
+            faketime::set_offset(&clock_file, 0).expect("write the faketime file");
+            let preload = faketime::preload_or_skip(dir.path())?;
             (Some(clock_file), Some(preload))
         } else {
             (None, None)
@@ -97,13 +98,11 @@ impl RedisServer {
             let (program, args) = match (&clock_file, &preload) {
                 (Some(file), Some(preload)) => {
                     // `env` execs the server in turn, so the pid stays the server's.
-                    let mut env = vec![
-                        format!("LD_PRELOAD={preload}"),
-                        format!("FAKETIME_TIMESTAMP_FILE={}", file.display()),
-                        "FAKETIME_NO_CACHE=1".to_owned(),
-                        "DONT_FAKE_MONOTONIC=1".to_owned(),
-                        program.display().to_string(),
-                    ];
+                    let mut env: Vec<String> = faketime::env(preload, file)
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    env.push(program.display().to_string());
                     env.extend(args);
                     (Path::new("env"), env)
                 }
@@ -175,10 +174,7 @@ impl RedisServer {
             .clock_file
             .as_ref()
             .expect("set_clock_offset needs a server started with RedisOptions::faketime");
-        let tmp = file.with_extension("new");
-        std::fs::write(&tmp, format!("{offset_secs:+}\n")).expect("write the faketime file");
-        // Renamed into place, so the server never reads a half-written file.
-        std::fs::rename(&tmp, file).expect("replace the faketime file");
+        faketime::set_offset(file, offset_secs).expect("replace the faketime file");
     }
 
     /// Kills the server and starts it again on the same port and data dir; waits until it answers.
@@ -192,85 +188,6 @@ impl RedisServer {
             .restart(Duration::from_secs(10), &ready)
             .unwrap_or_else(|e| panic!("redis-server did not restart: {e}"));
     }
-}
-
-/// Where Debian and others install libfaketime's multi-threaded preload library.
-const FAKETIME_LIBRARIES: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/faketime/libfaketimeMT.so.1",
-    "/usr/lib64/faketime/libfaketimeMT.so.1",
-    "/usr/local/lib/faketime/libfaketimeMT.so.1",
-];
-
-/// A preload shim, loaded before libfaketime. libfaketime 0.9.10 deadlocks in a redis-server
-/// that uses the system's jemalloc (Debian's does): jemalloc's initialisation reads the monotonic
-/// clock and initialises a condition variable, libfaketime's wrappers of both initialise
-/// libfaketime lazily, which calls `dlsym`, which allocates, which waits on jemalloc's
-/// initialisation lock. The shim answers those two calls without libfaketime (the monotonic
-/// clock is not faked anyway), so libfaketime first initialises from Redis's own code.
-const FAKETIME_SHIM: &str = r#"#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <pthread.h>
-#include <string.h>
-#include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
-static int (*next_clock_gettime)(clockid_t, struct timespec *);
-int clock_gettime(clockid_t id, struct timespec *ts) {
-    if (id != CLOCK_REALTIME && id != CLOCK_REALTIME_COARSE)
-        return (int)syscall(SYS_clock_gettime, id, ts);
-    if (!next_clock_gettime)
-        next_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
-    return next_clock_gettime(id, ts);
-}
-static int (*next_cond_init)(pthread_cond_t *, const pthread_condattr_t *);
-int pthread_cond_init(pthread_cond_t *c, const pthread_condattr_t *a) {
-    if (a == NULL) {
-        pthread_cond_t init = PTHREAD_COND_INITIALIZER;
-        memcpy(c, &init, sizeof init);
-        return 0;
-    }
-    if (!next_cond_init)
-        next_cond_init = (int (*)(pthread_cond_t *, const pthread_condattr_t *))dlsym(RTLD_NEXT, "pthread_cond_init");
-    return next_cond_init(c, a);
-}
-"#;
-
-/// `LD_PRELOAD` for a server under libfaketime: the shim (built into `dir`) and the library.
-/// `None` (with a note) when libfaketime or `cc` is missing and `CI` is unset.
-fn faketime_preload(dir: &Path) -> Option<String> {
-    let Some(library) = FAKETIME_LIBRARIES
-        .iter()
-        .map(Path::new)
-        .find(|p| p.is_file())
-    else {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "libfaketime is not installed and CI is set: install the Debian package \
-                 `faketime` (scripts/test.sh does)"
-            );
-        }
-        eprintln!("skipping: libfaketime not found (install the Debian package `faketime`)");
-        return None;
-    };
-    let cc = require_binary("cc", "gcc")?;
-    let source = dir.join("faketime-shim.c");
-    let shim = dir.join("faketime-shim.so");
-    std::fs::write(&source, FAKETIME_SHIM).expect("write the faketime shim");
-    let out = std::process::Command::new(cc)
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&shim)
-        .arg(&source)
-        .arg("-ldl")
-        .output()
-        .expect("run cc");
-    assert!(
-        out.status.success(),
-        "building the faketime shim failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(format!("{}:{}", shim.display(), library.display()))
 }
 
 fn ready_check(port: u16, password: Option<String>) -> impl Fn() -> bool {

@@ -30,8 +30,18 @@ const NS_TIME: &str = "/proc/self/ns/time";
 const NS_TIME_FOR_CHILDREN: &str = "/proc/self/ns/time_for_children";
 
 /// The host's boot clock as read from this process: its namespace's clock minus the offset.
+///
+/// The store keeps its lease expiries on this clock; it is public for programs that compare
+/// times taken in several processes of one host, some of them in time namespaces (a fleet's
+/// history, for one).
+///
+/// ```
+/// let clock = lease_sqlite::HostClock::open()?;
+/// assert!(clock.now_ns() > 0);
+/// # Ok::<(), lease_core::StoreError>(())
+/// ```
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct HostClock {
+pub struct HostClock {
     /// Nanoseconds this time namespace's `CLOCK_BOOTTIME` is ahead of the host's.
     offset_ns: i64,
 }
@@ -43,7 +53,7 @@ impl HostClock {
     ///
     /// A permanent error naming the file that cannot be read or parsed, or saying that this
     /// process has left its time namespace for its children only.
-    pub(crate) fn open() -> Result<Self, StoreError> {
+    pub fn open() -> Result<Self, StoreError> {
         let own = std::fs::read_link(NS_TIME);
         let children = std::fs::read_link(NS_TIME_FOR_CHILDREN);
         if let (Ok(own), Ok(children)) = (&own, &children) {
@@ -88,13 +98,13 @@ impl HostClock {
     }
 
     /// Nanoseconds on the host's boot clock.
-    pub(crate) fn now_ns(self) -> i64 {
+    pub fn now_ns(self) -> i64 {
         let ns = i64::try_from(BootClock.now().as_nanos()).unwrap_or(i64::MAX);
         ns.saturating_sub(self.offset_ns)
     }
 
     /// This namespace's offset, in nanoseconds (0 in the host's namespace).
-    pub(crate) fn offset_ns(self) -> i64 {
+    pub fn offset_ns(self) -> i64 {
         self.offset_ns
     }
 }

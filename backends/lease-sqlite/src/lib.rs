@@ -170,6 +170,7 @@ mod store;
 mod tx;
 mod wake;
 
+pub use hostclock::HostClock;
 pub use rusqlite;
 pub use store::{Durability, SqliteStore, SqliteStoreBuilder};
 

@@ -120,6 +120,8 @@ pub(super) struct RunIndex<'a> {
     pub(super) regressions: u64,
     /// A worker cut off the store from `from` to `to` (a partition, not a pause).
     pub(super) partitions: Vec<Pause>,
+    /// Workers' wall clocks stepped off the real time (the steps back not counted).
+    pub(super) clock_steps: u64,
     /// Per key, in the order answered.
     pub(super) grants: BTreeMap<&'a str, Vec<Grant>>,
     /// Per key, (process, time) of every acquire sent.
@@ -156,6 +158,7 @@ impl<'a> RunIndex<'a> {
             restarts: Vec::new(),
             store_pauses: Vec::new(),
             partitions: Vec::new(),
+            clock_steps: 0,
             failovers: Vec::new(),
             failover_windows: Vec::new(),
             regressions: 0,
@@ -197,6 +200,7 @@ impl<'a> RunIndex<'a> {
                         });
                     }
                 }
+                Op::Clock if e.value.as_deref() != Some("+0s") => self.clock_steps += 1,
                 Op::Kill => self.kills.push((e.proc, e.t_ns)),
                 Op::Pause => {
                     open_pauses.insert(e.proc, (e.t_ns, e.dur_ns.unwrap_or(0)));
@@ -278,6 +282,7 @@ impl<'a> RunIndex<'a> {
                     | Op::Partition
                     | Op::Heal
                     | Op::Failover
+                    | Op::Clock
             ) {
                 last_event.insert(e.proc, e.t_ns);
             }

@@ -122,6 +122,8 @@ pub struct Report {
     pub partitions: u64,
     /// Failovers of the store to its replica.
     pub failovers: u64,
+    /// Workers' wall clocks stepped an hour off (libfaketime).
+    pub clock_steps: u64,
     /// Store calls that failed reporting a fence regression (the store saw a fence go back):
     /// the store's own alarm, counted, not a violation.
     pub regressions: u64,
@@ -148,7 +150,7 @@ impl Report {
              order, {} lost updates, {} duplicate completions, {} leases lost, {}/{} stale \
              renews/releases refused, {} queue grants, {} kills (takeover p99 {}), {} pauses ({} \
              longer than the lease), {} store restarts, {} store pauses, {} partitions, {} \
-             failovers ({} fence regressions reported): {}",
+             failovers ({} fence regressions reported), {} clock steps: {}",
             self.name,
             self.acquisitions,
             self.overlaps,
@@ -170,6 +172,7 @@ impl Report {
             self.partitions,
             self.failovers,
             self.regressions,
+            self.clock_steps,
             if self.ok() {
                 "ok".to_owned()
             } else {
@@ -230,6 +233,7 @@ pub fn check(run: &Run) -> Report {
         store_pauses: ix.store_pauses.len() as u64,
         partitions: ix.partitions.len() as u64,
         failovers: ix.failovers.len() as u64,
+        clock_steps: ix.clock_steps,
         regressions: ix.regressions,
         queue_grants: ix.queue.grants.len() as u64,
         ..Report::default()

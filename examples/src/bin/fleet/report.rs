@@ -20,6 +20,7 @@ pub(crate) struct Injected {
     pub(crate) store_pauses: u64,
     pub(crate) partitions: u64,
     pub(crate) failovers: u64,
+    pub(crate) clock_steps: u64,
 }
 
 /// The worker processes' tallies, summed, and how the processes ended.
@@ -190,11 +191,12 @@ pub(crate) fn print(
             store_pauses,
             partitions,
             failovers,
+            clock_steps,
         } = injected;
         println!(
             "nemesis                {kills} kills, {pauses} pauses, {restarts} store restarts, \
              {slowed} slowed workers, {store_pauses} store pauses, {partitions} partitioned \
-             workers, {failovers} failovers (seed {seed})"
+             workers, {failovers} failovers, {clock_steps} clock steps (seed {seed})"
         );
     }
     let miscount = unreported.is_none_or(|n| n > cut);

@@ -21,7 +21,7 @@ use rustix::process::Signal;
 
 use crate::report::{self, Ended, Injected};
 use crate::server::OwnedServer;
-use crate::spawn::{Paused, Slot, Spawner, signal};
+use crate::spawn::{Clocks, Paused, Slot, Spawner, signal};
 
 /// A partitioned worker: its proc id and its proxy to the store.
 type Cut = (u64, Arc<lease_testkit::HoldingProxy>);
@@ -56,7 +56,8 @@ pub(crate) struct RunArgs {
     /// Directory for the job table and the default lock database (default: a temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Faults to inject: any of kill,pause,store-restart,slow,store-pause,partition,failover.
+    /// Faults to inject: any of
+    /// kill,pause,store-restart,slow,store-pause,partition,failover,clock.
     /// Workers then contend for few jobs and write without checking their lease first, and the
     /// run is checked from its history.
     #[arg(long, value_name = "FAULTS")]
@@ -161,12 +162,21 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             scheme.label()
         ))
     };
+    // The clock fault steps workers' wall clocks with libfaketime, its files in the history.
+    let (clocks, no_clock) = match (&chaos, &history) {
+        (Some(f), Some(h)) if f.contains(&Fault::Clock) => match Clocks::setup(h) {
+            Ok((clocks, no_timens)) => (Some((clocks, no_timens)), None),
+            Err(why) => (None, Some(why)),
+        },
+        _ => (None, None),
+    };
     let can_fail_over = server
         .as_ref()
         .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).can_fail_over());
     let applies = |f: &Fault| match f {
         Fault::Partition => no_cut.is_none(),
         Fault::Failover => can_fail_over && no_cut.is_none(),
+        Fault::Clock => clocks.is_some(),
         f => !f.needs_own_server() || server.is_some(),
     };
     let faults: Vec<Fault> = chaos
@@ -260,6 +270,27 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     ),
                 }
             }
+            if let Some(why) = &no_clock {
+                println!("chaos: clock skipped: {why}");
+            }
+            if let Some((clocks, no_timens)) = &clocks {
+                println!(
+                    "chaos: clock: every worker's wall clock can be stepped (libfaketime){}",
+                    match (
+                        clocks.namespace_offset(1),
+                        clocks.namespace_offset(3),
+                        no_timens
+                    ) {
+                        (Some(ahead), Some(behind), _) => format!(
+                            "; workers 1, 5, 9, … run in a time namespace {ahead} s ahead of \
+                             the host's boot clock, 3, 7, … {} s behind",
+                            -behind
+                        ),
+                        (_, _, Some(why)) => format!("; no time namespaces: {why}"),
+                        _ => String::new(),
+                    }
+                );
+            }
             let applied: Vec<Fault> = faults.iter().copied().filter(applies).collect();
             plan(seed, &applied, args.duration, lease, args.workers)
         }
@@ -288,6 +319,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             || applied_failover)
             && no_cut.is_none(),
         moved_to: Mutex::new(None),
+        clocks: clocks.map(|(c, _)| c),
     };
     let mut next_proc = 1;
     let mut slots = Vec::new();
@@ -315,6 +347,8 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let mut fail_over_at: Option<Instant> = None;
     // When to heal the partitioned workers, and which (proc, proxy).
     let mut heal_cut: Option<(Instant, Vec<Cut>)> = None;
+    // When to set the stepped wall clocks right again, and whose (proc).
+    let mut heal_clock: Option<(Instant, Vec<u64>)> = None;
     let store_ctl = |f: fn(&mut OwnedServer)| {
         if let Some(server) = &server {
             f(&mut server.lock().unwrap_or_else(|p| p.into_inner()));
@@ -330,6 +364,21 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let log = |e: Event| {
         if let Some(n) = &nemesis {
             n.log(&e);
+        }
+    };
+    // Steps `proc`'s wall clock to `offset` seconds off the real time, and logs it.
+    let set_clock = |proc: u64, offset: i64, dur: Duration| {
+        let Some(clocks) = &spawner.clocks else {
+            return;
+        };
+        match lease_testkit::faketime::set_offset(&clocks.file(proc), offset) {
+            Ok(()) => {
+                let mut e = Event::now(proc, "", Op::Clock, Kind::Info);
+                e.value = Some(format!("{offset:+}s"));
+                e.dur_ns = (offset != 0).then(|| u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
+                log(e);
+            }
+            Err(err) => eprintln!("chaos: cannot step the clock of worker {proc}: {err}"),
         }
     };
     let (mut done, mut next_count) = (0, Instant::now());
@@ -359,6 +408,14 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             store_ctl(OwnedServer::resume);
             log(Event::now(STORE, "", Op::Resume, Kind::Info));
             resume_store = None;
+        }
+        if let Some((at, stepped)) = &heal_clock {
+            if Instant::now() >= *at {
+                for proc in stepped {
+                    set_clock(*proc, 0, Duration::ZERO);
+                }
+                heal_clock = None;
+            }
         }
         if let Some((at, cut)) = &heal_cut {
             if Instant::now() >= *at {
@@ -403,6 +460,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             && heal_slow.is_none()
             && resume_store.is_none()
             && heal_cut.is_none()
+            && heal_clock.is_none()
             && fail_over_at.is_none()
             && steps
                 .peek()
@@ -484,6 +542,19 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     }
                     heal_cut = Some((Instant::now() + dur, cut));
                 }
+                Action::Clock {
+                    slots: which,
+                    offset_secs,
+                } => {
+                    let dur = lease.mul_f64(lease_examples::nemesis::CLOCK_FOR);
+                    let mut stepped = Vec::new();
+                    for i in which {
+                        set_clock(slots[i].proc, offset_secs, dur);
+                        stepped.push(slots[i].proc);
+                        injected.clock_steps += 1;
+                    }
+                    heal_clock = Some((Instant::now() + dur, stepped));
+                }
                 Action::Failover { lag } => {
                     if let Some(server) = &server {
                         // From now on the replica misses the primary's writes: the grants
@@ -524,14 +595,15 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         if chaos.is_some() {
             bar.set_message(format!(
                 "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed, {} store pauses, \
-                 {} cut, {} failovers",
+                 {} cut, {} failovers, {} clock steps",
                 injected.kills,
                 injected.pauses,
                 injected.restarts,
                 injected.slowed,
                 injected.store_pauses,
                 injected.partitions,
-                injected.failovers
+                injected.failovers,
+                injected.clock_steps
             ));
         } else {
             bar.set_message(format!("{done} jobs done"));
@@ -557,6 +629,11 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     if resume_store.take().is_some() {
         store_ctl(OwnedServer::resume);
         log(Event::now(STORE, "", Op::Resume, Kind::Info));
+    }
+    if let Some((_, stepped)) = heal_clock.take() {
+        for proc in stepped {
+            set_clock(proc, 0, Duration::ZERO);
+        }
     }
     if let Some((_, slowed)) = heal_slow.take() {
         for (proc, pid) in slowed {

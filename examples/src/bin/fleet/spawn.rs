@@ -1,14 +1,15 @@
 //! Starting worker processes, and signalling them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use lease_examples::broken::Broken;
+use lease_examples::nemesis::CLOCK_STEP_SECS;
 use lease_examples::nemesis::proxied_url;
-use lease_testkit::HoldingProxy;
+use lease_testkit::{HoldingProxy, faketime};
 use rustix::process::{Pid, Signal, kill_process};
 
 /// A stopped worker: its proc id and pid.
@@ -38,6 +39,89 @@ pub(crate) struct Spawner {
     pub(crate) proxied: bool,
     /// Where the proxies lead once a failover moved the store (`host:port`).
     pub(crate) moved_to: std::sync::Mutex<Option<String>>,
+    /// With the `clock` fault: how the workers' clocks are set up.
+    pub(crate) clocks: Option<Clocks>,
+}
+
+/// The `clock` fault's setup: every worker runs under libfaketime, its wall clock offset by the
+/// number in `clock-<proc>` of the history directory; workers with an odd proc id run in a time
+/// namespace whose boot and monotonic clocks are off the host's, an hour ahead (1, 5, 9 …) or
+/// behind (3, 7, …).
+pub(crate) struct Clocks {
+    preload: String,
+    dir: PathBuf,
+    /// The namespaces' offsets ahead and behind, in seconds; `None` when this process cannot
+    /// make time namespaces.
+    timens: Option<(i64, i64)>,
+}
+
+impl Clocks {
+    /// Builds libfaketime's preload shim in `dir` (the history directory, where the clock
+    /// files go) and finds out whether time namespaces can be made here; the second value says
+    /// why not, when they cannot.
+    ///
+    /// # Errors
+    ///
+    /// Why the wall clocks cannot be stepped (libfaketime or `cc` missing).
+    pub(crate) fn setup(dir: &Path) -> Result<(Clocks, Option<String>), String> {
+        let preload = faketime::preload(dir)?;
+        // A namespace's boot clock cannot start below zero: behind by at most half the uptime.
+        let uptime = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
+            .unwrap_or(0);
+        let behind = CLOCK_STEP_SECS.min(uptime / 2);
+        let probe = std::process::Command::new("unshare")
+            .args([
+                "--time",
+                "--boottime",
+                "1",
+                "--monotonic",
+                "1",
+                "--",
+                "true",
+            ])
+            .output();
+        let (timens, why) = match probe {
+            Ok(out) if out.status.success() && behind > 0 => {
+                (Some((CLOCK_STEP_SECS, behind)), None)
+            }
+            Ok(out) if out.status.success() => {
+                (None, Some("the host booted moments ago".to_owned()))
+            }
+            Ok(out) => (
+                None,
+                Some(format!(
+                    "`unshare --time` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+            ),
+            Err(e) => (None, Some(format!("cannot run `unshare`: {e}"))),
+        };
+        Ok((
+            Clocks {
+                preload,
+                dir: dir.to_owned(),
+                timens,
+            },
+            why,
+        ))
+    }
+
+    /// The file holding `proc`'s wall-clock offset.
+    pub(crate) fn file(&self, proc: u64) -> PathBuf {
+        self.dir.join(format!("clock-{proc}"))
+    }
+
+    /// The offset of `proc`'s time namespace in seconds, if it runs in one.
+    pub(crate) fn namespace_offset(&self, proc: u64) -> Option<i64> {
+        let (ahead, behind) = self.timens?;
+        match proc % 4 {
+            1 => Some(ahead),
+            3 => Some(-behind),
+            _ => None,
+        }
+    }
 }
 
 impl Spawner {
@@ -58,7 +142,24 @@ impl Spawner {
         } else {
             (None, self.store_url.clone())
         };
-        let mut cmd = tokio::process::Command::new(&self.exe);
+        let offset = self.clocks.as_ref().and_then(|c| c.namespace_offset(proc));
+        let mut cmd = match offset {
+            Some(secs) => {
+                // `unshare` execs the worker in the new namespace: the pid stays the worker's.
+                let mut cmd = tokio::process::Command::new("unshare");
+                let secs = secs.to_string();
+                cmd.args(["--time", "--boottime", &secs, "--monotonic", &secs, "--"])
+                    .arg(&self.exe);
+                cmd
+            }
+            None => tokio::process::Command::new(&self.exe),
+        };
+        if let Some(clocks) = &self.clocks {
+            let file = clocks.file(proc);
+            faketime::set_offset(&file, 0)
+                .with_context(|| format!("write the clock file {}", file.display()))?;
+            cmd.envs(faketime::env(&clocks.preload, &file));
+        }
         cmd.arg("worker")
             .args(["--proc", &proc.to_string(), "--store", &store_url])
             .arg("--jobs-db")
