@@ -86,3 +86,37 @@ fn fleet_rejects_a_bad_store_url_clearly() {
     );
     assert!(!stderr.contains("secret"), "the password leaked: {stderr}");
 }
+
+/// The soak's resource check: a clean run's workers keep their memory and descriptors, and
+/// workers that leak memory on every job fail the run, named.
+#[test]
+fn the_soak_check_passes_a_steady_fleet_and_fails_a_leaking_one() {
+    let soak = |leak: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_fleet"))
+            .args(["--duration", "6s", "--workers", "2"])
+            .args(["--sample-every", "500ms", "--sample-from", "2s"])
+            .args(["--leak-per-job", leak, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let samples = std::fs::read_to_string(dir.path().join("resources.jsonl")).unwrap();
+        assert!(samples.lines().count() >= 2 * 8, "{samples}");
+        (out.status.success(), stdout)
+    };
+    let (ok, stdout) = soak("0");
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("resources              2 workers sampled every 500ms"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(": ok\n"), "{stdout}");
+    let (ok, stdout) = soak("200000");
+    assert!(!ok, "{stdout}");
+    assert!(stdout.contains("limit +10.0 %: GREW"), "{stdout}");
+    assert!(
+        stdout.contains("resources              w1 grew from"),
+        "{stdout}"
+    );
+}

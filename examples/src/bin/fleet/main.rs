@@ -13,6 +13,7 @@
 //! `--history`) the checker found a violation.
 
 mod report;
+mod resources;
 mod run;
 mod server;
 mod spawn;

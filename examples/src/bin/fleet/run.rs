@@ -20,6 +20,7 @@ use leasehold::Scheme;
 use rustix::process::Signal;
 
 use crate::report::{self, Ended, Injected};
+use crate::resources::Sampler;
 use crate::server::OwnedServer;
 use crate::spawn::{Clocks, Paused, Slot, Spawner, signal};
 
@@ -72,6 +73,17 @@ pub(crate) struct RunArgs {
     /// A deliberately broken lock, for the checker's self-test.
     #[arg(long, hide = true, value_parser = Broken::parse)]
     broken: Option<Broken>,
+    /// Sample each worker's resident memory and open file descriptors this often (a soak): the
+    /// run fails if either grows by more than 10 % from --sample-from to the end. The samples go
+    /// to resources.jsonl in the history directory (or --dir).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    sample_every: Option<Duration>,
+    /// With --sample-every: growth is judged from each worker's first sample at or after this.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    sample_from: Duration,
+    /// Workers leak this many bytes per job, for the soak's self-test.
+    #[arg(long, hide = true, default_value_t = 0)]
+    leak_per_job: usize,
 }
 
 /// Runs the fleet: starts the workers, injects the faults of `--chaos`, and reports; `false`
@@ -320,6 +332,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             && no_cut.is_none(),
         moved_to: Mutex::new(None),
         clocks: clocks.map(|(c, _)| c),
+        leak_per_job: args.leak_per_job,
     };
     let mut next_proc = 1;
     let mut slots = Vec::new();
@@ -335,6 +348,20 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             .expect("valid template"),
     );
     let started = Instant::now();
+    let mut sampler = args
+        .sample_every
+        .map(|every| {
+            if every.is_zero() {
+                bail!("--sample-every must be longer than zero");
+            }
+            Sampler::new(
+                every,
+                args.sample_from,
+                started,
+                history.as_deref().unwrap_or(&dir),
+            )
+        })
+        .transpose()?;
     let mut steps = steps.into_iter().peekable();
     // When to resume, and the (proc, pid) of the stopped workers.
     let mut resume: Option<(Instant, Vec<Paused>)> = None;
@@ -387,6 +414,9 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     // firing at once when it is over.
     let mut held_up = Duration::ZERO;
     while !slots.iter().all(|s| s.done.is_finished()) {
+        if let Some(sampler) = &mut sampler {
+            sampler.tick(&slots);
+        }
         if let Some((at, paused)) = &resume {
             if Instant::now() >= *at {
                 for (proc, pid) in paused {
@@ -656,6 +686,9 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         elapsed,
         chaos.as_ref().map(|_| (&injected, seed)),
     );
+    if let Some(sampler) = &sampler {
+        ok &= sampler.report();
+    }
     if let Some(h) = &history {
         save_table(&jobs, h)?;
         let run = check::load(std::slice::from_ref(h))?;

@@ -41,6 +41,8 @@ pub(crate) struct Spawner {
     pub(crate) moved_to: std::sync::Mutex<Option<String>>,
     /// With the `clock` fault: how the workers' clocks are set up.
     pub(crate) clocks: Option<Clocks>,
+    /// Bytes each worker leaks per job (the soak's self-test).
+    pub(crate) leak_per_job: usize,
 }
 
 /// The `clock` fault's setup: every worker runs under libfaketime, its wall clock offset by the
@@ -178,6 +180,9 @@ impl Spawner {
         }
         if let Some(b) = self.broken {
             cmd.args(["--broken", b.name()]);
+        }
+        if self.leak_per_job > 0 {
+            cmd.args(["--leak-per-job", &self.leak_per_job.to_string()]);
         }
         let child = cmd.spawn().context("start a worker process")?;
         let pid = child.id();

@@ -38,6 +38,9 @@ pub(crate) struct WorkerArgs {
     chaos: bool,
     #[arg(long, value_parser = Broken::parse)]
     broken: Option<Broken>,
+    /// Bytes to leak per completed job (the soak's self-test).
+    #[arg(long, default_value_t = 0)]
+    leak_per_job: usize,
 }
 
 /// One worker process: claims jobs under leases and completes them with fenced writes until
@@ -53,6 +56,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         history,
         chaos,
         broken,
+        leak_per_job,
     } = args;
     // First, before anything else: the nemesis may signal a slow link at any time, and SIGUSR1's
     // default action ends the process.
@@ -244,6 +248,11 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
                     Write::Stale => Tally::Stale,
                 },
             );
+            if leak_per_job > 0 {
+                // Written, so that the pages are resident; black-boxed, so that the allocation
+                // stays.
+                std::hint::black_box(Box::leak(vec![1u8; leak_per_job].into_boxed_slice()));
+            }
         }
         if let Err(Error::Lost { .. }) = guard.release().await {
             if chaos {
