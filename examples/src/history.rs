@@ -72,6 +72,8 @@ pub enum Op {
     /// missing the primary's writes, ok once the primary is dead, the replica promoted and the
     /// old primary back as its replica, in sync.
     Failover,
+    /// Nemesis: a worker's store replies are delayed by `dur_ns` from now on (0: no longer).
+    Slow,
     /// Nemesis: a worker's wall clock was stepped (`value` is its offset from the real time,
     /// `+3600s`; `+0s` is the step back).
     Clock,

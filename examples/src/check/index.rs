@@ -122,6 +122,8 @@ pub(super) struct RunIndex<'a> {
     pub(super) partitions: Vec<Pause>,
     /// Workers' wall clocks stepped off the real time (the steps back not counted).
     pub(super) clock_steps: u64,
+    /// Workers whose store replies were delayed (the ends of the delays not counted).
+    pub(super) slowed: u64,
     /// Per key, in the order answered.
     pub(super) grants: BTreeMap<&'a str, Vec<Grant>>,
     /// Per key, (process, time) of every acquire sent.
@@ -159,6 +161,7 @@ impl<'a> RunIndex<'a> {
             store_pauses: Vec::new(),
             partitions: Vec::new(),
             clock_steps: 0,
+            slowed: 0,
             failovers: Vec::new(),
             failover_windows: Vec::new(),
             regressions: 0,
@@ -201,6 +204,7 @@ impl<'a> RunIndex<'a> {
                     }
                 }
                 Op::Clock if e.value.as_deref() != Some("+0s") => self.clock_steps += 1,
+                Op::Slow if e.dur_ns.is_some_and(|d| d > 0) => self.slowed += 1,
                 Op::Kill => self.kills.push((e.proc, e.t_ns)),
                 Op::Pause => {
                     open_pauses.insert(e.proc, (e.t_ns, e.dur_ns.unwrap_or(0)));
@@ -283,6 +287,7 @@ impl<'a> RunIndex<'a> {
                     | Op::Heal
                     | Op::Failover
                     | Op::Clock
+                    | Op::Slow
             ) {
                 last_event.insert(e.proc, e.t_ns);
             }

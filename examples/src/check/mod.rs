@@ -124,6 +124,8 @@ pub struct Report {
     pub failovers: u64,
     /// Workers' wall clocks stepped an hour off (libfaketime).
     pub clock_steps: u64,
+    /// Workers whose store replies were delayed.
+    pub slowed: u64,
     /// Store calls that failed reporting a fence regression (the store saw a fence go back):
     /// the store's own alarm, counted, not a violation.
     pub regressions: u64,
@@ -150,7 +152,7 @@ impl Report {
              order, {} lost updates, {} duplicate completions, {} leases lost, {}/{} stale \
              renews/releases refused, {} queue grants, {} kills (takeover p99 {}), {} pauses ({} \
              longer than the lease), {} store restarts, {} store pauses, {} partitions, {} \
-             failovers ({} fence regressions reported), {} clock steps: {}",
+             failovers ({} fence regressions reported), {} clock steps, {} slowed: {}",
             self.name,
             self.acquisitions,
             self.overlaps,
@@ -173,10 +175,63 @@ impl Report {
             self.failovers,
             self.regressions,
             self.clock_steps,
+            self.slowed,
             if self.ok() {
                 "ok".to_owned()
             } else {
                 format!("{} VIOLATIONS", self.violations.len())
+            }
+        )
+    }
+
+    /// The header of [`markdown_row`](Self::markdown_row)'s table.
+    pub const MARKDOWN_HEADER: &'static str = "| run | acquisitions | overlaps | stale writes \
+        rejected | accepted out of order | lost updates | leases lost | faults | takeover p99 | \
+        verdict |\n|---|---|---|---|---|---|---|---|---|---|";
+
+    /// The report as a row of a Markdown table (header: [`MARKDOWN_HEADER`](Self::MARKDOWN_HEADER)).
+    pub fn markdown_row(&self) -> String {
+        let mut t = self.takeovers_ns.clone();
+        let takeover = quantile(&mut t, 0.99).map_or("-".to_owned(), secs);
+        let faults: Vec<String> = [
+            (self.kills, "kills"),
+            (self.pauses, "pauses"),
+            (self.restarts, "store restarts"),
+            (self.store_pauses, "store pauses"),
+            (self.partitions, "partitions"),
+            (self.failovers, "failovers"),
+            (self.clock_steps, "clock steps"),
+            (self.slowed, "slowed"),
+            (self.regressions, "fence regressions reported"),
+        ]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        format!(
+            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
+            self.name,
+            self.acquisitions,
+            self.overlaps,
+            self.stale_rejected,
+            self.stale_writes,
+            self.out_of_order,
+            self.lost_updates,
+            self.losses,
+            if faults.is_empty() {
+                "none".to_owned()
+            } else {
+                faults.join(", ")
+            },
+            takeover,
+            if self.ok() {
+                "ok".to_owned()
+            } else {
+                format!(
+                    "**{} violations** ({})",
+                    self.violations.len(),
+                    self.invariants().join(", ")
+                )
             }
         )
     }
@@ -234,6 +289,7 @@ pub fn check(run: &Run) -> Report {
         partitions: ix.partitions.len() as u64,
         failovers: ix.failovers.len() as u64,
         clock_steps: ix.clock_steps,
+        slowed: ix.slowed,
         regressions: ix.regressions,
         queue_grants: ix.queue.grants.len() as u64,
         ..Report::default()

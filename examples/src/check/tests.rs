@@ -330,6 +330,42 @@ fn a_failover_restarts_the_takeover_clock_and_reported_regressions_are_counted()
     assert_eq!((r.failovers, r.regressions), (1, 1));
 }
 
+/// Clock steps and slowed workers are counted (their ends are not), in the line and the
+/// Markdown row, and change no verdict.
+#[test]
+fn clock_steps_and_slow_replies_are_counted_not_judged() {
+    let mut h = tenure(1, 1, 0, Some(500));
+    for (t, value) in [(100, "+3600s"), (400, "+0s"), (600, "-3600s")] {
+        let mut e = ev(t, 0, Op::Clock, Kind::Info, None).tap_proc(1);
+        e.value = Some(value.into());
+        h.push(e);
+    }
+    for (t, delay) in [(100, 750 * MS), (300, 0)] {
+        let mut e = ev(t, 0, Op::Slow, Kind::Info, None).tap_proc(1);
+        e.dur_ns = Some(delay);
+        h.push(e);
+    }
+    let r = run(h);
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!((r.clock_steps, r.slowed), (2, 1));
+    assert!(
+        r.line().ends_with(", 2 clock steps, 1 slowed: ok"),
+        "{}",
+        r.line()
+    );
+    let row = r.markdown_row();
+    assert!(row.contains("| 2 clock steps, 1 slowed |"), "{row}");
+    assert_eq!(
+        row.matches('|').count(),
+        Report::MARKDOWN_HEADER
+            .lines()
+            .next()
+            .unwrap()
+            .matches('|')
+            .count()
+    );
+}
+
 #[test]
 fn i9_flags_a_process_that_exits_holding_a_key() {
     let mut h = tenure(1, 1, 0, Some(100));

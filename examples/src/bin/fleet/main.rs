@@ -45,6 +45,10 @@ enum Role {
         /// Run directories (with run.json) or history files.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// One Markdown table row per run (after the table's header) instead of the result
+        /// lines.
+        #[arg(long)]
+        markdown: bool,
     },
     /// One worker process (started by the fleet).
     #[command(hide = true)]
@@ -56,7 +60,7 @@ async fn main() {
     let cli = Cli::parse();
     let result = match cli.role {
         Some(Role::Worker(args)) => worker(args).await,
-        Some(Role::Check { paths }) => check_cmd(&paths),
+        Some(Role::Check { paths, markdown }) => check_cmd(&paths, markdown),
         None => fleet(cli.run).await,
     };
     match result {
@@ -69,15 +73,24 @@ async fn main() {
     }
 }
 
-fn check_cmd(paths: &[PathBuf]) -> anyhow::Result<bool> {
+fn check_cmd(paths: &[PathBuf], markdown: bool) -> anyhow::Result<bool> {
     use std::io::Write as _;
     let runs = check::load(paths)?;
     let mut ok = true;
     let mut out = std::io::stdout().lock();
+    if markdown && writeln!(out, "{}", check::Report::MARKDOWN_HEADER).is_err() {
+        return Ok(runs.iter().all(|r| check::check(r).ok()));
+    }
     for run in &runs {
         let report = check::check(run);
         ok &= report.ok();
-        let lines = std::iter::once(report.line()).chain(report.violation_lines(10));
+        let lines: Vec<String> = if markdown {
+            vec![report.markdown_row()]
+        } else {
+            std::iter::once(report.line())
+                .chain(report.violation_lines(10))
+                .collect()
+        };
         for l in lines {
             // A closed pipe (`fleet check … | head`) ends the output, not the verdict.
             if writeln!(out, "{l}").is_err() {

@@ -381,16 +381,19 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             f(&mut server.lock().unwrap_or_else(|p| p.into_inner()));
         }
     };
+    let log = |e: Event| {
+        if let Some(n) = &nemesis {
+            n.log(&e);
+        }
+    };
     let set_slow = |proc: u64, pid: Option<u32>, delay: Duration| {
         if let Some(h) = &history {
             if lease_examples::slow::set_delay(h, proc, delay).is_ok() {
                 signal(pid, Signal::USR1);
+                let mut e = Event::now(proc, "", Op::Slow, Kind::Info);
+                e.dur_ns = Some(u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX));
+                log(e);
             }
-        }
-    };
-    let log = |e: Event| {
-        if let Some(n) = &nemesis {
-            n.log(&e);
         }
     };
     // Steps `proc`'s wall clock to `offset` seconds off the real time, and logs it.
