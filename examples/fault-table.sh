@@ -35,7 +35,7 @@ done
 declare -A faults=(
   [sqlite]="slow,clock"
   [redis]="slow,store-pause,partition,clock,failover,failover-wait"
-  [etcd]="slow,store-pause,partition,clock"
+  [etcd]="slow,store-pause,partition,clock,leader-partition"
   [postgres]="slow,store-pause,partition,clock"
 )
 declare -A lease=([sqlite]=1s [redis]=1s [etcd]=2s [postgres]=1s)

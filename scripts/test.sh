@@ -26,6 +26,7 @@ need=(
   /usr/bin/openssl:openssl
   /usr/bin/unshare:util-linux
   /usr/bin/setpriv:util-linux
+  /usr/sbin/ip:iproute2  # network namespaces and veth links: the partitionable etcd cluster (as root)
   /usr/bin/python3:python3
   /usr/lib/python3/dist-packages/redis/__init__.py:python3-redis
   # The PostgreSQL server (the metapackage pulls in the current postgresql-NN, whose programs

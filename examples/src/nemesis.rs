@@ -37,10 +37,13 @@ pub enum Fault {
     /// back; workers with an odd proc id also run in a time namespace whose boot and monotonic
     /// clocks are an hour off the host's.
     Clock,
+    /// Cut the leader of a three-member etcd cluster off its peers and its clients for a while,
+    /// then heal.
+    LeaderPartition,
 }
 
 /// Every fault, in the order the command line lists them.
-pub const ALL: [Fault; 8] = [
+pub const ALL: [Fault; 9] = [
     Fault::Kill,
     Fault::Pause,
     Fault::StoreRestart,
@@ -49,6 +52,7 @@ pub const ALL: [Fault; 8] = [
     Fault::Partition,
     Fault::Failover,
     Fault::Clock,
+    Fault::LeaderPartition,
 ];
 
 impl Fault {
@@ -63,6 +67,7 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::Failover => "failover",
             Fault::Clock => "clock",
+            Fault::LeaderPartition => "leader-partition",
         }
     }
 
@@ -70,7 +75,7 @@ impl Fault {
     pub fn needs_own_server(self) -> bool {
         matches!(
             self,
-            Fault::StoreRestart | Fault::StorePause | Fault::Failover
+            Fault::StoreRestart | Fault::StorePause | Fault::Failover | Fault::LeaderPartition
         )
     }
 }
@@ -80,8 +85,8 @@ fn names() -> String {
     ALL.map(Fault::name).join(", ")
 }
 
-/// Parses `kill,pause,store-restart,slow,store-pause,partition,failover,clock` (any non-empty
-/// subset, any order).
+/// Parses `kill,pause,store-restart,slow,store-pause,partition,failover,clock,leader-partition`
+/// (any non-empty subset, any order).
 ///
 /// # Errors
 ///
@@ -185,6 +190,11 @@ pub enum Action {
         /// Partition length in leases.
         factor: f64,
     },
+    /// Cut the store cluster's leader off for `factor` × the lease.
+    LeaderPartition {
+        /// Partition length in leases.
+        factor: f64,
+    },
     /// Step the wall clocks of the workers in these slots by `offset_secs` for [`CLOCK_FOR`]
     /// leases, then back to the real time.
     Clock {
@@ -245,6 +255,7 @@ pub fn plan(
     // Store pauses alternate as worker pauses do, each kind on its own.
     let mut store_long_next = true;
     let mut cut_long_next = true;
+    let mut leader_long_next = true;
     // Wall clocks are stepped ahead, then back, in turn.
     let mut ahead_next = true;
     let mut round: Vec<Fault> = Vec::new();
@@ -294,6 +305,11 @@ pub fn plan(
                 cut_long_next = !cut_long_next;
                 let slots = some_slots(&mut rng, workers);
                 (Action::Partition { slots, factor }, lease.mul_f64(factor))
+            }
+            Fault::LeaderPartition => {
+                let factor = if leader_long_next { 3.0 } else { 0.5 };
+                leader_long_next = !leader_long_next;
+                (Action::LeaderPartition { factor }, lease.mul_f64(factor))
             }
             Fault::Clock => {
                 let offset_secs = if ahead_next {
@@ -364,7 +380,7 @@ mod tests {
     #[test]
     fn the_schedule_is_seeded_leaves_a_healing_phase_and_starts_pauses_long() {
         let all = ALL;
-        let (d, lease) = (Duration::from_secs(60), Duration::from_secs(1));
+        let (d, lease) = (Duration::from_secs(90), Duration::from_secs(1));
         let a = plan(7, &all, d, lease, 4);
         assert_eq!(a, plan(7, &all, d, lease, 4));
         assert_ne!(a, plan(8, &all, d, lease, 4));
@@ -380,6 +396,7 @@ mod tests {
                         | (Action::Partition { .. }, Fault::Partition)
                         | (Action::Failover { .. }, Fault::Failover)
                         | (Action::Clock { .. }, Fault::Clock)
+                        | (Action::LeaderPartition { .. }, Fault::LeaderPartition)
                 )),
                 "{f:?} missing from {a:?}"
             );

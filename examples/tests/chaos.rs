@@ -326,6 +326,32 @@ fn sqlite_survives_slow_replies_clock_steps_and_time_namespaces() {
     assert_eq!(count(&line, " lost updates"), 0, "{line}");
 }
 
+/// A leader partition: the fleet's etcd is a cluster of 3 members in network namespaces of their
+/// own, and the nemesis cuts the leader off its peers and its clients for 3× or 0.5× the lease.
+/// The others elect a new leader, the clients find it, and no lease is granted twice.
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_survives_leader_partitions() {
+    if lease_testkit::require_binary("etcd", "etcd-server").is_none() {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "network namespaces need root, and CI is set"
+        );
+        println!("skipped: network namespaces need root");
+        return;
+    }
+    let line = chaos(Some("etcd"), "kill,leader-partition", "30s", "2s");
+    println!("{line}");
+    assert!(line.starts_with("etcd/kill+leader-partition: "), "{line}");
+    assert!(count(&line, " leader partitions") >= 2, "{line}");
+    assert!(count(&line, " acquisitions") >= 200, "{line}");
+    assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
+    assert_eq!(count(&line, " lost updates"), 0, "{line}");
+}
+
 /// The SQLite store has no network to cut: the fleet says so and runs the other faults.
 #[test]
 fn sqlite_skips_partitions_and_says_why() {

@@ -4,8 +4,8 @@
 //! Only the wall clock moves (`CLOCK_REALTIME`: `time`, `gettimeofday`, Redis's `TIME`); the
 //! monotonic and boot clocks stay real, as with an NTP step on a real host. A small preload
 //! shim, built with `cc` on first use and loaded before libfaketime, answers every other clock
-//! and every sleep on them from the kernel directly (see [`SHIM`] for the two libfaketime
-//! 0.9.10 faults it works around).
+//! and every sleep on them from the kernel directly (`SHIM` in the source says which two faults
+//! of libfaketime 0.9.10 it works around).
 
 use std::path::Path;
 

@@ -16,9 +16,15 @@
 //! ([`process_conformance_tests!`], [`process_suite`]), [`unique_prefix`] to keep tests apart on
 //! a shared server, [`HoldingProxy`] to hold a server's answers back, and [`faketime`] to step a
 //! process's wall clock while it runs.
+//!
+//! For network partitions: [`NetnsBridge`] runs servers on hosts of their own (Linux network
+//! namespaces on a bridge; needs root) and cuts any one of them off the network, peers and
+//! clients alike; [`EtcdCluster::start_partitionable`] starts an etcd cluster on such hosts, so
+//! that a test can [`partition`](EtcdCluster::partition) its leader.
 
 mod etcd;
 pub mod faketime;
+mod netns;
 mod postgres;
 mod prefix;
 mod process;
@@ -28,7 +34,8 @@ mod redis;
 mod serve;
 mod tls;
 
-pub use etcd::{EtcdCluster, EtcdOptions, EtcdServer};
+pub use etcd::{EtcdCluster, EtcdMember, EtcdMemberStatus, EtcdOptions, EtcdServer};
+pub use netns::NetnsBridge;
 pub use postgres::{POSTGRES_PASSWORD, POSTGRES_USER, PgBouncer, PostgresOptions, PostgresServer};
 pub use prefix::unique_prefix;
 pub use process::{Server, free_port, require_binary};

@@ -120,6 +120,9 @@ pub(super) struct RunIndex<'a> {
     pub(super) regressions: u64,
     /// A worker cut off the store from `from` to `to` (a partition, not a pause).
     pub(super) partitions: Vec<Pause>,
+    /// The store cluster's leader cut off its peers and clients (proc [`STORE`] partitions):
+    /// until a new leader is elected and the clients find it, the store may grant nothing.
+    pub(super) leader_partitions: Vec<Pause>,
     /// Workers' wall clocks stepped off the real time (the steps back not counted).
     pub(super) clock_steps: u64,
     /// Workers whose store replies were delayed (the ends of the delays not counted).
@@ -160,6 +163,7 @@ impl<'a> RunIndex<'a> {
             restarts: Vec::new(),
             store_pauses: Vec::new(),
             partitions: Vec::new(),
+            leader_partitions: Vec::new(),
             clock_steps: 0,
             slowed: 0,
             failovers: Vec::new(),
@@ -196,7 +200,7 @@ impl<'a> RunIndex<'a> {
                 }
                 Op::Heal => {
                     if let Some((from, _)) = open_cuts.remove(&e.proc) {
-                        self.partitions.push(Pause {
+                        self.add_partition(Pause {
                             proc: e.proc,
                             from,
                             to: e.t_ns,
@@ -241,11 +245,19 @@ impl<'a> RunIndex<'a> {
             });
         }
         for (proc, (from, planned)) in open_cuts {
-            self.partitions.push(Pause {
+            self.add_partition(Pause {
                 proc,
                 from,
                 to: from + planned.max(1),
             });
+        }
+    }
+
+    fn add_partition(&mut self, p: Pause) {
+        if p.proc == STORE {
+            self.leader_partitions.push(p);
+        } else {
+            self.partitions.push(p);
         }
     }
 

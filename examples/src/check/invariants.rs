@@ -510,10 +510,12 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
         // store expires nothing and grants nothing while stopped. A failover likewise: the
         // clients find the promoted replica only at its end, and a store that waits for a
         // replica grants nothing until the old primary is back in sync.
+        // A leader partition too: a new leader is elected, and the clients must find it.
         let killed = ix
             .store_pauses
             .iter()
             .chain(&ix.failover_windows)
+            .chain(&ix.leader_partitions)
             .filter(|p| p.from <= died + bound && p.to > died)
             .map(|p| p.to)
             .fold(restarted, u64::max);

@@ -126,6 +126,8 @@ pub struct Report {
     pub clock_steps: u64,
     /// Workers whose store replies were delayed.
     pub slowed: u64,
+    /// Times the store cluster's leader was cut off its peers and clients.
+    pub leader_partitions: u64,
     /// Store calls that failed reporting a fence regression (the store saw a fence go back):
     /// the store's own alarm, counted, not a violation.
     pub regressions: u64,
@@ -152,7 +154,8 @@ impl Report {
              order, {} lost updates, {} duplicate completions, {} leases lost, {}/{} stale \
              renews/releases refused, {} queue grants, {} kills (takeover p99 {}), {} pauses ({} \
              longer than the lease), {} store restarts, {} store pauses, {} partitions, {} \
-             failovers ({} fence regressions reported), {} clock steps, {} slowed: {}",
+             failovers ({} fence regressions reported), {} clock steps, {} slowed, {} leader \
+             partitions: {}",
             self.name,
             self.acquisitions,
             self.overlaps,
@@ -176,6 +179,7 @@ impl Report {
             self.regressions,
             self.clock_steps,
             self.slowed,
+            self.leader_partitions,
             if self.ok() {
                 "ok".to_owned()
             } else {
@@ -202,6 +206,7 @@ impl Report {
             (self.failovers, "failovers"),
             (self.clock_steps, "clock steps"),
             (self.slowed, "slowed"),
+            (self.leader_partitions, "leader partitions"),
             (self.regressions, "fence regressions reported"),
         ]
         .into_iter()
@@ -290,6 +295,7 @@ pub fn check(run: &Run) -> Report {
         failovers: ix.failovers.len() as u64,
         clock_steps: ix.clock_steps,
         slowed: ix.slowed,
+        leader_partitions: ix.leader_partitions.len() as u64,
         regressions: ix.regressions,
         queue_grants: ix.queue.grants.len() as u64,
         ..Report::default()

@@ -124,11 +124,11 @@ impl<'a> QueueIndex<'a> {
                 // A waiter cut off the store cannot refresh its entry either.
                 (Op::Kill | Op::Pause | Op::Partition | Op::Exit, _)
                 | (Op::Restart | Op::Failover, Kind::Invoke) => {
-                    // A restart or failover may lose the queue; while the store is stopped
-                    // nobody can refresh an entry, which may then lapse: the order after any
-                    // of them is new.
+                    // A restart or failover may lose the queue; while the store is stopped (or
+                    // its leader cut off) nobody can refresh an entry, which may then lapse:
+                    // the order after any of them is new.
                     let all = matches!(e.op, Op::Restart | Op::Failover)
-                        || (e.op == Op::Pause && e.proc == STORE);
+                        || (matches!(e.op, Op::Pause | Op::Partition) && e.proc == STORE);
                     for ((proc, _, _), s) in &mut slots {
                         if all || *proc == e.proc {
                             s.close(e.t_ns, &mut done);

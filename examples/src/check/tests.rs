@@ -330,6 +330,27 @@ fn a_failover_restarts_the_takeover_clock_and_reported_regressions_are_counted()
     assert_eq!((r.failovers, r.regressions), (1, 1));
 }
 
+/// A leader partition of the store cluster (a partition of proc 0) restarts the takeover clock
+/// from its heal, as a store pause does, and is counted apart from workers' partitions.
+#[test]
+fn a_leader_partition_restarts_the_takeover_clock() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    for t in [1200, 1500, 2000] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    h.extend(tenure(2, 2, 2600, Some(2700)));
+    assert_eq!(invariants(h.clone()), ["I8"]);
+    let mut p = ev(1000, 0, Op::Partition, Kind::Info, None);
+    p.dur_ns = Some(1500 * MS);
+    h.push(p);
+    h.push(ev(1500, 0, Op::Heal, Kind::Info, None));
+    let r = run(h);
+    assert!(r.ok(), "{:?}", r.violations);
+    assert_eq!((r.leader_partitions, r.partitions), (1, 0));
+}
+
 /// Clock steps and slowed workers are counted (their ends are not), in the line and the
 /// Markdown row, and change no verdict.
 #[test]
@@ -349,7 +370,8 @@ fn clock_steps_and_slow_replies_are_counted_not_judged() {
     assert!(r.ok(), "{:?}", r.violations);
     assert_eq!((r.clock_steps, r.slowed), (2, 1));
     assert!(
-        r.line().ends_with(", 2 clock steps, 1 slowed: ok"),
+        r.line()
+            .ends_with(", 2 clock steps, 1 slowed, 0 leader partitions: ok"),
         "{}",
         r.line()
     );

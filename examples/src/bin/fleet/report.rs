@@ -21,6 +21,7 @@ pub(crate) struct Injected {
     pub(crate) partitions: u64,
     pub(crate) failovers: u64,
     pub(crate) clock_steps: u64,
+    pub(crate) leader_partitions: u64,
 }
 
 /// The worker processes' tallies, summed, and how the processes ended.
@@ -192,11 +193,13 @@ pub(crate) fn print(
             partitions,
             failovers,
             clock_steps,
+            leader_partitions,
         } = injected;
         println!(
             "nemesis                {kills} kills, {pauses} pauses, {restarts} store restarts, \
              {slowed} slowed workers, {store_pauses} store pauses, {partitions} partitioned \
-             workers, {failovers} failovers, {clock_steps} clock steps (seed {seed})"
+             workers, {failovers} failovers, {clock_steps} clock steps, {leader_partitions} \
+             leader partitions (seed {seed})"
         );
     }
     let miscount = unreported.is_none_or(|n| n > cut);

@@ -58,7 +58,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Faults to inject: any of
-    /// kill,pause,store-restart,slow,store-pause,partition,failover,clock.
+    /// kill,pause,store-restart,slow,store-pause,partition,failover,clock,leader-partition.
     /// Workers then contend for few jobs and write without checking their lease first, and the
     /// run is checked from its history.
     #[arg(long, value_name = "FAULTS")]
@@ -102,12 +102,16 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         .map(parse_faults)
         .transpose()
         .map_err(|e| anyhow::anyhow!(e))?;
-    // A failover needs a replica: the fleet's own Redis then has one.
+    // A failover needs a replica: the fleet's own Redis then has one; a leader partition needs
+    // a cluster: the fleet's own etcd then is one.
     let replicated = chaos.as_ref().is_some_and(|f| f.contains(&Fault::Failover));
+    let cluster = chaos
+        .as_ref()
+        .is_some_and(|f| f.contains(&Fault::LeaderPartition));
     let (server, store_url) = match args
         .store
         .as_deref()
-        .map(|s| OwnedServer::start(s, replicated))
+        .map(|s| OwnedServer::start(s, replicated, cluster))
         .transpose()?
     {
         Some(Some((server, url))) => (Some(server), url),
@@ -185,7 +189,11 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let can_fail_over = server
         .as_ref()
         .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).can_fail_over());
+    let can_cut_leader = server
+        .as_ref()
+        .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).can_cut_leader());
     let applies = |f: &Fault| match f {
+        Fault::LeaderPartition => can_cut_leader,
         Fault::Partition => no_cut.is_none(),
         Fault::Failover => can_fail_over && no_cut.is_none(),
         Fault::Clock => clocks.is_some(),
@@ -264,6 +272,12 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     .as_deref()
                     .map_or(String::new(), |h| h.display().to_string())
             );
+            if can_cut_leader {
+                println!(
+                    "chaos: the store is a cluster of 3 etcd members, each in a network namespace \
+                     of its own, whose leader a leader partition cuts off its peers and clients"
+                );
+            }
             for f in faults
                 .iter()
                 .filter(|f| f.needs_own_server() && !applies(f))
@@ -376,6 +390,8 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     let mut heal_cut: Option<(Instant, Vec<Cut>)> = None;
     // When to set the stepped wall clocks right again, and whose (proc).
     let mut heal_clock: Option<(Instant, Vec<u64>)> = None;
+    // When to heal the store cluster's cut-off leader.
+    let mut heal_leader: Option<Instant> = None;
     let store_ctl = |f: fn(&mut OwnedServer)| {
         if let Some(server) = &server {
             f(&mut server.lock().unwrap_or_else(|p| p.into_inner()));
@@ -442,6 +458,11 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             log(Event::now(STORE, "", Op::Resume, Kind::Info));
             resume_store = None;
         }
+        if heal_leader.is_some_and(|at| Instant::now() >= at) {
+            store_ctl(OwnedServer::heal_leader);
+            log(Event::now(STORE, "", Op::Heal, Kind::Info));
+            heal_leader = None;
+        }
         if let Some((at, stepped)) = &heal_clock {
             if Instant::now() >= *at {
                 for proc in stepped {
@@ -494,6 +515,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             && resume_store.is_none()
             && heal_cut.is_none()
             && heal_clock.is_none()
+            && heal_leader.is_none()
             && fail_over_at.is_none()
             && steps
                 .peek()
@@ -575,6 +597,20 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     }
                     heal_cut = Some((Instant::now() + dur, cut));
                 }
+                Action::LeaderPartition { factor } => {
+                    let cut = server
+                        .as_ref()
+                        .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).cut_leader());
+                    // No leader at this moment (an election under way): nothing to cut.
+                    if cut.is_some() {
+                        let dur = lease.mul_f64(factor);
+                        let mut e = Event::now(STORE, "", Op::Partition, Kind::Info);
+                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
+                        log(e);
+                        injected.leader_partitions += 1;
+                        heal_leader = Some(Instant::now() + dur);
+                    }
+                }
                 Action::Clock {
                     slots: which,
                     offset_secs,
@@ -628,7 +664,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
         if chaos.is_some() {
             bar.set_message(format!(
                 "{done} jobs done; {} kills, {} pauses, {} restarts, {} slowed, {} store pauses, \
-                 {} cut, {} failovers, {} clock steps",
+                 {} cut, {} failovers, {} clock steps, {} leader partitions",
                 injected.kills,
                 injected.pauses,
                 injected.restarts,
@@ -636,7 +672,8 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                 injected.store_pauses,
                 injected.partitions,
                 injected.failovers,
-                injected.clock_steps
+                injected.clock_steps,
+                injected.leader_partitions
             ));
         } else {
             bar.set_message(format!("{done} jobs done"));
@@ -662,6 +699,10 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
     if resume_store.take().is_some() {
         store_ctl(OwnedServer::resume);
         log(Event::now(STORE, "", Op::Resume, Kind::Info));
+    }
+    if heal_leader.take().is_some() {
+        store_ctl(OwnedServer::heal_leader);
+        log(Event::now(STORE, "", Op::Heal, Kind::Info));
     }
     if let Some((_, stepped)) = heal_clock.take() {
         for proc in stepped {
@@ -727,6 +768,11 @@ fn no_server(scheme: Scheme, fault: Fault) -> String {
     if fault == Fault::Failover {
         return "a failover needs a primary and a replica, which the fleet starts itself for \
                 `--store redis` (without a URL)"
+            .to_owned();
+    }
+    if fault == Fault::LeaderPartition {
+        return "a leader partition needs a cluster, which the fleet starts itself for \
+                `--store etcd` (without a URL), as root (its members live in network namespaces)"
             .to_owned();
     }
     let verb = if fault == Fault::StorePause {

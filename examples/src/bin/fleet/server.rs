@@ -1,13 +1,17 @@
 //! A store server the fleet starts itself (`--store redis`, `--store etcd`: any store that runs
 //! as a server), so that the nemesis can restart or stop it; for `--chaos failover` on Redis, a
-//! primary with one replica, which the nemesis promotes.
+//! primary with one replica, which the nemesis promotes; for `--chaos leader-partition` on etcd,
+//! a cluster of three whose members live in network namespaces of their own, so that the
+//! nemesis can cut the leader off its peers and clients.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use lease_testkit::{HoldingProxy, RedisOptions, RedisServer, ServeOptions, Served};
+use lease_testkit::{
+    EtcdCluster, EtcdOptions, HoldingProxy, RedisOptions, RedisServer, ServeOptions, Served,
+};
 use leasehold::Scheme;
 
 /// A throwaway local server the fleet started; stopped when dropped.
@@ -16,7 +20,16 @@ pub(crate) struct OwnedServer(Inner);
 enum Inner {
     One(Box<Served>),
     Replicated(Box<Replicated>),
+    /// An etcd cluster, and its members cut off and stopped, if any.
+    Cluster {
+        cluster: Box<EtcdCluster>,
+        cut: Option<usize>,
+        paused: Option<usize>,
+    },
 }
+
+/// Members of the cluster `--chaos leader-partition` runs on.
+const CLUSTER_SIZE: usize = 3;
 
 /// A Redis primary and its replica, which follows it through a proxy (the link), so that the
 /// nemesis can hold the replication back before it fails over: the replica then misses the
@@ -33,7 +46,8 @@ impl OwnedServer {
     /// `--store NAME` (or `NAME?OPTIONS`, the options added to the store's URL), where NAME is a
     /// store that runs as a server: starts a throwaway local server, and gives it with the URL
     /// of its store. `None` for anything else, which is a URL. With `replicated` and Redis, a
-    /// primary and a replica of it.
+    /// primary and a replica of it; with `cluster` and etcd, a cluster of three in network
+    /// namespaces.
     ///
     /// # Errors
     ///
@@ -42,6 +56,7 @@ impl OwnedServer {
     pub(crate) fn start(
         store: &str,
         replicated: bool,
+        cluster: bool,
     ) -> anyhow::Result<Option<(OwnedServer, String)>> {
         let (name, query) = match store.split_once('?') {
             Some((n, q)) => (n, Some(q)),
@@ -63,7 +78,20 @@ impl OwnedServer {
                 lease_testkit::server_program(name).unwrap_or(name)
             )
         };
-        let (server, url) = if replicated && scheme == Scheme::Redis {
+        let (server, url) = if cluster && scheme == Scheme::Etcd {
+            let c = EtcdCluster::start_partitionable(CLUSTER_SIZE, EtcdOptions::default())
+                .context(
+                    "`--chaos leader-partition` starts a cluster of 3 etcd members in network \
+                     namespaces of their own, which needs etcd, `ip` (iproute2) and root",
+                )?;
+            let url = format!("etcd://{}/fleet/", c.endpoints().join(","));
+            let cluster = Inner::Cluster {
+                cluster: Box::new(c),
+                cut: None,
+                paused: None,
+            };
+            (cluster, url)
+        } else if replicated && scheme == Scheme::Redis {
             let r = Replicated::start().with_context(not_installed)??;
             let url = r.servers[0].url();
             (Inner::Replicated(Box::new(r)), url)
@@ -94,6 +122,11 @@ impl OwnedServer {
                 r.servers[r.primary].restart();
                 Ok(())
             }
+            Inner::Cluster { cluster: c, .. } => {
+                let leader = c.leader().unwrap_or(0);
+                c.members[leader].restart();
+                Ok(())
+            }
         }
     }
 
@@ -102,6 +135,14 @@ impl OwnedServer {
         match &mut self.0 {
             Inner::One(s) => s.pause(),
             Inner::Replicated(r) => r.servers[r.primary].process().pause(),
+            // The leader: the cluster elects another, while the stopped one keeps its sockets.
+            Inner::Cluster {
+                cluster: c, paused, ..
+            } => {
+                let leader = c.leader().unwrap_or(0);
+                c.members[leader].process().pause();
+                *paused = Some(leader);
+            }
         }
     }
 
@@ -110,6 +151,46 @@ impl OwnedServer {
         match &mut self.0 {
             Inner::One(s) => s.resume(),
             Inner::Replicated(r) => r.servers[r.primary].process().resume(),
+            Inner::Cluster {
+                cluster: c, paused, ..
+            } => {
+                if let Some(i) = paused.take() {
+                    c.members[i].process().resume();
+                }
+            }
+        }
+    }
+
+    /// Whether this is a cluster whose leader can be cut off.
+    pub(crate) fn can_cut_leader(&self) -> bool {
+        matches!(&self.0, Inner::Cluster { .. })
+    }
+
+    /// Cuts the cluster's leader off its peers and its clients (every link of its network
+    /// namespace down): the others elect a new leader, and clients must find it. Returns the
+    /// member cut, `None` when no member is leader at the moment (nothing is cut then).
+    pub(crate) fn cut_leader(&mut self) -> Option<usize> {
+        let Inner::Cluster {
+            cluster: c, cut, ..
+        } = &mut self.0
+        else {
+            return None;
+        };
+        let leader = c.leader()?;
+        c.partition(leader);
+        *cut = Some(leader);
+        Some(leader)
+    }
+
+    /// Heals the member [`cut_leader`](Self::cut_leader) cut off.
+    pub(crate) fn heal_leader(&mut self) {
+        if let Inner::Cluster {
+            cluster: c, cut, ..
+        } = &mut self.0
+        {
+            if let Some(i) = cut.take() {
+                c.heal(i);
+            }
         }
     }
 
