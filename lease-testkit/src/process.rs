@@ -162,9 +162,18 @@ impl Server {
         }
     }
 
-    /// Pauses the process (SIGSTOP): it keeps its sockets but answers nothing.
+    /// Pauses the process (SIGSTOP): it keeps its sockets but answers nothing. Returns once
+    /// every thread of it is stopped (at most 2 s): the kernel stops each thread on its own way
+    /// back to user space, so on a loaded machine a thread may still finish a request after
+    /// `kill` returned.
     pub fn pause(&self) {
         self.signal(Signal::STOP);
+        if let Some(pid) = self.pid() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !all_threads_stopped(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 
     /// Resumes a paused process (SIGCONT).
@@ -216,6 +225,22 @@ impl Drop for Server {
     }
 }
 
+/// Whether every thread of process `pid` is stopped (state `T` or `t` in
+/// `/proc/PID/task/*/stat`); `true` when the process is gone, as there is nothing to wait for.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+            // `pid (comm) S …`: the state follows the last `)`, as comm may hold one.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_none_or(|state| matches!(state, "T" | "t" | "Z" | "X"))
+        })
+    })
+}
+
 /// `sh -c WATCHDOG name PARENT_PID PROGRAM ARGS…`: starts a background loop that SIGKILLs the
 /// server once the parent (the test process) is gone, then becomes the server. The loop also
 /// ends, without killing anything, when the server exits first.
@@ -250,4 +275,48 @@ pub(crate) fn tcp_answers(port: u16, request: &[u8], expect: &[u8]) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `pause` returns only once every thread is stopped, even threads busy on another core at
+    /// the time of the signal: a server must answer nothing after it.
+    #[test]
+    fn pause_returns_once_every_thread_is_stopped() {
+        let Some(python) = require_binary("python3", "python3") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // Four threads spinning: on two cores, some are running when the signal comes.
+        let spin = "import threading\n\
+                    def spin():\n    while True: pass\n\
+                    ts = [threading.Thread(target=spin) for _ in range(4)]\n\
+                    [t.start() for t in ts]\n\
+                    print('ready', flush=True)\n\
+                    [t.join() for t in ts]";
+        let log = dir.path().join("spin.log");
+        let ready = || std::fs::read_to_string(&log).is_ok_and(|s| s.contains("ready"));
+        let mut server = Server::spawn(
+            "spin",
+            &python,
+            vec!["-c".into(), spin.into()],
+            dir.path(),
+            Duration::from_secs(10),
+            &ready,
+        )
+        .unwrap();
+        let pid = server.pid().unwrap();
+        for round in 0..50 {
+            server.pause();
+            assert!(
+                all_threads_stopped(pid),
+                "round {round}: a thread still runs after pause() returned"
+            );
+            server.resume();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        server.kill();
+    }
 }
