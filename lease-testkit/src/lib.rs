@@ -38,7 +38,7 @@ pub use etcd::{EtcdCluster, EtcdMember, EtcdMemberStatus, EtcdOptions, EtcdServe
 pub use netns::NetnsBridge;
 pub use postgres::{POSTGRES_PASSWORD, POSTGRES_USER, PgBouncer, PostgresOptions, PostgresServer};
 pub use prefix::unique_prefix;
-pub use process::{Server, free_port, require_binary};
+pub use process::{Server, free_port, pause_process, require_binary};
 pub use proxy::HoldingProxy;
 pub use redis::{RedisOptions, RedisServer};
 pub use serve::{ServeOptions, Served, serve, server_program};

@@ -167,12 +167,8 @@ impl Server {
     /// back to user space, so on a loaded machine a thread may still finish a request after
     /// `kill` returned.
     pub fn pause(&self) {
-        self.signal(Signal::STOP);
         if let Some(pid) = self.pid() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !all_threads_stopped(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            pause_process(pid);
         }
     }
 
@@ -222,6 +218,23 @@ impl Drop for Server {
         // stopped if the kill races with its reaping.
         self.resume();
         self.kill();
+    }
+}
+
+/// Stops process `pid` (SIGSTOP) and returns once every thread of it is stopped, at most 2 s
+/// later: the kernel stops each thread on its own way back to user space, so on a loaded
+/// machine a thread may still run for milliseconds after `kill` returned (and a server answer
+/// a request). Nothing happens for a pid that is gone.
+pub fn pause_process(pid: u32) {
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    if kill_process(p, Signal::STOP).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !all_threads_stopped(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -150,7 +150,11 @@ impl Served {
             pids.extend(children(pid));
         }
         for p in pids {
-            let _ = rustix::process::kill_process(p, sig);
+            if sig == rustix::process::Signal::STOP {
+                crate::process::pause_process(p.as_raw_nonzero().get().unsigned_abs());
+            } else {
+                let _ = rustix::process::kill_process(p, sig);
+            }
         }
     }
 

@@ -543,7 +543,11 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                         let s = &slots[i];
                         let mut e = Event::now(s.proc, "", Op::Pause, Kind::Info);
                         e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
-                        signal(s.pid, Signal::STOP);
+                        // Returns once the worker is stopped: nothing it does comes after the
+                        // pause's start in the history.
+                        if let Some(pid) = s.pid {
+                            lease_testkit::pause_process(pid);
+                        }
                         log(e);
                         paused.push((s.proc, s.pid));
                         injected.pauses += 1;
