@@ -147,8 +147,7 @@ impl Report {
 
     /// The Jepsen-style result line.
     pub fn line(&self) -> String {
-        let mut t = self.takeovers_ns.clone();
-        let takeover = quantile(&mut t, 0.99).map_or("-".to_owned(), secs);
+        let takeover = self.takeover_p99();
         format!(
             "{}: {} acquisitions, {} overlaps, {}/{} stale writes rejected, {} accepted out of \
              order, {} lost updates, {} duplicate completions, {} leases lost, {}/{} stale \
@@ -188,6 +187,12 @@ impl Report {
         )
     }
 
+    /// The 99th percentile of the takeover times, in seconds, or `-` without kills.
+    fn takeover_p99(&self) -> String {
+        let mut t = self.takeovers_ns.clone();
+        quantile(&mut t, 0.99).map_or("-".to_owned(), secs)
+    }
+
     /// The header of [`markdown_row`](Self::markdown_row)'s table.
     pub const MARKDOWN_HEADER: &'static str = "| run | acquisitions | overlaps | stale writes \
         rejected | accepted out of order | lost updates | leases lost | faults | takeover p99 | \
@@ -195,8 +200,7 @@ impl Report {
 
     /// The report as a row of a Markdown table (header: [`MARKDOWN_HEADER`](Self::MARKDOWN_HEADER)).
     pub fn markdown_row(&self) -> String {
-        let mut t = self.takeovers_ns.clone();
-        let takeover = quantile(&mut t, 0.99).map_or("-".to_owned(), secs);
+        let takeover = self.takeover_p99();
         let faults: Vec<String> = [
             (self.kills, "kills"),
             (self.pauses, "pauses"),
