@@ -100,7 +100,13 @@ fn injected(stdout: &str, what: &str) -> u64 {
 /// lease, and some workers' replies come 1.5× or 0.3× the lease late. A worker cut off mid-job
 /// must give its lease up by its deadline, while the others take its keys over; a grant that
 /// arrives past its deadline is given back, never used.
-fn assert_partitions_and_slow_replies(store: &str, duration: &str, lease: &str, work: &str) {
+fn assert_partitions_and_slow_replies(
+    store: &str,
+    duration: &str,
+    lease: &str,
+    work: &str,
+    losses: bool,
+) {
     let (line, out) = chaos_out(
         Some(store),
         "kill,partition,slow",
@@ -112,6 +118,12 @@ fn assert_partitions_and_slow_replies(store: &str, duration: &str, lease: &str, 
     assert!(line.contains("/kill+partition+slow: "), "{line}");
     assert!(count(&line, " partitions") >= 1, "{line}");
     assert!(injected(&out, " slowed workers") >= 1, "{out}");
+    if losses {
+        assert!(
+            count(&line, " leases lost") >= 1,
+            "no lease cut off: {line}"
+        );
+    }
     assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
     assert_eq!(count(&line, " lost updates"), 0, "{line}");
 }
@@ -284,7 +296,7 @@ fn redis_survives_partitions_and_slow_replies() {
     if lease_testkit::require_binary("redis-server", "redis-server").is_none() {
         return;
     }
-    assert_partitions_and_slow_replies("redis", "15s", "500ms", "1s");
+    assert_partitions_and_slow_replies("redis", "15s", "500ms", "1s", true);
 }
 
 #[cfg(feature = "etcd")]
@@ -294,15 +306,16 @@ fn etcd_survives_partitions_and_slow_replies() {
         return;
     }
     // etcd's shortest lease is 2 s.
-    assert_partitions_and_slow_replies("etcd", "30s", "2s", "4s");
+    assert_partitions_and_slow_replies("etcd", "30s", "2s", "4s", false);
 }
 
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_survives_partitions_and_slow_replies() {
-    // The fleet finds PostgreSQL's programs where Debian puts them (off `PATH`); without them it
-    // fails, naming the package.
-    assert_partitions_and_slow_replies("postgres", "15s", "500ms", "1s");
+    if !lease_testkit::PostgresServer::installed() {
+        return;
+    }
+    assert_partitions_and_slow_replies("postgres", "15s", "500ms", "1s", false);
 }
 
 /// Slow replies on the embedded store, and clock faults: wall clocks stepped an hour either way
@@ -310,17 +323,23 @@ fn postgres_survives_partitions_and_slow_replies() {
 /// keeps its expiries, are an hour off the host's (the store corrects for its namespace).
 #[test]
 fn sqlite_survives_slow_replies_clock_steps_and_time_namespaces() {
+    if lease_testkit::require_binary("faketime", "faketime").is_none() {
+        return;
+    }
     let (line, out) = chaos_out(None, "kill,slow,clock", "15s", "500ms", &[]);
     println!("{line}");
     assert!(line.contains("/kill+slow+clock: "), "{line}");
     assert!(count(&line, " clock steps") >= 2, "{line}");
     assert!(injected(&out, " slowed workers") >= 1, "{out}");
     assert!(count(&line, " acquisitions") >= 200, "{line}");
-    if rustix::process::geteuid().is_root() {
+    // Time namespaces need root (CAP_SYS_ADMIN); the fleet says when it cannot make them, and
+    // under CI it must.
+    if !out.contains("run in a time namespace 3600 s ahead") {
         assert!(
-            out.contains("run in a time namespace 3600 s ahead"),
+            out.contains("no time namespaces: ") && std::env::var_os("CI").is_none(),
             "{out}"
         );
+        println!("time namespaces not tested: {out}");
     }
     assert_eq!(count(&line, " accepted out of order"), 0, "{line}");
     assert_eq!(count(&line, " lost updates"), 0, "{line}");

@@ -117,6 +117,11 @@ impl NetnsBridge {
     fn try_create(ip: PathBuf, n: usize) -> Result<NetnsBridge, String> {
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let pid = std::process::id();
+        // One instance at a time (across processes) picks its subnet and puts it on its bridge.
+        // The counter is taken under that lock: every live instance of this process then has a
+        // lower one, and `remove_leftovers` (which takes this process's entries at or above it
+        // for an earlier run's) cannot remove one being built by another thread.
+        let _lock = CreationLock::take()?;
         let counter = INSTANCES.fetch_add(1, Ordering::Relaxed);
         let (p, c) = (base36(u64::from(pid)), base36(counter));
         let bridge = format!("{LINK_PREFIX}{p}-{c}-b");
@@ -132,8 +137,6 @@ impl NetnsBridge {
                 hosts[n - 1].link
             ));
         }
-        // One instance at a time (across processes) picks its subnet and puts it on its bridge.
-        let _lock = CreationLock::take()?;
         remove_leftovers(&ip, pid, counter);
         // Dropped on any error below: removes what was made so far.
         let mut net = NetnsBridge {
@@ -147,6 +150,20 @@ impl NetnsBridge {
         net.subnet = free_subnet(&net.ip, pid, counter)?;
         net.run(&["link", "add", &net.bridge, "type", "bridge"])?;
         net.undo.push(undo("link", &net.bridge));
+        // Where `br_netfilter` is loaded (a host running Docker, whose FORWARD policy is DROP),
+        // bridged packets would go through iptables: keep them out of it. Best effort: without
+        // the module the bridge has nothing to turn off.
+        let _ = net.run(&[
+            "link",
+            "set",
+            &net.bridge,
+            "type",
+            "bridge",
+            "nf_call_iptables",
+            "0",
+            "nf_call_ip6tables",
+            "0",
+        ]);
         net.run(&["link", "set", &net.bridge, "up"])?;
         let gateway = format!("{}/24", net.gateway());
         net.run(&["addr", "add", &gateway, "dev", &net.bridge])?;

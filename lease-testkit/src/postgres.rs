@@ -147,6 +147,17 @@ fn accepting(bin: &Path, port: u16) -> bool {
 }
 
 impl PostgresServer {
+    /// Whether PostgreSQL's programs are installed (Debian's directory, else `PATH`), for a test
+    /// that starts a server through another program. `false` (with a note) when they are
+    /// missing and `CI` is unset.
+    ///
+    /// # Panics
+    ///
+    /// When they are missing and `CI` is set.
+    pub fn installed() -> bool {
+        bin_dir().is_some()
+    }
+
     /// Initialises a cluster (superuser [`POSTGRES_USER`] with [`POSTGRES_PASSWORD`], SCRAM
     /// over TCP) and starts it. `None` if PostgreSQL is not installed and `CI` is unset.
     ///

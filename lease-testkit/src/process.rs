@@ -302,7 +302,8 @@ mod tests {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
-        // Four threads spinning: on two cores, some are running when the signal comes.
+        // Four threads taking turns at spinning (the interpreter runs one at a time) and at
+        // waking each other: on two cores, one is often mid-run when the signal comes.
         let spin = "import threading\n\
                     def spin():\n    while True: pass\n\
                     ts = [threading.Thread(target=spin) for _ in range(4)]\n\

@@ -2,8 +2,10 @@
 //! open file descriptors, read from `/proc`, and the verdict of a soak: neither may grow by more
 //! than [`MAX_GROWTH`] from a worker's first sample at or after `--sample-from` to its last.
 //!
-//! Only a worker sampled at both points is judged (one killed before `--sample-from` has no
-//! baseline); a run in which no worker is, measured nothing, and fails.
+//! Only a worker that was running at `--sample-from` (sampled at or before it) and sampled
+//! again later is judged: one started later (after a kill) would be judged from its start-up;
+//! one killed before has no baseline. A run in which no worker is judged measured nothing, and
+//! fails.
 
 use std::fs::File;
 use std::io::Write as _;
@@ -71,7 +73,9 @@ impl Sampler {
         if now < self.next {
             return;
         }
-        self.next += self.every;
+        // From now, not from the due time: after a stall (the fleet held up by a failover) one
+        // sample, not a burst.
+        self.next = now + self.every;
         let at_s = now.duration_since(self.started).as_secs_f64();
         for slot in slots.iter().filter(|s| !s.done.is_finished()) {
             let Some(pid) = slot.pid else { continue };
@@ -101,14 +105,16 @@ impl Sampler {
         procs.sort_unstable();
         procs.dedup();
         let mut judged = Vec::new();
+        let mut unjudged = 0;
         for proc in procs {
             let mine: Vec<&Sample> = self.samples.iter().filter(|s| s.proc == proc).collect();
+            let running = mine.first().is_some_and(|s| s.at_s <= from);
             let base = mine.iter().find(|s| s.at_s >= from);
-            let last = mine.last();
-            if let (Some(base), Some(last)) = (base, last) {
-                if last.at_s > base.at_s {
+            match (running, base, mine.last()) {
+                (true, Some(base), Some(last)) if last.at_s > base.at_s => {
                     judged.push((proc, **base, **last));
                 }
+                _ => unjudged += 1,
             }
         }
         let growth = |a: u64, b: u64| b as f64 / a.max(1) as f64 - 1.0;
@@ -137,10 +143,15 @@ impl Sampler {
         let (fd_g, fd_p, fd_b, fd_l) = worst(|s| s.fds);
         let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
         let ok = rss_g <= MAX_GROWTH && fd_g <= MAX_GROWTH;
+        let others = if unjudged > 0 {
+            format!(" ({unjudged} more not running both at {from_h} and later: not judged)")
+        } else {
+            String::new()
+        };
         println!(
             "resources              {} workers sampled every {every}, judged from {from_h} to \
-             their last sample: RSS grew at most {} (w{rss_p}: {} -> {}), open fds at most {} \
-             (w{fd_p}: {fd_b} -> {fd_l}), limit {}: {}",
+             their last sample{others}: RSS grew at most {} (w{rss_p}: {} -> {}), open fds at \
+             most {} (w{fd_p}: {fd_b} -> {fd_l}), limit {}: {}",
             judged.len(),
             pct(rss_g),
             mib(rss_b),

@@ -75,7 +75,7 @@ pub(crate) struct RunArgs {
     broken: Option<Broken>,
     /// Sample each worker's resident memory and open file descriptors this often (a soak): the
     /// run fails if either grows by more than 10 % from --sample-from to the end. The samples go
-    /// to resources.jsonl in the history directory (or --dir).
+    /// to resources.jsonl in --dir.
     #[arg(long, value_parser = humantime::parse_duration)]
     sample_every: Option<Duration>,
     /// With --sample-every: growth is judged from each worker's first sample at or after this.
@@ -368,12 +368,9 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
             if every.is_zero() {
                 bail!("--sample-every must be longer than zero");
             }
-            Sampler::new(
-                every,
-                args.sample_from,
-                started,
-                history.as_deref().unwrap_or(&dir),
-            )
+            // Beside the history, not in it: the checker reads every `.jsonl` file of a
+            // history directory as events.
+            Sampler::new(every, args.sample_from, started, &dir)
         })
         .transpose()?;
     let mut steps = steps.into_iter().peekable();
@@ -541,13 +538,14 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     let mut paused = Vec::new();
                     for i in which {
                         let s = &slots[i];
-                        let mut e = Event::now(s.proc, "", Op::Pause, Kind::Info);
-                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
-                        // Returns once the worker is stopped: nothing it does comes after the
-                        // pause's start in the history.
+                        // Returns once the worker is stopped, and the pause is stamped only
+                        // then: nothing the worker did comes after the pause's start in the
+                        // history.
                         if let Some(pid) = s.pid {
                             lease_testkit::pause_process(pid);
                         }
+                        let mut e = Event::now(s.proc, "", Op::Pause, Kind::Info);
+                        e.dur_ns = Some(u64::try_from(dur.as_nanos()).unwrap_or(u64::MAX));
                         log(e);
                         paused.push((s.proc, s.pid));
                         injected.pauses += 1;
@@ -605,7 +603,11 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                     let cut = server
                         .as_ref()
                         .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).cut_leader());
-                    // No leader at this moment (an election under way): nothing to cut.
+                    // No leader even after a wait (an election that does not end): nothing is
+                    // cut, and the fleet says so.
+                    if cut.is_none() {
+                        eprintln!("chaos: leader-partition skipped: the cluster has no leader");
+                    }
                     if cut.is_some() {
                         let dur = lease.mul_f64(factor);
                         let mut e = Event::now(STORE, "", Op::Partition, Kind::Info);

@@ -168,7 +168,7 @@ impl OwnedServer {
 
     /// Cuts the cluster's leader off its peers and its clients (every link of its network
     /// namespace down): the others elect a new leader, and clients must find it. Returns the
-    /// member cut, `None` when no member is leader at the moment (nothing is cut then).
+    /// member cut, `None` when no member became leader within 5 s (nothing is cut then).
     pub(crate) fn cut_leader(&mut self) -> Option<usize> {
         let Inner::Cluster {
             cluster: c, cut, ..
@@ -176,7 +176,8 @@ impl OwnedServer {
         else {
             return None;
         };
-        let leader = c.leader()?;
+        // Right after a heal (or a restart) the cluster may be between leaders.
+        let leader = c.wait_leader(Duration::from_secs(5), |_| true)?;
         c.partition(leader);
         *cut = Some(leader);
         Some(leader)

@@ -51,6 +51,9 @@ pub(crate) struct Spawner {
 /// behind (3, 7, …).
 pub(crate) struct Clocks {
     preload: String,
+    /// Where the preload shim is: a temp dir of its own, since `LD_PRELOAD` splits its list at
+    /// spaces and colons, which the history directory's path may hold.
+    _shim: tempfile::TempDir,
     dir: PathBuf,
     /// The namespaces' offsets ahead and behind, in seconds; `None` when this process cannot
     /// make time namespaces.
@@ -58,32 +61,38 @@ pub(crate) struct Clocks {
 }
 
 impl Clocks {
-    /// Builds libfaketime's preload shim in `dir` (the history directory, where the clock
-    /// files go) and finds out whether time namespaces can be made here; the second value says
-    /// why not, when they cannot.
+    /// Builds libfaketime's preload shim, puts the clock files in `dir` (the history
+    /// directory) and finds out whether time namespaces with the offsets the workers get can be
+    /// made here; the second value says why not, when they cannot.
     ///
     /// # Errors
     ///
     /// Why the wall clocks cannot be stepped (libfaketime or `cc` missing).
     pub(crate) fn setup(dir: &Path) -> Result<(Clocks, Option<String>), String> {
-        let preload = faketime::preload(dir)?;
+        let shim = tempfile::tempdir().map_err(|e| format!("a temp dir for the shim: {e}"))?;
+        let preload = faketime::preload(shim.path())?;
         // A namespace's boot clock cannot start below zero: behind by at most half the uptime.
         let uptime = std::fs::read_to_string("/proc/uptime")
             .ok()
             .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
             .unwrap_or(0);
         let behind = CLOCK_STEP_SECS.min(uptime / 2);
-        let probe = std::process::Command::new("unshare")
-            .args([
-                "--time",
-                "--boottime",
-                "1",
-                "--monotonic",
-                "1",
-                "--",
-                "true",
-            ])
-            .output();
+        // Both offsets the workers get: the kernel refuses one that would set a clock below
+        // zero (the monotonic clock does not count time suspended, the boot clock does).
+        let probe = |secs: i64| {
+            let secs = secs.to_string();
+            std::process::Command::new("unshare")
+                .args(["--time", "--boottime", &secs, "--monotonic", &secs])
+                .args(["--", "true"])
+                .output()
+        };
+        let probe = probe(CLOCK_STEP_SECS).and_then(|ahead| {
+            if ahead.status.success() && behind > 0 {
+                probe(-behind)
+            } else {
+                Ok(ahead)
+            }
+        });
         let (timens, why) = match probe {
             Ok(out) if out.status.success() && behind > 0 => {
                 (Some((CLOCK_STEP_SECS, behind)), None)
@@ -103,6 +112,7 @@ impl Clocks {
         Ok((
             Clocks {
                 preload,
+                _shim: shim,
                 dir: dir.to_owned(),
                 timens,
             },

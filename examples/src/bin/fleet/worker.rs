@@ -66,6 +66,11 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         .filter(|_| chaos)
         .map(|dir| lease_examples::slow::control_file(dir, proc));
     let history = history.map(|p| History::open(&p, proc)).transpose()?;
+    if history.is_some() {
+        // The history's stamps are on the host's boot clock, corrected for this process's time
+        // namespace: a worker that cannot correct them would stamp its events hours off.
+        lease_sqlite::HostClock::open().context("read this process's boot-clock offset")?;
+    }
     let mut store = leasehold::open(&store_url).await?;
     if let Some(b) = broken.filter(|b| !matches!(b, Broken::WallClock | Broken::RenewOnTimeout)) {
         let path = if b.needs_sqlite() {
