@@ -127,6 +127,8 @@ pub(super) struct RunIndex<'a> {
     pub(super) clock_steps: u64,
     /// Workers whose store replies were delayed (the ends of the delays not counted).
     pub(super) slowed: u64,
+    /// Each worker's replies delayed from `from` to `to` (one never ended lasts to the end).
+    pub(super) slow_windows: Vec<Pause>,
     /// Per key, in the order answered.
     pub(super) grants: BTreeMap<&'a str, Vec<Grant>>,
     /// Per key, (process, time) of every acquire sent.
@@ -166,6 +168,7 @@ impl<'a> RunIndex<'a> {
             leader_partitions: Vec::new(),
             clock_steps: 0,
             slowed: 0,
+            slow_windows: Vec::new(),
             failovers: Vec::new(),
             failover_windows: Vec::new(),
             regressions: 0,
@@ -193,6 +196,7 @@ impl<'a> RunIndex<'a> {
         let mut open_pauses: HashMap<u64, (u64, u64)> = HashMap::new(); // proc -> (from, planned)
         let mut failing_over: Option<u64> = None;
         let mut open_cuts: HashMap<u64, (u64, u64)> = HashMap::new();
+        let mut open_slow: HashMap<u64, u64> = HashMap::new(); // proc -> from
         for e in events {
             match e.op {
                 Op::Partition => {
@@ -208,7 +212,19 @@ impl<'a> RunIndex<'a> {
                     }
                 }
                 Op::Clock if e.value.as_deref() != Some("+0s") => self.clock_steps += 1,
-                Op::Slow if e.dur_ns.is_some_and(|d| d > 0) => self.slowed += 1,
+                Op::Slow if e.dur_ns.is_some_and(|d| d > 0) => {
+                    self.slowed += 1;
+                    open_slow.entry(e.proc).or_insert(e.t_ns);
+                }
+                Op::Slow => {
+                    if let Some(from) = open_slow.remove(&e.proc) {
+                        self.slow_windows.push(Pause {
+                            proc: e.proc,
+                            from,
+                            to: e.t_ns,
+                        });
+                    }
+                }
                 Op::Kill => self.kills.push((e.proc, e.t_ns)),
                 Op::Pause => {
                     open_pauses.insert(e.proc, (e.t_ns, e.dur_ns.unwrap_or(0)));
@@ -242,6 +258,13 @@ impl<'a> RunIndex<'a> {
                 proc,
                 from,
                 to: from + planned.max(1),
+            });
+        }
+        for (proc, from) in open_slow {
+            self.slow_windows.push(Pause {
+                proc,
+                from,
+                to: u64::MAX,
             });
         }
         for (proc, (from, planned)) in open_cuts {

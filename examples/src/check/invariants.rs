@@ -540,6 +540,18 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
                         allowed += lease + ix.meta.backoff_cap_ns;
                     }
                 }
+                // So does a waiter whose store replies were slowed, or that was cut off the
+                // store, meanwhile: granted the key, it may hear of it only after its lock gave
+                // up waiting, and the grant lapses (or is given back) after it.
+                for w in ix.slow_windows.iter().chain(&ix.partitions) {
+                    let waited = ix
+                        .wants
+                        .get(t.key)
+                        .is_some_and(|ws| ws.iter().any(|&(wp, at)| wp == w.proc && at <= w.to));
+                    if w.proc != proc && waited && w.to > died && w.from <= killed + allowed {
+                        allowed += lease + ix.meta.backoff_cap_ns;
+                    }
+                }
             }
             let taken = ix.grants.get(t.key).and_then(|gs| {
                 gs.iter()

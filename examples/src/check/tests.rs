@@ -623,3 +623,34 @@ fn i8_on_a_queued_store_allows_a_lease_per_waiter_killed_before_the_takeover() {
     assert!(r.ok(), "{:?}", r.violations);
     assert_eq!(run_named("redis/kill", h).invariants(), ["I8"]);
 }
+
+/// On a queued store a waiter whose replies are slowed may be granted the key and hear of it
+/// only after its lock gave up: that grant lapses, so the waiter's slow window adds a lease to
+/// the takeover bound, as a killed waiter does (found in a 10-minute `kill,slow` run on SQLite).
+#[test]
+fn i8_on_a_queued_store_allows_a_lease_per_waiter_slowed_before_the_takeover() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    h.extend(enqueue(200, 2, 1000, Kind::Fail, Some(1)));
+    for t in [1200, 1700, 2200] {
+        h.extend(enqueue(t, 3, 1000, Kind::Fail, Some(2)));
+    }
+    h.extend(enqueue(2700, 3, 1000, Kind::Ok, Some(3)));
+    assert_eq!(
+        run_named("redis-queued/kill", h.clone()).invariants(),
+        ["I8"]
+    );
+    let mut slow = ev(800, 0, Op::Slow, Kind::Info, None).tap_proc(2);
+    slow.dur_ns = Some(1500 * MS);
+    let mut healed = ev(2800, 0, Op::Slow, Kind::Info, None).tap_proc(2);
+    healed.dur_ns = Some(0);
+    h.extend([slow, healed]);
+    let r = run_named("redis-queued/kill", h.clone());
+    assert!(r.ok(), "{:?}", r.violations);
+    // A slow window of a process that never waited for the key changes nothing.
+    let mut other = h.clone();
+    for e in other.iter_mut().filter(|e| e.op == Op::Slow) {
+        e.proc = 4;
+    }
+    assert_eq!(run_named("redis-queued/kill", other).invariants(), ["I8"]);
+}
