@@ -143,9 +143,11 @@ pub(super) struct RunIndex<'a> {
     pub(super) losts: Vec<&'a Event>,
     /// Process -> the time it exited normally.
     pub(super) exits: HashMap<u64, u64>,
-    /// (process, key) -> when its last enqueue answered `Waiting` was sent: a grant reported
-    /// later by `wait_for_grant` was made after it, and the lock's deadline counts from it.
-    queued_since: HashMap<(u64, &'a str), u64>,
+    /// (process, key, lock object) -> when its last enqueue answered `Waiting` was sent: a grant
+    /// reported later by `wait_for_grant` was made after it, and the lock's deadline counts from
+    /// it. Per lock object: another object of the process, waiting for the key too, may have an
+    /// older enqueue answered in between.
+    queued_since: HashMap<(u64, &'a str, Option<&'a str>), u64>,
     /// The waiter queue's entries and grants, for I7.
     pub(super) queue: QueueIndex<'a>,
 }
@@ -378,7 +380,8 @@ impl<'a> RunIndex<'a> {
                 }
             }
             Op::Enqueue if e.kind == Kind::Fail => {
-                self.queued_since.insert((e.proc, &e.key), invoke.t_ns);
+                self.queued_since
+                    .insert((e.proc, &e.key, e.waiter.as_deref()), invoke.t_ns);
             }
             Op::GrantWait if ok => {
                 // Made after the last enqueue answered Waiting: the lock counts its deadline
@@ -386,7 +389,7 @@ impl<'a> RunIndex<'a> {
                 if let Some(fence) = e.fence {
                     let sent = self
                         .queued_since
-                        .get(&(e.proc, e.key.as_str()))
+                        .get(&(e.proc, e.key.as_str(), e.waiter.as_deref()))
                         .copied()
                         .unwrap_or(invoke.t_ns);
                     self.grant(e, fence, sent);
