@@ -100,6 +100,7 @@ fn injected(stdout: &str, what: &str) -> u64 {
 /// lease, and some workers' replies come 1.5× or 0.3× the lease late. A worker cut off mid-job
 /// must give its lease up by its deadline, while the others take its keys over; a grant that
 /// arrives past its deadline is given back, never used.
+#[cfg(any(feature = "redis", feature = "etcd", feature = "postgres"))]
 fn assert_partitions_and_slow_replies(
     store: &str,
     duration: &str,
