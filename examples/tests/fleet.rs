@@ -123,3 +123,42 @@ fn the_soak_check_passes_a_steady_fleet_and_fails_a_leaking_one() {
         "{stdout}"
     );
 }
+
+/// A worker that starts while its store is away (a server restarting, a cluster between
+/// leaders) retries opening it, as it retries its lock calls, instead of exiting: here its way
+/// to Redis leads nowhere for its first second.
+#[cfg(feature = "redis")]
+#[test]
+fn a_worker_waits_for_a_store_that_is_away_when_it_starts() {
+    let Some(redis) = lease_testkit::RedisServer::start(Default::default()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.db");
+    lease_examples::jobs::Jobs::open(&jobs)
+        .unwrap()
+        .seed(100)
+        .unwrap();
+    // Nothing listens at port 1: every connection through the proxy is closed at once.
+    let proxy = lease_testkit::HoldingProxy::start("127.0.0.1:1");
+    let worker = Command::new(env!("CARGO_BIN_EXE_fleet"))
+        .args(["worker", "--proc", "1", "--store"])
+        .arg(format!("redis://{}/", proxy.endpoint()))
+        .arg("--jobs-db")
+        .arg(&jobs)
+        .args(["--duration", "3s", "--lease", "1s", "--work", "1ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    proxy.retarget(&format!("127.0.0.1:{}", redis.port()));
+    let out = worker.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("retrying"), "{stderr}");
+    assert!(stdout.contains("\"completed\":"), "{stdout}");
+}

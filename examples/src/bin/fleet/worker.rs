@@ -71,7 +71,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
         // namespace: a worker that cannot correct them would stamp its events hours off.
         lease_sqlite::HostClock::open().context("read this process's boot-clock offset")?;
     }
-    let mut store = leasehold::open(&store_url).await?;
+    let mut store = open_store(&store_url, proc, Instant::now() + duration).await?;
     if let Some(b) = broken.filter(|b| !matches!(b, Broken::WallClock | Broken::RenewOnTimeout)) {
         let path = if b.needs_sqlite() {
             Some(
@@ -282,4 +282,25 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<bool> {
     log(Event::now(proc, "", Op::Exit, Kind::Info));
     println!("{}", serde_json::to_string(&report)?);
     Ok(true)
+}
+
+/// Opens the worker's store, retrying a transient error (a server restarting, a cluster between
+/// leaders as a worker starts) until `until`, as the worker retries its lock calls.
+///
+/// # Errors
+///
+/// Any other error at once (a bad URL, a wrong password), or the last transient one at `until`.
+async fn open_store(url: &str, proc: u64, until: Instant) -> anyhow::Result<DynStore> {
+    loop {
+        match leasehold::open(url).await {
+            Ok(store) => return Ok(store),
+            Err(leasehold::OpenError::Store(e))
+                if e.kind() == StoreErrorKind::Transient && Instant::now() < until =>
+            {
+                eprintln!("worker {proc}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
