@@ -330,7 +330,7 @@ fn try_start(
             args.push(format!("--auth-token-ttl={}", ttl.as_secs().max(1)));
         }
         args.extend(options.extra_args.iter().cloned());
-        // In a namespace: `ip netns exec NS etcd …`, which `exec`s etcd, so the watchdog and
+        // In a namespace: `nsenter --net=… etcd …`, which `exec`s etcd, so the watchdog and
         // `Server` signal etcd itself.
         let (program, args) = match net {
             Some(net) => net.wrap(i, program, args),

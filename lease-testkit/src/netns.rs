@@ -25,7 +25,7 @@ const LINK_PREFIX: &str = "lt";
 /// ```no_run
 /// # use std::path::Path;
 /// let Some(net) = lease_testkit::NetnsBridge::create(3) else { return };
-/// // `ip netns exec NS server --listen=10.213.K.10:7000`, for `Server::spawn`:
+/// // `nsenter --net=/var/run/netns/NS server --listen=10.213.K.10:7000`, for `Server::spawn`:
 /// let listen = format!("--listen={}:7000", net.address(0));
 /// let (program, args) = net.wrap(0, Path::new("/usr/bin/server"), [listen]);
 /// net.cut(0); // host 0 is off the network …
@@ -47,7 +47,7 @@ const LINK_PREFIX: &str = "lt";
 /// interface, `eth0`, with the address `10.213.K.(10+i)/24`, the far end of a veth pair whose
 /// near end is a port of a bridge in the root namespace; the bridge has `10.213.K.1/24`, so the
 /// test process (in the root namespace) reaches every host directly. A server started in a
-/// namespace ([`wrap`](Self::wrap): `ip netns exec NS program …`, which `exec`s the
+/// namespace ([`wrap`](Self::wrap): `nsenter --net=/var/run/netns/NS program …`, which `exec`s the
 /// program, so the process id stays the server's) listens on its own address, and may use the
 /// same ports as its neighbours. [`cut`](Self::cut) sets the near end of host `i`'s veth
 /// down: the bridge stops forwarding to and from it, so every packet between that host and
@@ -74,6 +74,11 @@ const LINK_PREFIX: &str = "lt";
 #[derive(Debug)]
 pub struct NetnsBridge {
     ip: PathBuf,
+    /// `nsenter`, to run commands and servers in a namespace: `ip netns exec` and `ip -n` remount
+    /// `/` and `/sys` in a mount namespace of their own, which fails where `/` is no mount
+    /// point (a chroot, as on a freshly built test root); entering the network namespace alone
+    /// needs no mount.
+    nsenter: PathBuf,
     bridge: String,
     subnet: u8,
     hosts: Vec<Host>,
@@ -105,16 +110,17 @@ impl NetnsBridge {
             "a NetnsBridge has 1 to {MAX_HOSTS} hosts, not {n}"
         );
         let ip = require_binary("ip", "iproute2")?;
+        let nsenter = require_binary("nsenter", "util-linux")?;
         if !rustix::process::geteuid().is_root() {
             return skip("network namespaces need root (CAP_NET_ADMIN)");
         }
-        match Self::try_create(ip, n) {
+        match Self::try_create(ip, nsenter, n) {
             Ok(net) => Some(net),
             Err(e) => skip(&format!("cannot create network namespaces: {e}")),
         }
     }
 
-    fn try_create(ip: PathBuf, n: usize) -> Result<NetnsBridge, String> {
+    fn try_create(ip: PathBuf, nsenter: PathBuf, n: usize) -> Result<NetnsBridge, String> {
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let pid = std::process::id();
         // One instance at a time (across processes) picks its subnet and puts it on its bridge.
@@ -141,6 +147,7 @@ impl NetnsBridge {
         // Dropped on any error below: removes what was made so far.
         let mut net = NetnsBridge {
             ip,
+            nsenter,
             bridge,
             subnet: 0,
             hosts: Vec::new(),
@@ -181,9 +188,9 @@ impl NetnsBridge {
             net.undo.push(undo("link", &link));
             net.run(&["link", "set", &link, "master", &net.bridge])?;
             net.run(&["link", "set", &link, "up"])?;
-            net.run(&["-n", &ns, "link", "set", "lo", "up"])?;
-            net.run(&["-n", &ns, "addr", "add", &address, "dev", "eth0"])?;
-            net.run(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            net.run_in(&ns, &["link", "set", "lo", "up"])?;
+            net.run_in(&ns, &["addr", "add", &address, "dev", "eth0"])?;
+            net.run_in(&ns, &["link", "set", "eth0", "up"])?;
         }
         Ok(net)
     }
@@ -221,23 +228,18 @@ impl NetnsBridge {
     }
 
     /// The program and arguments that run `program args` in host `i`'s namespace:
-    /// `ip netns exec NS program args…`. `ip` `exec`s the program, so a process spawned from
-    /// them has the program's pid (what [`Server::spawn`](crate::Server::spawn) needs to signal
-    /// and kill it).
+    /// `nsenter --net=/var/run/netns/NS program args…`. `nsenter` `exec`s the program, so a
+    /// process spawned from them has the program's pid (what
+    /// [`Server::spawn`](crate::Server::spawn) needs to signal and kill it).
     pub fn wrap(
         &self,
         i: usize,
         program: &Path,
         args: impl IntoIterator<Item = String>,
     ) -> (PathBuf, Vec<String>) {
-        let mut all = vec![
-            "netns".to_owned(),
-            "exec".to_owned(),
-            self.namespace(i).to_owned(),
-            program.display().to_string(),
-        ];
+        let mut all = vec![netns_file(self.namespace(i)), program.display().to_string()];
         all.extend(args);
-        (self.ip.clone(), all)
+        (self.nsenter.clone(), all)
     }
 
     /// Cuts host `i` off the network: every packet between it and anyone else (the other hosts
@@ -279,6 +281,15 @@ impl NetnsBridge {
     fn run(&self, args: &[&str]) -> Result<String, String> {
         run_ip(&self.ip, args)
     }
+
+    /// Runs `ip args…` in namespace `ns` (through `nsenter`, see [`NetnsBridge::nsenter`]).
+    fn run_in(&self, ns: &str, args: &[&str]) -> Result<String, String> {
+        let net = netns_file(ns);
+        let ip = self.ip.display().to_string();
+        let mut all = vec![net.as_str(), ip.as_str()];
+        all.extend_from_slice(args);
+        run_program(&self.nsenter, &all)
+    }
 }
 
 impl Drop for NetnsBridge {
@@ -309,8 +320,23 @@ fn skip(reason: &str) -> Option<NetnsBridge> {
 /// Runs `ip args…`; its standard output, or an error naming the command and what `ip` wrote to
 /// standard error.
 fn run_ip(ip: &Path, args: &[&str]) -> Result<String, String> {
-    let shown = || format!("`ip {}`", args.join(" "));
-    let out = Command::new(ip)
+    run_program(ip, args)
+}
+
+/// `--net=FILE` for `nsenter`: the file `ip netns add` binds namespace `ns` to.
+fn netns_file(ns: &str) -> String {
+    format!("--net=/var/run/netns/{ns}")
+}
+
+/// Runs `program args…`; its standard output, or an error naming the command and what it wrote
+/// to standard error.
+fn run_program(program: &Path, args: &[&str]) -> Result<String, String> {
+    let name = program.file_name().map_or_else(
+        || program.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let shown = || format!("`{name} {}`", args.join(" "));
+    let out = Command::new(program)
         .args(args)
         .output()
         .map_err(|e| format!("{} could not run: {e}", shown()))?;
