@@ -1,4 +1,13 @@
 //! A TCP proxy on loopback that can hold back a server's answers.
+//!
+//! Why not a crate: `noxious`, the Rust port of Toxiproxy, was last released in April 2021 (on
+//! tokio-util 0.6 and rand 0.8), keeps its toxics private to the crate (they are driven through
+//! its HTTP API), and cannot hold back answers while requests pass or move a proxy to another
+//! server (a failover); Toxiproxy itself is a Go program in no registry these machines reach (not
+//! in Debian 12). What the faults need is small: copy bytes both ways, and hold, cut or retarget
+//! on a flag, which a thread per direction does. Slow replies are made inside the worker instead
+//! (`lease-examples`' `slow` store wrapper), where they reach embedded SQLite too; the kernel here
+//! has no `netem` for delay.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -481,8 +481,7 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
     // write lock, and every other process waits until it resumes: the end of a pause of another
     // process counts like the end of a store restart.
     let embedded = ix.meta.name.starts_with("sqlite");
-    // The fleet names a run on a store with a waiter queue `<store>-queued/…`.
-    let queued = ix.meta.name.contains("-queued/");
+    let queued = ix.meta.queued();
     let last_ask = ix
         .wants
         .values()

@@ -56,6 +56,20 @@ pub struct Meta {
     /// The seed of the nemesis schedule.
     #[serde(default)]
     pub seed: u64,
+    /// Whether the workers waited in the store's queue of waiters (grants go to the oldest live
+    /// one); `None` in a `run.json` older than this field, whose run name says it instead
+    /// (`<store>-queued/…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<bool>,
+}
+
+impl Meta {
+    /// Whether the run's store queued its waiters: the field, or for an older `run.json` the
+    /// run's name.
+    pub fn queued(&self) -> bool {
+        self.queued
+            .unwrap_or_else(|| self.name.contains("-queued/"))
+    }
 }
 
 /// One run's histories.

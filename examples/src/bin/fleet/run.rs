@@ -240,6 +240,7 @@ pub(crate) async fn fleet(args: RunArgs) -> anyhow::Result<bool> {
                 lease_ns: u64::try_from(lease.as_nanos()).unwrap_or(u64::MAX),
                 backoff_cap_ns: u64::try_from(BACKOFF_CAP.as_nanos()).unwrap_or(u64::MAX),
                 seed,
+                queued: Some(queued),
             };
             std::fs::write(h.join("run.json"), serde_json::to_vec_pretty(&meta)?)
                 .with_context(|| format!("write {}", h.join("run.json").display()))?;
