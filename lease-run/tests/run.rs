@@ -25,79 +25,52 @@ fn sqlite() -> Option<Store> {
 
 #[cfg(feature = "redis")]
 fn redis() -> Option<Store> {
-    let mut server = lease_testkit::RedisServer::start(lease_testkit::RedisOptions::default())?;
-    let url = server.url();
-    let pid = server_pid(server.process().pid());
+    let server = lease_testkit::RedisServer::start(lease_testkit::RedisOptions::default())?;
     Some(Store {
-        url,
-        server: Some(Box::new(move |run| pause(pid, run))),
-        _keep: Box::new(server),
+        url: server.url(),
+        server: pausable(server, |s, run| {
+            let p = s.process();
+            if run { p.resume() } else { p.pause() }
+        }),
+        _keep: Box::new(()),
     })
 }
 
 #[cfg(feature = "etcd")]
 fn etcd() -> Option<Store> {
-    let mut server = lease_testkit::EtcdServer::start(lease_testkit::EtcdOptions::default())?;
-    let url = format!("etcd://{}/lease-run-test", server.endpoint());
-    let pid = server_pid(server.members[0].process().pid());
+    let server = lease_testkit::EtcdServer::start(lease_testkit::EtcdOptions::default())?;
     Some(Store {
-        url,
-        server: Some(Box::new(move |run| pause(pid, run))),
-        _keep: Box::new(server),
+        url: format!("etcd://{}/lease-run-test", server.endpoint()),
+        server: pausable(server, |s, run| {
+            let p = s.members[0].process();
+            if run { p.resume() } else { p.pause() }
+        }),
+        _keep: Box::new(()),
     })
 }
 
 #[cfg(feature = "postgres")]
 fn postgres() -> Option<Store> {
-    let mut server =
-        lease_testkit::PostgresServer::start(lease_testkit::PostgresOptions::default())?;
-    let url = server.url();
-    let pid = server_pid(server.process().pid());
+    let server = lease_testkit::PostgresServer::start(lease_testkit::PostgresOptions::default())?;
     Some(Store {
-        url,
-        // The postmaster and its backends: a stopped postmaster alone still lets the backends
-        // of open connections answer.
-        server: Some(Box::new(move |run| {
-            for child in children(pid) {
-                pause(child, run);
-            }
-            pause(pid, run);
-        })),
-        _keep: Box::new(server),
+        url: server.url(),
+        // The postmaster and its backends, each once all its threads are stopped.
+        server: pausable(server, |s, run| if run { s.resume() } else { s.pause() }),
+        _keep: Box::new(()),
     })
 }
 
-/// The pids of `parent`'s children.
-#[cfg(feature = "postgres")]
-fn children(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                    == Some(parent)
-            })
-        })
-        .collect()
-}
-
+/// `Store::server` for a server the closure keeps alive: `set_running(server, run)` pauses it
+/// (`run == false`, returning once it is stopped) or resumes it.
 #[cfg(any(feature = "redis", feature = "etcd", feature = "postgres"))]
-fn server_pid(pid: Option<u32>) -> i32 {
-    i32::try_from(pid.expect("the server runs")).unwrap()
-}
-
-/// SIGSTOP (`run == false`) or SIGCONT the server.
-#[cfg(any(feature = "redis", feature = "etcd", feature = "postgres"))]
-fn pause(pid: i32, run: bool) {
-    let pid = rustix::process::Pid::from_raw(pid).unwrap();
-    let sig = if run {
-        rustix::process::Signal::CONT
-    } else {
-        rustix::process::Signal::STOP
-    };
-    rustix::process::kill_process(pid, sig).unwrap();
+fn pausable<S: Send + 'static>(
+    server: S,
+    set_running: fn(&mut S, bool),
+) -> Option<Box<dyn Fn(bool) + Send + Sync>> {
+    let server = std::sync::Mutex::new(server);
+    Some(Box::new(move |run| {
+        set_running(&mut server.lock().unwrap(), run)
+    }))
 }
 
 fn lease_run(store: &Store) -> Command {

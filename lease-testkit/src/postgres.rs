@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use rustix::process::Signal;
+use rustix::process::{Pid, Signal, kill_process};
 use tempfile::TempDir;
 
 use crate::process::{Server, free_port, require_binary};
@@ -303,9 +303,34 @@ impl PostgresServer {
         )
     }
 
-    /// The process, to pause or resume it.
+    /// The postmaster's process.
     pub fn process(&mut self) -> &mut Server {
         &mut self.server
+    }
+
+    /// Pauses the server (SIGSTOP) and returns once every thread of it is stopped: the
+    /// postmaster and every backend, since a stopped postmaster alone still lets the backends of
+    /// open connections answer. The postmaster stops first, so no backend is forked after the
+    /// list of them is read.
+    pub fn pause(&self) {
+        if let Some(pid) = self.server.pid() {
+            crate::process::pause_process(pid);
+            for child in crate::process::children(pid) {
+                crate::process::pause_process(child);
+            }
+        }
+    }
+
+    /// Resumes a paused server (SIGCONT to the postmaster and its backends).
+    pub fn resume(&self) {
+        if let Some(pid) = self.server.pid() {
+            self.server.resume();
+            for child in crate::process::children(pid) {
+                if let Some(p) = i32::try_from(child).ok().and_then(Pid::from_raw) {
+                    let _ = kill_process(p, Signal::CONT);
+                }
+            }
+        }
     }
 
     /// Stops the server as `pg_ctl stop -m immediate` does (SIGQUIT: no checkpoint, crash

@@ -238,6 +238,23 @@ pub fn pause_process(pid: u32) {
     }
 }
 
+/// The processes whose parent is `parent` (a PostgreSQL postmaster's backends, say).
+pub(crate) fn children(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // `pid (comm) S ppid …`: the parent follows the state, after the last `)`.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
 /// Whether every thread of process `pid` is stopped (state `T` or `t` in
 /// `/proc/PID/task/*/stat`); `true` when the process is gone, as there is nothing to wait for.
 fn all_threads_stopped(pid: u32) -> bool {

@@ -304,7 +304,8 @@ pub async fn replace_paused_holder<S: LeaseStore>(
     paused_for: Duration,
     while_paused: impl FnOnce(&LockGuard<S>),
 ) -> (LockGuard<S>, String) {
-    holder.signal(Signal::STOP);
+    // Stopped once every thread is: its pause (and so `paused_for`) starts there.
+    crate::pause_process(holder.child.id());
     let stopped_at = Instant::now();
     let guard = lock
         .lock_timeout(Duration::from_secs(15))

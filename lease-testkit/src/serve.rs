@@ -111,14 +111,23 @@ impl Served {
     }
 
     /// Stops the server's processes (SIGSTOP): it keeps its sockets and its data but answers
-    /// nothing, and its clocks run on, until [`resume`](Self::resume).
+    /// nothing, and its clocks run on, until [`resume`](Self::resume). Returns once every thread
+    /// is stopped (for PostgreSQL, of the postmaster and every backend).
     pub fn pause(&mut self) {
-        self.signal(rustix::process::Signal::STOP);
+        match &mut self.server {
+            Server::Redis(s) => s.process().pause(),
+            Server::Etcd(c) => c.members[0].process().pause(),
+            Server::Postgres(s) => s.pause(),
+        }
     }
 
     /// Resumes a paused server (SIGCONT).
     pub fn resume(&mut self) {
-        self.signal(rustix::process::Signal::CONT);
+        match &mut self.server {
+            Server::Redis(s) => s.process().resume(),
+            Server::Etcd(c) => c.members[0].process().resume(),
+            Server::Postgres(s) => s.resume(),
+        }
     }
 
     /// `host:port` the server listens on (for a proxy in front of it).
@@ -127,34 +136,6 @@ impl Served {
             Server::Redis(s) => format!("127.0.0.1:{}", s.port()),
             Server::Etcd(c) => c.endpoint(),
             Server::Postgres(s) => format!("127.0.0.1:{}", s.port()),
-        }
-    }
-
-    /// Sends `sig` to the server: for PostgreSQL to its postmaster and every backend, since a
-    /// stopped postmaster alone still lets the backends of open connections answer.
-    fn signal(&mut self, sig: rustix::process::Signal) {
-        let process = match &mut self.server {
-            Server::Redis(s) => s.process(),
-            Server::Etcd(c) => c.members[0].process(),
-            Server::Postgres(s) => s.process(),
-        };
-        let Some(pid) = process
-            .pid()
-            .and_then(|p| i32::try_from(p).ok())
-            .and_then(rustix::process::Pid::from_raw)
-        else {
-            return;
-        };
-        let mut pids = vec![pid];
-        if matches!(self.server, Server::Postgres(_)) {
-            pids.extend(children(pid));
-        }
-        for p in pids {
-            if sig == rustix::process::Signal::STOP {
-                crate::process::pause_process(p.as_raw_nonzero().get().unsigned_abs());
-            } else {
-                let _ = rustix::process::kill_process(p, sig);
-            }
         }
     }
 
@@ -188,21 +169,4 @@ impl Served {
             }
         }
     }
-}
-
-/// The processes whose parent is `parent`.
-fn children(parent: rustix::process::Pid) -> Vec<rustix::process::Pid> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                    == Some(parent.as_raw_nonzero().get())
-            })
-        })
-        .filter_map(rustix::process::Pid::from_raw)
-        .collect()
 }
