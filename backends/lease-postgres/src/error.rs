@@ -45,10 +45,21 @@ impl Cause {
             cause = c.source();
         }
         Cause {
-            text,
+            text: one_line(&text),
             code: e.code().cloned(),
         }
     }
+}
+
+/// `text` on one line: a server error's `Display` puts its `DETAIL:` and `HINT:` on lines of
+/// their own (and a detail may hold more), which would break a log line or a worker's status
+/// line in two; they are joined with `; `.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl std::fmt::Display for Cause {
@@ -195,4 +206,24 @@ pub(crate) fn bad_answer(what: &str, detail: impl std::fmt::Display) -> StoreErr
              tables?"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn a_server_error_with_detail_and_hint_is_one_line() {
+        let said = "db error: ERROR: could not obtain lock on row in relation \"leases\"\n\
+                    DETAIL: Key (key)=(job/1) is locked.\n  \nHINT: Retry later.";
+        assert_eq!(
+            one_line(said),
+            "db error: ERROR: could not obtain lock on row in relation \"leases\"; \
+             DETAIL: Key (key)=(job/1) is locked.; HINT: Retry later."
+        );
+        assert_eq!(
+            one_line("error connecting to server"),
+            "error connecting to server"
+        );
+    }
 }

@@ -380,6 +380,36 @@ async fn a_fence_at_its_maximum_is_a_permanent_error() {
     assert!(e.to_string().contains("maximum"), "{e}");
 }
 
+/// A server error with a `DETAIL:` and a `HINT:` (here raised by a trigger an administrator
+/// put on the table) is one line: the server's parts joined, each said once.
+#[tokio::test]
+async fn a_server_error_with_detail_and_hint_is_one_line() {
+    let Some(url) = common::url() else { return };
+    let schema = common::unique_schema("detail");
+    let store = common::store_in(&url, &schema).await;
+    session(&url)
+        .await
+        .batch_execute(&format!(
+            "CREATE FUNCTION \"{schema}\".refuse() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'refused by policy' \
+             USING DETAIL = 'the key is frozen', HINT = 'ask the operator'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON \"{schema}\".leases \
+             FOR EACH ROW EXECUTE FUNCTION \"{schema}\".refuse();"
+        ))
+        .await
+        .expect("add the trigger");
+    let e = store
+        .try_lock(LEASE, "k", "a")
+        .await
+        .expect_err("the trigger refuses every write");
+    let text = e.to_string();
+    assert!(!text.contains('\n'), "{text:?}");
+    assert!(
+        text.contains("refused by policy; DETAIL: the key is frozen; HINT: ask the operator"),
+        "{text:?}"
+    );
+}
+
 /// On a direct connection the server's own `lock_timeout` can be added through the driver's
 /// `options`: the server gives up the wait itself, and the error is transient.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
