@@ -6,6 +6,7 @@
 #   bash examples/fault-table.sh                         # every store × fault, 10 minutes each
 #   bash examples/fault-table.sh --duration 1m redis etcd:partition,clock
 #   bash examples/fault-table.sh --jobs 2 --out /tmp/faults sqlite
+#   bash examples/fault-table.sh --fleet /tmp/fleet etcd:leader-partition   # a fleet built before
 #
 # A run goes to OUT/<store>-<fault>/ (default OUT: target/fault-table): its history, the fleet's
 # output (output.txt) and the command that made it (command.txt). `--jobs N` runs N fleets at
@@ -18,6 +19,7 @@ duration=10m
 out=target/fault-table
 jobs=1
 seed=7
+fleet=
 picks=()
 while (($#)); do
   case $1 in
@@ -25,7 +27,8 @@ while (($#)); do
     --out) out=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --fleet) fleet=$(realpath "$2"); shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     -*) echo "fault-table: unknown option $1" >&2; exit 2 ;;
     *) picks+=("$1"); shift ;;
   esac
@@ -54,9 +57,11 @@ for pick in "${picks[@]}"; do
   for f in "${fs[@]}"; do runs+=("$store $f"); done
 done
 
-echo "fault-table: building the fleet (release, every store)" >&2
-cargo build --release --locked -q -p lease-examples --all-features --bin fleet
-fleet=$PWD/target/release/fleet
+if [[ -z $fleet ]]; then
+  echo "fault-table: building the fleet (release, every store)" >&2
+  cargo build --release --locked -q -p lease-examples --all-features --bin fleet
+  fleet=$PWD/target/release/fleet
+fi
 mkdir -p "$out"
 
 run_one() {

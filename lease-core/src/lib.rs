@@ -170,6 +170,7 @@ mod lock;
 mod memory;
 pub mod metrics;
 pub mod redact;
+pub mod seen;
 mod state;
 mod store;
 mod sync;

@@ -2,48 +2,26 @@
 //! failover to an asynchronous replica, a restore of an older backup, `fsync = off` and a
 //! crash) instead of handing out a fence again in silence.
 
-use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard};
-
+use lease_core::seen::{FenceWentBack, SeenFence, SeenFences};
 use lease_core::{StoreError, StoreErrorKind};
 
 use crate::NAME;
 
-/// How many keys' highest fences a store remembers; beyond this, an arbitrary key is forgotten
-/// for each new one (its regressions then go unnoticed by this store).
-pub const MAX_TRACKED_KEYS: usize = 100_000;
+pub use lease_core::seen::MAX_TRACKED_KEYS;
 
-/// The highest fence seen for a key, and a hash of the holder it was granted to (0: none, a
-/// break).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fact {
-    fence: i64,
-    holder: u64,
-}
-
+/// The highest fence seen per key ([`SeenFences`], bounded), with this store's fences (`i64`,
+/// never below 1) and its error.
 #[derive(Default)]
-pub(crate) struct Seen {
-    map: Mutex<HashMap<String, Fact>>,
-    hasher: std::collections::hash_map::RandomState,
-}
+pub(crate) struct Seen(SeenFences);
+
+/// What was seen of a key before a request was sent.
+pub(crate) type Fact = SeenFence;
 
 impl Seen {
-    fn map(&self) -> MutexGuard<'_, HashMap<String, Fact>> {
-        // Each update is one insert or remove; a poisoned map is still consistent.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// What this store knew of `key` before it sent a request: the answer is compared only
-    /// with grants the server had made before it ran the request (answers of concurrent calls
-    /// arrive in any order, so a later record could make an older answer look like a
-    /// regression).
+    /// with grants the server had made before it ran the request.
     pub(crate) fn before(&self, key: &str) -> Option<Fact> {
-        self.map().get(key).copied()
-    }
-
-    fn holder_hash(&self, holder: Option<&str>) -> u64 {
-        holder.map_or(0, |h| self.hasher.hash_one(h) | 1)
+        self.0.before(key)
     }
 
     /// A grant of `fence` to `holder` (`None`: a break): fails if it is below what was seen
@@ -55,27 +33,9 @@ impl Seen {
         fence: i64,
         before: Option<Fact>,
     ) -> Result<(), StoreError> {
-        let holder = self.holder_hash(holder);
-        if let Some(b) = before {
-            if fence < b.fence || (fence == b.fence && (holder != b.holder || holder == 0)) {
-                return Err(regressed(key, b.fence, fence));
-            }
-        }
-        let mut map = self.map();
-        match map.get_mut(key) {
-            // Keep the highest: a concurrent call may have recorded a later grant already.
-            Some(f) if f.fence >= fence => {}
-            Some(f) => *f = Fact { fence, holder },
-            None => {
-                if map.len() >= MAX_TRACKED_KEYS {
-                    if let Some(k) = map.keys().next().cloned() {
-                        map.remove(&k);
-                    }
-                }
-                map.insert(key.to_owned(), Fact { fence, holder });
-            }
-        }
-        Ok(())
+        self.0
+            .granted(key, holder, as_u64(fence), before)
+            .map_err(|e| regressed(key, e))
     }
 
     /// The key's fence as an answer reported it (held by another, or free): fails if it is
@@ -86,16 +46,19 @@ impl Seen {
         fence: Option<i64>,
         before: Option<Fact>,
     ) -> Result<(), StoreError> {
-        match before {
-            Some(b) if fence.unwrap_or(0) < b.fence => {
-                Err(regressed(key, b.fence, fence.unwrap_or(0)))
-            }
-            _ => Ok(()),
-        }
+        self.0
+            .current(before, fence.map(as_u64))
+            .map_err(|e| regressed(key, e))
     }
 }
 
-fn regressed(key: &str, seen: i64, now: i64) -> StoreError {
+/// A fence as the shared memory keeps it (the table's are never below 1).
+fn as_u64(fence: i64) -> u64 {
+    u64::try_from(fence).unwrap_or(0)
+}
+
+fn regressed(key: &str, went: FenceWentBack) -> StoreError {
+    let (seen, now) = (went.seen, went.now.unwrap_or(0));
     StoreError::new(
         StoreErrorKind::FenceRegressed,
         NAME,
@@ -111,31 +74,19 @@ fn regressed(key: &str, seen: i64, now: i64) -> StoreError {
 mod tests {
     use super::*;
 
+    /// The rules are [`SeenFences`]'s (tested there); here, that this store's fences and error
+    /// go through them.
     #[test]
-    fn lower_fences_and_a_repeated_fence_for_another_holder_are_regressions() {
+    fn a_regression_is_this_store_s_error_naming_both_fences() {
         let seen = Seen::default();
-        seen.granted("k", Some("a"), 3, seen.before("k")).unwrap();
-        // The same holder again (an extension or retake): fine.
         seen.granted("k", Some("a"), 3, seen.before("k")).unwrap();
         let e = seen
             .granted("k", Some("b"), 3, seen.before("k"))
             .unwrap_err();
         assert_eq!(e.kind(), StoreErrorKind::FenceRegressed);
         assert!(e.to_string().contains("from 3 to 3"), "{e}");
-        let e = seen
-            .granted("k", Some("b"), 2, seen.before("k"))
-            .unwrap_err();
-        assert_eq!(e.kind(), StoreErrorKind::FenceRegressed);
+        let e = seen.current("k", None, seen.before("k")).unwrap_err();
+        assert!(e.to_string().contains("from 3 to 0"), "{e}");
         seen.current("k", Some(3), seen.before("k")).unwrap();
-        assert!(seen.current("k", Some(1), seen.before("k")).is_err());
-        assert!(seen.current("k", None, seen.before("k")).is_err());
-        seen.granted("k", Some("b"), 4, seen.before("k")).unwrap();
-        // A break's fence is given to nobody: a grant of it is a regression.
-        seen.granted("k", None, 5, seen.before("k")).unwrap();
-        assert!(seen.granted("k", Some("c"), 5, seen.before("k")).is_err());
-        seen.granted("k", Some("c"), 6, seen.before("k")).unwrap();
-        // Other keys are apart.
-        seen.granted("other", Some("z"), 1, seen.before("other"))
-            .unwrap();
     }
 }

@@ -155,7 +155,8 @@
 //!   [`Capabilities::durable_fences`](lease_core::Capabilities::durable_fences) is therefore
 //!   false unless you declare it with [`RedisStoreBuilder::assume_durable_fences`].
 //! - **Fence regressions are detected, not silently reused** (within one store instance): the
-//!   store remembers the highest fence it saw per key (up to [`MAX_TRACKED_KEYS`] keys), and a
+//!   store remembers the highest fence it saw per key (of the [`MAX_TRACKED_KEYS`] keys granted
+//!   most recently: a long-running process stays at a bounded size), and a
 //!   grant below it (or equal to it for another holder), or a counter below it on renew or
 //!   release, fails with [`StoreErrorKind::FenceRegressed`](lease_core::StoreErrorKind::FenceRegressed),
 //!   which the lock treats as a loss. A process that starts after the data loss cannot tell;

@@ -1,12 +1,11 @@
 //! [`RedisStore`]: the [`LeaseStore`] over one Redis server.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lease_core::input::{validate, validate_key};
+use lease_core::seen::{SeenFence as Seen, SeenFences};
 use lease_core::{
     BrokenLock, Capabilities, Enqueued, Fence, KeyState, LeaseStore, StoreError, StoreErrorKind,
 };
@@ -27,9 +26,9 @@ use crate::scripts::{
 /// The longest lease the store grants, in milliseconds (about 34 years); longer ones are capped.
 pub const MAX_LEASE_MS: u64 = 1 << 40;
 
-/// How many keys' highest fences a store remembers for regression checks; beyond this, an
-/// arbitrary key is forgotten for each new one (its regressions then go unnoticed by this store).
-pub const MAX_TRACKED_KEYS: usize = 100_000;
+/// How many keys' highest fences a store remembers for regression checks: the ones granted most
+/// recently (see [`lease_core::seen`]); a key forgotten loses its check.
+pub use lease_core::seen::MAX_TRACKED_KEYS;
 
 /// A lease store on one Redis server (or one primary): grants are Lua scripts, fences come from a
 /// per-key counter, releases are announced over pub/sub. See the [crate docs](crate) for the
@@ -56,19 +55,12 @@ struct Inner {
     grant_channel: Option<Vec<u8>>,
     target: String,
     caps: Capabilities,
-    /// The highest fence this store has seen granted per key, with a hash of its holder.
-    seen: Mutex<HashMap<String, Seen>>,
-    holder_hash: RandomState,
+    /// The highest fence this store has seen granted per key (bounded).
+    seen: SeenFences,
     notifier: Option<Notifier>,
     eviction_policy: EvictionPolicy,
     /// Replicas every write must reach before it is reported, and how long to wait for them.
     wait_replicas: Option<(u32, Duration)>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    fence: u64,
-    holder: u64,
 }
 
 impl RedisStore {
@@ -219,8 +211,7 @@ impl RedisStore {
                 grant_channel,
                 target,
                 caps,
-                seen: Mutex::new(HashMap::new()),
-                holder_hash: RandomState::new(),
+                seen: SeenFences::default(),
                 notifier,
                 eviction_policy,
                 wait_replicas: b.wait_replicas,
@@ -365,7 +356,7 @@ impl RedisStore {
                 if counter != Some(fence.get()) {
                     return Err(bad_reply(&what(), "renewed under a different fence"));
                 }
-                self.check_grant(key, holder, fence.get(), before)?;
+                self.check_grant(key, Some(holder), fence.get(), before)?;
                 Ok(true)
             }
             0 => {
@@ -376,63 +367,26 @@ impl RedisStore {
         }
     }
 
-    fn seen(&self) -> MutexGuard<'_, HashMap<String, Seen>> {
-        // Each update is one insert or remove; a poisoned map is still consistent.
-        self.inner.seen.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// What this store has seen of `key` so far; taken before a request is sent, so that the
-    /// reply is compared only with grants the server made before it ran the request.
-    ///
-    /// Replies of concurrent calls are processed in any order, so comparing a reply with fences
-    /// recorded after the request was sent could mistake an old reply for a regression. A fence
-    /// recorded before sending came from a reply, so the server had handed it out before it ran
-    /// this request, and the counter this request saw cannot be lower unless data was lost.
+    /// reply is compared only with grants the server made before it ran the request (see
+    /// [`SeenFences`]).
     fn snapshot(&self, key: &str) -> Option<Seen> {
-        self.seen().get(key).copied()
+        self.inner.seen.before(key)
     }
 
-    /// Fails if a grant (or renewal) of `fence` to `holder` contradicts `before`: a lower fence,
-    /// or the same fence for another holder. Otherwise records it.
+    /// Fails if a grant (or renewal) of `fence` to `holder` (`None`: a break) contradicts
+    /// `before`: a lower fence, or the same fence for another holder. Otherwise records it.
     fn check_grant(
         &self,
         key: &str,
-        holder: &str,
+        holder: Option<&str>,
         fence: u64,
         before: Option<Seen>,
     ) -> Result<(), StoreError> {
-        let holder_hash = self.inner.holder_hash.hash_one(holder);
-        if let Some(b) = before {
-            if fence < b.fence || (fence == b.fence && holder_hash != b.holder) {
-                return Err(self.regressed(key, b.fence, Some(fence)));
-            }
-        }
-        let mut seen = self.seen();
-        match seen.get_mut(key) {
-            // Keep the highest: a concurrent call may have recorded a later grant already.
-            Some(s) if s.fence >= fence => {}
-            Some(s) => {
-                *s = Seen {
-                    fence,
-                    holder: holder_hash,
-                };
-            }
-            None => {
-                if seen.len() >= MAX_TRACKED_KEYS {
-                    if let Some(k) = seen.keys().next().cloned() {
-                        seen.remove(&k);
-                    }
-                }
-                seen.insert(
-                    key.to_owned(),
-                    Seen {
-                        fence,
-                        holder: holder_hash,
-                    },
-                );
-            }
-        }
-        Ok(())
+        self.inner
+            .seen
+            .granted(key, holder, fence, before)
+            .map_err(|w| self.regressed(key, w.seen, w.now))
     }
 
     /// Fails if `key`'s counter, as a request saw it, is below the fence seen before it was sent.
@@ -442,10 +396,10 @@ impl RedisStore {
         counter: Option<u64>,
         before: Option<Seen>,
     ) -> Result<(), StoreError> {
-        match before {
-            Some(b) if counter.unwrap_or(0) < b.fence => Err(self.regressed(key, b.fence, counter)),
-            _ => Ok(()),
-        }
+        self.inner
+            .seen
+            .current(before, counter)
+            .map_err(|w| self.regressed(key, w.seen, w.now))
     }
 
     fn regressed(&self, key: &str, before: u64, now: Option<u64>) -> StoreError {
@@ -600,7 +554,7 @@ impl RedisStore {
         let fence = counter
             .and_then(Fence::new)
             .ok_or_else(|| bad_reply(what, "granted without a fence"))?;
-        if let Err(e) = self.check_grant(key, holder, fence.get(), before) {
+        if let Err(e) = self.check_grant(key, Some(holder), fence.get(), before) {
             // Do not leave a grant behind that nobody will use.
             self.release_quietly(key, holder, fence.get()).await;
             return Err(e);
@@ -633,6 +587,7 @@ impl RedisStore {
 /// A random id for this store's grant channel: the process id and 128 bits from the
 /// standard library's per-instance random hash keys, so that no two stores share a channel.
 fn store_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
     let hash = || RandomState::new().hash_one((std::process::id(), std::time::Instant::now()));
     format!("{}-{:016x}{:016x}", std::process::id(), hash(), hash())
 }
@@ -831,8 +786,8 @@ impl LeaseStore for RedisStore {
                 let fence = parse_counter(&what, Some(reply_field(&what, &reply, 1)?))?
                     .and_then(Fence::new)
                     .ok_or_else(|| bad_reply(&what, "no fence"))?;
-                // Nobody holds the raised fence; the empty holder is no valid holder string.
-                self.check_grant(key, "", fence.get(), before)?;
+                // Nobody holds the raised fence.
+                self.check_grant(key, None, fence.get(), before)?;
                 let previous: String = reply_field(&what, &reply, 2)?;
                 let was_live = reply_field::<i64>(&what, &reply, 3)? == 1;
                 self.replicated(&what).await?;
