@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::index::{Ownership, RunIndex, Tenure, Write};
+use super::index::{Ownership, Pause, RunIndex, Tenure, Write};
 use super::{Report, secs};
 use crate::history::{Event, Op};
 use crate::jobs::JobRow;
@@ -510,14 +510,27 @@ pub(super) fn i8_takeover(ix: &RunIndex<'_>, r: &mut Report) {
         // clients find the promoted replica only at its end, and a store that waits for a
         // replica grants nothing until the old primary is back in sync.
         // A leader partition too: a new leader is elected, and the clients must find it.
-        let killed = ix
+        // Each such window that begins within the bound of the last one's end starts the
+        // clock again (a second leader change while the dead holder's lease ran gives it its
+        // full TTL again, found in a 10-minute etcd `kill,leader-partition` run).
+        let windows: Vec<&Pause> = ix
             .store_pauses
             .iter()
             .chain(&ix.failover_windows)
             .chain(&ix.leader_partitions)
-            .filter(|p| p.from <= died + bound && p.to > died)
-            .map(|p| p.to)
-            .fold(restarted, u64::max);
+            .collect();
+        let mut killed = restarted;
+        loop {
+            let next = windows
+                .iter()
+                .filter(|p| p.from <= killed + bound && p.to > died)
+                .map(|p| p.to)
+                .fold(killed, u64::max);
+            if next == killed {
+                break;
+            }
+            killed = next;
+        }
         let held: Vec<&Tenure<'_>> = ix
             .tenures
             .values()

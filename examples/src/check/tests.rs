@@ -357,6 +357,36 @@ fn a_leader_partition_restarts_the_takeover_clock() {
     assert_eq!((r.leader_partitions, r.partitions), (1, 0));
 }
 
+/// Leader partitions one after the other, each beginning within the bound of the last one's
+/// heal, keep restarting the takeover clock (each leader change gives the dead holder's lease
+/// its full TTL again); one that begins after that bound changes nothing.
+#[test]
+fn leader_partitions_within_the_bound_of_the_last_keep_restarting_the_clock() {
+    let mut h = tenure(1, 1, 0, None);
+    h.push(ev(100, 0, Op::Kill, Kind::Info, None).tap_proc(1));
+    for t in [1200, 1500, 2000, 2900] {
+        h.push(ev(t, 2, Op::Acquire, Kind::Invoke, None));
+        h.push(ev(t + 1, 2, Op::Acquire, Kind::Fail, None));
+    }
+    h.extend(tenure(2, 2, 3100, Some(3200)));
+    let partition = |from: u64, to: u64| {
+        let mut p = ev(from, 0, Op::Partition, Kind::Info, None);
+        p.dur_ns = Some((to - from) * MS);
+        [p, ev(to, 0, Op::Heal, Kind::Info, None)]
+    };
+    // Healed at 600: the bound ends at 600 + 2250, before the takeover at 3101.
+    let mut once = h;
+    once.extend(partition(500, 600));
+    assert_eq!(invariants(once.clone()), ["I8"]);
+    let mut twice = once.clone();
+    twice.extend(partition(2800, 3000));
+    let r = run(twice);
+    assert!(r.ok(), "{:?}", r.violations);
+    let mut after = once;
+    after.extend(partition(2900, 3000));
+    assert_eq!(invariants(after), ["I8"]);
+}
+
 /// Clock steps and slowed workers are counted (their ends are not), in the line and the
 /// Markdown row, and change no verdict.
 #[test]
