@@ -33,10 +33,10 @@ pub(super) struct Tenure<'a> {
     pub(super) end: u64,
     pub(super) lost: Option<u64>,
     pub(super) released: bool,
-    /// A grant reported by `wait_for_grant` that the lock did not take (too close to its
-    /// deadline to vouch for): it asked the store again, whose answer was another fence or none,
-    /// so the grant lapsed unused. Ends at that enquiry's send.
-    pub(super) abandoned: bool,
+    /// For a grant reported by `wait_for_grant` that the lock did not take (too close to its
+    /// deadline to vouch for): when it asked the store again, whose answer was another fence or
+    /// none, so the grant lapsed unused. The tenure ends there.
+    pub(super) abandoned: Option<u64>,
 }
 
 impl Tenure<'_> {
@@ -154,13 +154,8 @@ pub(super) struct RunIndex<'a> {
     queued_since: HashMap<(u64, &'a str, Option<&'a str>), u64>,
     /// (process, key, lock object) -> the fence of a grant `wait_for_grant` reported to it. The
     /// lock takes such a grant without asking the store again, or else confirms it with an
-    /// enqueue: an enqueue sent after the report is that confirmation.
+    /// enqueue: the next enqueue of that object answered is that confirmation.
     reported: HashMap<(u64, &'a str, Option<&'a str>), u64>,
-    /// (process, key, lock object, send time) of such a confirmation -> the reported fence.
-    confirming: HashMap<(u64, &'a str, Option<&'a str>, u64), u64>,
-    /// (process, key, fence, confirmation sent): reported grants the confirmation did not
-    /// answer with their fence, so the lock never took them.
-    abandoned: Vec<(u64, &'a str, u64, u64)>,
     /// The waiter queue's entries and grants, for I7.
     pub(super) queue: QueueIndex<'a>,
 }
@@ -198,8 +193,6 @@ impl<'a> RunIndex<'a> {
             exits: HashMap::new(),
             queued_since: HashMap::new(),
             reported: HashMap::new(),
-            confirming: HashMap::new(),
-            abandoned: Vec::new(),
             queue: QueueIndex::new(&events, run.meta.lease_ns),
         };
         ix.nemesis(&events);
@@ -357,11 +350,6 @@ impl<'a> RunIndex<'a> {
                     match e.op {
                         Op::Acquire | Op::Enqueue => {
                             self.wants.entry(&e.key).or_default().push((e.proc, e.t_ns));
-                            let object = (e.proc, e.key.as_str(), e.waiter.as_deref());
-                            if let Some(fence) = self.reported.remove(&object) {
-                                self.confirming
-                                    .insert((object.0, object.1, object.2, e.t_ns), fence);
-                            }
                         }
                         Op::Release => releases.push(Release {
                             proc: e.proc,
@@ -397,11 +385,12 @@ impl<'a> RunIndex<'a> {
         if e.op == Op::Enqueue && e.kind != Kind::Info {
             // The confirmation of a reported grant: answered with another fence (or none), the
             // lock never took that grant.
-            let confirmation = (e.proc, e.key.as_str(), e.waiter.as_deref(), invoke.t_ns);
-            if let Some(fence) = self.confirming.remove(&confirmation)
+            let object = (e.proc, e.key.as_str(), e.waiter.as_deref());
+            if let Some(fence) = self.reported.remove(&object)
                 && !(ok && e.fence == Some(fence))
+                && let Some(t) = self.tenures.get_mut(&(e.proc, e.key.as_str(), fence))
             {
-                self.abandoned.push((e.proc, &e.key, fence, invoke.t_ns));
+                t.abandoned = Some(invoke.t_ns);
             }
         }
         match e.op {
@@ -482,7 +471,7 @@ impl<'a> RunIndex<'a> {
                 end: u64::MAX,
                 lost: None,
                 released: false,
-                abandoned: false,
+                abandoned: None,
             });
         t.extensions.push((sent, e.t_ns));
     }
@@ -513,11 +502,8 @@ impl<'a> RunIndex<'a> {
                     t.lost = Some(l.t_ns);
                 }
             }
-            for &(proc, key, fence, sent) in &self.abandoned {
-                if (proc, key, fence) == (t.proc, t.key, t.fence) && sent >= t.start {
-                    end = end.min(sent);
-                    t.abandoned = true;
-                }
+            if let Some(a) = t.abandoned {
+                end = end.min(a);
             }
             t.end = end.max(t.start);
         }

@@ -610,9 +610,9 @@ pub(super) fn i9_nothing_held_at_exit(ix: &RunIndex<'_>, r: &mut Report) {
         .tenures
         .values()
         .filter(|t| {
-            ix.exits
-                .get(&t.proc)
-                .is_some_and(|&x| t.start <= x && !t.released && !t.abandoned && t.lost.is_none())
+            ix.exits.get(&t.proc).is_some_and(|&x| {
+                t.start <= x && !t.released && t.abandoned.is_none() && t.lost.is_none()
+            })
         })
         .collect();
     leftovers.sort_by_key(|t| (t.proc, t.start));
