@@ -115,11 +115,13 @@
 //!
 //! A queued waiter's [`wait_for_grant`](lease_core::LeaseStore::wait_for_grant) is woken by
 //! its store's **doorbell** instead: every store with queued grants listens on a datagram socket
-//! of its own in Linux's abstract namespace (`lease-sqlite/<random 128-bit id>`: no file, so
+//! of its own in Linux's abstract namespace (`lease-sqlite/g/<random 128-bit id>`: no file, so
 //! nothing is left behind by a killed process), named in the queue entries it writes
 //! (`waiters.wake`). The transaction that grants a queued waiter the key (a release, an
-//! `enqueue` or `try_lock` that finds it expired, leaving the queue) sends that name the key's
-//! hash after its commit, and the waiter reads the row and returns its fence. So a release wakes
+//! `enqueue` or `try_lock` that finds it expired, leaving the queue) sends that name the grant
+//! after its commit (the key, its hash, the holder, the fence and the lease), and the waiter
+//! returns that fence without reading the row again (a doorbell of an older version, named
+//! without `g/`, is sent the key's hash only and reads the row). So a release wakes
 //! one process, the granted one, however many wait; the others sleep on, watching only for the
 //! holder's store to go (its liveness flock, below) and for the lease's end, and re-read the row
 //! every 50 ms in case a ring was lost (a store of an older version rings none). The releasing

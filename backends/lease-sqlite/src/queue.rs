@@ -19,10 +19,11 @@
 //! made, so a mixed fleet keeps the queue's order and its safety.
 //!
 //! The grant is made in the database; the transaction notes the granted waiter's doorbell
-//! (`waiters.wake`, see [`crate::doorbell`]) in [`Tx::rung`], rung after the commit. The granted
-//! waiter learns the grant from the row (its `wait_for_grant`, woken by the doorbell, or by a
-//! re-read) and takes the key's wake-up flock in its own store: the store that granted on the
-//! waiter's behalf never takes it (see `SqliteStore::wait_for_grant`).
+//! (`waiters.wake`, see [`crate::doorbell`]) and the grant in [`Tx::rung`], rung after the
+//! commit. The granted waiter learns the grant from the doorbell's datagram, or from the row (a
+//! re-read, or a ring without the grant), and takes the key's wake-up flock in its own store:
+//! the store that granted on the waiter's behalf never takes it (see
+//! `SqliteStore::wait_for_grant`).
 
 use lease_core::Enqueued;
 use rusqlite::{OptionalExtension, params};
@@ -56,7 +57,13 @@ pub(crate) fn settle(tx: &Tx<'_>, key: &str, row: Option<Row>) -> Result<Settled
             let fence = tx.next_fence(key, row.map(|r| r.fence), CANNOT_GRANT)?;
             if let Some(bell) = &granted.wake {
                 let hash = crate::wake::fnv1a64(key.as_bytes());
-                tx.rung.borrow_mut().push((bell.clone(), hash));
+                let grant = crate::doorbell::Grant {
+                    key: key.as_bytes().into(),
+                    holder: granted.holder.as_slice().into(),
+                    fence,
+                    lease_ns: granted.lease_ns,
+                };
+                tx.rung.borrow_mut().push((bell.clone(), hash, grant));
             }
             Settled {
                 row: Some(granted.write(tx, key, fence)?),

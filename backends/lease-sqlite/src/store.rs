@@ -417,8 +417,8 @@ impl Inner {
                     Ok(out) => {
                         let rung = tx.rung.take();
                         tx.tx.commit()?;
-                        for (bell, key_hash) in rung {
-                            if let Err(e) = doorbell::ring(&bell, key_hash) {
+                        for (bell, key_hash, grant) in rung {
+                            if let Err(e) = doorbell::ring(&bell, key_hash, Some(&grant)) {
                                 tracing::debug!(error = %e, "the granted waiter's doorbell is gone; it finds the grant at its next look");
                             }
                         }
@@ -850,11 +850,12 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
         )
         .with_source(e)
     })?;
+    let wake = Wake::new(wake_dir);
     // Without one (not Linux, or no socket), waiters wait on the key's wake-up flock.
     let doorbell = b
         .queued_grants
         .then(|| {
-            Doorbell::open()
+            Doorbell::open(wake.granter())
                 .inspect_err(|e| tracing::debug!(error = %e, "no doorbell; waiters wait on the key's wake-up flock"))
                 .ok()
         })
@@ -870,7 +871,7 @@ fn open_blocking(b: SqliteStoreBuilder) -> Result<SqliteStore, StoreError> {
             durability: b.durability,
             queued: b.queued_grants,
             liveness,
-            wake: Wake::new(wake_dir),
+            wake,
             doorbell,
         }),
     })
@@ -1125,9 +1126,10 @@ impl LeaseStore for SqliteStore {
     /// `enqueue` settles it), or `max_wait` has passed.
     ///
     /// While another holder has the key it sleeps until this store's doorbell rings for the key
-    /// (the transaction that granted `holder` the key rings it after its commit; see the crate
-    /// docs), the holder's store is gone (its liveness flock, if it wrote one), the lease ends,
-    /// or 50 ms pass (a re-read, in case a ring was lost). Without a doorbell (not Linux) it
+    /// (the transaction that granted `holder` the key rings it after its commit, with the grant,
+    /// which is then returned without a re-read; see the crate docs), the holder's store is gone
+    /// (its liveness flock, if it wrote one), the lease ends, or 50 ms pass (a re-read, in case
+    /// a ring was lost). Without a doorbell (not Linux) it
     /// waits as [`wait_for_change`](Self::wait_for_change) does, on the key's wake-up flock, or
     /// polls every 1 ms to 50 ms while nobody holds it. A missed wake-up costs latency only.
     ///
@@ -1163,7 +1165,14 @@ impl LeaseStore for SqliteStore {
                         }
                     };
                     tokio::select! {
-                        _ = bell.changed() => {}
+                        rang = bell.changed() => {
+                            // The granting transaction's datagram carries the grant (its
+                            // doorbell thread took the key's wake-up flock for it): no re-read.
+                            let fence = rang.ok().and_then(|()| bell.borrow_and_update().grant_to(key, holder));
+                            if let Some(fence) = fence {
+                                return Fence::from_i64(fence);
+                            }
+                        }
                         () = gone => {}
                     }
                 }

@@ -25,9 +25,9 @@ pub(crate) struct Tx<'c> {
     pub(crate) liveness: &'c Liveness,
     /// This store's doorbell, named in the queue entries it writes.
     pub(crate) doorbell: Option<&'c str>,
-    /// The doorbells of the waiters this transaction granted a key to, with the key's hash: rung
-    /// after the commit.
-    pub(crate) rung: std::cell::RefCell<Vec<(String, u64)>>,
+    /// The doorbells of the waiters this transaction granted a key to, with the key's hash and
+    /// the grant: rung after the commit.
+    pub(crate) rung: std::cell::RefCell<Vec<(String, u64, crate::doorbell::Grant)>>,
 }
 
 impl<'c> Deref for Tx<'c> {

@@ -169,17 +169,34 @@ impl Wake {
     /// no flock, so waiters of that one tenure poll, and the first waiter creates the file for
     /// the grants after it.
     fn file_of(&self, hash: u64, create: bool) -> std::io::Result<File> {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(create)
-            .truncate(false)
-            .open(self.dir.join(format!("{hash:016x}")))
+        key_file(&self.dir, hash, create)
     }
 
     /// `holder` was granted `key` through this store for `lease`: hold the key's flock until it
     /// lets go, or the lease runs out without a renewal. Blocking (briefly: a waiter holds the
     /// shared lock only for an instant).
+    pub(crate) fn granted(&self, key: &str, holder: &str, lease: Duration) {
+        self.granter().granted(key, holder, lease);
+    }
+
+    /// A handle that takes flocks for grants as [`granted`](Self::granted) does, for the
+    /// doorbell's listening thread; it takes none once this `Wake` is dropped.
+    pub(crate) fn granter(&self) -> Granter {
+        Granter {
+            dir: self.dir.clone(),
+            held: Arc::clone(&self.held),
+        }
+    }
+}
+
+/// Takes a key's flock for a grant on behalf of a [`Wake`] (see [`Wake::granter`]).
+pub(crate) struct Granter {
+    dir: PathBuf,
+    held: Arc<Held>,
+}
+
+impl Granter {
+    /// As [`Wake::granted`].
     pub(crate) fn granted(&self, key: &str, holder: &str, lease: Duration) {
         let until = BootClock.now().saturating_add(lease);
         let mut st = self.held.lock();
@@ -192,10 +209,10 @@ impl Wake {
             entry.until = until;
             return;
         }
-        let file = match self.file_of(fnv1a64(key.as_bytes()), false) {
+        let file = match key_file(&self.dir, fnv1a64(key.as_bytes()), false) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // No waiter has waited on this key yet: see `file_of`.
+                // No waiter has waited on this key yet: see `Wake::file_of`.
                 return;
             }
             Err(e) => {
@@ -230,7 +247,19 @@ impl Wake {
             }
         }
     }
+}
 
+/// The wake file of the key with hash `hash` in `dir` (see [`Wake::file_of`]).
+fn key_file(dir: &Path, hash: u64, create: bool) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(dir.join(format!("{hash:016x}")))
+}
+
+impl Wake {
     /// `holder` renewed `key` through this store for `lease`: keep its flock that much longer.
     /// A renewal after the flock was dropped (its lease had run out) does not take it again:
     /// waiters then poll, which costs latency only.
