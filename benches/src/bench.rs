@@ -63,6 +63,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) caps: Capabilities,
     pub(crate) quick: bool,
     pub(crate) runs: usize,
+    /// Workers run their scenario in a spawned task (see [`Job::in_task`]).
+    pub(crate) in_task: bool,
     pub(crate) log: &'a std::fs::File,
     pub(crate) imps: Vec<Imp>,
     /// What each peer in `imps` is (e.g. `rslock 0.7.0`), for its records.
@@ -80,6 +82,7 @@ impl Ctx<'_> {
             imp,
             lease_ms: None,
             role,
+            in_task: self.in_task,
         }
     }
 

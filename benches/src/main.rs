@@ -54,6 +54,12 @@ struct Cli {
     /// A short run (under a minute per store) that checks the harness, not the timings.
     #[arg(long)]
     quick: bool,
+    /// Run each worker's scenario in a task spawned on its runtime's two worker threads, as a
+    /// service's request handlers run, instead of on the worker's main thread in `block_on`, as
+    /// a program's `main` does (the default). Wake-ups between the caller and the store's tasks
+    /// then stay on one worker thread where tokio can keep them there.
+    #[arg(long)]
+    in_task: bool,
     /// Also write every record as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -363,6 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             caps: r.caps,
             quick: cli.quick,
             runs,
+            in_task: cli.in_task,
             log: &log,
             imps,
             peer_versions,

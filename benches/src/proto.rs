@@ -106,6 +106,10 @@ pub(crate) struct Job {
     /// Overrides the lease of `ours` (ms); `None` keeps the default.
     pub(crate) lease_ms: Option<u64>,
     pub(crate) role: Role,
+    /// Run the scenario in a task spawned on the runtime's worker threads (`--in-task`) instead
+    /// of on the main thread, in `block_on`.
+    #[serde(default)]
+    pub(crate) in_task: bool,
 }
 
 /// What a worker does.

@@ -54,7 +54,13 @@ pub(crate) fn main(job: &str) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match rt.block_on(run(job)) {
+    let outcome = if job.in_task {
+        rt.block_on(async move { tokio::spawn(run(job)).await })
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("worker task: {e}")))
+    } else {
+        rt.block_on(run(job))
+    };
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             send(&Msg::Error {

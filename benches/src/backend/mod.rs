@@ -8,7 +8,7 @@ use std::any::Any;
 use std::time::Duration;
 
 use anyhow::bail;
-use futures::future::LocalBoxFuture;
+use futures::future::BoxFuture;
 use lease_core::{DynStore, LeaseStore};
 use leasehold::Scheme;
 
@@ -25,9 +25,9 @@ mod postgres;
 mod redis;
 mod sqlite;
 
-/// The future of a store's code, boxed since it sits behind `dyn`; a worker runs it on its own
-/// thread, so it need not be `Send`.
-pub(crate) type Fut<'a, T> = LocalBoxFuture<'a, anyhow::Result<T>>;
+/// The future of a store's code, boxed since it sits behind `dyn`; `Send`, since with
+/// `--in-task` a worker runs its scenario in a spawned task.
+pub(crate) type Fut<'a, T> = BoxFuture<'a, anyhow::Result<T>>;
 
 /// A count of wire operations, read when the worker reports.
 pub(crate) type WireCounter = Box<dyn Fn() -> u64 + Send + Sync>;
@@ -114,13 +114,13 @@ pub(crate) trait Backend: Sync {
 }
 
 /// The raw floor operation, opened.
-pub(crate) trait Floor {
+pub(crate) trait Floor: Send + Sync {
     /// One round trip on `key`.
     fn op<'a>(&'a self, key: &'a str) -> Fut<'a, ()>;
 }
 
 /// A peer's lock on one key.
-pub(crate) trait PeerLock {
+pub(crate) trait PeerLock: Send + Sync {
     /// Waits for the lock, at most `timeout` if given: `Ok(None)` when it passed.
     fn acquire(&self, timeout: Option<Duration>) -> Fut<'_, Option<PeerHeld>>;
     /// Releases what [`acquire`](PeerLock::acquire) gave, and waits for the answer.
@@ -133,7 +133,7 @@ pub(crate) trait PeerLock {
     not(any(feature = "redis", feature = "etcd", feature = "postgres")),
     allow(dead_code)
 )]
-pub(crate) struct PeerHeld(pub(crate) Box<dyn Any>);
+pub(crate) struct PeerHeld(pub(crate) Box<dyn Any + Send>);
 
 impl PeerHeld {
     /// The held lock as the `T` it was made of.
