@@ -178,7 +178,7 @@ pub(crate) type Progress<'p> = &'p dyn Fn(&str);
 /// `locks` are our lock's modes and the ancestor, and `peers` are peers.
 pub(crate) fn cells(scenario: &str, quick: bool, imps: usize, locks: usize, peers: usize) -> u64 {
     (match scenario {
-        "floor" => 1,
+        "floor" => 1 + idle_floors(quick).len(),
         "uncontended" => imps,
         "reentrant" => 2,
         "handoff" => handoff_grid(quick).len() * (locks + peers),
@@ -189,6 +189,16 @@ pub(crate) fn cells(scenario: &str, quick: bool, imps: usize, locks: usize, peer
         _ => 0,
     } as u64)
         .max(1)
+}
+
+/// The idle times (ms) after which the floor is measured again, and the samples at each: the
+/// handoff grid's holds, after which a holder releases.
+fn idle_floors(quick: bool) -> &'static [(u64, usize)] {
+    if quick {
+        &[(10, 30)]
+    } else {
+        &[(1, 300), (10, 200), (100, 40)]
+    }
 }
 
 fn handoff_grid(quick: bool) -> Vec<(u64, usize)> {
@@ -365,7 +375,12 @@ async fn floor(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Record>> {
         let Some(what) = what else { continue };
         let mut runs = Vec::new();
         for _ in 0..ctx.runs {
-            let v = single(ctx, ctx.job(imp, Role::Floor { samples: n, warmup })).await?;
+            let role = Role::Floor {
+                samples: n,
+                warmup,
+                idle_us: 0,
+            };
+            let v = single(ctx, ctx.job(imp, role)).await?;
             runs.push(samples(&v, "floor")?);
         }
         let mut r = ctx.record("floor", imp.name(), "round trip", "us");
@@ -374,6 +389,29 @@ async fn floor(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Record>> {
     }
     // Ratios are to the fastest floor: the last row measured.
     ctx.floor_p50 = out.last().and_then(|r| r.p50);
+    // The same round trip after the idle times a handoff's holder holds: the processes and the
+    // server have slept that long, and a round trip that wakes them costs more than one in a
+    // busy loop. What a handoff after a hold of that length can be compared with.
+    let physical = if fastest.is_some() {
+        Imp::FloorFastest
+    } else {
+        Imp::Floor
+    };
+    for &(idle_ms, n) in idle_floors(ctx.quick) {
+        let mut runs = Vec::new();
+        for _ in 0..ctx.runs {
+            let role = Role::Floor {
+                samples: n,
+                warmup: 3,
+                idle_us: idle_ms * 1000,
+            };
+            let v = single(ctx, ctx.job(physical, role)).await?;
+            runs.push(samples(&v, "floor")?);
+        }
+        let mut r = ctx.record("floor", physical.name(), "round trip after idle", "us");
+        r.params.insert("idle_ms".into(), json!(idle_ms));
+        out.push(ctx.latency(r, &runs));
+    }
     for r in &mut out {
         r.ratio_to_floor = r.p50.zip(ctx.floor_p50).map(|(p, f)| p / f);
     }

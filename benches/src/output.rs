@@ -219,9 +219,19 @@ fn find<'a>(
 /// The floor every ratio of `store`'s records is taken to (µs): the fastest floor where the
 /// store has one, else the floor.
 fn floor_of<'a>(records: &'a [Record], store: &str) -> Option<&'a Record> {
-    find(records, store, "floor", "floor-fastest", "")
+    find(records, store, "floor", "floor-fastest", "round trip")
         .next()
-        .or_else(|| find(records, store, "floor", "floor", "").next())
+        .or_else(|| find(records, store, "floor", "floor", "round trip").next())
+}
+
+/// The p50 (µs) of the physical floor measured after `idle_ms` of sleep, if this run has it.
+fn idle_floor_of(records: &[Record], store: &str, idle_ms: u64) -> Option<f64> {
+    let after = |imp| {
+        find(records, store, "floor", imp, "round trip after idle")
+            .find(|r| param(r, "idle_ms") == Some(idle_ms))
+            .and_then(|r| r.p50)
+    };
+    after("floor-fastest").or_else(|| after("floor"))
 }
 
 fn param(r: &Record, name: &str) -> Option<u64> {
@@ -230,6 +240,36 @@ fn param(r: &Record, name: &str) -> Option<u64> {
 
 fn extra_f64(r: &Record, name: &str) -> Option<f64> {
     r.extra.get(name).and_then(Value::as_f64)
+}
+
+/// The handoffs' p50 against the floor after the same idle as the hold before the release (the
+/// floor itself for no hold): the worst cell, or nothing if the run has no idle floors.
+fn after_idle(records: &[Record], store: &str, handoffs: &[&Record], floor: f64) -> String {
+    let worst = handoffs
+        .iter()
+        .filter_map(|r| {
+            let hold = param(r, "hold_ms")?;
+            let reference = if hold == 0 {
+                floor
+            } else {
+                idle_floor_of(records, store, hold)?
+            };
+            Some((r.p50? / reference, hold, param(r, "waiters")?, reference))
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match worst {
+        Some((ratio, hold, waiters, reference)) => format!(
+            "; against the floor after an idle as long as the hold: worst {ratio:.2}× (hold \
+             {hold} ms, {waiters} waiters, {} {})",
+            if hold == 0 {
+                "the floor"
+            } else {
+                "the floor after that idle"
+            },
+            fmt_us(reference)
+        ),
+        None => String::new(),
+    }
 }
 
 /// The issue's goals, checked against this run's records: (goal, verdict, detail). Ratios are
@@ -292,9 +332,10 @@ pub(crate) fn goals(records: &[Record]) -> Vec<(String, &'static str, String)> {
                 ),
                 verdict(all_waiters && worst_p50 <= 1.5 * f),
                 format!(
-                    "worst p50 over the holds: {}; {floor_name} {}{missing}",
+                    "worst p50 over the holds: {}; {floor_name} {}{missing}{}",
                     per_waiters(|r| r.p50),
-                    fmt_us(f)
+                    fmt_us(f),
+                    after_idle(records, s, &handoffs, f)
                 ),
             ));
             out.push((

@@ -116,8 +116,14 @@ pub(crate) struct Job {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum Role {
-    /// Measures the raw store operation `samples` times after `warmup`.
-    Floor { samples: usize, warmup: usize },
+    /// Measures the raw store operation `samples` times after `warmup`, each after `idle_us`
+    /// of sleep if that is not zero.
+    Floor {
+        samples: usize,
+        warmup: usize,
+        #[serde(default)]
+        idle_us: u64,
+    },
     /// Acquires and releases one free key `samples` times after `warmup`.
     Uncontended { samples: usize, warmup: usize },
     /// Holds a key and acquires it again `samples` times in the same process.

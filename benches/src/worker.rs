@@ -107,7 +107,11 @@ async fn run(job: Job) -> anyhow::Result<()> {
         other => bail!("expected `go`, got `{other}`"),
     }
     match job.role.clone() {
-        Role::Floor { samples, warmup } => floor(&opened, samples, warmup).await,
+        Role::Floor {
+            samples,
+            warmup,
+            idle_us,
+        } => floor(&opened, samples, warmup, idle_us).await,
         Role::Uncontended { samples, warmup } => uncontended(&opened, &job, samples, warmup).await,
         Role::Reentrant { samples } => reentrant(&opened, &job, samples).await,
         Role::Driven { key, hold_us } => driven(&opened, &job, &key, hold_us, &mut cmds).await,
@@ -141,10 +145,14 @@ fn key_name(prefix: &str) -> String {
     format!("{prefix}/{}", std::process::id())
 }
 
-async fn floor(opened: &Opened, samples: usize, warmup: usize) -> anyhow::Result<()> {
+async fn floor(opened: &Opened, samples: usize, warmup: usize, idle_us: u64) -> anyhow::Result<()> {
     let key = key_name("floor");
     let mut out = Vec::with_capacity(samples);
     for i in 0..warmup + samples {
+        if idle_us > 0 {
+            // As a handoff's holder does before its release.
+            hold(idle_us).await;
+        }
         let t0 = now_ns();
         opened.floor_op(&key).await?;
         if i >= warmup {

@@ -19,13 +19,16 @@ struct Peer {
     package: Option<&'static str>,
 }
 
-/// Runs `--quick` on `store` and checks what a user reads from the JSON and the out dir.
-fn quick(store: &str, version_prefix: &str, peers: &[Peer]) {
+/// Runs `--quick` on `store` (with `extra` arguments) and checks what a user reads from the
+/// JSON and the out dir.
+fn quick(store: &str, version_prefix: &str, peers: &[Peer], extra: &[&str]) {
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("out.json");
     let out = dir.path().join("report");
     let run = bench()
-        .args(["--quick", "--store", store, "--json"])
+        .args(["--quick", "--store", store])
+        .args(extra)
+        .arg("--json")
         .arg(&json)
         .arg("--out")
         .arg(&out)
@@ -65,9 +68,26 @@ fn quick(store: &str, version_prefix: &str, peers: &[Peer]) {
             .filter(|r| r["scenario"] == scenario && r["implementation"] == imp)
             .collect()
     };
-    let floor = find("floor", "floor");
+    let round_trips = |imp: &str, metric: &str| -> Vec<&Value> {
+        find("floor", imp)
+            .into_iter()
+            .filter(|r| r["metric"] == metric)
+            .collect()
+    };
+    let floor = round_trips("floor", "round trip");
     assert_eq!(floor.len(), 1);
     assert!(floor[0]["p50"].as_f64().unwrap() > 0.0);
+    // The physical floor again after 10 ms of sleep (the quick grid's hold), the store's
+    // fastest one where it has one.
+    let physical = if store.starts_with("redis") {
+        "floor-fastest"
+    } else {
+        "floor"
+    };
+    let idle = round_trips(physical, "round trip after idle");
+    assert_eq!(idle.len(), 1, "one floor after idle");
+    assert_eq!(idle[0]["params"]["idle_ms"], 10, "{}", idle[0]);
+    assert!(idle[0]["p50"].as_f64().unwrap() > 0.0);
 
     for scenario in [
         "uncontended",
@@ -137,7 +157,7 @@ fn quick(store: &str, version_prefix: &str, peers: &[Peer]) {
 
     // Redis also has the fastest floor (a dedicated blocking connection), and ratios are to it.
     if store.starts_with("redis") {
-        let fastest = find("floor", "floor-fastest");
+        let fastest = round_trips("floor-fastest", "round trip");
         assert_eq!(fastest.len(), 1, "no fastest floor");
         assert_eq!(fastest[0]["ratio_to_floor"].as_f64(), Some(1.0));
     }
@@ -202,7 +222,8 @@ fn quick(store: &str, version_prefix: &str, peers: &[Peer]) {
 
 #[test]
 fn quick_sqlite() {
-    quick("sqlite", "SQLite", &[]);
+    // With the workers' scenarios in spawned tasks; the other stores run them on the main thread.
+    quick("sqlite", "SQLite", &[], &["--in-task"]);
 }
 
 #[cfg(feature = "redis")]
@@ -225,6 +246,7 @@ fn quick_redis() {
                 package: Some("python3-redis"),
             },
         ],
+        &[],
     );
 }
 
@@ -241,6 +263,7 @@ fn quick_etcd() {
             name: "etcd-lock-rpc",
             package: None,
         }],
+        &[],
     );
 }
 
