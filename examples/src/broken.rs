@@ -9,10 +9,12 @@
 //! | `no-vacancy-check` | acquire takes a held key without checking that it is free | I6 |
 //! | `wall-clock` | the local deadline is measured on a slow wall clock | I5 |
 //! | `lifo-queue` | a release hands the key to the newest waiter, not the oldest | I7 |
+//! | `barging-queue` | a release frees the key without handing it on, and whoever asks first takes it past the queue | I7 |
 //! | `renew-on-timeout` | a renewal that times out or fails in transit counts as done | I5 (under partitions) |
 //!
-//! The first, third and last edit the SQLite store's tables directly (they need a `sqlite://`
-//! store, the last one with `?queued_grants=true`); the others work with any store.
+//! `release-any-holder`, `no-vacancy-check`, `lifo-queue` and `barging-queue` edit the SQLite
+//! store's tables directly (they need a `sqlite://` store, the queue ones with
+//! `?queued_grants=true`); the others work with any store.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,17 +44,21 @@ pub enum Broken {
     /// (f) A renewal whose answer does not come within a quarter of the lease, or that fails
     /// with a transient error, is taken as done: the lock keeps its lease through a partition.
     RenewOnTimeout,
+    /// (g) A queue that newcomers barge past: a release frees the key without granting it to
+    /// the oldest waiter, and an `enqueue` that finds the key free takes it, whoever waits.
+    BargingQueue,
 }
 
 impl Broken {
     /// Every variant, in the order of the table above.
-    pub const ALL: [Broken; 6] = [
+    pub const ALL: [Broken; 7] = [
         Broken::ReleaseAnyHolder,
         Broken::FencePerProcess,
         Broken::NoVacancyCheck,
         Broken::WallClock,
         Broken::LifoQueue,
         Broken::RenewOnTimeout,
+        Broken::BargingQueue,
     ];
 
     /// The name on the command line.
@@ -64,6 +70,7 @@ impl Broken {
             Broken::WallClock => "wall-clock",
             Broken::LifoQueue => "lifo-queue",
             Broken::RenewOnTimeout => "renew-on-timeout",
+            Broken::BargingQueue => "barging-queue",
         }
     }
 
@@ -86,14 +93,17 @@ impl Broken {
     pub fn needs_sqlite(self) -> bool {
         matches!(
             self,
-            Broken::ReleaseAnyHolder | Broken::NoVacancyCheck | Broken::LifoQueue
+            Broken::ReleaseAnyHolder
+                | Broken::NoVacancyCheck
+                | Broken::LifoQueue
+                | Broken::BargingQueue
         )
     }
 
     /// Whether this variant needs a store with a waiter queue
     /// ([`Capabilities::queued_grants`]).
     pub fn needs_queue(self) -> bool {
-        self == Broken::LifoQueue
+        matches!(self, Broken::LifoQueue | Broken::BargingQueue)
     }
 
     /// Whether this variant shows only when workers are cut off a store server
@@ -111,6 +121,7 @@ impl Broken {
             Broken::WallClock => &["I5"],
             Broken::LifoQueue => &["I7"],
             Broken::RenewOnTimeout => &["I5", "I6"],
+            Broken::BargingQueue => &["I7"],
         }
     }
 }
@@ -318,6 +329,64 @@ impl BrokenStore {
         .await
     }
 
+    /// The `barging-queue` release: the key is freed (if `holder` holds it with `fence`) and
+    /// handed to nobody, where the store's release grants it to the oldest live waiter.
+    async fn free_without_handing_on(
+        &self,
+        key: &str,
+        holder: &str,
+        fence: Fence,
+    ) -> Result<bool, StoreError> {
+        let (key, holder) = (key.as_bytes().to_vec(), holder.as_bytes().to_vec());
+        let fence = i64::try_from(fence.get()).unwrap_or(i64::MAX);
+        self.sql(move |conn| {
+            Ok(conn.execute(
+                "UPDATE leases SET holder = NULL, expires_ns = 0
+                 WHERE key = ?1 AND holder = ?2 AND fence = ?3",
+                params![key, holder, fence],
+            )? == 1)
+        })
+        .await
+    }
+
+    /// The `barging-queue` enqueue: a free key (released, or its lease over) is taken at once,
+    /// with the next fence, past every live waiter; `None` if it is held (or has no row yet), and
+    /// the store queues the caller as usual.
+    async fn barge(
+        &self,
+        lease: Duration,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<Fence>, StoreError> {
+        let (key, holder) = (key.as_bytes().to_vec(), holder.as_bytes().to_vec());
+        let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
+        // The store's clock: the host's boot clock, whatever this process's time namespace.
+        let now = i64::try_from(crate::history::now_ns()).unwrap_or(i64::MAX);
+        let fence = self
+            .sql(move |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let f: Option<i64> = tx
+                    .query_row(
+                        "UPDATE leases SET holder = ?2, fence = fence + 1, expires_ns = ?3
+                         WHERE key = ?1 AND (holder IS NULL OR expires_ns <= ?4)
+                         RETURNING fence",
+                        params![key, holder, now.saturating_add(lease), now],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if f.is_some() {
+                    tx.execute(
+                        "DELETE FROM waiters WHERE key = ?1 AND holder = ?2",
+                        params![key, holder],
+                    )?;
+                }
+                tx.commit()?;
+                Ok(f)
+            })
+            .await?;
+        Ok(fence.and_then(|f| Fence::new(u64::try_from(f).ok()?)))
+    }
+
     fn local_fence(&self, key: &str, real: u64) -> u64 {
         let mut all = self.fences.lock().unwrap_or_else(|p| p.into_inner());
         let f = all.entry(key.to_owned()).or_default();
@@ -401,6 +470,9 @@ impl LeaseStore for BrokenStore {
             _ => fence,
         };
         self.newest_first(key, holder, Some(fence)).await?;
+        if self.broken == Broken::BargingQueue {
+            return self.free_without_handing_on(key, holder, fence).await;
+        }
         let released = self.inner.release(key, holder, fence).await?;
         if released || self.broken != Broken::ReleaseAnyHolder {
             return Ok(released);
@@ -421,6 +493,12 @@ impl LeaseStore for BrokenStore {
         holder: &str,
         patience: Duration,
     ) -> Result<Enqueued, StoreError> {
+        if self.broken == Broken::BargingQueue
+            && !lease.is_zero()
+            && let Some(fence) = self.barge(lease, key, holder).await?
+        {
+            return Ok(Enqueued::Granted(fence));
+        }
         self.inner.enqueue(lease, key, holder, patience).await
     }
 
@@ -447,8 +525,8 @@ impl LeaseStore for BrokenStore {
         self.inner.break_lock(key).await
     }
 
-    /// The inner store's, with its waiter queue only for `lifo-queue`: the other mistakes are
-    /// those of a polling store (their `try_lock` and `release` are what the lock must call).
+    /// The inner store's, with its waiter queue only for `lifo-queue` and `barging-queue`: the
+    /// other mistakes are those of a polling store (their `try_lock` and `release` are what the lock must call).
     fn capabilities(&self) -> Capabilities {
         let caps = self.inner.capabilities();
         caps.with_queued_grants(caps.queued_grants && self.broken.needs_queue())
@@ -507,6 +585,44 @@ mod tests {
         assert!(p1.release("j", "h1", f).await.unwrap());
         // A second "process" counts from 1 again.
         assert_eq!(p2.try_lock(lease, "j", "h2").await.unwrap(), Some(f));
+    }
+
+    #[tokio::test]
+    async fn the_barging_queue_lets_the_releaser_take_the_key_back_past_its_waiters() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.db");
+        let real = lease_sqlite::SqliteStore::builder(&path)
+            .queued_grants(true)
+            .open()
+            .await
+            .unwrap();
+        let barging = BrokenStore::new(
+            DynStore::new(real.clone()),
+            Broken::BargingQueue,
+            Some(&path),
+        )
+        .unwrap();
+        assert!(barging.capabilities().queued_grants);
+        let (lease, patience) = (Duration::from_secs(30), Duration::from_secs(30));
+        let Enqueued::Granted(f1) = barging.enqueue(lease, "k", "h1", patience).await.unwrap()
+        else {
+            panic!("a free key is granted");
+        };
+        let queued = barging.enqueue(lease, "k", "h2", patience).await.unwrap();
+        assert!(matches!(queued, Enqueued::Waiting { .. }), "{queued:?}");
+        // A refused release (not the holder) changes nothing.
+        assert!(!barging.release("k", "h2", f1).await.unwrap());
+        assert!(barging.release("k", "h1", f1).await.unwrap());
+        // Released to nobody: h2, queued and live, was not granted, and h1 takes the key back.
+        assert_eq!(real.inspect("k").await.unwrap().holder, None);
+        assert_eq!(
+            barging.enqueue(lease, "k", "h1", patience).await.unwrap(),
+            Enqueued::Granted(Fence::new(f1.get() + 1).unwrap())
+        );
+        assert!(matches!(
+            real.enqueue(lease, "k", "h2", patience).await.unwrap(),
+            Enqueued::Waiting { .. }
+        ));
     }
 
     #[tokio::test]

@@ -398,7 +398,7 @@ pub(super) fn i6_exclusion(ix: &RunIndex<'_>, r: &mut Report) {
 }
 
 /// I7, queue order: no waiter is granted a key while a waiter that enqueued earlier has a live
-/// entry in its queue and was not granted first.
+/// entry in its queue and was not granted first; nor is a newcomer (no barging).
 ///
 /// The time stamps are of different processes, so an order counts only when it is certain:
 /// the earlier waiter's enqueue was *answered* (`Waiting`) before the later one's first
@@ -451,13 +451,18 @@ pub(super) fn i7_queue_order(ix: &RunIndex<'_>, r: &mut Report) {
             r.violate(
                 "I7",
                 format!(
-                    "{}: proc {} was granted fence {} (between {} and {}), queued no earlier than \
-                     {}, ahead of proc {}, queued since {} and live until {} at least{}",
+                    "{}: proc {} was granted fence {} (between {} and {}{}), queued no earlier \
+                     than {}, ahead of proc {}, queued since {} and live until {} at least{}",
                     g.key,
                     g.proc,
                     g.fence,
                     ix.at(g.from),
                     ix.at(g.to),
+                    if g.newcomer {
+                        ", asking for the first time"
+                    } else {
+                        ""
+                    },
                     ix.at(g.queued_from),
                     a.proc,
                     ix.at(a.since),

@@ -21,6 +21,12 @@
 //!   only at a grant or an answered `leave_queue` of that process, or when an enqueue is sent
 //!   more than twice its patience after the last `Waiting` answer (never after an enqueue of
 //!   unknown outcome, which may have been applied late).
+//! - A **newcomer's grant** is an enqueue answered `Granted` with no `Waiting` answer in its
+//!   chain, and a fence other than the process's last grant's (an enqueue that confirms a grant
+//!   `wait_for_grant` reported, or extends one, answers that grant's fence): the process asked
+//!   and got the key at once. It is checked as a queue grant whose
+//!   entry may have existed, and whose grant may have been made, since the chain's first enqueue
+//!   was sent: a newcomer must not take the key past a live waiter either (no barging).
 //!
 //! One pass over the events in time order; the `wait_for_grant` polls other than a grant cost
 //! nothing here.
@@ -67,6 +73,8 @@ pub(super) struct QueueGrant<'a> {
     /// The grant was made in `from .. to`.
     pub(super) from: u64,
     pub(super) to: u64,
+    /// A newcomer's grant (no `Waiting` answer before it): see the module docs.
+    pub(super) newcomer: bool,
 }
 
 /// The queue's entries and grants of a run.
@@ -91,6 +99,10 @@ struct Slot<'a> {
     chain_unknown: bool,
     /// When the chain's last `Waiting` enqueue was sent.
     waiting_sent: Option<u64>,
+    /// The fence of the last grant to this slot: an enqueue answered with it again is that
+    /// grant confirmed or extended (as after a grant `wait_for_grant` reported too late to be
+    /// taken), not a new one.
+    last_fence: Option<u64>,
 }
 
 impl<'a> Slot<'a> {
@@ -183,7 +195,7 @@ impl<'a> QueueIndex<'a> {
                         }
                         Kind::Ok => {
                             if let Some(fence) = e.fence {
-                                granted(s, e, fence, &mut done, &mut grants);
+                                granted(s, e, fence, Some(invoke.t_ns), &mut done, &mut grants);
                             }
                         }
                         // Maybe granted, maybe queued anew: sure of nothing from here.
@@ -195,7 +207,7 @@ impl<'a> QueueIndex<'a> {
                 }
                 (Op::GrantWait, Kind::Ok) => {
                     if let Some(fence) = e.fence {
-                        granted(s, e, fence, &mut done, &mut grants);
+                        granted(s, e, fence, None, &mut done, &mut grants);
                     }
                 }
                 (Op::LeaveQueue | Op::Release, Kind::Invoke) => s.close(e.t_ns, &mut done),
@@ -218,12 +230,14 @@ impl<'a> QueueIndex<'a> {
     }
 }
 
-/// A grant answered by `e` to the process of slot `s`: its entry ends, and if it had queued,
-/// the grant is a queue grant.
+/// A grant answered by `e` to the process of slot `s` (by an enqueue sent at `sent`, or
+/// reported by `wait_for_grant`): its entry ends, and the grant is a queue grant if it had
+/// queued, else a newcomer's.
 fn granted<'a>(
     s: &mut Slot<'a>,
     e: &'a Event,
     fence: u64,
+    sent: Option<u64>,
     done: &mut Vec<Entry<'a>>,
     grants: &mut Vec<QueueGrant<'a>>,
 ) {
@@ -243,7 +257,23 @@ fn granted<'a>(
             queued_from,
             from,
             to: e.t_ns,
+            newcomer: false,
+        });
+    } else if let (None, Some(from), false) = (
+        s.chain_waiting,
+        s.chain_from.or(sent),
+        s.last_fence == Some(fence),
+    ) {
+        grants.push(QueueGrant {
+            proc: e.proc,
+            key: &e.key,
+            fence,
+            queued_from: from,
+            from,
+            to: e.t_ns,
+            newcomer: true,
         });
     }
+    s.last_fence = Some(fence);
     s.end_chain();
 }

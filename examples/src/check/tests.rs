@@ -547,6 +547,68 @@ fn i7_flags_a_waiter_granted_ahead_of_an_earlier_live_one() {
     );
 }
 
+/// Proc 1 holds the key to 500 while proc 2 queues (at 10, refreshing every 200 ms with a
+/// patience of 1 s); at 505 proc 1 asks again and its enqueue is granted fence 2 at once.
+fn releaser_barges() -> Vec<Event> {
+    let mut h = tenure(1, 1, 0, Some(500));
+    for t in [10, 200, 400] {
+        h.extend(enqueue(t, 2, 1000, Kind::Fail, Some(1)));
+    }
+    h.extend(enqueue(505, 1, 1000, Kind::Ok, Some(2)));
+    h.push(ev(590, 1, Op::Release, Kind::Invoke, Some(2)));
+    h.push(ev(591, 1, Op::Release, Kind::Ok, Some(2)));
+    h.extend(reported_grant(520, 602, 2, 3, 700));
+    h
+}
+
+#[test]
+fn i7_flags_a_newcomer_granted_past_a_live_waiter() {
+    let r = run(releaser_barges());
+    assert_eq!(r.invariants(), ["I7"], "{:?}", r.violations);
+    let detail = &r.violations[0].detail;
+    assert!(
+        detail.contains("job/1: proc 1 was granted fence 2")
+            && detail.contains("asking for the first time")
+            && detail.contains("ahead of proc 2"),
+        "{detail}"
+    );
+    // Counted as what it is: not a grant to a process that had queued.
+    assert_eq!(r.queue_grants, 1);
+
+    // The same newcomer after the waiter left the queue, or once it was served, is in order.
+    let mut left = releaser_barges();
+    left.retain(|e| !(e.proc == 2 && e.t_ns >= 520));
+    left.push(ev(450, 2, Op::LeaveQueue, Kind::Invoke, None));
+    left.push(ev(451, 2, Op::LeaveQueue, Kind::Fail, None));
+    assert!(run(left).ok());
+    let mut served = tenure(1, 1, 0, Some(500));
+    for t in [10, 200, 400] {
+        served.extend(enqueue(t, 2, 1000, Kind::Fail, Some(1)));
+    }
+    served.extend(reported_grant(450, 502, 2, 2, 590));
+    served.extend(enqueue(505, 1, 1000, Kind::Fail, Some(2)));
+    served.extend(reported_grant(506, 602, 1, 3, 700));
+    let r = run(served);
+    assert!(r.ok(), "{:?}", r.violations);
+
+    // A grant reported by `wait_for_grant` too late to be taken, which the waiter's next
+    // enqueue confirms (answered with the same fence), is not a newcomer's grant.
+    let mut confirmed = tenure(1, 1, 0, Some(500));
+    for t in [10, 200, 400] {
+        confirmed.extend(enqueue(t, 2, 1000, Kind::Fail, Some(1)));
+    }
+    confirmed.extend(enqueue(100, 3, 1000, Kind::Fail, Some(1)));
+    confirmed.extend(enqueue(300, 3, 1000, Kind::Fail, Some(1)));
+    confirmed.push(ev(450, 2, Op::GrantWait, Kind::Invoke, None));
+    confirmed.push(ev(502, 2, Op::GrantWait, Kind::Ok, Some(2)));
+    confirmed.extend(enqueue(503, 2, 1000, Kind::Ok, Some(2)));
+    confirmed.push(ev(590, 2, Op::Release, Kind::Invoke, Some(2)));
+    confirmed.push(ev(591, 2, Op::Release, Kind::Ok, Some(2)));
+    confirmed.extend(reported_grant(310, 602, 3, 3, 700));
+    let r = run(confirmed);
+    assert!(r.ok(), "{:?}", r.violations);
+}
+
 #[test]
 fn i7_excuses_an_earlier_waiter_whose_entry_lapsed_left_or_died() {
     // Proc 2 stops refreshing after its first enqueue, with a patience of 300 ms: its entry is
