@@ -349,14 +349,17 @@ impl BrokenStore {
         .await
     }
 
-    /// The `barging-queue` enqueue: a free key (released, or its lease over) is taken at once,
-    /// with the next fence, past every live waiter; `None` if it is held (or has no row yet), and
-    /// the store queues the caller as usual.
-    async fn barge(
+    /// Grants `key` to `holder` with the next fence by editing the row: a held key too, unless
+    /// `free_only` (then only a released key, or one whose lease is over). `None` if it did not
+    /// (or the key has no row yet). The holder's own queue entry, if any, goes with the grant.
+    /// `no-vacancy-check` takes any key so; `barging-queue`'s enqueue a free one, past every
+    /// live waiter, and when it gets `None` the store queues the caller as usual.
+    async fn grant_directly(
         &self,
         lease: Duration,
         key: &str,
         holder: &str,
+        free_only: bool,
     ) -> Result<Option<Fence>, StoreError> {
         let (key, holder) = (key.as_bytes().to_vec(), holder.as_bytes().to_vec());
         let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
@@ -368,9 +371,9 @@ impl BrokenStore {
                 let f: Option<i64> = tx
                     .query_row(
                         "UPDATE leases SET holder = ?2, fence = fence + 1, expires_ns = ?3
-                         WHERE key = ?1 AND (holder IS NULL OR expires_ns <= ?4)
+                         WHERE key = ?1 AND (NOT ?5 OR holder IS NULL OR expires_ns <= ?4)
                          RETURNING fence",
-                        params![key, holder, now.saturating_add(lease), now],
+                        params![key, holder, now.saturating_add(lease), now, free_only],
                         |r| r.get(0),
                     )
                     .optional()?;
@@ -425,26 +428,7 @@ impl LeaseStore for BrokenStore {
             }
             (Broken::NoVacancyCheck, None) if !lease.is_zero() => {
                 // The mistake: take the key from its holder without asking whether it is free.
-                let (key, holder) = (key.as_bytes().to_vec(), holder.as_bytes().to_vec());
-                let lease = i64::try_from(lease.as_nanos()).unwrap_or(i64::MAX);
-                // The store's clock: the host's boot clock, whatever this process's time namespace.
-                let now = i64::try_from(crate::history::now_ns()).unwrap_or(i64::MAX);
-                let fence = self
-                    .sql(move |conn| {
-                        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                        let f: Option<i64> = tx
-                            .query_row(
-                                "UPDATE leases SET holder = ?2, fence = fence + 1,
-                                     expires_ns = ?3 WHERE key = ?1 RETURNING fence",
-                                params![key, holder, now.saturating_add(lease)],
-                                |r| r.get(0),
-                            )
-                            .optional()?;
-                        tx.commit()?;
-                        Ok(f)
-                    })
-                    .await?;
-                Ok(fence.and_then(|f| Fence::new(u64::try_from(f).ok()?)))
+                self.grant_directly(lease, key, holder, false).await
             }
             (_, g) => Ok(g),
         }
@@ -495,7 +479,7 @@ impl LeaseStore for BrokenStore {
     ) -> Result<Enqueued, StoreError> {
         if self.broken == Broken::BargingQueue
             && !lease.is_zero()
-            && let Some(fence) = self.barge(lease, key, holder).await?
+            && let Some(fence) = self.grant_directly(lease, key, holder, true).await?
         {
             return Ok(Enqueued::Granted(fence));
         }
