@@ -571,8 +571,12 @@ mod tests {
         assert_eq!(p2.try_lock(lease, "j", "h2").await.unwrap(), Some(f));
     }
 
-    #[tokio::test]
-    async fn the_barging_queue_lets_the_releaser_take_the_key_back_past_its_waiters() {
+    /// A SQLite store with its queue, in a temp dir (kept while the first value lives).
+    async fn queued_sqlite() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        lease_sqlite::SqliteStore,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("locks.db");
         let real = lease_sqlite::SqliteStore::builder(&path)
@@ -580,6 +584,12 @@ mod tests {
             .open()
             .await
             .unwrap();
+        (dir, path, real)
+    }
+
+    #[tokio::test]
+    async fn the_barging_queue_lets_the_releaser_take_the_key_back_past_its_waiters() {
+        let (_dir, path, real) = queued_sqlite().await;
         let barging = BrokenStore::new(
             DynStore::new(real.clone()),
             Broken::BargingQueue,
@@ -611,13 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_lifo_queue_hands_the_key_to_the_newest_waiter() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("locks.db");
-        let real = lease_sqlite::SqliteStore::builder(&path)
-            .queued_grants(true)
-            .open()
-            .await
-            .unwrap();
+        let (_dir, path, real) = queued_sqlite().await;
         let lifo =
             BrokenStore::new(DynStore::new(real.clone()), Broken::LifoQueue, Some(&path)).unwrap();
         assert!(lifo.capabilities().queued_grants);
