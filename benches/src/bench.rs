@@ -373,16 +373,12 @@ async fn floor(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Record>> {
     ];
     for (imp, what) in rows {
         let Some(what) = what else { continue };
-        let mut runs = Vec::new();
-        for _ in 0..ctx.runs {
-            let role = Role::Floor {
-                samples: n,
-                warmup,
-                idle_us: 0,
-            };
-            let v = single(ctx, ctx.job(imp, role)).await?;
-            runs.push(samples(&v, "floor")?);
-        }
+        let role = Role::Floor {
+            samples: n,
+            warmup,
+            idle_us: 0,
+        };
+        let runs = floor_runs(ctx, imp, &role).await?;
         let mut r = ctx.record("floor", imp.name(), "round trip", "us");
         r.params.insert("operation".into(), json!(what));
         out.push(ctx.latency(r, &runs));
@@ -398,16 +394,12 @@ async fn floor(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Record>> {
         Imp::Floor
     };
     for &(idle_ms, n) in idle_floors(ctx.quick) {
-        let mut runs = Vec::new();
-        for _ in 0..ctx.runs {
-            let role = Role::Floor {
-                samples: n,
-                warmup: 3,
-                idle_us: idle_ms * 1000,
-            };
-            let v = single(ctx, ctx.job(physical, role)).await?;
-            runs.push(samples(&v, "floor")?);
-        }
+        let role = Role::Floor {
+            samples: n,
+            warmup: 3,
+            idle_us: idle_ms * 1000,
+        };
+        let runs = floor_runs(ctx, physical, &role).await?;
         let mut r = ctx.record("floor", physical.name(), "round trip after idle", "us");
         r.params.insert("idle_ms".into(), json!(idle_ms));
         out.push(ctx.latency(r, &runs));
@@ -416,6 +408,16 @@ async fn floor(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Record>> {
         r.ratio_to_floor = r.p50.zip(ctx.floor_p50).map(|(p, f)| p / f);
     }
     Ok(out)
+}
+
+/// The samples of `--runs` floor workers of `imp` doing `role`, one run each.
+async fn floor_runs(ctx: &Ctx<'_>, imp: Imp, role: &Role) -> anyhow::Result<Vec<Vec<u64>>> {
+    let mut runs = Vec::new();
+    for _ in 0..ctx.runs {
+        let v = single(ctx, ctx.job(imp, role.clone())).await?;
+        runs.push(samples(&v, "floor")?);
+    }
+    Ok(runs)
 }
 
 async fn uncontended(ctx: &mut Ctx<'_>, imp: Imp) -> anyhow::Result<Vec<Record>> {

@@ -1129,9 +1129,9 @@ impl LeaseStore for SqliteStore {
     /// (the transaction that granted `holder` the key rings it after its commit, with the grant,
     /// which is then returned without a re-read; see the crate docs), the holder's store is gone
     /// (its liveness flock, if it wrote one), the lease ends, or 50 ms pass (a re-read, in case
-    /// a ring was lost). Without a doorbell (not Linux) it
-    /// waits as [`wait_for_change`](Self::wait_for_change) does, on the key's wake-up flock, or
-    /// polls every 1 ms to 50 ms while nobody holds it. A missed wake-up costs latency only.
+    /// a ring was lost). Without a doorbell (not Linux) it waits as
+    /// [`wait_for_change`](Self::wait_for_change) does, on the key's wake-up flock, or polls
+    /// every 1 ms to 50 ms while nobody holds it. A missed wake-up costs latency only.
     ///
     /// Without the option: [`wait_for_change`](Self::wait_for_change), then `None`.
     async fn wait_for_grant(&self, key: &str, holder: &str, max_wait: Duration) -> Option<Fence> {

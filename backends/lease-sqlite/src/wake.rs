@@ -30,8 +30,8 @@ use tokio::sync::watch;
 /// The per-store state: the flocks of the keys this store granted, and the threads blocked on
 /// other holders' flocks (one per key file, shared by all waiters of this store).
 pub(crate) struct Wake {
-    dir: PathBuf,
-    held: Arc<Held>,
+    /// The key files' directory and the flocks held, shared with the doorbell's thread.
+    grants: Granter,
     /// Key file hash → the blocked thread's "released" signal.
     waits: Arc<Mutex<HashMap<u64, watch::Receiver<bool>>>>,
 }
@@ -115,10 +115,10 @@ impl Held {
 
 impl Drop for Wake {
     fn drop(&mut self) {
-        let mut st = self.held.lock();
+        let mut st = self.grants.held.lock();
         st.closed = true;
         st.keys.clear();
-        self.held.changed.notify_all();
+        self.grants.held.changed.notify_all();
     }
 }
 
@@ -155,11 +155,13 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
 impl Wake {
     pub(crate) fn new(dir: PathBuf) -> Self {
         Self {
-            dir,
-            held: Arc::new(Held {
-                state: Mutex::new(HeldState::default()),
-                changed: Condvar::new(),
-            }),
+            grants: Granter {
+                dir,
+                held: Arc::new(Held {
+                    state: Mutex::new(HeldState::default()),
+                    changed: Condvar::new(),
+                }),
+            },
             waits: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -169,27 +171,25 @@ impl Wake {
     /// no flock, so waiters of that one tenure poll, and the first waiter creates the file for
     /// the grants after it.
     fn file_of(&self, hash: u64, create: bool) -> std::io::Result<File> {
-        key_file(&self.dir, hash, create)
+        key_file(&self.grants.dir, hash, create)
     }
 
     /// `holder` was granted `key` through this store for `lease`: hold the key's flock until it
     /// lets go, or the lease runs out without a renewal. Blocking (briefly: a waiter holds the
     /// shared lock only for an instant).
     pub(crate) fn granted(&self, key: &str, holder: &str, lease: Duration) {
-        self.granter().granted(key, holder, lease);
+        self.grants.granted(key, holder, lease);
     }
 
     /// A handle that takes flocks for grants as [`granted`](Self::granted) does, for the
     /// doorbell's listening thread; it takes none once this `Wake` is dropped.
     pub(crate) fn granter(&self) -> Granter {
-        Granter {
-            dir: self.dir.clone(),
-            held: Arc::clone(&self.held),
-        }
+        self.grants.clone()
     }
 }
 
 /// Takes a key's flock for a grant on behalf of a [`Wake`] (see [`Wake::granter`]).
+#[derive(Clone)]
 pub(crate) struct Granter {
     dir: PathBuf,
     held: Arc<Held>,
@@ -265,7 +265,7 @@ impl Wake {
     /// waiters then poll, which costs latency only.
     pub(crate) fn renewed(&self, key: &str, holder: &str, lease: Duration) {
         let until = BootClock.now().saturating_add(lease);
-        let mut st = self.held.lock();
+        let mut st = self.grants.held.lock();
         if let Some(entry) = st.keys.get_mut(key).filter(|e| e.holder == holder) {
             entry.until = until;
         }
@@ -273,7 +273,7 @@ impl Wake {
 
     /// `holder` no longer holds `key` through this store: wake its waiters.
     pub(crate) fn released(&self, key: &str, holder: &str) {
-        let mut st = self.held.lock();
+        let mut st = self.grants.held.lock();
         if st.keys.get(key).is_some_and(|e| e.holder == holder) {
             // Closing the file drops the flock.
             st.keys.remove(key);
@@ -285,7 +285,7 @@ impl Wake {
     /// store keeps its own flock until its renewal is refused, its lease runs out or its process
     /// dies; waiters that look at the row after the break see the key free at once.
     pub(crate) fn broken(&self, key: &str) {
-        self.held.lock().keys.remove(key);
+        self.grants.held.lock().keys.remove(key);
     }
 
     /// If some store holds `key`'s flock, the signal that it let go of it; `None` if nobody
